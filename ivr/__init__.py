@@ -1,0 +1,1 @@
+"""BINfoon: the telephone chain for Belgian neighbourhood information networks."""

@@ -1,0 +1,45 @@
+"""The ``binfoon`` command line: one sub-command module per area, wired here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from ivr.config import ConfigError, load_settings
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as ``binfoon: <message>`` with exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser; each area module adds its own sub-commands."""
+    from ivr.commands import asterisk as asterisk_cmd
+    from ivr.commands import directory as directory_cmd
+    from ivr.commands import db as db_cmd
+    from ivr.commands import demo as demo_cmd
+
+    parser = argparse.ArgumentParser(prog="binfoon", description="BINfoon telephone chain")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    sub = parser.add_subparsers(dest="area", required=True)
+    for module in (asterisk_cmd, directory_cmd, db_cmd, demo_cmd):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``binfoon`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings()
+        return int(args.func(settings, args) or 0)
+    except (CommandError, ConfigError) as exc:
+        print(f"binfoon: {exc}", file=sys.stderr)
+        return 2
