@@ -15,7 +15,10 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Match:
-    """Where ``reference`` best aligns inside ``recording`` and how well (1.0 = identical shape)."""
+    """Where ``reference`` best aligns inside ``recording`` and how well (1.0 = identical shape).
+
+    ``lag_s`` is where the reference starts in the recording (negative: before the recording began).
+    """
 
     lag_s: float
     peak_ncc: float
@@ -35,20 +38,21 @@ def read_wav_mono(path: Path) -> tuple[np.ndarray, int]:
         return data, w.getframerate()
 
 
-def locate(reference: np.ndarray, recording: np.ndarray, rate_hz: int) -> Match:
+def locate(reference: np.ndarray, recording: np.ndarray, rate_hz: int, overhang_s: float = 0.1) -> Match:
     """Slide ``reference`` over ``recording``; the peak of the normalised cross-correlation.
 
     Each lag is normalised by the energy of the recording window it covers, so silence padding
     around the match does not lower the score and loud noise does not raise it.
     """
     ref = reference - reference.mean()
-    rec = recording.astype(np.float64)
-    n, m = len(rec), len(ref)
-    if m == 0 or n == 0:
+    m = len(ref)
+    if m == 0 or len(recording) == 0:
         raise ValueError("empty audio")
-    if n < m:  # the recording is shorter: allow the reference to hang over the end
-        rec = np.concatenate([rec, np.zeros(m - n)])
-        n = m
+    # Let the reference hang over either end by up to ``overhang_s``: a call leg may lose its very
+    # first 20 ms RTP frame, and a recording may stop just before the last one.
+    pad = min(m, int(overhang_s * rate_hz))
+    rec = np.concatenate([np.zeros(pad), recording.astype(np.float64), np.zeros(max(pad, m - len(recording)))])
+    n = len(rec)
     size = 1 << int(np.ceil(np.log2(n + m)))
     corr = np.fft.irfft(np.fft.rfft(rec, size) * np.conj(np.fft.rfft(ref, size)), size)[: n - m + 1]
     window_sum = np.convolve(rec, np.ones(m), mode="valid")
@@ -56,7 +60,7 @@ def locate(reference: np.ndarray, recording: np.ndarray, rate_hz: int) -> Match:
     window_energy = np.maximum(window_sq - window_sum**2 / m, 1e-12)
     ncc = corr / (np.sqrt(window_energy) * np.sqrt(float(np.dot(ref, ref))) + 1e-12)
     best = int(np.argmax(ncc))
-    return Match(lag_s=best / rate_hz, peak_ncc=float(ncc[best]), reference_s=m / rate_hz,
+    return Match(lag_s=(best - pad) / rate_hz, peak_ncc=float(ncc[best]), reference_s=m / rate_hz,
                  recording_s=len(recording) / rate_hz)
 
 
