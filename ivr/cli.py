@@ -17,6 +17,7 @@ class CommandError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; each area module adds its own sub-commands."""
     from ivr.commands import asterisk as asterisk_cmd
+    from ivr.commands import bench as bench_cmd
     from ivr.commands import directory as directory_cmd
     from ivr.commands import db as db_cmd
     from ivr.commands import demo as demo_cmd
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="binfoon", description="BINfoon telephone chain")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
     sub = parser.add_subparsers(dest="area", required=True)
-    for module in (asterisk_cmd, directory_cmd, db_cmd, demo_cmd):
+    for module in (asterisk_cmd, directory_cmd, db_cmd, demo_cmd, bench_cmd):
         module.register(sub)
     return parser
 

@@ -43,6 +43,17 @@ class Settings:
     dial_template: str = "Local/${NUMBER}@sim-phone"
     #: Seconds an outbound call may ring before it counts as not answered.
     ring_timeout_s: float = 30.0
+    #: The application's FastAGI server (loopback).
+    agi_port: int = 4573
+    #: The simulated phone network's FastAGI server (demo and tests; loopback).
+    sim_agi_port: int = 4574
+    #: The number every outbound call presents (E.164): the zone's registered Belgian number.
+    caller_id_number: str = "+3250000000"
+
+    @property
+    def uses_simulator(self) -> bool:
+        """True when calls go to the simulated phone network rather than a real trunk."""
+        return "@sim-phone" in self.dial_template
 
     @property
     def resolved_database_url(self) -> str:

@@ -348,6 +348,13 @@ class AsteriskInstance:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+def instances_dir(runtime: AsteriskRuntime, data_dir: Path) -> Path:
+    """Where named instances live: inside the embedded root (Asterisk sees only that), else ``data_dir``."""
+    if runtime.root is not None:
+        return runtime.root / "srv" / "binfoon"
+    return data_dir / "asterisk"
+
+
 def _ami_fully_booted(creds: AmiCredentials, timeout_s: float) -> bool:
     """Log in over AMI and wait for the FullyBooted event (Asterisk sends it once booted)."""
     with socket.create_connection((creds.host, creds.port), timeout=min(timeout_s, 5.0)) as sock:

@@ -1,0 +1,44 @@
+# The two commands of the README, plus the checks and benchmarks. Everything a fresh Debian
+# machine needs is installed here: Debian packages, the virtual environment, Asterisk 22.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages: debootstrap builds the embedded Asterisk root; espeak-ng speaks; sox and
+# ffmpeg convert audio (pydub); postgresql serves the PostgreSQL half of the tests; iproute2 for ss.
+DEB_PACKAGES := python3 python3-venv python3-dev debootstrap espeak-ng libespeak-ng1 sox ffmpeg \
+	postgresql util-linux iproute2 ca-certificates git
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench system-deps venv asterisk clean
+
+system-deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | system-deps
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: system-deps $(STAMP)
+
+asterisk: venv
+	$(BIN)/binfoon asterisk install
+
+demo: asterisk
+	$(BIN)/binfoon demo --report var/demo-report.json
+
+test: asterisk
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: asterisk
+	$(BIN)/binfoon bench asterisk-start --runs 10 --json bench-asterisk-start.json
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,90 @@
+"""``binfoon asterisk install|start|stop|status``: the embedded (or system) Asterisk."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ivr.asterisk.install import AsteriskInstallError, find_runtime, install
+from ivr.asterisk.instance import AsteriskInstance, AsteriskStartError, InstanceOptions, instances_dir
+from ivr.cli import CommandError
+from ivr.config import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``asterisk`` commands."""
+    parser = sub.add_parser("asterisk", help="install, start, stop the PBX")
+    actions = parser.add_subparsers(dest="action", required=True)
+    actions.add_parser("install", help="make Asterisk 22 available (system or embedded Debian root)").set_defaults(
+        func=cmd_install)
+    for name, func, text in (("start", cmd_start, "start an instance in the background"),
+                             ("stop", cmd_stop, "stop an instance"),
+                             ("status", cmd_status, "show an instance's state")):
+        p = actions.add_parser(name, help=text)
+        p.add_argument("--name", default="default", help="instance name (default: default)")
+        p.set_defaults(func=func)
+
+
+def instance_for(settings: Settings, name: str) -> AsteriskInstance:
+    """The named instance, configured from the settings."""
+    try:
+        runtime = find_runtime(settings)
+    except AsteriskInstallError as exc:
+        raise CommandError(str(exc)) from exc
+    options = InstanceOptions(
+        name=name,
+        agi_port=settings.agi_port,
+        sim_agi_port=settings.sim_agi_port if settings.uses_simulator else 0,
+        caller_id_number=settings.caller_id_number,
+    )
+    return AsteriskInstance(runtime, options, instances_dir(runtime, settings.data_dir))
+
+
+def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
+    """Install (or find) Asterisk and say which one is used."""
+    try:
+        runtime = install(settings)
+    except AsteriskInstallError as exc:
+        raise CommandError(str(exc)) from exc
+    where = f"embedded Debian root {runtime.root}" if runtime.root else "the system"
+    print(f"Asterisk {runtime.version} from {where}")
+    return 0
+
+
+def cmd_start(settings: Settings, args: argparse.Namespace) -> int:
+    """Start the instance and wait until it is fully booted."""
+    instance = instance_for(settings, args.name)
+    try:
+        instance.start()
+    except AsteriskStartError as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"Asterisk instance {args.name!r} running (pid {instance.pid}); "
+          f"AMI on 127.0.0.1:{instance.options.ami_port}, SIP on 127.0.0.1:{instance.options.sip_port}")
+    return 0
+
+
+def cmd_stop(settings: Settings, args: argparse.Namespace) -> int:
+    """Stop the instance (gracefully, then forcefully)."""
+    instance = instance_for(settings, args.name)
+    was_running = instance.is_running()
+    instance.stop()
+    print(f"Asterisk instance {args.name!r} {'stopped' if was_running else 'was not running'}")
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the instance's state as JSON (never the AMI secret); exit 1 when stopped."""
+    instance = instance_for(settings, args.name)
+    running = instance.is_running()
+    state = {
+        "name": args.name,
+        "running": running,
+        "pid": instance.pid,
+        "asterisk_version": instance.runtime.version,
+        "run_dir": str(instance.run_dir),
+    }
+    if (instance.run_dir / "instance.json").exists():
+        o = instance.ami
+        state.update({"ami": f"{o.host}:{o.port}", "sip_port": instance.options.sip_port})
+    print(json.dumps(state, indent=2))
+    return 0 if running else 1

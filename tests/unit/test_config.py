@@ -1,0 +1,40 @@
+"""Settings: defaults < binfoon.toml < BINFOON_* environment; unknown keys fail."""
+
+from pathlib import Path
+
+import pytest
+
+from ivr.config import ConfigError, load_settings
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = load_settings(environ={"BINFOON_CONFIG": str(tmp_path / "absent.toml")})
+    assert settings.dial_template == "Local/${NUMBER}@sim-phone" and settings.uses_simulator
+    assert settings.resolved_database_url.startswith("sqlite:///")
+
+
+def test_file_then_environment(tmp_path: Path) -> None:
+    config = tmp_path / "binfoon.toml"
+    config.write_text('dial_template = "PJSIP/${NUMBER}@trunk"\nring_timeout_s = 25\n')
+    settings = load_settings(config, environ={"BINFOON_RING_TIMEOUT_S": "40", "BINFOON_DATA_DIR": str(tmp_path)})
+    assert settings.dial_template == "PJSIP/${NUMBER}@trunk" and not settings.uses_simulator
+    assert settings.ring_timeout_s == 40.0 and settings.data_dir == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ("colour = 'red'\n", {}, "unknown setting 'colour'"),
+        ("", {"BINFOON_COLOUR": "red"}, "unknown setting BINFOON_COLOUR"),
+        ("ring_timeout_s = 'soon'\n", {}, "ring_timeout_s"),
+        ("dial_template = 'PJSIP/trunk'\n", {}, "${NUMBER}"),
+        ("asterisk_mode = 'docker'\n", {}, "asterisk_mode"),
+        ("ring_timeout_s = \n", {}, "binfoon.toml"),
+    ],
+)
+def test_bad_settings_fail_clearly(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:
+    config = tmp_path / "binfoon.toml"
+    config.write_text(toml)
+    with pytest.raises(ConfigError, match=None) as info:
+        load_settings(config, environ=env)
+    assert message in str(info.value)

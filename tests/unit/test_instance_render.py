@@ -1,0 +1,69 @@
+"""The rendered configuration of an instance: loopback AMI, generated secret, private files."""
+
+import re
+import stat
+from pathlib import Path
+
+from ivr.asterisk.install import AsteriskRuntime
+from ivr.asterisk.instance import CONF_TEMPLATES, AsteriskInstance, InstanceOptions
+
+
+def _fake_root(tmp_path: Path) -> AsteriskRuntime:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\nasterisk:x:101:101::/var/lib/asterisk:/x\n")
+    return AsteriskRuntime(root=root, version="22.10.1", module_dir="/usr/lib/x86_64-linux-gnu/asterisk/modules")
+
+
+def _render(tmp_path: Path, **options: object) -> AsteriskInstance:
+    runtime = _fake_root(tmp_path)
+    instance = AsteriskInstance(runtime, InstanceOptions(name="unit", agi_port=4999, **options),
+                                runtime.root / "srv" / "binfoon")  # type: ignore[operator]
+    instance.render()
+    return instance
+
+
+def test_every_template_is_fully_rendered(tmp_path: Path) -> None:
+    instance = _render(tmp_path, sim_agi_port=5000, trunk=("127.0.0.1", 5070), carrier_match="127.0.0.1")
+    etc = instance.run_dir / "etc"
+    rendered = {p.name for p in etc.glob("*.conf")}
+    expected = {p.name.removesuffix(".tmpl") for p in CONF_TEMPLATES.iterdir() if p.suffix in (".conf", ".tmpl")}
+    assert rendered == expected
+    for path in etc.glob("*.conf"):
+        assert not re.search(r"\$\{[a-z_]+\}", path.read_text()), f"unfilled placeholder in {path.name}"
+    assert (etc / "dialplan" / "binfoon-simulator.conf").exists()
+    # Directories point inside the run directory, as Asterisk sees it.
+    assert "astspooldir => /srv/binfoon/unit/spool" in (etc / "asterisk.conf").read_text()
+
+
+def test_ami_is_loopback_only_with_a_generated_secret(tmp_path: Path) -> None:
+    instance = _render(tmp_path)
+    manager = (instance.run_dir / "etc" / "manager.conf").read_text()
+    assert "bindaddr = 127.0.0.1" in manager
+    secret = instance.ami.secret
+    assert len(secret) >= 43 and f"secret = {secret}" in manager
+    assert secret not in "".join(p.read_text() for p in CONF_TEMPLATES.iterdir())
+    assert stat.S_IMODE((instance.run_dir / "ami.secret").stat().st_mode) == 0o600
+    assert stat.S_IMODE((instance.run_dir / "etc" / "manager.conf").stat().st_mode) == 0o640
+    write = re.search(r"^write = (.*)$", manager, re.M)
+    assert write is not None and not {"command", "system", "config", "all"} & set(write.group(1).split(","))
+
+
+def test_second_instance_gets_other_ports_and_secret(tmp_path: Path) -> None:
+    runtime = _fake_root(tmp_path)
+    base = runtime.root / "srv" / "binfoon"  # type: ignore[operator]
+    a = AsteriskInstance(runtime, InstanceOptions(name="a"), base)
+    b = AsteriskInstance(runtime, InstanceOptions(name="b"), base)
+    a.render()
+    b.render()
+    assert a.options.ami_port != b.options.ami_port and a.options.sip_port != b.options.sip_port
+    assert a.ami.secret != b.ami.secret
+    # Ports and secret survive a restart of the same instance.
+    again = AsteriskInstance(runtime, InstanceOptions(name="a"), base)
+    assert again.ami == a.ami
+
+
+def test_simulator_dialplan_only_where_asked(tmp_path: Path) -> None:
+    instance = _render(tmp_path)
+    assert not (instance.run_dir / "etc" / "dialplan" / "binfoon-simulator.conf").exists()
+    assert not (instance.run_dir / "etc" / "pjsip-trunk.conf").exists()
