@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
@@ -28,13 +29,15 @@ def asterisk_runtime() -> AsteriskRuntime:
 
 
 @pytest.fixture(scope="session")
-def instances_dir(asterisk_runtime: AsteriskRuntime, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def instances_dir(asterisk_runtime: AsteriskRuntime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Where test instances live: inside the embedded root (Asterisk sees only that), or a tmp dir."""
-    if asterisk_runtime.root is not None:
-        base = asterisk_runtime.root / "srv" / f"binfoon-test-{os.getpid()}"
-        base.mkdir(parents=True, exist_ok=True)
-        return base
-    return tmp_path_factory.mktemp("asterisk")
+    if asterisk_runtime.root is None:
+        yield tmp_path_factory.mktemp("asterisk")
+        return
+    base = asterisk_runtime.root / "srv" / f"binfoon-test-{os.getpid()}"
+    base.mkdir(parents=True, exist_ok=True)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

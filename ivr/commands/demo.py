@@ -20,13 +20,11 @@ from ivr.cli import CommandError
 from ivr.config import Settings
 from ivr.media.compare import locate_file
 from ivr.media.speech import synthesize
+from ivr.prompts import text
 from ivr.simulator.lab import PhoneLab
 from ivr.simulator.network import PhoneScript
 from ivr.telephony.agi import AgiCall
 from ivr.telephony.outcomes import classify_dial
-
-DEMO_MESSAGE = ("Dit is een test van het buurtinformatienetwerk. "
-                "Druk op één om te bevestigen dat u dit bericht gehoord hebt.")
 
 #: The demo's phones: number -> (what it does, what the demo expects).
 DEMO_PHONES: dict[str, tuple[PhoneScript, str]] = {
@@ -75,7 +73,7 @@ async def _demo(settings: Settings, runtime: Any, over_pjsip: bool) -> dict[str,
         say(f"private Asterisk up: AMI on 127.0.0.1:{lab.asterisk.options.ami_port} (loopback only), "
             f"phones reached through {lab.dial_template}")
         media_dir = settings.data_dir / "demo"
-        message = await asyncio.to_thread(synthesize, DEMO_MESSAGE, "nl", media_dir / "message.wav")
+        message = await asyncio.to_thread(synthesize, text("demo_test_message"), "nl", media_dir / "message.wav")
         say(f"test message spoken by espeak-ng (nl) into {message}")
         sound = lab.publish_audio(message, "demo-message")
         keys: dict[str, str | None] = {}

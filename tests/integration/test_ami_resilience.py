@@ -64,7 +64,9 @@ async def test_half_open_connection_is_detected_and_reopened(lab: PhoneLab) -> N
     assert (await lab.call("+3291000002")).success
 
 
-async def test_failing_event_subscriber_does_not_break_the_connection(lab: PhoneLab) -> None:
+async def test_failing_event_subscriber_does_not_break_the_connection(
+    lab: PhoneLab, caplog: pytest.LogCaptureFixture
+) -> None:
     heard = listen_for_key(lab)
     seen: list[AmiEvent] = []
 
@@ -82,3 +84,6 @@ async def test_failing_event_subscriber_does_not_break_the_connection(lab: Phone
     assert (await asyncio.wait_for(heard.get(), 10)).digit == "1"
     await _until(lambda: len(seen) > 0, 5)
     assert lab.ami.connected and lab.ami.disconnects == 0
+    # The failures are not swallowed: both kinds are logged.
+    await _until(lambda: "a bug in some async subscriber" in caplog.text, 5)
+    assert "a bug in some subscriber" in caplog.text
