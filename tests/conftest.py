@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import uuid
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
@@ -34,10 +35,25 @@ def instances_dir(asterisk_runtime: AsteriskRuntime, tmp_path_factory: pytest.Te
     if asterisk_runtime.root is None:
         yield tmp_path_factory.mktemp("asterisk")
         return
+    _reap_stale_test_instances(asterisk_runtime.root / "srv")
     base = asterisk_runtime.root / "srv" / f"binfoon-test-{os.getpid()}"
     base.mkdir(parents=True, exist_ok=True)
     yield base
     shutil.rmtree(base, ignore_errors=True)
+
+
+def _reap_stale_test_instances(srv: Path) -> None:
+    """Stop and delete instances left by a test run that was killed (its pid is gone)."""
+    for base in srv.glob("binfoon-test-*"):
+        owner = int(base.name.rsplit("-", 1)[1])
+        if Path(f"/proc/{owner}").exists():
+            continue
+        for pid_file in base.glob("*/run/asterisk.pid"):
+            try:
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError, PermissionError):
+                pass
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
