@@ -34,10 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``binfoon`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Libraries (alembic, panoramisk) speak only when something is wrong; ours tells progress.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("ivr").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         settings = load_settings()
         return int(args.func(settings, args) or 0)

@@ -16,6 +16,8 @@ from ivr.asterisk.instance import AsteriskInstance, InstanceOptions
 from ivr.config import load_settings
 from ivr.simulator.lab import PhoneLab
 
+pytest_plugins = ["tests.pg"]
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 SHARED_DIR = PROJECT_DIR.parent / "shared"
 

@@ -1,0 +1,223 @@
+"""Directory commands: ``zone add``, ``bin add|list``, ``person add``, ``members import|list``.
+
+Every change is audited; every error is a clear message and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ivr.cli import CommandError
+from ivr.config import Settings
+from ivr.directory import LANGUAGES, CsvImportError, import_members, parse_member_csv
+from ivr.domain.phone import InvalidPhoneNumber, mask, normalize_phone
+from storage import audit
+from storage.db import open_database, session_scope
+from storage.models import Bin, BinStreet, Person, PhoneNumber, PhoneRank, PoliceZone, Role, RoleAssignment
+from storage.pins import hash_pin, valid_pin_format
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the directory commands."""
+    zone = sub.add_parser("zone", help="police zones").add_subparsers(dest="action", required=True)
+    p = zone.add_parser("add", help="add a police zone")
+    p.add_argument("--code", required=True)
+    p.add_argument("--name", required=True)
+    p.set_defaults(func=cmd_zone_add)
+
+    bin_ = sub.add_parser("bin", help="neighbourhood information networks").add_subparsers(dest="action", required=True)
+    p = bin_.add_parser("add", help="add a BIN")
+    p.add_argument("--number", type=int, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--zone", required=True, help="police zone code")
+    p.add_argument("--language", default="nl", choices=["nl", "fr", "de"])
+    p.add_argument("--street", action="append", default=[], help="a street the BIN covers (repeatable)")
+    p.set_defaults(func=cmd_bin_add)
+    bin_.add_parser("list", help="list the BINs").set_defaults(func=cmd_bin_list)
+
+    person = sub.add_parser("person", help="people and their roles").add_subparsers(dest="action", required=True)
+    p = person.add_parser("add", help="add a person with a role")
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", required=True, choices=[r.value for r in Role])
+    p.add_argument("--bin", type=int, help="BIN number (coordinators, members)")
+    p.add_argument("--zone", help="police zone code (police officers)")
+    p.add_argument("--phone", required=True)
+    p.add_argument("--second-phone")
+    p.add_argument("--language", default="nl", choices=["nl", "fr", "de"])
+    p.add_argument("--priority", type=int, default=0, help="coordinators are called in this order")
+    pin = p.add_mutually_exclusive_group()
+    pin.add_argument("--pin-file", type=Path, help="read the PIN from this file (never give it on the command line)")
+    pin.add_argument("--pin-stdin", action="store_true", help="read the PIN from standard input")
+    p.set_defaults(func=cmd_person_add)
+
+    members = sub.add_parser("members", help="a BIN's member households").add_subparsers(dest="action", required=True)
+    p = members.add_parser("import", help="replace a BIN's members with a CSV file (name, phone, second phone, "
+                                          "street, language)")
+    p.add_argument("--bin", type=int, required=True)
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_members_import)
+    p = members.add_parser("list", help="list a BIN's members")
+    p.add_argument("--bin", type=int, required=True)
+    p.add_argument("--show-numbers", action="store_true", help="show full phone numbers (audited)")
+    p.set_defaults(func=cmd_members_list)
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _zone(session: Session, code: str) -> PoliceZone:
+    zone = session.scalars(select(PoliceZone).where(PoliceZone.code == code)).first()
+    if zone is None:
+        raise CommandError(f"no police zone with code {code!r} (add it with `binfoon zone add`)")
+    return zone
+
+
+def _bin(session: Session, number: int) -> Bin:
+    found = session.scalars(select(Bin).where(Bin.number == number)).first()
+    if found is None:
+        raise CommandError(f"no BIN number {number} (add it with `binfoon bin add`)")
+    return found
+
+
+def cmd_zone_add(settings: Settings, args: argparse.Namespace) -> int:
+    """Add a police zone."""
+    engine = open_database(settings.resolved_database_url)
+    try:
+        with session_scope(engine) as session:
+            session.add(PoliceZone(code=args.code, name=args.name))
+            session.flush()
+            audit.record(session, _actor(), "zone.add", f"zone:{args.code}", name=args.name)
+    except IntegrityError:
+        raise CommandError(f"police zone {args.code!r} already exists") from None
+    print(f"police zone {args.code} added")
+    return 0
+
+
+def cmd_bin_add(settings: Settings, args: argparse.Namespace) -> int:
+    """Add a BIN to a zone."""
+    if args.number <= 0:
+        raise CommandError("--number must be a positive number (it is typed on a phone keypad)")
+    engine = open_database(settings.resolved_database_url)
+    try:
+        with session_scope(engine) as session:
+            zone = _zone(session, args.zone)
+            bin_ = Bin(number=args.number, name=args.name, zone=zone, language=LANGUAGES[args.language])
+            bin_.streets = [BinStreet(street=s.strip()) for s in dict.fromkeys(args.street) if s.strip()]
+            session.add(bin_)
+            session.flush()
+            audit.record(session, _actor(), "bin.add", f"bin:{args.number}", name=args.name, zone=args.zone)
+    except IntegrityError:
+        raise CommandError(f"BIN number {args.number} already exists") from None
+    print(f"BIN {args.number} ({args.name}) added to zone {args.zone}")
+    return 0
+
+
+def cmd_bin_list(settings: Settings, args: argparse.Namespace) -> int:
+    """List the BINs with their member counts."""
+    engine = open_database(settings.resolved_database_url)
+    with session_scope(engine) as session:
+        for bin_ in session.scalars(select(Bin).order_by(Bin.number)):
+            members = session.query(RoleAssignment).filter_by(role=Role.MEMBER, bin_id=bin_.id).count()
+            print(f"{bin_.number:>6}  {bin_.name}  zone {bin_.zone.code}  {bin_.language.value}  {members} members")
+    return 0
+
+
+def _read_pin(args: argparse.Namespace) -> str | None:
+    if args.pin_file:
+        try:
+            pin = args.pin_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise CommandError(f"cannot read the PIN file: {exc.strerror}") from None
+    elif args.pin_stdin:
+        pin = sys.stdin.readline().strip()
+    else:
+        return None
+    if not valid_pin_format(pin):
+        raise CommandError("a PIN is 4 to 8 digits")
+    return pin
+
+
+def cmd_person_add(settings: Settings, args: argparse.Namespace) -> int:
+    """Add a person with one role, phone numbers and (for officers, admins) a PIN."""
+    role = Role(args.role)
+    try:
+        phone = normalize_phone(args.phone)
+        second = normalize_phone(args.second_phone) if args.second_phone else None
+    except InvalidPhoneNumber as exc:
+        raise CommandError(f"phone: {exc}") from None
+    if role in (Role.COORDINATOR, Role.MEMBER) and args.bin is None:
+        raise CommandError(f"a {role.value} belongs to a BIN: give --bin")
+    if role is Role.POLICE_OFFICER and args.zone is None:
+        raise CommandError("a police officer belongs to a zone: give --zone")
+    pin = _read_pin(args)
+    if role in (Role.POLICE_OFFICER, Role.ADMIN) and pin is None:
+        raise CommandError(f"a {role.value} calls in with a PIN: give --pin-file or --pin-stdin")
+    engine = open_database(settings.resolved_database_url)
+    with session_scope(engine) as session:
+        assignment = RoleAssignment(role=role, priority=args.priority)
+        if args.bin is not None:
+            assignment.bin_id = _bin(session, args.bin).id
+        if args.zone is not None:
+            assignment.zone_id = _zone(session, args.zone).id
+        person = Person(name=args.name, language=LANGUAGES[args.language],
+                        pin_hash=hash_pin(pin) if pin else None)
+        person.roles.append(assignment)
+        person.phones.append(PhoneNumber(rank=PhoneRank.PRIMARY, e164=phone))
+        if second:
+            person.phones.append(PhoneNumber(rank=PhoneRank.SECONDARY, e164=second))
+        session.add(person)
+        session.flush()
+        audit.record(session, _actor(), "person.add", f"person:{person.id}", role=role.value,
+                     bin=args.bin, zone=args.zone, phone=mask(phone))
+        person_id = person.id
+    print(f"person {person_id} ({args.name}) added as {role.value}")
+    return 0
+
+
+def cmd_members_import(settings: Settings, args: argparse.Namespace) -> int:
+    """Replace a BIN's member list with the CSV file; a bad file changes nothing."""
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        raise CommandError(f"{args.file}: {exc.strerror}") from None
+    try:
+        rows = parse_member_csv(data)
+    except CsvImportError as exc:
+        for error in exc.errors:
+            print(f"{args.file}: {error}", file=sys.stderr)
+        raise CommandError(f"{args.file}: {len(exc.errors)} error(s); nothing was imported") from None
+    engine = open_database(settings.resolved_database_url)
+    with session_scope(engine) as session:
+        result = import_members(session, _bin(session, args.bin), rows, _actor())
+    print(f"BIN {args.bin}: {result.added} added, {result.updated} updated, {result.removed} removed "
+          f"({len(rows)} members)")
+    return 0
+
+
+def cmd_members_list(settings: Settings, args: argparse.Namespace) -> int:
+    """List a BIN's members; numbers are masked unless asked for (and then audited)."""
+    engine = open_database(settings.resolved_database_url)
+    with session_scope(engine) as session:
+        bin_ = _bin(session, args.bin)
+        people = session.scalars(
+            select(Person).join(RoleAssignment)
+            .where(RoleAssignment.role == Role.MEMBER, RoleAssignment.bin_id == bin_.id).order_by(Person.name)
+        ).all()
+        if args.show_numbers:
+            audit.record(session, _actor(), "members.show_numbers", f"bin:{args.bin}", count=len(people))
+        for person in people:
+            numbers = [p.e164 if args.show_numbers else mask(p.e164)
+                       for p in sorted(person.phones, key=lambda p: p.rank.value)]
+            print(f"{person.name}\t{' / '.join(numbers)}\t{person.street or ''}\t{person.language.value}")
+    return 0

@@ -1,0 +1,1 @@
+"""BINfoon storage: SQLAlchemy models, migrations, the audit log. Import it as ``storage``."""

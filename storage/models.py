@@ -1,0 +1,316 @@
+"""SQLAlchemy 2 models: the database is the single source of truth for every state that matters.
+
+Rules: UTC timezone-aware datetimes; enums stored as strings (portable between SQLite and
+PostgreSQL, readable in dumps); a call attempt's id is a UUID string that is also the Asterisk
+Originate ChannelId, so every AMI event maps back to the row written before the call was placed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    """Now, in UTC, timezone-aware."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def new_id() -> str:
+    """A fresh UUID string (used where the id must exist before the row is written)."""
+    return str(uuid.uuid4())
+
+
+# Named constraints: Alembic can then alter them on PostgreSQL and SQLite (batch mode) alike.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the project's naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _enum(kind: type[enum.Enum]) -> Enum:
+    return Enum(kind, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e],
+                validate_strings=True)
+
+
+Timestamp = DateTime(timezone=True)
+
+
+class Language(enum.Enum):
+    """The languages prompts are spoken in (Belgium's three)."""
+
+    NL = "nl"
+    FR = "fr"
+    DE = "de"
+
+
+class Role(enum.Enum):
+    """What a person does in the chain."""
+
+    POLICE_OFFICER = "police_officer"
+    COORDINATOR = "coordinator"
+    MEMBER = "member"
+    ADMIN = "admin"
+
+
+class PhoneRank(enum.Enum):
+    """Which of a person's numbers: dialled first, or when the first fails."""
+
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+
+
+class Urgency(enum.Enum):
+    """dringend (red) or preventief (green)."""
+
+    URGENT = "urgent"
+    PREVENTIVE = "preventive"
+
+
+class MessageStatus(enum.Enum):
+    """Where a police message stands."""
+
+    DRAFT = "draft"                  # recorded, not (yet) submitted; never sent
+    RECORDED = "recorded"            # submitted by the officer
+    WITH_COORDINATORS = "with_coordinators"
+    APPROVED = "approved"            # to be delivered now or at a set time
+    REJECTED = "rejected"
+    DELIVERING = "delivering"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class CampaignStatus(enum.Enum):
+    """The delivery of one message to a BIN's members."""
+
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class AttemptStatus(enum.Enum):
+    """One call attempt's life: written before dialling, ended exactly once."""
+
+    QUEUED = "queued"
+    DIALING = "dialing"
+    ANSWERED = "answered"
+    ENDED = "ended"
+
+
+class AttemptOutcome(enum.Enum):
+    """The closed set of terminal outcomes of an attempt (RELIABILITY B6)."""
+
+    CONFIRMED = "confirmed"
+    ANSWERED_NO_KEY = "answered_no_key"
+    VOICEMAIL = "voicemail"
+    BUSY = "busy"
+    NO_ANSWER = "no_answer"
+    FAILED = "failed"
+    INVALID_NUMBER = "invalid_number"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class PoliceZone(Base):
+    """A local police zone (politiezone), which owns BINs."""
+
+    __tablename__ = "police_zones"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    bins: Mapped[list[Bin]] = relationship(back_populates="zone")
+
+
+class Bin(Base):
+    """A neighbourhood information network (buurtinformatienetwerk)."""
+
+    __tablename__ = "bins"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    zone_id: Mapped[int] = mapped_column(ForeignKey("police_zones.id"))
+    language: Mapped[Language] = mapped_column(_enum(Language), default=Language.NL)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    zone: Mapped[PoliceZone] = relationship(back_populates="bins")
+    streets: Mapped[list[BinStreet]] = relationship(back_populates="bin", cascade="all, delete-orphan")
+
+
+class BinStreet(Base):
+    """A street a BIN covers."""
+
+    __tablename__ = "bin_streets"
+    __table_args__ = (UniqueConstraint("bin_id", "street"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bin_id: Mapped[int] = mapped_column(ForeignKey("bins.id", ondelete="CASCADE"))
+    street: Mapped[str] = mapped_column(String(200))
+    bin: Mapped[Bin] = relationship(back_populates="streets")
+
+
+class Person(Base):
+    """A person in the chain: officer, coordinator, member household or admin."""
+
+    __tablename__ = "people"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    language: Mapped[Language] = mapped_column(_enum(Language), default=Language.NL)
+    street: Mapped[str | None] = mapped_column(String(200))
+    #: scrypt hash (``storage.pins``); never the PIN itself.
+    pin_hash: Mapped[str | None] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    phones: Mapped[list[PhoneNumber]] = relationship(back_populates="person", cascade="all, delete-orphan")
+    roles: Mapped[list[RoleAssignment]] = relationship(back_populates="person", cascade="all, delete-orphan")
+
+
+class RoleAssignment(Base):
+    """A role of a person, scoped to a BIN (coordinator, member) or a zone (police), or global (admin)."""
+
+    __tablename__ = "role_assignments"
+    __table_args__ = (UniqueConstraint("person_id", "role", "bin_id", "zone_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"))
+    role: Mapped[Role] = mapped_column(_enum(Role))
+    bin_id: Mapped[int | None] = mapped_column(ForeignKey("bins.id", ondelete="CASCADE"))
+    zone_id: Mapped[int | None] = mapped_column(ForeignKey("police_zones.id", ondelete="CASCADE"))
+    #: Coordinators are called in this order (lowest first).
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    person: Mapped[Person] = relationship(back_populates="roles")
+
+
+class PhoneNumber(Base):
+    """A person's phone number in E.164 form."""
+
+    __tablename__ = "phone_numbers"
+    __table_args__ = (UniqueConstraint("person_id", "rank"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"))
+    rank: Mapped[PhoneRank] = mapped_column(_enum(PhoneRank))
+    e164: Mapped[str] = mapped_column(String(20), index=True)
+    person: Mapped[Person] = relationship(back_populates="phones")
+
+
+class Message(Base):
+    """A police message for one BIN."""
+
+    __tablename__ = "messages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bin_id: Mapped[int] = mapped_column(ForeignKey("bins.id"))
+    urgency: Mapped[Urgency] = mapped_column(_enum(Urgency))
+    status: Mapped[MessageStatus] = mapped_column(_enum(MessageStatus), default=MessageStatus.DRAFT)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    #: A follow-up or cancellation points at the message it updates.
+    follow_up_of_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    text: Mapped[str | None] = mapped_column(Text)
+    deliver_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    recordings: Mapped[list[Recording]] = relationship(back_populates="message")
+
+
+class Recording(Base):
+    """The original audio of a message, exactly as recorded (members hear this very file)."""
+
+    __tablename__ = "recordings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"))
+    path: Mapped[str] = mapped_column(String(500))
+    sha256: Mapped[str] = mapped_column(String(64))
+    duration_s: Mapped[float] = mapped_column(Float)
+    sample_rate: Mapped[int] = mapped_column(Integer, default=8000)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    message: Mapped[Message] = relationship(back_populates="recordings")
+
+
+class Campaign(Base):
+    """The delivery of one message to its BIN's members."""
+
+    __tablename__ = "campaigns"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), unique=True)
+    status: Mapped[CampaignStatus] = mapped_column(_enum(CampaignStatus), default=CampaignStatus.SCHEDULED)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+
+class CallAttempt(Base):
+    """One call to one number; written before it is dialled, its id is the Originate ChannelId."""
+
+    __tablename__ = "call_attempts"
+    __table_args__ = (UniqueConstraint("campaign_id", "person_id", "attempt_no"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    e164: Mapped[str] = mapped_column(String(20))
+    attempt_no: Mapped[int] = mapped_column(Integer)
+    status: Mapped[AttemptStatus] = mapped_column(_enum(AttemptStatus), default=AttemptStatus.QUEUED)
+    outcome: Mapped[AttemptOutcome | None] = mapped_column(_enum(AttemptOutcome))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    dialled_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    hangup_cause: Mapped[int | None] = mapped_column(Integer)
+
+
+class Confirmation(Base):
+    """A member pressed 1: stored before they hear "thank you"."""
+
+    __tablename__ = "confirmations"
+    __table_args__ = (UniqueConstraint("campaign_id", "person_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attempt_id: Mapped[str] = mapped_column(ForeignKey("call_attempts.id"), unique=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    confirmed_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Transcript(Base):
+    """What offline speech recognition made of a recording."""
+
+    __tablename__ = "transcripts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    recording_id: Mapped[int] = mapped_column(ForeignKey("recordings.id"), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    words: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    model: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class AuditEntry(Base):
+    """Append-only, hash-chained record of who did what (see ``storage.audit``)."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100))
+    subject: Mapped[str] = mapped_column(String(200), default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

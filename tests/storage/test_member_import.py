@@ -1,0 +1,110 @@
+"""Member CSV import: a good file replaces the list; every bad file fails line-numbered, writes nothing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+
+from ivr.directory import CsvImportError, import_members, parse_member_csv
+from storage.db import open_database, session_scope
+from storage.models import Base, Bin, Language, Person, PoliceZone, Role, RoleAssignment
+
+HEADER = "name,phone,second phone,street,language\n"
+
+
+def _engine_with_bin(url: str) -> Engine:
+    engine = open_database(url)
+    with session_scope(engine) as s:
+        s.add(Bin(number=12, name="Noord", zone=PoliceZone(code="5415", name="Gent"), language=Language.NL))
+    return engine
+
+
+def _dump(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
+    with engine.connect() as conn:
+        return {t.name: sorted(map(tuple, conn.execute(select(t)).all()), key=repr)
+                for t in Base.metadata.sorted_tables}
+
+
+def _import(engine: Engine, data: bytes) -> object:
+    rows = parse_member_csv(data)
+    with session_scope(engine) as s:
+        bin_ = s.scalars(select(Bin).where(Bin.number == 12)).one()
+        return import_members(s, bin_, rows, "test")
+
+
+def _members(engine: Engine) -> dict[str, tuple[str, ...]]:
+    with session_scope(engine) as s:
+        people = s.scalars(select(Person).join(RoleAssignment).where(RoleAssignment.role == Role.MEMBER)).all()
+        return {p.name: tuple(n.e164 for n in sorted(p.phones, key=lambda n: n.rank.value)) for p in people}
+
+
+BAD_FILES = {
+    "empty": (b"", "line 1: the file is empty"),
+    "header only": (HEADER.encode(), "line 2: no members"),
+    "unknown column": (b"name,phone,fax\nJan,09 123 45 67,1\n", "line 1: unknown column 'fax'"),
+    "missing column": (b"name,street\nJan,Kasteellaan\n", "line 1: missing column 'phone'"),
+    "bad phone": ((HEADER + "Jan,09 123 45 67,,,nl\nPiet,0900 12 345,,,nl\n").encode(),
+                  "line 3: phone: '0900 12 345' is a service number"),
+    "duplicate": ((HEADER + "Jan,09 123 45 67,,,\nAn,0470 11 22 33,,,\nPiet,+32 9 123 45 67,,,\n").encode(),
+                  "line 4: phone +3291234567 is already on line 2"),
+    "same second phone": ((HEADER + "Jan,09 123 45 67,091234567,,\n").encode(),
+                          "line 2: the second phone is the same as the first"),
+    "wrong encoding": ((HEADER + "Jan,09 123 45 67,,Kasteellaan,nl\nRen\xe9,09 765 43 21,,Stra\xdfe,nl\n")
+                       .encode("latin-1"), "line 3: not UTF-8 text (byte 0xe9)"),
+    "unknown language": ((HEADER + "Jan,09 123 45 67,,,es\n").encode(), "line 2: unknown language 'es'"),
+    "field count": ((HEADER + "Jan,09 123 45 67\n").encode(), "line 2: 2 fields where the header has 5"),
+    "empty name": ((HEADER + ",09 123 45 67,,,\n").encode(), "line 2: the name is empty"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_bad_file_fails_clearly_and_writes_nothing(db_url: str, kind: str) -> None:
+    engine = _engine_with_bin(db_url)
+    _import(engine, (HEADER + "Existing Member,050 12 34 56,,,nl\n").encode())
+    before = _dump(engine)
+    data, message = BAD_FILES[kind]
+    with pytest.raises(CsvImportError) as info:
+        _import(engine, data)
+    assert message in str(info.value), str(info.value)
+    assert _dump(engine) == before
+    engine.dispose()
+
+
+def test_all_errors_are_reported_at_once() -> None:
+    data = (HEADER + "Jan,12,,,\n,09 123 45 67,,,xx\n").encode()
+    with pytest.raises(CsvImportError) as info:
+        parse_member_csv(data)
+    assert [e.line for e in info.value.errors] == [2, 3, 3]
+
+
+def test_semicolons_dutch_headers_and_bom() -> None:
+    data = "\ufeffNaam;Telefoon;Tweede telefoon;Straat;Taal\nJan;09 123 45 67;0470 12 34 56;Dorp 1;Frans\n"
+    rows = parse_member_csv(data.encode("utf-8"))
+    assert rows[0].name == "Jan" and rows[0].second_phone == "+32470123456" and rows[0].language is Language.FR
+
+
+def test_thousand_members_import_and_reimport_replaces(db_url: str) -> None:
+    engine = _engine_with_bin(db_url)
+    lines = [f"Member {i},09 {100 + i // 10000:03d} {i // 100 % 100:02d} {i % 100:02d},,Straat {i},nl"
+             for i in range(1000)]
+    started = time.perf_counter()
+    result = _import(engine, (HEADER + "\n".join(lines) + "\n").encode())
+    elapsed = time.perf_counter() - started
+    print(f"1,000-member import on {db_url.split(':')[0]}: {elapsed:.2f} s")
+    assert (result.added, result.updated, result.removed) == (1000, 0, 0)  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(RoleAssignment.__table__)).scalar() == 1000
+    # The coordinator's next file: one member gone, one renamed (same number), one new.
+    changed = lines[1:]
+    changed[0] = changed[0].replace("Member 1,", "Member One,")
+    changed.append("New Member,0470 99 88 77,,Nieuwstraat 1,")
+    result = _import(engine, (HEADER + "\n".join(changed) + "\n").encode())
+    assert (result.added, result.updated, result.removed) == (1, 999, 1)  # type: ignore[attr-defined]
+    members = _members(engine)
+    assert len(members) == 1000 and "Member 0" not in members and "Member One" in members
+    assert members["New Member"] == ("+32470998877",)
+    with engine.connect() as conn:  # the removed member's person row (and history) is kept
+        assert conn.execute(text("select count(*) from people")).scalar() == 1001
+    engine.dispose()
