@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     actions = parser.add_subparsers(dest="action", required=True)
     actions.add_parser("install", help="make Asterisk 22 available (system or embedded Debian root)").set_defaults(
         func=cmd_install)
-    for name, func, text in (("start", cmd_start, "start an instance in the background"),
+    for name, func, text in (("render", cmd_render, "write an instance's configuration without starting it"),
+                             ("start", cmd_start, "start an instance in the background"),
                              ("stop", cmd_stop, "stop an instance"),
                              ("status", cmd_status, "show an instance's state")):
         p = actions.add_parser(name, help=text)
@@ -48,6 +49,14 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     where = f"embedded Debian root {runtime.root}" if runtime.root else "the system"
     print(f"Asterisk {runtime.version} from {where}")
+    return 0
+
+
+def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
+    """Render the configuration (for an Asterisk started by something else, e.g. a container)."""
+    instance = instance_for(settings, args.name)
+    instance.render()
+    print(f"configuration of instance {args.name!r} written to {instance.run_dir / 'etc'}")
     return 0
 
 
