@@ -39,6 +39,8 @@ test: asterisk
 
 bench: asterisk
 	$(BIN)/binfoon bench asterisk-start --runs 10 --json bench-asterisk-start.json
+	$(BIN)/binfoon bench review-latency --runs 20 --lanes 4 --json bench-review-latency.json
+	$(BIN)/binfoon bench campaign --members 500 --channels 100 --message-seconds 10 --json bench-campaign.json
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

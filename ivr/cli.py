@@ -18,14 +18,18 @@ def build_parser() -> argparse.ArgumentParser:
     """The full parser; each area module adds its own sub-commands."""
     from ivr.commands import asterisk as asterisk_cmd
     from ivr.commands import bench as bench_cmd
+    from ivr.commands import campaign as campaign_cmd
     from ivr.commands import directory as directory_cmd
     from ivr.commands import db as db_cmd
     from ivr.commands import demo as demo_cmd
+    from ivr.commands import message as message_cmd
+    from ivr.commands import prompts as prompts_cmd
+    from ivr.commands import serve as serve_cmd
 
     parser = argparse.ArgumentParser(prog="binfoon", description="BINfoon telephone chain")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
     sub = parser.add_subparsers(dest="area", required=True)
-    for module in (asterisk_cmd, directory_cmd, db_cmd, demo_cmd, bench_cmd):
+    for module in (asterisk_cmd, directory_cmd, db_cmd, prompts_cmd, message_cmd, campaign_cmd, serve_cmd, demo_cmd, bench_cmd):
         module.register(sub)
     return parser
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import zoneinfo
+from datetime import time as dt_time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -49,6 +51,51 @@ class Settings:
     sim_agi_port: int = 4574
     #: The number every outbound call presents (E.164): the zone's registered Belgian number.
     caller_id_number: str = "+3250000000"
+    #: The police line's DID (E.164): calls from the carrier to this number reach the police intake.
+    police_line_number: str = "+3250000100"
+    #: The name shown with it, so members can save the number (the same on every call and retry).
+    caller_id_name: str = "BIN"
+    #: Local time of the police zones: "forward later at HHMM" and spoken times use it.
+    timezone: str = "Europe/Brussels"
+    #: Wrong PINs that lock an officer account and the caller ID, and for how long.
+    pin_max_failures: int = 3
+    pin_lock_s: float = 900.0
+    #: The police recording: longest message, and the silence that ends it.
+    record_max_s: int = 120
+    record_silence_s: int = 3
+    #: How long the system waits for a key after a question.
+    key_timeout_s: float = 6.0
+    #: How long a coordinator's phone rings before the next one is tried.
+    review_ring_timeout_s: float = 30.0
+    #: A message nobody decided on (preventive, or when escalation is spent) is reviewed again after this.
+    review_retry_after_s: float = 900.0
+    #: The trunk's limits: simultaneous member calls, and new calls per second (carriers cap it).
+    max_channels: int = 30
+    max_cps: float = 5.0
+    #: How long a member's phone rings before it counts as not answered.
+    member_ring_timeout_s: float = 30.0
+    #: Retries per number after busy / no answer / congestion, by urgency, and the delay between them.
+    urgent_retries: int = 1
+    urgent_retry_after_s: float = 300.0
+    preventive_retries: int = 1
+    preventive_retry_after_s: float = 300.0
+    #: Each further retry waits this many times longer.
+    retry_backoff: float = 1.0
+    #: A member who answered but hung up before confirming: retries and delay.
+    no_key_retries: int = 1
+    no_key_retry_after_s: float = 300.0
+    #: Local hours without preventive calls (urgent ones go at once).
+    quiet_hours: str = "21:00-08:00"
+    #: After the message, the keys are reminded this often before the call ends.
+    member_reminders: int = 2
+    #: The numbers members and coordinators call in on: the BIN line (members hear the latest
+    #: message again; it is the number every outbound call presents) and the report line.
+    report_line_number: str = "+3250000200"
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        """The local time zone (``timezone``)."""
+        return zoneinfo.ZoneInfo(self.timezone)
 
     @property
     def uses_simulator(self) -> bool:
@@ -114,4 +161,16 @@ def load_settings(
         raise ConfigError(f"asterisk_mode must be auto, system or debootstrap, not {settings.asterisk_mode!r}")
     if "${NUMBER}" not in settings.dial_template:
         raise ConfigError("dial_template must contain ${NUMBER}")
+    try:
+        zoneinfo.ZoneInfo(settings.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"timezone {settings.timezone!r} is not a known time zone (e.g. Europe/Brussels)") from None
+    try:
+        _quiet_start, _quiet_end = (dt_time.fromisoformat(p.strip()) for p in settings.quiet_hours.split("-"))
+    except ValueError:
+        raise ConfigError(f"quiet_hours must look like 21:00-08:00, not {settings.quiet_hours!r}") from None
+    if settings.max_channels < 1 or settings.max_cps <= 0:
+        raise ConfigError("max_channels must be >= 1 and max_cps > 0")
+    if settings.pin_max_failures < 1 or settings.record_max_s < 5 or settings.record_silence_s < 1:
+        raise ConfigError("pin_max_failures >= 1, record_max_s >= 5 and record_silence_s >= 1 are required")
     return settings

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    Date,
     DateTime,
     Enum,
     Float,
@@ -77,6 +78,8 @@ class Role(enum.Enum):
     COORDINATOR = "coordinator"
     MEMBER = "member"
     ADMIN = "admin"
+    #: A police officer who decides on urgent messages that no coordinator took (zone escalation).
+    POLICE_APPROVER = "police_approver"
 
 
 class PhoneRank(enum.Enum):
@@ -106,6 +109,52 @@ class MessageStatus(enum.Enum):
     CANCELLED = "cancelled"
 
 
+class ReviewMode(enum.Enum):
+    """How a zone calls a BIN's coordinators about a new message."""
+
+    SEQUENTIAL = "sequential"  # one after the other, in priority order
+    PARALLEL = "parallel"      # all at once; the first decision counts
+
+
+class Escalation(enum.Enum):
+    """What happens to an urgent message that no coordinator decided on."""
+
+    AUTO_FORWARD = "auto_forward"        # delivered to the members without a decision
+    POLICE_APPROVER = "police_approver"  # the zone's police approvers are called, then it waits
+    WAIT = "wait"                        # it waits, like a preventive message
+
+
+class Decision(enum.Enum):
+    """What a coordinator (or the zone's policy) decided about a message."""
+
+    FORWARD_NOW = "forward_now"
+    FORWARD_LATER = "forward_later"
+    REJECT = "reject"
+
+
+class MessageKind(enum.Enum):
+    """A new alert, or feedback on an earlier one (sent only to those who received the first)."""
+
+    ALERT = "alert"
+    UPDATE = "update"
+    CANCELLATION = "cancellation"
+
+
+class MessageSource(enum.Enum):
+    """How the police gave the message."""
+
+    PHONE = "phone"  # spoken on the police line
+    TEXT = "text"    # typed, then spoken by espeak-ng
+
+
+class PinOutcome(enum.Enum):
+    """One PIN attempt on the police line."""
+
+    OK = "ok"
+    WRONG = "wrong"
+    LOCKED = "locked"  # refused unchecked: the account or caller ID was locked
+
+
 class CampaignStatus(enum.Enum):
     """The delivery of one message to a BIN's members."""
 
@@ -132,10 +181,14 @@ class AttemptOutcome(enum.Enum):
     VOICEMAIL = "voicemail"
     BUSY = "busy"
     NO_ANSWER = "no_answer"
+    REJECTED = "rejected"
+    CONGESTION = "congestion"
     FAILED = "failed"
     INVALID_NUMBER = "invalid_number"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    #: The call was up when the application or Asterisk went down: retried by the policy.
+    INTERRUPTED = "interrupted"
 
 
 class PoliceZone(Base):
@@ -145,6 +198,10 @@ class PoliceZone(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     code: Mapped[str] = mapped_column(String(32), unique=True)
     name: Mapped[str] = mapped_column(String(200))
+    review_mode: Mapped[ReviewMode] = mapped_column(_enum(ReviewMode), default=ReviewMode.SEQUENTIAL)
+    urgent_escalation: Mapped[Escalation] = mapped_column(_enum(Escalation), default=Escalation.AUTO_FORWARD)
+    #: Simultaneous member calls for this zone's campaigns (``None``: only the global limit applies).
+    max_channels: Mapped[int | None] = mapped_column(Integer)
     bins: Mapped[list[Bin]] = relationship(back_populates="zone")
 
 
@@ -184,6 +241,12 @@ class Person(Base):
     #: scrypt hash (``storage.pins``); never the PIN itself.
     pin_hash: Mapped[str | None] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: A member's own window for preventive calls, local "HH:MM" (both or neither).
+    call_window_start: Mapped[str | None] = mapped_column(String(5))
+    call_window_end: Mapped[str | None] = mapped_column(String(5))
+    #: A holiday pause: no preventive calls from ``pause_from`` to ``pause_until`` (dates, inclusive).
+    pause_from: Mapped[dt.date | None] = mapped_column(Date)
+    pause_until: Mapped[dt.date | None] = mapped_column(Date)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     phones: Mapped[list[PhoneNumber]] = relationship(back_populates="person", cascade="all, delete-orphan")
     roles: Mapped[list[RoleAssignment]] = relationship(back_populates="person", cascade="all, delete-orphan")
@@ -230,7 +293,14 @@ class Message(Base):
     follow_up_of_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
     text: Mapped[str | None] = mapped_column(Text)
     deliver_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
-    recordings: Mapped[list[Recording]] = relationship(back_populates="message")
+    source: Mapped[MessageSource] = mapped_column(_enum(MessageSource), default=MessageSource.PHONE)
+    kind: Mapped[MessageKind] = mapped_column(_enum(MessageKind), default=MessageKind.ALERT)
+    #: When the officer pressed "send" (or the text was given): the message left the officer's hands.
+    submitted_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    #: The take that was sent (members hear this very recording).
+    submitted_take: Mapped[int | None] = mapped_column(Integer)
+    recordings: Mapped[list[Recording]] = relationship(back_populates="message", order_by="Recording.take")
+    bin: Mapped[Bin] = relationship()
 
 
 class Recording(Base):
@@ -244,7 +314,61 @@ class Recording(Base):
     duration_s: Mapped[float] = mapped_column(Float)
     sample_rate: Mapped[int] = mapped_column(Integer, default=8000)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    #: 1 for the first recording of a message, 2 after "speak again", ...
+    take: Mapped[int] = mapped_column(Integer, default=1)
+    #: Seconds of speech in it (first to last non-silent frame); 0 for a silent take.
+    speech_s: Mapped[float] = mapped_column(Float, default=0.0)
+    #: Why recording stopped: dtmf, silence, max_duration, hangup, or text (synthesised).
+    end_reason: Mapped[str] = mapped_column(String(20), default="")
     message: Mapped[Message] = relationship(back_populates="recordings")
+
+
+class ReviewCall(Base):
+    """One call to a coordinator (or approver) about a message; written before it is dialled."""
+
+    __tablename__ = "review_calls"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    e164: Mapped[str] = mapped_column(String(20))
+    #: Review rounds: 1 for the first, higher when a waiting message is tried again.
+    round: Mapped[int] = mapped_column(Integer, default=1)
+    role: Mapped[Role] = mapped_column(_enum(Role), default=Role.COORDINATOR)
+    status: Mapped[AttemptStatus] = mapped_column(_enum(AttemptStatus), default=AttemptStatus.QUEUED)
+    #: How the dialling ended (answered, busy, no_answer...) once known.
+    dial_outcome: Mapped[str | None] = mapped_column(String(20))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    dialled_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    answered_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    hangup_cause: Mapped[int | None] = mapped_column(Integer)
+
+
+class ReviewDecision(Base):
+    """The one decision about a message: who (``None``: the zone's policy), what, when."""
+
+    __tablename__ = "review_decisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), unique=True)
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    review_call_id: Mapped[str | None] = mapped_column(ForeignKey("review_calls.id"))
+    decision: Mapped[Decision] = mapped_column(_enum(Decision))
+    deliver_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    #: phone (a coordinator's keys), escalation (the zone's policy), or cli.
+    via: Mapped[str] = mapped_column(String(20), default="phone")
+    decided_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    person: Mapped[Person | None] = relationship()
+
+
+class PinAttempt(Base):
+    """One PIN typed on the police line (the PIN itself is never stored)."""
+
+    __tablename__ = "pin_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+    caller_id: Mapped[str] = mapped_column(String(32), index=True)
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"), index=True)
+    outcome: Mapped[PinOutcome] = mapped_column(_enum(PinOutcome))
 
 
 class Campaign(Base):
@@ -257,6 +381,9 @@ class Campaign(Base):
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    #: Quiet hours: a preventive campaign is not dialled before this time.
+    not_before: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    message: Mapped[Message] = relationship()
 
 
 class CallAttempt(Base):
@@ -275,6 +402,21 @@ class CallAttempt(Base):
     dialled_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     ended_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     hangup_cause: Mapped[int | None] = mapped_column(Integer)
+    rank: Mapped[PhoneRank] = mapped_column(_enum(PhoneRank), default=PhoneRank.PRIMARY)
+    answered_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    #: How dialling ended (answered, busy, no_answer, rejected, congestion, invalid_number, failed).
+    dial_outcome: Mapped[str | None] = mapped_column(String(20))
+    #: The answering machine detector's verdict (HUMAN, MACHINE, NOTSURE) on answered calls.
+    amd_status: Mapped[str | None] = mapped_column(String(16))
+
+
+class Checkpoint(Base):
+    """How far an input that is read incrementally (Asterisk's CEL file) has been taken in."""
+
+    __tablename__ = "checkpoints"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
 
 class Confirmation(Base):
@@ -283,10 +425,13 @@ class Confirmation(Base):
     __tablename__ = "confirmations"
     __table_args__ = (UniqueConstraint("campaign_id", "person_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    attempt_id: Mapped[str] = mapped_column(ForeignKey("call_attempts.id"), unique=True)
+    #: The call on which 1 was pressed (``None`` when the member called back in).
+    attempt_id: Mapped[str | None] = mapped_column(ForeignKey("call_attempts.id"), unique=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
     confirmed_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    #: call (the app heard the key), cel (recovered from Asterisk's durable record), callback.
+    via: Mapped[str] = mapped_column(String(20), default="call")
 
 
 class Transcript(Base):

@@ -109,3 +109,15 @@ async def trunk_lab(asterisk_runtime: AsteriskRuntime, instances_dir: Path) -> A
         yield lab
     finally:
         await lab.stop()
+
+
+@pytest.fixture(scope="session")
+def renderer() -> Iterator["PromptRenderer"]:
+    """The prompt renderer (its cache, prompts/rendered/, is shared by every test and kept between runs)."""
+    from ivr.media.voice import PromptRenderer
+
+    rendered = PromptRenderer(PROJECT_DIR / "prompts" / "rendered")
+    try:
+        yield rendered
+    finally:
+        rendered.close()

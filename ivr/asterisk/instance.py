@@ -34,7 +34,7 @@ DIALPLAN_DIR = PROJECT_DIR / "dialplan"
 AMI_USER = "binfoon"
 
 #: Dialplan files every instance loads; the simulator's only where the instance hosts simulated phones.
-CORE_DIALPLAN = ("binfoon-member.conf",)
+CORE_DIALPLAN = ("binfoon-member.conf", "binfoon-inbound.conf", "binfoon-review.conf")
 SIMULATOR_DIALPLAN = ("binfoon-simulator.conf",)
 
 
@@ -65,8 +65,15 @@ class InstanceOptions:
     trunk: tuple[str, int] | None = None
     #: Act as the public phone network: accept calls from this address into the simulated phones.
     carrier_match: str | None = None
+    #: As the public phone network: where calls placed by simulated callers are delivered
+    #: (``PJSIP/<number>@carrier-in``), i.e. the BINfoon instance's SIP ``(host, port)``.
+    carrier_contact: tuple[str, int] | None = None
     #: The number presented on outbound calls (E.164).
     caller_id_number: str = ""
+    #: The police line's DID (E.164): inbound calls to it reach the police intake (``POLICE_LINE``).
+    police_line: str = "+3250000100"
+    #: The coordinators' report line's DID (``REPORT_LINE``).
+    report_line: str = "+3250000200"
     ami_port: int = 0
     sip_port: int = 0
     rtp_start: int = 0
@@ -128,6 +135,13 @@ class AsteriskInstance:
     def _state_file(self) -> Path:
         return self.run_dir / "instance.json"
 
+    def allocate_ports(self) -> InstanceOptions:
+        """Choose the instance's ports now (before it starts), e.g. so that another instance can be
+        pointed at its SIP port first; they are kept for later starts. Returns the options."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._load_or_allocate()
+        return self.options
+
     def _load_or_allocate(self) -> None:
         state = self._state_file()
         if state.exists():
@@ -187,6 +201,9 @@ class AsteriskInstance:
             "caller_id_number": o.caller_id_number or "anonymous",
             "trunk_host": o.trunk[0] if o.trunk else "", "trunk_port": str(o.trunk[1]) if o.trunk else "",
             "carrier_match": o.carrier_match or "",
+            "carrier_contact": (f"contact = sip:{o.carrier_contact[0]}:{o.carrier_contact[1]}"
+                                if o.carrier_contact else "; no contact: calls no BINfoon instance"),
+            "police_line": o.police_line, "report_line": o.report_line,
             "dialplan_includes": "\n".join(f"#include dialplan/{name}" for name in includes),
         }
         etc = self.run_dir / "etc"

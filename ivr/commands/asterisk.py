@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ivr.asterisk.install import AsteriskInstallError, find_runtime, install
 from ivr.asterisk.instance import AsteriskInstance, AsteriskStartError, InstanceOptions, instances_dir
@@ -26,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.set_defaults(func=func)
 
 
-def instance_for(settings: Settings, name: str) -> AsteriskInstance:
-    """The named instance, configured from the settings."""
+def instance_for(settings: Settings, name: str, base_dir: Path | None = None) -> AsteriskInstance:
+    """The named instance, configured from the settings (under ``base_dir`` if given)."""
     try:
         runtime = find_runtime(settings)
     except AsteriskInstallError as exc:
@@ -37,8 +38,10 @@ def instance_for(settings: Settings, name: str) -> AsteriskInstance:
         agi_port=settings.agi_port,
         sim_agi_port=settings.sim_agi_port if settings.uses_simulator else 0,
         caller_id_number=settings.caller_id_number,
+        police_line=settings.police_line_number,
+        report_line=settings.report_line_number,
     )
-    return AsteriskInstance(runtime, options, instances_dir(runtime, settings.data_dir))
+    return AsteriskInstance(runtime, options, base_dir or instances_dir(runtime, settings.data_dir))
 
 
 def cmd_install(settings: Settings, args: argparse.Namespace) -> int:

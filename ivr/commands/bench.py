@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import time
@@ -26,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     start.add_argument("--runs", type=int, default=10)
     start.add_argument("--json", type=Path, help="also write the figures to this file")
     start.set_defaults(func=cmd_asterisk_start)
+    register_review_latency(kinds)
+    register_campaign(kinds)
 
 
 def cmd_asterisk_start(settings: Settings, args: argparse.Namespace) -> int:
@@ -62,3 +65,236 @@ def cmd_asterisk_start(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(text + "\n", encoding="utf-8")
     return 0
+
+
+def register_review_latency(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``binfoon bench review-latency``."""
+    p = kinds.add_parser("review-latency",
+                         help="officer's hang-up -> first coordinator's phone ringing, over real officer calls")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--lanes", type=int, default=4, help="officer calls placed at the same time (distinct BINs)")
+    p.add_argument("--over-pjsip", action="store_true", help="officers and coordinators behind a real PJSIP trunk")
+    p.add_argument("--json", type=Path, help="also write the figures to this file")
+    p.set_defaults(func=cmd_review_latency)
+
+
+def cmd_review_latency(settings: Settings, args: argparse.Namespace) -> int:
+    """Officers phone in alerts (PIN, BIN, urgency, speech, send, hang up); each time is measured."""
+    if args.runs < 1 or args.lanes < 1:
+        raise CommandError("--runs and --lanes must be at least 1")
+    try:
+        runtime = install(settings)
+    except AsteriskInstallError as exc:
+        raise CommandError(str(exc)) from exc
+    figures = asyncio.run(_review_latency(settings, runtime, args.runs, args.lanes, args.over_pjsip))
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+async def _review_latency(settings: Settings, runtime: object, runs: int, lanes: int, over_pjsip: bool) -> dict[str, object]:
+    import dataclasses
+    import secrets
+    import tempfile
+
+    from ivr.app import BinfoonApp
+    from ivr.media.speech import synthesize
+    from ivr.simulator.lab import PhoneLab
+    from ivr.simulator.scenarios import Lane, coordinator_presses, run_alert, seed_directory
+    from storage.db import open_database
+
+    target_s = 1.0
+    with tempfile.TemporaryDirectory(prefix="binfoon-bench-") as tmp:
+        work = Path(tmp)
+        lab = await PhoneLab.start(runtime, instances_dir(runtime, settings.data_dir),  # type: ignore[arg-type]
+                                   name=f"bench-{uuid.uuid4().hex[:6]}", over_pjsip=over_pjsip, ring_s=0.5)
+        try:
+            engine = open_database(f"sqlite:///{work / 'bench.db'}")
+            pin = f"{secrets.randbelow(10**4):04d}"
+            plan = [Lane(100 + i, f"Wijk {i}", f"+329220{i:04d}") for i in range(1, lanes + 1)]
+            seed_directory(engine, pin, plan)
+            for lane in plan:
+                # The coordinator rejects at once: only the ring matters here, and calls stay short.
+                lab.network.script(lane.coordinator_phone, coordinator_presses("9", 1.0))
+            speech = await asyncio.to_thread(synthesize, "Opgelet, inbraak in de Kerkstraat. Blijf waakzaam.",
+                                             "nl", work / "alert.wav")
+            config = dataclasses.replace(settings, data_dir=work)
+            app = BinfoonApp.on_instance(config, engine, lab.asterisk, lab.ami, lab.app,
+                                         dial_template=lab.dial_template)
+            await app.start()
+            results = []
+            try:
+                while len(results) < runs:
+                    batch = plan[: min(lanes, runs - len(results))]
+                    results += await asyncio.gather(*(run_alert(lab, app, lane, speech, pin) for lane in batch))
+                    await asyncio.sleep(1.5)  # let the coordinators' short calls end
+            finally:
+                await app.stop()
+        finally:
+            await lab.stop()
+    hangup = [r.hangup_to_ring_s for r in results if r.hangup_to_ring_s is not None]
+    submit = [r.submit_to_ring_s for r in results if r.submit_to_ring_s is not None]
+    median = statistics.median(hangup) if hangup else None
+    return {
+        "runs": runs, "lanes": lanes, "over_pjsip": over_pjsip,
+        "rang": len(hangup), "missed": runs - len(hangup),
+        "median_hangup_to_ring_s": round(median, 4) if median is not None else None,
+        "p90_hangup_to_ring_s": round(sorted(hangup)[int(0.9 * (len(hangup) - 1))], 4) if hangup else None,
+        "min_hangup_to_ring_s": round(min(hangup), 4) if hangup else None,
+        "max_hangup_to_ring_s": round(max(hangup), 4) if hangup else None,
+        "median_submit_to_ring_s": round(statistics.median(submit), 4) if submit else None,
+        "target_s": target_s,
+        # Ratio against the target (> 1 means faster than promised); a ring before the hang-up counts as 0.
+        "target_over_median": round(target_s / max(median, 1e-3), 1) if median is not None else None,
+        "all_hangup_to_ring_s": [round(v, 4) for v in hangup],
+    }
+
+
+def register_campaign(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``binfoon bench campaign``."""
+    p = kinds.add_parser("campaign", help="a whole campaign on the simulator: time, efficiency, limits")
+    p.add_argument("--members", type=int, default=500)
+    p.add_argument("--channels", type=int, default=100)
+    p.add_argument("--message-seconds", type=float, default=10.0)
+    p.add_argument("--cps", type=float, default=50.0, help="the pace: new calls per second")
+    p.add_argument("--json", type=Path, help="also write the figures to this file")
+    p.set_defaults(func=cmd_campaign)
+
+
+def cmd_campaign(settings: Settings, args: argparse.Namespace) -> int:
+    """Every member answers and confirms after the message; measure against the ideal."""
+    if args.members < 1 or args.channels < 1 or args.message_seconds <= 0 or args.cps <= 0:
+        raise CommandError("--members, --channels, --message-seconds and --cps must be positive")
+    try:
+        runtime = install(settings)
+    except AsteriskInstallError as exc:
+        raise CommandError(str(exc)) from exc
+    figures = asyncio.run(_campaign(settings, runtime, args.members, args.channels, args.message_seconds, args.cps))
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+def _speech_of(seconds: float, target: Path) -> Path:
+    """An 8 kHz recording of about ``seconds`` of Dutch speech (espeak-ng), cut or padded to length."""
+    from pydub import AudioSegment
+
+    from ivr.media.speech import synthesize
+
+    sentence = "Opgelet. Er zijn inbrekers actief in de Kerkstraat en de Molenstraat. Sluit uw ramen en deuren. "
+    synthesize(sentence * max(1, int(seconds // 5) + 1), "nl", target)
+    audio = AudioSegment.from_wav(target)[: int(seconds * 1000)]
+    audio = audio + AudioSegment.silent(duration=max(0, int(seconds * 1000) - len(audio)), frame_rate=8000)
+    audio.set_frame_rate(8000).set_channels(1).set_sample_width(2).export(target, format="wav")
+    return target
+
+
+async def _campaign(settings: Settings, runtime: object, members: int, channels: int, message_s: float,
+                    cps: float) -> dict[str, object]:
+    import dataclasses
+    import math
+    import resource
+    import tempfile
+
+    from sqlalchemy import select
+
+    from ivr.app import BinfoonApp
+    from ivr.flows.call import Recorded
+    from ivr.media.compare import read_wav_mono
+    from ivr.messages import Officer
+    from ivr.simulator.lab import PhoneLab
+    from ivr.simulator.network import PhoneScript
+    from ivr.simulator.scenarios import Lane, seed_directory
+    from storage.db import open_database, session_scope
+    from storage.models import (
+        CallAttempt, Campaign, CampaignStatus, Confirmation, Urgency,
+    )
+    from storage.models import Bin, Language, Person, PhoneNumber, PhoneRank, Role, RoleAssignment
+
+    cpu_start = time.process_time()
+    with tempfile.TemporaryDirectory(prefix="binfoon-bench-") as tmp:
+        work = Path(tmp)
+        lab = await PhoneLab.start(runtime, instances_dir(runtime, settings.data_dir),  # type: ignore[arg-type]
+                                   name=f"bench-{uuid.uuid4().hex[:6]}", ring_s=0.5)
+        try:
+            engine = open_database(f"sqlite:///{work / 'bench.db'}")
+            seed_directory(engine, "0000", [Lane(12, "Kerkwijk", "+3292100001")])
+            recording = await asyncio.to_thread(_speech_of, message_s, work / "message.wav")
+            with session_scope(engine) as s:
+                bin_ = s.scalars(select(Bin).where(Bin.number == 12)).one()
+                for i in range(members):
+                    person = Person(name=f"Lid {i}", language=Language.NL)
+                    person.phones.append(PhoneNumber(rank=PhoneRank.PRIMARY, e164=f"+3294{i:06d}"))
+                    person.roles.append(RoleAssignment(role=Role.MEMBER, bin_id=bin_.id))
+                    s.add(person)
+            config = dataclasses.replace(settings, data_dir=work, max_channels=channels, max_cps=cps,
+                                         member_ring_timeout_s=20.0, key_timeout_s=8.0)
+            app = BinfoonApp.on_instance(config, engine, lab.asterisk, lab.ami, lab.app,
+                                         dial_template=lab.dial_template)
+            header = await app.renderer.wav("member_header_urgent", "nl")
+            head_samples, rate = read_wav_mono(header)
+            # Every member presses 1 just after the message: header + recording (+ the answering check).
+            key_at = 4.0 + len(head_samples) / rate + message_s + 0.5
+            for i in range(members):
+                lab.network.script(f"+3294{i:06d}", PhoneScript.answers(rings=1, keys=((key_at, "1"),)))
+            await app.start()
+            try:
+                with session_scope(engine) as s:
+                    officer_id = s.scalars(select(Person.id).join(RoleAssignment).where(
+                        RoleAssignment.role == Role.POLICE_OFFICER)).one()
+                    bin_id = s.scalars(select(Bin.id)).one()
+                desk = app.desk
+                message_id = await desk.create_draft(Officer(officer_id, "P", "nl", None), bin_id,
+                                                     Urgency.URGENT)
+                spool = work / "spool.wav"
+                spool.write_bytes(recording.read_bytes())
+                await desk.keep_take(message_id, 1, Recorded(spool, "dtmf"), "bench")
+                # Sent: nobody answers the review call, so the urgent message is forwarded by the zone's
+                # policy at once (the review is measured by its own benchmark).
+                await desk.submit(message_id, 1, "bench")
+                while True:
+                    with session_scope(engine) as s:
+                        campaign = s.scalars(select(Campaign).where(Campaign.message_id == message_id)).first()
+                        status = campaign.status if campaign else None
+                    if status is CampaignStatus.DONE:
+                        break
+                    await asyncio.sleep(0.2)
+                started = app.campaign_created_at[campaign.id]
+                total_s = time.monotonic() - started
+                stats = app.campaigns.stats
+            finally:
+                await app.stop()
+            with session_scope(engine) as s:
+                attempts = s.scalars(select(CallAttempt)).all()
+                confirmed = len(s.scalars(select(Confirmation)).all())
+                durations = [(a.ended_at - a.dialled_at).total_seconds() for a in attempts
+                             if a.ended_at and a.dialled_at]
+            calls = [c for i in range(members) for c in lab.network.calls_to(f"+3294{i:06d}")]
+            first_ring = min(c.started_at for c in calls) - started if calls else None
+        finally:
+            await lab.stop()
+    per_person: dict[int, int] = {}
+    for a in attempts:
+        per_person[a.person_id] = per_person.get(a.person_id, 0) + 1
+    call_s = statistics.median(durations) if durations else 0.0
+    ideal_s = max(math.ceil(members / channels) * call_s, members / cps)
+    return {
+        "members": members, "channels": channels, "message_seconds": message_s, "cps_limit": cps,
+        "total_s": round(total_s, 2), "ideal_s": round(ideal_s, 2),
+        "efficiency": round(ideal_s / total_s, 3) if total_s else None,
+        "call_s_median": round(call_s, 2),
+        "first_ring_s": round(first_ring, 3) if first_ring is not None else None,
+        "peak_concurrent": stats.peak_concurrent,
+        "calls_per_s": round(len(attempts) / total_s, 2) if total_s else None,
+        "confirmed": confirmed,
+        "duplicates": sum(n - 1 for n in per_person.values() if n > 1),
+        "skipped": members - len(per_person),
+        # The bench process runs the app AND the simulated phones (their FastAGI side) in one process.
+        "app_cpu_s": round(time.process_time() - cpu_start, 2),
+        "app_cpu_includes_simulator": True,
+        "app_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }

@@ -6,6 +6,7 @@ Every change is audited; every error is a clear message and writes nothing.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import getpass
 import sys
 from pathlib import Path
@@ -20,7 +21,9 @@ from ivr.directory import LANGUAGES, CsvImportError, import_members, parse_membe
 from ivr.domain.phone import InvalidPhoneNumber, mask, normalize_phone
 from storage import audit
 from storage.db import open_database, session_scope
-from storage.models import Bin, BinStreet, Person, PhoneNumber, PhoneRank, PoliceZone, Role, RoleAssignment
+from storage.models import (
+    Bin, BinStreet, Escalation, Person, PhoneNumber, PhoneRank, PoliceZone, ReviewMode, Role, RoleAssignment,
+)
 from storage.pins import hash_pin, valid_pin_format
 
 
@@ -30,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = zone.add_parser("add", help="add a police zone")
     p.add_argument("--code", required=True)
     p.add_argument("--name", required=True)
+    p.add_argument("--review-mode", choices=[m.value for m in ReviewMode], default=ReviewMode.SEQUENTIAL.value,
+                   help="call the coordinators one after another (default) or all at once")
+    p.add_argument("--urgent-escalation", choices=[e.value for e in Escalation], default=Escalation.AUTO_FORWARD.value,
+                   help="an urgent message no coordinator decided on: forwarded (default), to the zone's police "
+                        "approvers, or it waits")
     p.set_defaults(func=cmd_zone_add)
 
     bin_ = sub.add_parser("bin", help="neighbourhood information networks").add_subparsers(dest="action", required=True)
@@ -67,6 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--bin", type=int, required=True)
     p.add_argument("--show-numbers", action="store_true", help="show full phone numbers (audited)")
     p.set_defaults(func=cmd_members_list)
+    p = members.add_parser("preferences", help="a member's own window for preventive calls and holiday pause")
+    p.add_argument("--phone", required=True, help="the member's phone number")
+    p.add_argument("--window", help="local hours for preventive calls, e.g. 18:00-20:00 ('none' to clear)")
+    p.add_argument("--pause", help="no preventive calls between two dates, e.g. 2026-12-20..2027-01-05 "
+                                   "('none' to clear)")
+    p.set_defaults(func=cmd_members_preferences)
 
 
 def _actor() -> str:
@@ -95,7 +109,8 @@ def cmd_zone_add(settings: Settings, args: argparse.Namespace) -> int:
     engine = open_database(settings.resolved_database_url)
     try:
         with session_scope(engine) as session:
-            session.add(PoliceZone(code=args.code, name=args.name))
+            session.add(PoliceZone(code=args.code, name=args.name, review_mode=ReviewMode(args.review_mode),
+                                   urgent_escalation=Escalation(args.urgent_escalation)))
             session.flush()
             audit.record(session, _actor(), "zone.add", f"zone:{args.code}", name=args.name)
     except IntegrityError:
@@ -158,10 +173,10 @@ def cmd_person_add(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(f"phone: {exc}") from None
     if role in (Role.COORDINATOR, Role.MEMBER) and args.bin is None:
         raise CommandError(f"a {role.value} belongs to a BIN: give --bin")
-    if role is Role.POLICE_OFFICER and args.zone is None:
+    if role in (Role.POLICE_OFFICER, Role.POLICE_APPROVER) and args.zone is None:
         raise CommandError("a police officer belongs to a zone: give --zone")
     pin = _read_pin(args)
-    if role in (Role.POLICE_OFFICER, Role.ADMIN) and pin is None:
+    if role in (Role.POLICE_OFFICER, Role.POLICE_APPROVER, Role.ADMIN) and pin is None:
         raise CommandError(f"a {role.value} calls in with a PIN: give --pin-file or --pin-stdin")
     engine = open_database(settings.resolved_database_url)
     with session_scope(engine) as session:
@@ -220,4 +235,45 @@ def cmd_members_list(settings: Settings, args: argparse.Namespace) -> int:
             numbers = [p.e164 if args.show_numbers else mask(p.e164)
                        for p in sorted(person.phones, key=lambda p: p.rank.value)]
             print(f"{person.name}\t{' / '.join(numbers)}\t{person.street or ''}\t{person.language.value}")
+    return 0
+
+
+def cmd_members_preferences(settings: Settings, args: argparse.Namespace) -> int:
+    """Set or clear a member's personal call window and holiday pause (urgent calls ignore both)."""
+    from ivr.domain.campaign import Window
+
+    try:
+        phone = normalize_phone(args.phone)
+    except InvalidPhoneNumber as exc:
+        raise CommandError(f"phone: {exc}") from None
+    window = pause = None
+    if args.window and args.window != "none":
+        try:
+            parsed = Window.parse(args.window)
+        except ValueError as exc:
+            raise CommandError(f"--window: {exc}") from None
+        window = (parsed.start.strftime("%H:%M"), parsed.end.strftime("%H:%M"))
+    if args.pause and args.pause != "none":
+        try:
+            start, end = (dt.date.fromisoformat(part.strip()) for part in args.pause.split(".."))
+        except ValueError:
+            raise CommandError(f"--pause: {args.pause!r} is not two dates like 2026-12-20..2027-01-05") from None
+        if end < start:
+            raise CommandError("--pause: the pause ends before it starts")
+        pause = (start, end)
+    engine = open_database(settings.resolved_database_url)
+    with session_scope(engine) as session:
+        person = session.scalars(select(Person).join(PhoneNumber).join(RoleAssignment).where(
+            PhoneNumber.e164 == phone, RoleAssignment.role == Role.MEMBER)).first()
+        if person is None:
+            raise CommandError(f"no member with phone {mask(phone)}")
+        if args.window is not None:
+            person.call_window_start, person.call_window_end = window or (None, None)
+        if args.pause is not None:
+            person.pause_from, person.pause_until = pause or (None, None)
+        audit.record(session, _actor(), "member.preferences", f"person:{person.id}",
+                     window="-".join(window) if window else None,
+                     pause=f"{pause[0]}..{pause[1]}" if pause else None)
+        print(f"{person.name}: window {person.call_window_start or '-'}-{person.call_window_end or '-'}, "
+              f"pause {person.pause_from or '-'}..{person.pause_until or '-'}")
     return 0

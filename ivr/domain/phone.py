@@ -66,3 +66,11 @@ def _belgian(national: str, raw: str) -> str:
 def mask(e164: str) -> str:
     """A phone number with all but the last three digits hidden (for logs and lists)."""
     return e164[:3] + "*" * max(0, len(e164) - 6) + e164[-3:]
+
+
+def caller_e164(caller_id: str) -> str:
+    """A caller ID as E.164, or ``""`` when it is absent or not a number (never raises)."""
+    try:
+        return normalize_phone(caller_id)
+    except InvalidPhoneNumber:
+        return ""

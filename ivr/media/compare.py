@@ -71,3 +71,33 @@ def locate_file(reference: Path, recording: Path) -> Match:
     if ref_rate != rec_rate:
         raise ValueError(f"sample rates differ: {ref_rate} Hz and {rec_rate} Hz")
     return locate(ref, rec, ref_rate)
+
+
+def speech_span(samples: np.ndarray, rate_hz: int, frame_ms: int = 20,
+                threshold_db: float = -40.0) -> tuple[float, float] | None:
+    """(start, end) in seconds of the speech: the first to the last frame louder than ``threshold_db``
+    (dBFS RMS); ``None`` when no frame is. Recordings carry silence around speech, so whole files
+    are never compared, only their speech spans (see shared ASTERISK.md)."""
+    frame = max(1, int(rate_hz * frame_ms / 1000))
+    count = len(samples) // frame
+    if count == 0:
+        return None
+    frames = np.asarray(samples[: count * frame], dtype=np.float64).reshape(count, frame)
+    rms = np.sqrt(np.mean(frames * frames, axis=1))
+    loud = np.flatnonzero(20 * np.log10(np.maximum(rms, 1e-10)) > threshold_db)
+    if len(loud) == 0:
+        return None
+    return loud[0] * frame / rate_hz, (loud[-1] + 1) * frame / rate_hz
+
+
+def locate_speech_file(reference: Path, recording: Path) -> Match:
+    """``locate_file`` with the reference cut to its speech span: the silence a clip carries after its
+    last word is not what a caller's ``#`` or the silence detector keeps, so it must not count."""
+    ref, ref_rate = read_wav_mono(reference)
+    rec, rec_rate = read_wav_mono(recording)
+    if ref_rate != rec_rate:
+        raise ValueError(f"sample rates differ: {ref_rate} Hz and {rec_rate} Hz")
+    span = speech_span(ref, ref_rate)
+    if span is None:
+        raise ValueError(f"{reference} holds no speech")
+    return locate(ref[int(span[0] * ref_rate): int(span[1] * ref_rate)], rec, ref_rate)

@@ -173,6 +173,10 @@ class AgiServer(Application):  # type: ignore[misc]
             raise TypeError(f"FastAGI route {path!r} must be an async def function")
         super().add_route(path, endpoint)
 
+    def remove_route(self, path: str) -> None:
+        """Stop serving ``path`` (no error if it was not served)."""
+        self._route.pop(path, None)
+
     async def start(self) -> None:
         """Listen on loopback."""
         self._server = await asyncio.start_server(self.handler, self.host, self.port)

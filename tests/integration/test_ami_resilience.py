@@ -30,7 +30,7 @@ async def test_asterisk_killed_and_restarted_ami_returns_and_calls_work(lab: Pho
     heard = listen_for_key(lab)
     booted: list[AmiEvent] = []
     lab.ami.subscribe(lambda e: booted.append(e) if isinstance(e, FullyBooted) else None)
-    lab.network.script("+3291000001", PhoneScript.answers(keys=((0.5, "1"),)))
+    lab.network.script("+3291000001", PhoneScript.answers(keys=((3.0, "1"),)))
     assert lab.ami.logins == 1
 
     await asyncio.to_thread(lab.asterisk.kill)
@@ -79,7 +79,7 @@ async def test_failing_event_subscriber_does_not_break_the_connection(
     lab.ami.subscribe(broken)
     lab.ami.subscribe(broken_async)
     lab.ami.subscribe(seen.append)
-    lab.network.script("+3291000003", PhoneScript.answers(keys=((0.5, "1"),)))
+    lab.network.script("+3291000003", PhoneScript.answers(keys=((3.0, "1"),)))
     assert (await lab.call("+3291000003")).success
     assert (await asyncio.wait_for(heard.get(), 10)).digit == "1"
     await _until(lambda: len(seen) > 0, 5)

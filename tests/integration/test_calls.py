@@ -23,7 +23,7 @@ async def test_answered_call_delivers_key_1_to_python(lab: PhoneLab) -> None:
     heard = listen_for_key(lab)
     dtmf: list[DtmfReceived] = []
     lab.ami.subscribe(lambda e: dtmf.append(e) if isinstance(e, DtmfReceived) else None)
-    lab.network.script("+3291000001", PhoneScript.answers(rings=2, keys=((1.0, "1"),)))
+    lab.network.script("+3291000001", PhoneScript.answers(rings=2, keys=((3.0, "1"),)))
     attempt = str(uuid.uuid4())
 
     result = await lab.call("+3291000001", attempt_id=attempt)
@@ -32,7 +32,7 @@ async def test_answered_call_delivers_key_1_to_python(lab: PhoneLab) -> None:
     key = await asyncio.wait_for(heard.get(), 10)
     assert key.digit == "1"
     # Our attempt id is the channel's Uniqueid and reaches the flow as its argument.
-    assert key.unique_id == attempt and key.args == [attempt]
+    assert key.unique_id == attempt and key.args[0] == attempt and key.args[1] == "HUMAN"
     calls = await lab.network.wait_for_calls("+3291000001", 1)
     assert len(calls) == 1 and [d for _, d in calls[0].keys_sent] == ["1"]
     # The key also reached the AMI event stream, on our channel.

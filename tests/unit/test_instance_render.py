@@ -67,3 +67,58 @@ def test_simulator_dialplan_only_where_asked(tmp_path: Path) -> None:
     instance = _render(tmp_path)
     assert not (instance.run_dir / "etc" / "dialplan" / "binfoon-simulator.conf").exists()
     assert not (instance.run_dir / "etc" / "pjsip-trunk.conf").exists()
+
+
+def test_police_line_and_inbound_dialplan_are_rendered(tmp_path: Path) -> None:
+    instance = _render(tmp_path, police_line="+3250000199")
+    etc = instance.run_dir / "etc"
+    extensions = (etc / "extensions.conf").read_text()
+    assert re.search(r"^POLICE_LINE = \+3250000199$", extensions, re.M)
+    assert "#include dialplan/binfoon-inbound.conf" in extensions
+    inbound = (etc / "dialplan" / "binfoon-inbound.conf").read_text()
+    assert "[binfoon-trunk-in]" in inbound and "[binfoon-police]" in inbound
+    assert "${POLICE_LINE}" in inbound and "AGI(${BINFOON_AGI}/police_intake)" in inbound
+    # The trunk-in context lives in one file only (a second copy would clash on reload).
+    assert "[binfoon-trunk-in]" not in (etc / "dialplan" / "binfoon-member.conf").read_text()
+    # The default police line is the setting's default.
+    assert re.search(r"^POLICE_LINE = \+3250000100$",
+                     (_render(tmp_path / "b").run_dir / "etc" / "extensions.conf").read_text(), re.M)
+
+
+def _sections(text: str) -> list[dict[str, str]]:
+    """pjsip.conf sections as dicts, ``name`` holding the section name."""
+    out: list[dict[str, str]] = []
+    for line in text.splitlines():
+        line = line.split(";", 1)[0].strip()
+        if line.startswith("["):
+            out.append({"name": line.strip("[]")})
+        elif "=" in line and out:
+            key, _, value = line.partition("=")
+            out[-1][key.strip()] = value.strip()
+    return out
+
+
+def test_the_trunk_accepts_calls_from_the_carrier_address(tmp_path: Path) -> None:
+    instance = _render(tmp_path, trunk=("192.0.2.10", 5060))
+    sections = _sections((instance.run_dir / "etc" / "pjsip-trunk.conf").read_text())
+    [identify] = [s for s in sections if s.get("type") == "identify"]
+    assert identify == {"name": "trunk", "type": "identify", "endpoint": "trunk", "match": "192.0.2.10"}
+    [endpoint] = [s for s in sections if s.get("type") == "endpoint"]
+    assert endpoint["context"] == "binfoon-trunk-in"
+
+
+def test_the_simulated_network_delivers_callers_to_binfoon(tmp_path: Path) -> None:
+    instance = _render(tmp_path, sim_agi_port=5000, carrier_match="127.0.0.1",
+                       carrier_contact=("127.0.0.1", 5099))
+    sections = _sections((instance.run_dir / "etc" / "pjsip-network.conf").read_text())
+    [endpoint] = [s for s in sections if s.get("type") == "endpoint"]
+    [aor] = [s for s in sections if s.get("type") == "aor"]
+    assert endpoint["aors"] == aor["name"] == "carrier-in"
+    assert aor["contact"] == "sip:127.0.0.1:5099"
+    simulator = (instance.run_dir / "etc" / "dialplan" / "binfoon-simulator.conf").read_text()
+    assert "[sim-caller]" in simulator and "AGI(${SIM_AGI}/caller,${SIM_CALL})" in simulator
+    # Without a contact the network places no calls, and the AOR has none.
+    bare = _render(tmp_path / "b", carrier_match="127.0.0.1")
+    bare_sections = _sections((bare.run_dir / "etc" / "pjsip-network.conf").read_text())
+    [aor] = [s for s in bare_sections if s.get("type") == "aor"]
+    assert "contact" not in aor

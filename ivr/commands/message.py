@@ -1,0 +1,134 @@
+"""``binfoon message send|show|list``: written messages, and where every message stands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import select
+
+from ivr.cli import CommandError
+from ivr.commands.directory import _actor
+from ivr.config import Settings
+from ivr.media.speech import synthesize
+from ivr.messages import STATUS_TEXT, MessageDesk, describe
+from storage.db import open_database, session_scope
+from storage.models import Bin, Message, MessageKind, Urgency
+from storage.recordings import RecordingStore
+
+#: A written message longer than this would take minutes to hear on the phone.
+MAX_TEXT_CHARS = 2000
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``message`` commands."""
+    messages = sub.add_parser("message", help="police messages").add_subparsers(dest="action", required=True)
+    p = messages.add_parser("send", help="send a written message: it is spoken and goes to the coordinators")
+    p.add_argument("--bin", type=int, required=True, help="BIN number")
+    urgency = p.add_mutually_exclusive_group(required=True)
+    urgency.add_argument("--urgent", action="store_true", help="dringend (red)")
+    urgency.add_argument("--preventive", action="store_true", help="preventief (green)")
+    text = p.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="the message")
+    text.add_argument("--text-file", type=Path, help="a UTF-8 file holding the message")
+    p.add_argument("--follow-up-of", type=int, metavar="ID",
+                   help="an update of message ID: it goes only to the members who received that one")
+    p.add_argument("--cancellation", action="store_true", help="with --follow-up-of: it cancels message ID")
+    p.set_defaults(func=cmd_send)
+    p = messages.add_parser("show", help="where a message stands")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_show)
+    p = messages.add_parser("list", help="the latest messages")
+    p.add_argument("--bin", type=int)
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_list)
+
+
+def _message_text(args: argparse.Namespace) -> str:
+    if args.text_file is not None:
+        try:
+            raw = args.text_file.read_bytes()
+        except OSError as exc:
+            raise CommandError(f"{args.text_file}: {exc.strerror}") from None
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise CommandError(f"{args.text_file}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x})") from None
+    else:
+        text = args.text
+    text = " ".join(text.split())
+    if not text:
+        raise CommandError("the message is empty: give the words to speak")
+    if len(text) > MAX_TEXT_CHARS:
+        raise CommandError(f"the message has {len(text)} characters; at most {MAX_TEXT_CHARS} can be spoken")
+    return text
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    """Speak the text in the BIN's language, store it as the message's recording, submit it."""
+    text = _message_text(args)
+    if args.cancellation and args.follow_up_of is None:
+        raise CommandError("--cancellation needs --follow-up-of ID (the message it cancels)")
+    engine = open_database(settings.resolved_database_url)
+    with session_scope(engine) as s:
+        bin_ = s.scalars(select(Bin).where(Bin.number == args.bin)).first()
+        if bin_ is None:
+            raise CommandError(f"no BIN number {args.bin} (see `binfoon bin list`)")
+        language = bin_.language.value
+        if args.follow_up_of is not None:
+            first = s.get(Message, args.follow_up_of)
+            if first is None or first.bin_id != bin_.id:
+                raise CommandError(f"message {args.follow_up_of} is not a message of BIN {args.bin}")
+    desk = MessageDesk(engine, RecordingStore(settings.data_dir / "recordings"))
+    with tempfile.TemporaryDirectory() as tmp:
+        audio = synthesize(text, language, Path(tmp) / "message.wav")
+        kind = MessageKind.ALERT if args.follow_up_of is None else (
+            MessageKind.CANCELLATION if args.cancellation else MessageKind.UPDATE)
+        message_id = desk.submit_text_message(args.bin, Urgency.URGENT if args.urgent else Urgency.PREVENTIVE,
+                                              text, audio, _actor(), follow_up_of=args.follow_up_of, kind=kind)
+    print(f"message {message_id} submitted for BIN {args.bin}: spoken in {language}; the running service "
+          f"(`binfoon serve`) calls the coordinators now. Follow it with `binfoon message show {message_id}`.")
+    return 0
+
+
+def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    """Print where a message stands."""
+    engine = open_database(settings.resolved_database_url)
+    with session_scope(engine) as s:
+        try:
+            report = describe(s, args.id)
+        except LookupError as exc:
+            raise CommandError(str(exc)) from None
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    print(f"message {report['id']}  BIN {report['bin']} ({report['bin_name']})  {report['urgency']}  "
+          f"{report['source']}")
+    print(f"  status: {report['status_text']}")
+    for call in report["review_calls"]:  # type: ignore[attr-defined]
+        print(f"  review call to {call['role']} {call['number']} (round {call['round']}): {call['outcome'] or 'dialling'}")
+    decision = report["decision"]
+    if isinstance(decision, dict):
+        when = f" for {decision['deliver_at']}" if decision["deliver_at"] else ""
+        print(f"  decision: {decision['decision']}{when} by {decision['by']} ({decision['via']}) at {decision['at']}")
+    delivery = report["delivery"]
+    if isinstance(delivery, dict):
+        print(f"  delivery: {delivery['confirmed']} of {delivery['members']} members confirmed "
+              f"({delivery['attempts']} calls)")
+    return 0
+
+
+def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
+    """The latest messages, newest first."""
+    engine = open_database(settings.resolved_database_url)
+    with session_scope(engine) as s:
+        query = select(Message).order_by(Message.id.desc()).limit(max(1, args.limit))
+        if args.bin is not None:
+            query = query.join(Bin).where(Bin.number == args.bin)
+        for m in s.scalars(query):
+            print(f"{m.id:>6}  BIN {m.bin.number:<6} {m.urgency.value:<10} {STATUS_TEXT[m.status]}")
+    return 0

@@ -1,0 +1,190 @@
+"""BINFOON 2 decisions: who to dial next, on which number, when; pure functions of data and a clock.
+
+Rules (RELIABILITY B4-B6):
+- a member who confirmed is never dialled again;
+- busy / no answer / rejected / congestion / failed: retried on the same number by the urgency's
+  policy (count, delay, back-off), then the second number;
+- an invalid number goes to the second number at once;
+- answered but hung up before confirming: retried by its own policy, on the same number;
+- left on an answering machine: done (the message was delivered whole);
+- a call cut by a crash (interrupted) is dialled again at once and costs no retry;
+- every member ends in exactly one final outcome from a closed set.
+Quiet hours, personal windows and holiday pauses only ever delay preventive messages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+
+#: Dial outcomes after which the same number is tried again (policy permitting).
+TRANSIENT = frozenset({"busy", "no_answer", "rejected", "congestion", "failed"})
+#: Final outcomes a member can end in.
+FINAL = frozenset({"confirmed", "answered_no_key", "voicemail", "busy", "no_answer", "rejected", "congestion",
+                   "failed", "invalid_number", "cancelled", "expired"})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how soon a member is called again."""
+
+    retries: int = 1
+    retry_after_s: float = 300.0
+    backoff: float = 1.0
+    no_key_retries: int = 1
+    no_key_retry_after_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    """One call attempt as the policy sees it (``outcome`` ``None``: still in flight)."""
+
+    attempt_no: int
+    rank: str
+    outcome: str | None
+    ended_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """A member of a campaign: their numbers in dialling order and the attempts so far."""
+
+    person_id: int
+    numbers: tuple[tuple[str, str], ...]
+    attempts: tuple[AttemptView, ...] = ()
+    confirmed: bool = False
+
+
+class Verdict(enum.Enum):
+    """What to do with a member now."""
+
+    DIAL = "dial"            # dial ``e164`` as attempt ``attempt_no`` at ``at`` (now or later)
+    IN_FLIGHT = "in_flight"  # a call is going on
+    DONE = "done"            # nothing more: ``final`` says how it ended
+
+
+@dataclass(frozen=True)
+class Next:
+    """The decision for one member."""
+
+    verdict: Verdict
+    rank: str = ""
+    e164: str = ""
+    attempt_no: int = 0
+    at: dt.datetime | None = None
+    final: str = ""
+
+
+def next_step(member: MemberView, policy: RetryPolicy, now: dt.datetime) -> Next:
+    """What to do with ``member`` at ``now``."""
+    if member.confirmed:
+        return Next(Verdict.DONE, final="confirmed")
+    attempts = sorted(member.attempts, key=lambda a: a.attempt_no)
+    if any(a.outcome is None for a in attempts):
+        return Next(Verdict.IN_FLIGHT)
+    next_no = (attempts[-1].attempt_no if attempts else 0) + 1
+    if attempts and attempts[-1].outcome in ("voicemail", "cancelled", "expired"):
+        return Next(Verdict.DONE, final=str(attempts[-1].outcome))
+    if not member.numbers:
+        return Next(Verdict.DONE, final="invalid_number")
+    numbers = dict(member.numbers)
+    if attempts and attempts[-1].outcome == "interrupted" and attempts[-1].rank in numbers:
+        rank = attempts[-1].rank
+        return Next(Verdict.DIAL, rank, numbers[rank], next_no, now)
+    for rank, e164 in member.numbers:
+        tries = [a for a in attempts if a.rank == rank and a.outcome != "interrupted"]
+        if not tries:
+            return Next(Verdict.DIAL, rank, e164, next_no, now)
+        last = tries[-1]
+        if last.outcome == "invalid_number":
+            continue
+        if last.outcome == "answered_no_key":
+            no_keys = sum(1 for a in tries if a.outcome == "answered_no_key")
+            if no_keys <= policy.no_key_retries:
+                return Next(Verdict.DIAL, rank, e164, next_no, _after(last, policy.no_key_retry_after_s, now))
+            return Next(Verdict.DONE, final="answered_no_key")
+        failures = sum(1 for a in tries if a.outcome in TRANSIENT)
+        if failures <= policy.retries:
+            delay = policy.retry_after_s * policy.backoff ** max(0, failures - 1)
+            return Next(Verdict.DIAL, rank, e164, next_no, _after(last, delay, now))
+    final = next((a.outcome for a in reversed(attempts) if a.outcome != "interrupted"), "failed")
+    return Next(Verdict.DONE, final=str(final))
+
+
+def _after(last: AttemptView, delay_s: float, now: dt.datetime) -> dt.datetime:
+    base = last.ended_at or now
+    return base + dt.timedelta(seconds=delay_s)
+
+
+# -- quiet hours --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Window:
+    """A daily local window [start, end) as times of day; it may cross midnight."""
+
+    start: dt.time
+    end: dt.time
+
+    @classmethod
+    def parse(cls, text: str) -> "Window":
+        """``"08:00-21:00"``; raises ``ValueError`` with the reason."""
+        try:
+            start, end = (dt.time.fromisoformat(part.strip()) for part in text.split("-"))
+        except ValueError:
+            raise ValueError(f"{text!r} is not a time window like 08:00-21:00") from None
+        if start == end:
+            raise ValueError(f"{text!r} is an empty window")
+        return cls(start, end)
+
+    def contains(self, t: dt.time) -> bool:
+        """True when the time of day ``t`` is inside the window."""
+        if self.start < self.end:
+            return self.start <= t < self.end
+        return t >= self.start or t < self.end
+
+
+def next_allowed(now_local: dt.datetime, windows: list[Window], pause: tuple[dt.date, dt.date] | None = None,
+                 step_min: int = 1) -> dt.datetime:
+    """The first local time at or after ``now_local`` inside every window and outside the pause."""
+    t = now_local
+    for _ in range(3 * 24 * 60 // step_min + 1 + (0 if pause is None else (pause[1] - pause[0]).days * 1440)):
+        in_pause = pause is not None and pause[0] <= t.date() <= pause[1]
+        if in_pause:
+            assert pause is not None
+            t = dt.datetime.combine(pause[1] + dt.timedelta(days=1), dt.time(0), tzinfo=t.tzinfo)
+            continue
+        if all(w.contains(t.timetz().replace(tzinfo=None)) for w in windows):
+            return t
+        # Jump to the next minute boundary, then walk minute by minute (windows are minute-precise).
+        t = (t + dt.timedelta(minutes=step_min)).replace(second=0, microsecond=0)
+    raise ValueError("the windows never overlap: no time is allowed")
+
+
+# -- pace ---------------------------------------------------------------------------------------
+class TokenBucket:
+    """Carriers cap calls per second: at most ``rate`` a second on average, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at = now
+
+    def _refill(self, now: float) -> None:
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = max(self._at, now)
+
+    def take(self, now: float) -> bool:
+        """Take one token if there is one."""
+        self._refill(now)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def wait_s(self, now: float) -> float:
+        """Seconds until a token is available."""
+        self._refill(now)
+        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate

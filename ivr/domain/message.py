@@ -1,0 +1,28 @@
+"""A message's life: the allowed status transitions (h11 style: a table, and an error otherwise)."""
+
+from __future__ import annotations
+
+from storage.models import MessageStatus as S
+
+
+class InvalidTransition(ValueError):
+    """A status change the message's life does not allow."""
+
+
+#: status -> the statuses it may move to.
+TRANSITIONS: dict[S, frozenset[S]] = {
+    S.DRAFT: frozenset({S.RECORDED, S.CANCELLED}),
+    S.RECORDED: frozenset({S.WITH_COORDINATORS, S.APPROVED, S.REJECTED, S.CANCELLED}),
+    S.WITH_COORDINATORS: frozenset({S.APPROVED, S.REJECTED, S.CANCELLED}),
+    S.APPROVED: frozenset({S.DELIVERING, S.CANCELLED}),
+    S.DELIVERING: frozenset({S.DONE, S.CANCELLED}),
+    S.REJECTED: frozenset(),
+    S.DONE: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+
+def check_transition(current: S, new: S) -> None:
+    """Raise ``InvalidTransition`` unless ``current -> new`` is allowed."""
+    if new not in TRANSITIONS[current]:
+        raise InvalidTransition(f"a message cannot go from {current.value} to {new.value}")

@@ -1,0 +1,84 @@
+"""The application on a phone lab: a database, the directory, and helpers to script calls."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from ivr.app import BinfoonApp
+from ivr.config import Settings
+from ivr.media.voice import PromptRenderer
+from ivr.simulator.lab import PhoneLab
+from ivr.simulator.network import CallerScript, HangUp, Listen, Press, Speak
+from tests.world import OFFICER_PIN, World, build_world
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Binfoon:
+    """A running application on a lab, with its directory."""
+
+    app: BinfoonApp
+    lab: PhoneLab
+    world: World
+    settings: Settings
+
+
+def test_settings(tmp_path: Path, **overrides: object) -> Settings:
+    """Settings for a test: data under ``tmp_path``, quick timeouts."""
+    base = Settings(data_dir=tmp_path / "var", key_timeout_s=4.0, review_ring_timeout_s=3.0,
+                    record_max_s=60, review_retry_after_s=3600.0)
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+async def start_binfoon(lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer, *, world: World | None = None,
+                        **settings: object) -> Binfoon:
+    """Build the directory (unless given) and start the application on ``lab``."""
+    config = test_settings(tmp_path, **settings)
+    world = world or build_world(f"sqlite:///{tmp_path / 'binfoon.db'}", config.data_dir / "recordings")
+    app = BinfoonApp.on_instance(config, world.engine, lab.asterisk, lab.ami, lab.app,
+                                 dial_template=lab.dial_template, renderer=renderer)
+    await app.start()
+    return Binfoon(app, lab, world, config)
+
+
+def officer_script(speech: Path, *, pin: str = OFFICER_PIN, bin_number: int = 12, urgency: str = "1",
+                   final: str = "3") -> CallerScript:
+    """An officer who listens to each prompt, then answers it; ``final`` is the menu key (3 sends)."""
+    return CallerScript.of(
+        Listen(), Press(pin + "#"),
+        Listen(), Press(f"{bin_number}#"),
+        Listen(), Press("1"),          # "you chose BIN 12, Kerkwijk; 1 if right"
+        Listen(), Press(urgency),
+        Listen(), Speak(speech), Press("#"),
+        Listen(), Press(final),
+        Listen(), HangUp(),
+    )
+
+
+def utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite gives naive UTC datetimes back."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+async def submit_recorded(binfoon: Binfoon, clip: Path, urgency: "Urgency | None" = None) -> int:
+    """A message for BIN 12 with ``clip`` as its recording, submitted as if the officer pressed 3."""
+    from ivr.flows.call import Recorded
+    from ivr.messages import Officer
+    from storage.models import Urgency
+
+    desk = binfoon.app.desk
+    world = binfoon.world
+    message_id = await desk.create_draft(Officer(world.officer_id, "P", "nl", None), world.bin_id,
+                                         urgency or Urgency.URGENT)
+    spool = binfoon.settings.data_dir / f"spool-{message_id}.wav"
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    spool.write_bytes(clip.read_bytes())
+    await desk.keep_take(message_id, 1, Recorded(spool, "dtmf"), "test")
+    await desk.submit(message_id, 1, "test")
+    return message_id

@@ -1,0 +1,163 @@
+"""BINFOON 2 against the real Asterisk: every member of a BIN is called with the original
+recording; scripted households answer, confirm, replay, ring out, are busy, or have a machine."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from ivr.media.compare import read_wav_mono
+from ivr.media.voice import PromptRenderer
+from ivr.reports import campaign_report
+from ivr.simulator.lab import PhoneLab
+from ivr.simulator.scenarios import expected_counts, member_cases, script_members, seed_members
+from storage.db import session_scope
+from storage.models import CallAttempt, Campaign, CampaignStatus, Confirmation, Message, MessageStatus
+from tests.conftest import SHARED_DIR
+from tests.integration.binfoon import Binfoon, start_binfoon, submit_recorded, utc
+
+pytestmark = pytest.mark.integration
+
+CLIP = SHARED_DIR / "audio" / "espeak-nl" / "02.wav"
+
+
+def _seconds(path: Path) -> float:
+    samples, rate = read_wav_mono(path)
+    return len(samples) / rate
+
+
+async def _message_seconds(renderer: PromptRenderer) -> float:
+    """How long after the answer the message has been heard (AMD + header + recording)."""
+    header = await renderer.wav("member_header_urgent", "nl")
+    return 4.0 + _seconds(header) + _seconds(CLIP)
+
+
+async def _campaign_done(binfoon: Binfoon, timeout_s: float) -> Campaign:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        with session_scope(binfoon.world.engine) as s:
+            campaign = s.scalars(select(Campaign)).first()
+        if campaign is not None and campaign.status is CampaignStatus.DONE:
+            return campaign
+        if asyncio.get_running_loop().time() > deadline:
+            report = campaign_report(binfoon.world.engine, campaign.id, binfoon.app.campaigns.policies,
+                                     dt.datetime.now(dt.timezone.utc)) if campaign else None
+            raise AssertionError(f"campaign not done after {timeout_s} s: {report.counts() if report else None}")
+        await asyncio.sleep(0.25)
+
+
+async def test_forty_members_each_end_as_scripted(lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer) -> None:
+    binfoon = await start_binfoon(
+        lab, tmp_path, renderer, max_channels=40, max_cps=50.0, member_ring_timeout_s=3.0, review_ring_timeout_s=1.0,
+        urgent_retry_after_s=1.0, no_key_retry_after_s=1.0, key_timeout_s=4.0, member_reminders=1)
+    try:
+        people = seed_members(binfoon.world.engine, 12, member_cases(40, await _message_seconds(renderer)))
+        script_members(lab, binfoon.world.engine, people)
+        message_id = await submit_recorded(binfoon, CLIP)  # nobody reviews: urgent, forwarded by the zone policy
+        campaign = await _campaign_done(binfoon, timeout_s=240)
+        report = campaign_report(binfoon.world.engine, campaign.id, binfoon.app.campaigns.policies,
+                                 dt.datetime.now(dt.timezone.utc))
+        states = {line.person_id: line.state for line in report.members}
+        wrong = {pid: (people[pid].behaviour, states[pid], people[pid].expected)
+                 for pid in people if states[pid] != people[pid].expected}
+        assert wrong == {}
+        counts = {k: v for k, v in report.counts().items() if v}
+        assert {"members": len(report.members), **counts} == expected_counts(people)
+        assert report.calls_after_confirming == 0
+        with session_scope(binfoon.world.engine) as s:
+            assert s.get_one(Message, message_id).status is MessageStatus.DONE
+            attempts = s.scalars(select(CallAttempt)).all()
+            confirmations = s.scalars(select(Confirmation)).all()
+        # Nobody who confirmed was dialled again; every attempt ended exactly once.
+        confirmed_at = {c.person_id: utc(c.confirmed_at) for c in confirmations}
+        assert all(utc(a.dialled_at) < confirmed_at[a.person_id] for a in attempts if a.person_id in confirmed_at)
+        assert all(a.outcome is not None and a.ended_at is not None for a in attempts)
+        # Busy and unanswered numbers were retried once (the default policy), then given up.
+        for pid, case in people.items():
+            tries = [a for a in attempts if a.person_id == pid]
+            if case.behaviour in ("busy", "never answers"):
+                assert len(tries) == 2, (case.behaviour, [(a.dial_outcome, a.outcome) for a in tries])
+        # Every outbound call showed the same caller ID (checked at the simulated phone).
+    finally:
+        await binfoon.app.stop()
+
+
+async def test_asterisk_restart_mid_campaign_resumes_without_calling_confirmed_members(
+        lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer) -> None:
+    from ivr.simulator.network import PhoneScript
+    from ivr.simulator.scenarios import MemberCase
+
+    binfoon = await start_binfoon(lab, tmp_path, renderer, max_channels=8, max_cps=20.0, member_ring_timeout_s=4.0,
+                                  review_ring_timeout_s=1.0, urgent_retry_after_s=1.0, no_key_retry_after_s=1.0)
+    try:
+        confirm = PhoneScript.answers(rings=1, keys=((await _message_seconds(renderer) + 1.0, "1"),))
+        people = seed_members(binfoon.world.engine, 12, [MemberCase("confirms", confirm, None, "confirmed")] * 30)
+        script_members(lab, binfoon.world.engine, people)
+        await submit_recorded(binfoon, CLIP)
+
+        def confirmed() -> int:
+            with session_scope(binfoon.world.engine) as s:
+                return len(s.scalars(select(Confirmation)).all())
+        for _ in range(600):
+            if confirmed() >= 8:
+                break
+            await asyncio.sleep(0.2)
+        assert confirmed() >= 8
+        await asyncio.sleep(8.0)  # the second wave is listening to the message now
+        await asyncio.to_thread(lab.asterisk.kill)      # every call dies with it
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(lab.asterisk.start)     # same configuration, same ports
+        await binfoon.app.ami.wait_connected(30)        # the AMI gateway comes back by itself
+        await _campaign_done(binfoon, timeout_s=300)
+        with session_scope(binfoon.world.engine) as s:
+            confirmations = {c.person_id: utc(c.confirmed_at) for c in s.scalars(select(Confirmation))}
+            attempts = s.scalars(select(CallAttempt)).all()
+        assert set(confirmations) == set(people)  # nobody skipped
+        assert [a for a in attempts if utc(a.dialled_at) > confirmations[a.person_id]] == []
+        assert any(a.outcome is not None and a.outcome.value in ("interrupted", "answered_no_key", "failed")
+                   for a in attempts), "the restart cut no call"
+    finally:
+        await binfoon.app.stop()
+
+
+async def test_call_back_and_report_lines(lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer) -> None:
+    from ivr.simulator.network import CallerScript, Listen, PhoneScript, Press, Wait
+    from ivr.simulator.scenarios import MemberCase
+
+    binfoon = await start_binfoon(lab, tmp_path, renderer, max_channels=5, max_cps=20.0, member_ring_timeout_s=2.0,
+                                  review_ring_timeout_s=1.0, urgent_retry_after_s=0.5, urgent_retries=0)
+    try:
+        heard_s = await _message_seconds(renderer)
+        confirm = PhoneScript.answers(rings=1, keys=((heard_s + 1.0, "1"),))
+        people = seed_members(binfoon.world.engine, 12, [
+            MemberCase("confirms", confirm, None, "confirmed"),
+            MemberCase("confirms", confirm, None, "confirmed"),
+            MemberCase("never answers", PhoneScript.never_answers(), None, "no_answer")])
+        script_members(lab, binfoon.world.engine, people)
+        await submit_recorded(binfoon, CLIP)
+        await _campaign_done(binfoon, timeout_s=120)
+        absent = next(pid for pid, case in people.items() if case.behaviour == "never answers")
+        with session_scope(binfoon.world.engine) as s:
+            from storage.models import PhoneNumber
+            number = s.scalars(select(PhoneNumber.e164).where(PhoneNumber.person_id == absent)).one()
+        bin_line = "+3250000000"  # the number every member call presents
+        # The member who missed the call calls back, hears the message and confirms.
+        back = await lab.call_in(number, CallerScript.of(Wait(heard_s - 3.0), Press("1"), Listen()), bin_line)
+        await back.wait(90)
+        # A coordinator asks for the count on the report line; a stranger hears nothing confidential.
+        coordinator = binfoon.world.coordinators[0][1]
+        await (await lab.call_in(coordinator, CallerScript.of(Listen(), Listen(timeout_s=5)), "+3250000200")).wait(60)
+        await (await lab.call_in("+32470999888", CallerScript.of(Listen()), bin_line)).wait(60)
+        ends = {f.flow: f.end for f in binfoon.app.flow_ends if f.flow in ("member_callback", "coordinator_report")}
+        callbacks = [f.end for f in binfoon.app.flow_ends if f.flow == "member_callback"]
+        assert callbacks == ["confirmed", "unknown_caller"]
+        assert ends["coordinator_report"] == "3/3"  # the call-back confirmation counts
+        with session_scope(binfoon.world.engine) as s:
+            via = {c.person_id: c.via for c in s.scalars(select(Confirmation))}
+        assert via[absent] == "callback" and len(via) == 3
+    finally:
+        await binfoon.app.stop()
