@@ -91,6 +91,13 @@ class Settings:
     #: The numbers members and coordinators call in on: the BIN line (members hear the latest
     #: message again; it is the number every outbound call presents) and the report line.
     report_line_number: str = "+3250000200"
+    #: The Vosk model folder used for transcripts ("" = ``<cache_dir>/models/vosk-model-small-nl-0.22``
+    #: when present; without a model recordings are kept and marked untranscribed).
+    speech_model_path: str = ""
+    #: Transcription worker processes (CPU work never runs on the event loop).
+    speech_workers: int = 1
+    #: Recordings and transcripts older than this many days are purged (0 = kept for ever).
+    retention_days: int = 365
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     start.set_defaults(func=cmd_asterisk_start)
     register_review_latency(kinds)
     register_campaign(kinds)
+    from ivr.commands.speech import register_bench
+    register_bench(kinds)
 
 
 def cmd_asterisk_start(settings: Settings, args: argparse.Namespace) -> int:

@@ -138,6 +138,9 @@ class SimulatedCall:
     #: ``phone`` when the simulated phone hung up, ``caller`` when the other side did.
     ended_by: str | None = None
     keys_sent: list[tuple[float, str]] = field(default_factory=list)
+    #: The caller ID presented to the phone: number and name, as a member's display shows them.
+    caller_id: str = ""
+    caller_id_name: str = ""
     #: Host path of the recording of what the phone heard (``None`` if it never answered).
     heard_path: Path | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -382,7 +385,8 @@ class PhoneNetwork:
         """The FastAGI route: be the phone that was dialled."""
         number = call.args[0] if call.args else ""
         script = self._scripts.get(number, PhoneScript.unreachable())
-        sim = SimulatedCall(number=number, script=script, channel=call.channel, started_at=time.monotonic())
+        sim = SimulatedCall(number=number, script=script, channel=call.channel, started_at=time.monotonic(),
+                            caller_id=call.caller_id, caller_id_name=call.caller_id_name)
         self.calls.append(sim)
         try:
             await self._behave(call, sim)

@@ -57,6 +57,11 @@ class AgiCall:
         return self.headers.get("agi_callerid", "")
 
     @property
+    def caller_id_name(self) -> str:
+        """The caller's name as Asterisk received it."""
+        return self.headers.get("agi_calleridname", "")
+
+    @property
     def args(self) -> list[str]:
         """The arguments given to AGI() in the dialplan after the URL."""
         out = []

@@ -16,7 +16,7 @@ from ivr.reports import campaign_report
 from ivr.simulator.lab import PhoneLab
 from ivr.simulator.scenarios import expected_counts, member_cases, script_members, seed_members
 from storage.db import session_scope
-from storage.models import CallAttempt, Campaign, CampaignStatus, Confirmation, Message, MessageStatus
+from storage.models import CallAttempt, Campaign, CampaignStatus, Confirmation, Message, MessageStatus, PhoneNumber
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import Binfoon, start_binfoon, submit_recorded, utc
 
@@ -81,7 +81,12 @@ async def test_forty_members_each_end_as_scripted(lab: PhoneLab, tmp_path: Path,
             tries = [a for a in attempts if a.person_id == pid]
             if case.behaviour in ("busy", "never answers"):
                 assert len(tries) == 2, (case.behaviour, [(a.dial_outcome, a.outcome) for a in tries])
-        # Every outbound call showed the same caller ID (checked at the simulated phone).
+        # Every outbound call, retries included, showed the same caller ID and name (checked at the
+        # simulated phone), so members can save it.
+        with session_scope(binfoon.world.engine) as s:
+            numbers = {p.e164 for p in s.scalars(select(PhoneNumber).where(PhoneNumber.person_id.in_(list(people))))}
+        shown = {(c.caller_id, c.caller_id_name) for n in numbers for c in lab.network.calls_to(n)}
+        assert shown == {(binfoon.settings.caller_id_number, binfoon.settings.caller_id_name)}
     finally:
         await binfoon.app.stop()
 

@@ -1,0 +1,151 @@
+"""``binfoon archive search|list|play|purge``: the archive of police messages.
+
+Who replays: ``play`` needs ``--as WHO`` (``person:ID``, a person id, or one of their phone
+numbers). The command line does not authenticate: whoever can run it can read the database
+anyway. ``--as`` says on whose behalf the recording is heard, is checked against that person's
+roles (admin, or police of the message's zone) and is written to the audit log together with the
+operating-system user who typed the command. An admin console or phone line authenticates the
+person first and passes the same identity to ``ivr.archive.Archive.play``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+from ivr.archive import Archive, ArchiveEntry, ArchiveError
+from ivr.cli import CommandError
+from ivr.commands.directory import _actor
+from ivr.config import Settings
+from storage.db import open_database
+from storage.models import MessageStatus, Urgency, utcnow
+from storage.recordings import RecordingStore
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``archive`` commands."""
+    archive = sub.add_parser("archive", help="search, list, replay and purge past messages").add_subparsers(
+        dest="action", required=True)
+    p = archive.add_parser("search", help="messages whose transcript or text holds every word")
+    p.add_argument("words", nargs="+", metavar="WORD")
+    p.add_argument("--limit", type=int, default=50, help="at most this many messages (default 50)")
+    p.add_argument("--as", dest="who", metavar="WHO", help="on whose behalf (person:ID or phone); audited")
+    p.set_defaults(func=cmd_search)
+    p = archive.add_parser("list", help="messages by BIN, zone, date, urgency, status (newest first)")
+    p.add_argument("--bin", type=int, help="BIN number")
+    p.add_argument("--zone", help="police zone code")
+    p.add_argument("--from", dest="since", metavar="WHEN",
+                   help="from this local date or time (2026-11-23 or 2026-11-23T14:00)")
+    p.add_argument("--to", dest="until", metavar="WHEN", help="up to this local date (inclusive) or time")
+    p.add_argument("--urgency", choices=[u.value for u in Urgency])
+    p.add_argument("--status", choices=[s.value for s in MessageStatus])
+    p.add_argument("--limit", type=int, help="at most this many messages")
+    p.set_defaults(func=cmd_list)
+    p = archive.add_parser("play", help="replay a message's recording (admins and the zone's police only)")
+    p.add_argument("id", type=int, metavar="ID", help="message id")
+    p.add_argument("--as", dest="who", required=True, metavar="WHO",
+                   help="who asks: person:ID, a person id, or their phone number (checked and audited)")
+    p.add_argument("--out", type=Path, metavar="FILE",
+                   help="write a copy to this new file instead of playing it")
+    p.add_argument("--take", type=int, help="another take than the one sent")
+    p.set_defaults(func=cmd_play)
+    p = archive.add_parser("purge", help="delete recordings and transcripts past the retention period")
+    p.add_argument("--days", type=int,
+                   help="retention in days (default: the retention_days setting; 0 = keep everything)")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    p.set_defaults(func=cmd_purge)
+
+
+def _archive(settings: Settings) -> Archive:
+    engine = open_database(settings.resolved_database_url)
+    return Archive(engine, RecordingStore(settings.data_dir / "recordings"), operator=_actor())
+
+
+def parse_when(raw: str, settings: Settings, *, end_of_day: bool) -> dt.datetime:
+    """A local date or date-time, as UTC; a bare date means its start (``end_of_day``: the next midnight)."""
+    try:
+        day = dt.date.fromisoformat(raw)
+    except ValueError:
+        try:
+            when = dt.datetime.fromisoformat(raw)
+        except ValueError:
+            raise CommandError(f"{raw!r} is not a date (2026-11-23) or a time (2026-11-23T14:00)") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=settings.tz)
+        return when.astimezone(dt.timezone.utc)
+    if end_of_day:
+        day += dt.timedelta(days=1)
+    return dt.datetime.combine(day, dt.time(), tzinfo=settings.tz).astimezone(dt.timezone.utc)
+
+
+def _line(entry: ArchiveEntry, settings: Settings) -> str:
+    when = entry.created_at.astimezone(settings.tz).strftime("%Y-%m-%d %H:%M")
+    line = (f"{entry.message_id:>6}  {when}  BIN {entry.bin_number} ({entry.bin_name})  "
+            f"zone {entry.zone_code}  {entry.urgency.value:<10} {entry.status.value}")
+    return f"{line}\n        {entry.snippet}" if entry.snippet else line
+
+
+def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the messages whose transcript or typed text holds every word."""
+    try:
+        entries = _archive(settings).search(args.words, args.who or _actor(), limit=max(1, args.limit))
+    except ArchiveError as exc:
+        raise CommandError(str(exc)) from None
+    for entry in entries:
+        print(_line(entry, settings))
+    if not entries:
+        print("no message holds all these words")
+    return 0
+
+
+def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the messages that match every filter given."""
+    since = parse_when(args.since, settings, end_of_day=False) if args.since else None
+    until = parse_when(args.until, settings, end_of_day=True) if args.until else None
+    if since is not None and until is not None and until <= since:
+        raise CommandError("--to must be after --from")
+    entries = _archive(settings).list(
+        bin=args.bin, zone=args.zone, since=since, until=until,
+        urgency=Urgency(args.urgency) if args.urgency else None,
+        status=MessageStatus(args.status) if args.status else None,
+        limit=max(1, args.limit) if args.limit is not None else None)
+    for entry in entries:
+        print(_line(entry, settings))
+    if not entries:
+        print("no message matches")
+    return 0
+
+
+def cmd_play(settings: Settings, args: argparse.Namespace) -> int:
+    """Replay a recording to a file or the speakers, if the person asking may."""
+    try:
+        path = _archive(settings).play(args.id, args.who, args.out, take=args.take)
+    except ArchiveError as exc:  # AccessDenied included: the refusal is already audited
+        raise CommandError(str(exc)) from None
+    print(f"message {args.id}: copy written to {path}" if args.out
+          else f"message {args.id}: played {path.name}")
+    return 0
+
+
+def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    """Delete what is past the retention period (audited), or say what would go with ``--dry-run``."""
+    days = settings.retention_days if args.days is None else args.days
+    if days < 0:
+        raise CommandError("--days must be 0 (keep for ever) or more")
+    report = _archive(settings).purge_expired(utcnow(), days, _actor(), dry_run=args.dry_run)
+    if report.cutoff is None:
+        print("retention is 0 days: everything is kept, nothing purged")
+        return 0
+    verb = "would purge" if report.dry_run else "purged"
+    print(f"{verb} {report.count('recording')} recordings, {report.count('transcript')} transcripts and "
+          f"{report.count('text')} typed texts older than {days} days "
+          f"(before {report.cutoff.astimezone(settings.tz):%Y-%m-%d %H:%M})")
+    for item in report.purged:
+        print(f"  message {item.message_id}: {item.kind} {item.item_id} of "
+              f"{item.created_at.astimezone(settings.tz):%Y-%m-%d}")
+    if report.held:
+        print(f"kept, still in flight: messages {', '.join(map(str, report.held))}")
+    for problem in report.problems:
+        print(f"not purged: {problem}")
+    return 0

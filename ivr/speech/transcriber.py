@@ -1,0 +1,114 @@
+"""One recording in, one transcript out: pydub prepares the audio, Vosk recognises it.
+
+Rules: the audio is always brought to what Asterisk records (8 kHz, mono, 16-bit) before
+recognition, whatever the file was, so a transcript made from a test clip and one made from a
+phone recording go through the same path. Everything here is blocking CPU work: call it from a
+worker process (``ivr.speech.pool``) or a command, never from the event loop.
+
+Vosk may give slightly different words for the same audio on a later decode in the same process
+(alphacep/vosk-api#868, open): the first decode after loading is reproducible, later ones are not
+guaranteed to be. A stored transcript is therefore "what the model heard that time".
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ivr.speech.models import ModelError, model_label, model_problem
+
+#: What Asterisk's Record() writes for a telephone call.
+RATE_HZ = 8000
+SAMPLE_WIDTH_BYTES = 2
+#: Audio is fed to the recogniser in pieces of this many seconds, as a live stream would be.
+CHUNK_S = 0.25
+
+
+@dataclass
+class TranscriptResult:
+    """What the recogniser made of one audio file."""
+
+    text: str
+    #: One dict per word: ``{"word", "start", "end", "conf"}``, times in seconds from the start.
+    words: list[dict[str, Any]] = field(default_factory=list)
+    #: Mean of the word confidences; ``None`` when no word was recognised.
+    confidence: float | None = None
+    model: str = ""
+    audio_s: float = 0.0
+    #: Seconds spent preparing and recognising (not loading the model).
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (what crosses the process boundary and what ``--json`` prints)."""
+        return asdict(self)
+
+
+def prepare_audio(path: Path) -> tuple[bytes, float]:
+    """Raw 8 kHz mono 16-bit little-endian PCM of any file pydub (ffmpeg) reads, and its duration (s)."""
+    from pydub import AudioSegment  # imported here: the parent process of the pool never needs it
+
+    try:
+        segment = AudioSegment.from_file(str(path))
+    except FileNotFoundError:
+        raise  # a missing file is not "unreadable audio": let the caller say which file is gone
+    except Exception as exc:  # pydub raises CouldntDecodeError, IndexError, ... for unreadable audio
+        raise ValueError(f"{path}: not audio that can be read ({exc.__class__.__name__}: {exc})") from exc
+    segment = segment.set_channels(1).set_frame_rate(RATE_HZ).set_sample_width(SAMPLE_WIDTH_BYTES)
+    pcm = segment.raw_data
+    return pcm, len(pcm) / (RATE_HZ * SAMPLE_WIDTH_BYTES)
+
+
+def open_model(path: Path) -> Any:
+    """Load a Vosk model from a local folder (uncached; raises ``ModelError`` with the reason)."""
+    import vosk
+
+    problem = model_problem(Path(path))
+    if problem:
+        raise ModelError(problem)
+    vosk.SetLogLevel(-1)  # Kaldi's own log lines would otherwise go to stderr for every recogniser
+    try:
+        return vosk.Model(str(path))
+    except Exception as exc:  # vosk raises a bare Exception("Failed to create a model")
+        raise ModelError(f"{path}: Vosk could not load the model ({exc})") from exc
+
+
+@functools.lru_cache(maxsize=2)
+def load_model(path: str) -> Any:
+    """The model at ``path``, loaded once per process (a worker keeps it for all its jobs)."""
+    return open_model(Path(path))
+
+
+def recognise_pcm(model: Any, pcm: bytes) -> tuple[str, list[dict[str, Any]]]:
+    """Stream 8 kHz 16-bit mono PCM through a fresh recogniser; returns (text, words)."""
+    import vosk
+
+    recogniser = vosk.KaldiRecognizer(model, RATE_HZ)
+    recogniser.SetWords(True)
+    chunk = int(RATE_HZ * CHUNK_S) * SAMPLE_WIDTH_BYTES
+    pieces: list[dict[str, Any]] = []
+    for offset in range(0, len(pcm), chunk):
+        # True at an end of utterance (a pause): collect that utterance's result and go on.
+        if recogniser.AcceptWaveform(pcm[offset:offset + chunk]):
+            pieces.append(json.loads(recogniser.Result()))
+    pieces.append(json.loads(recogniser.FinalResult()))
+    words = [
+        {"word": w["word"], "start": float(w["start"]), "end": float(w["end"]), "conf": float(w["conf"])}
+        for piece in pieces for w in piece.get("result", [])
+    ]
+    text = " ".join(piece["text"] for piece in pieces if piece.get("text"))
+    return text, words
+
+
+def transcribe_file(audio: Path, model_path: Path, model: Any | None = None) -> TranscriptResult:
+    """Prepare ``audio`` and recognise it with the model at ``model_path`` (loaded once per process)."""
+    model = model if model is not None else load_model(str(model_path))
+    began = time.perf_counter()
+    pcm, audio_s = prepare_audio(audio)
+    text, words = recognise_pcm(model, pcm)
+    confidence = sum(w["conf"] for w in words) / len(words) if words else None
+    return TranscriptResult(text, words, confidence, model_label(model_path), audio_s,
+                            time.perf_counter() - began)
