@@ -34,6 +34,7 @@ from ivr.media.voice import PromptRenderer, Voice
 from ivr.messages import MessageDesk
 from ivr.review import REVIEW_RETRY, ReviewDispatcher
 from ivr.scheduler import AlarmClock
+from ivr.speech.desk import TranscriptionDesk
 from ivr.telephony.agi import AgiCall, AgiServer, CallHungUp
 from ivr.telephony.ami import AmiGateway
 from ivr.telephony.channel import AsteriskCall
@@ -76,6 +77,7 @@ class BinfoonApp:
 
     #: How often the database is checked for work given by other processes (the command line).
     POLL_S = 1.0
+    TRANSCRIBE_EVERY_S = 300.0
 
     def __init__(self, settings: Settings, engine: Engine, ami: AmiGateway, agi: AgiServer, media: MediaPaths,
                  *, dial_template: str | None = None, renderer: PromptRenderer | None = None,
@@ -111,6 +113,8 @@ class BinfoonApp:
         self.member_rules = MemberRules(max(settings.key_timeout_s, 6.0), settings.member_reminders)
         self.intake_rules = IntakeRules(settings.key_timeout_s, settings.record_max_s, settings.record_silence_s)
         self.review_rules = ReviewRules(settings.key_timeout_s, settings.tz)
+        #: Offline transcripts of every recording, made in worker processes (never on this loop).
+        self.transcripts = TranscriptionDesk.from_settings(engine, settings)
         self.desk.on_submitted = self._submitted
         self.desk.on_approved = self._approved
         #: Called when a message's campaign was created (tests and the demo follow it).
@@ -152,6 +156,8 @@ class BinfoonApp:
         await self.campaigns.start()
         await self.reconcile(at_start=True)
         self._poller = asyncio.get_running_loop().create_task(self._poll(), name="binfoon-poll")
+        # The backlog (recordings kept while no model was installed) is done in the background.
+        self._spawn(self._transcribe("start"))
 
     async def stop(self) -> None:
         """Stop acting (calls in progress end with the AGI server); state stays in the database."""
@@ -163,6 +169,7 @@ class BinfoonApp:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.transcripts.aclose()
         self.alarms.shutdown()
         if self._unsubscribe is not None:
             self._unsubscribe()
@@ -197,6 +204,7 @@ class BinfoonApp:
                     self.alarms.wake_at(DELIVER, message_id, deliver_at)
 
     async def _poll(self) -> None:
+        last_transcribe = time.monotonic()
         while True:
             await asyncio.sleep(self.POLL_S)
             try:
@@ -204,6 +212,19 @@ class BinfoonApp:
                 await self.reconcile()
             except Exception:
                 log.exception("reconciliation failed; trying again")
+            # A model installed while we run is picked up, and failed recordings are tried again.
+            if time.monotonic() - last_transcribe >= self.TRANSCRIBE_EVERY_S:
+                last_transcribe = time.monotonic()
+                self._spawn(self._transcribe("poll"))
+
+    async def _transcribe(self, why: str) -> None:
+        try:
+            if why == "start":
+                await self.transcripts.start()
+            else:
+                await self.transcripts.transcribe_pending()
+        except Exception:
+            log.exception("transcription (%s) failed; the recordings are kept and tried again later", why)
 
     async def ingest_cel(self) -> int:
         """Take in the confirmations Asterisk wrote durably (CEL) since the last checkpoint."""
@@ -227,6 +248,8 @@ class BinfoonApp:
     def _submitted(self, message_id: int) -> None:
         self.submitted_at[message_id] = time.monotonic()
         self.reviews.start(message_id)
+        # Transcribed as soon as it is saved: the pool's processes do the work, calls go on.
+        self._spawn(self._transcribe("submitted"))
 
     def _approved(self, message_id: int, deliver_at: dt.datetime) -> None:
         if deliver_at <= self.clock() + dt.timedelta(seconds=1):
