@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -49,6 +50,12 @@ async def test_originate_to_system_is_refused(lab: PhoneLab) -> None:
 async def test_shell_function_is_refused(lab: PhoneLab) -> None:
     response = await lab.ami.action({"Action": "GetVar", "Variable": "SHELL(echo pwned)"})
     assert response.get("Value", "") in ("", "(null)") and "pwned" not in str(response)
+    # Two guards stand behind that empty answer: the running Asterisk has no SHELL() at all, and it
+    # was told never to run dangerous functions from AMI even if a module brought one in.
+    check = await lab.ami.action({"Action": "ModuleCheck", "Module": "func_shell"})
+    assert check.get("Response") == "Error", check
+    conf = (lab.asterisk.run_dir / "etc" / "asterisk.conf").read_text()
+    assert re.search(r"^\s*live_dangerously\s*=\s*no\s*$", conf, re.MULTILINE), conf
 
 
 async def test_wrong_secret_is_refused(lab: PhoneLab) -> None:

@@ -8,15 +8,17 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from ivr.media.compare import locate_speech_file, read_wav_mono, speech_span
+from ivr.media.compare import locate, locate_speech_file, read_wav_mono, speech_span
 from ivr.media.voice import PromptRenderer
 from ivr.simulator.lab import PhoneLab
 from ivr.simulator.network import CallerScript, Listen, PhoneScript, Press, Speak
+from ivr.messages import describe
+from ivr.scheduler import AlarmClock
 from storage.db import session_scope
 from storage.models import (
-    AuditEntry, Campaign, Decision, Escalation, Message, MessageStatus, PinAttempt, Recording, ReviewCall,
+    AuditEntry, Campaign, Decision, Escalation, Message, MessageStatus, Person, PinAttempt, Recording, ReviewCall,
     ReviewDecision, ReviewMode, Urgency,
 )
 from tests.conftest import SHARED_DIR
@@ -200,6 +202,46 @@ async def test_coordinator_keys_end_in_the_right_state(
             assert (local.hour, local.minute) == (21, 30)
         # Only the first coordinator was needed.
         assert len(lab.network.calls_to(binfoon.world.coordinators[1][1])) == 0
+        # What `binfoon message show` tells the police.
+        with session_scope(binfoon.world.engine) as s:
+            shown = describe(s, message_id)
+            coordinator_name = s.get_one(Person, binfoon.world.coordinators[0][0]).name
+        # A BIN with few members may already be done delivering.
+        allowed = {status.value, MessageStatus.DONE.value} if status is MessageStatus.DELIVERING else {status.value}
+        assert shown["status"] in allowed
+        assert shown["decision"]["decision"] == decision.value and shown["decision"]["by"] == coordinator_name
+        assert ("to be delivered at" in shown["status_text"]) == (status is MessageStatus.APPROVED)
+        assert shown["review_calls"][0]["answered"] is True
+    finally:
+        await binfoon.app.stop()
+
+
+async def test_3_plays_the_recording_again_before_1_forwards(lab: PhoneLab, tmp_path: Path,
+                                                            renderer: PromptRenderer) -> None:
+    # Keys come while the menu waits (a long key timeout keeps it open), never during playback,
+    # so the coordinator must hear the whole recording once before "3" and once more before "1".
+    press_3_at, press_1_at = 25.0, 50.0
+    binfoon = await start_binfoon(lab, tmp_path, renderer, key_timeout_s=20.0)
+    coordinator = binfoon.world.coordinators[0][1]
+    lab.network.script(coordinator, PhoneScript.answers(keys=((press_3_at, "3"), (press_1_at, "1"))))
+    try:
+        message_id = await _submit(binfoon)
+        [review] = await binfoon.app.wait_for_flows("coordinator_review", 1, timeout_s=90)
+        assert review.end == "forward_now"
+        await _wait_status(binfoon.world.engine, message_id, MessageStatus.DELIVERING)
+        [call] = await lab.network.wait_for_calls(coordinator, 1)
+        heard, rate = read_wav_mono(await asyncio.to_thread(call.heard_audio))
+        clip, clip_rate = read_wav_mono(CLIP)
+        assert rate == clip_rate
+        cut = int(press_3_at * rate)
+        before, after = locate(clip, heard[:cut], rate), locate(clip, heard[cut:], rate)
+        assert before.peak_ncc >= 0.9 and after.peak_ncc >= 0.9, (before, after)
+        # Each play is whole: the match lies inside its window.
+        assert 0 <= before.lag_s and before.lag_s + before.reference_s <= press_3_at, before
+        assert 0 <= after.lag_s and after.lag_s + after.reference_s <= press_1_at - press_3_at, after
+        with session_scope(binfoon.world.engine) as s:
+            plays = s.scalars(select(AuditEntry).where(AuditEntry.action == "recording.played")).all()
+        assert len(plays) == 2
     finally:
         await binfoon.app.stop()
 
@@ -281,9 +323,15 @@ async def test_forward_later_survives_a_restart_and_fires_on_time(lab: PhoneLab,
     assert binfoon.app.alarms.when("deliver", message_id) is not None
     await binfoon.app.stop()  # the application goes down with the alarm pending
 
+    # While the application is down, the alarm is a row of APScheduler's job store in the database
+    # (start-up would also re-create a missing alarm from the message: this checks the store itself).
+    with binfoon.world.engine.connect() as conn:
+        stored = conn.execute(text(f"SELECT next_run_time FROM {AlarmClock.TABLE} WHERE id = :id"),
+                              {"id": AlarmClock.job_id("deliver", message_id)}).scalar_one()
+    assert abs(stored - deliver_at.timestamp()) < 0.001
+
     again = await start_binfoon(lab, tmp_path, renderer, world=binfoon.world)
     try:
-        # The alarm came back from the job store, not from memory.
         assert again.app.alarms.when("deliver", message_id) == deliver_at
         await _wait_status(again.world.engine, message_id, MessageStatus.DELIVERING, timeout_s=20)
         with session_scope(again.world.engine) as s:

@@ -1,0 +1,50 @@
+"""`binfoon demo` as `make demo` runs it: the whole chain, and a report of what it measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ivr.media.compare import locate_speech_file
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(600)
+def test_demo_runs_the_whole_chain_and_reports_what_it_measured(tmp_path: Path) -> None:
+    env = {**os.environ, "BINFOON_DATA_DIR": str(tmp_path / "var"),
+           "BINFOON_CONFIG": str(tmp_path / "absent.toml")}
+    report_path = tmp_path / "demo-report.json"
+    done = subprocess.run([sys.executable, "-m", "ivr", "demo", "--report", str(report_path)],
+                          capture_output=True, text=True, env=env, timeout=580, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+
+    message = report["message"]
+    assert {"id", "bin", "urgency", "status", "recording_seconds", "recording_path", "spoken_audio_path",
+            "spoken_text"} <= message.keys()
+    assert (message["bin"], message["urgency"], message["status"]) == (12, "urgent", "done")
+    recording, spoken = Path(message["recording_path"]), Path(message["spoken_audio_path"])
+    assert recording.is_absolute() and recording.exists() and spoken.is_absolute() and spoken.exists()
+    # What the officer said is what was stored (measured here again, not taken from the report).
+    assert locate_speech_file(spoken, recording).peak_ncc >= 0.9
+    assert message["recording_seconds"] > 3 and message["spoken_text"]
+
+    review = report["review"]
+    assert review["decision"] == "forward_now" and review["coordinator"]
+    assert 0 <= review["seconds_hangup_to_ring"] < 5
+
+    campaign, expected = report["campaign"], report["expected"]
+    keys = {"members", "confirmed", "answering_machine", "no_answer", "busy", "failed", "attempts",
+            "calls_to_confirmed_members_after_confirming"}
+    assert keys <= campaign.keys()
+    assert campaign["members"] == 25 and campaign["calls_to_confirmed_members_after_confirming"] == 0
+    for key in expected:
+        assert campaign[key] == expected[key], key
+    assert campaign["attempts"] >= campaign["members"]
+    assert report["all_as_expected"] is True
