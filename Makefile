@@ -5,10 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages: debootstrap builds the embedded Asterisk root; espeak-ng speaks; sox and
-# ffmpeg convert audio (pydub); postgresql serves the PostgreSQL half of the tests; iproute2 for ss.
+# ffmpeg convert audio (pydub); postgresql serves the PostgreSQL half of the tests; iproute2 for ss;
+# chromium is the headless browser the web console's end-to-end tests drive (Playwright, never its own download).
 DEB_PACKAGES := python3 python3-venv python3-dev debootstrap espeak-ng libespeak-ng1 sox ffmpeg \
-	postgresql util-linux iproute2 ca-certificates git
+	postgresql util-linux iproute2 ca-certificates git chromium
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 4
 
 .PHONY: demo test bench system-deps venv asterisk clean
 
@@ -34,13 +36,24 @@ asterisk: venv
 demo: asterisk
 	$(BIN)/binfoon demo --report var/demo-report.json
 
+# Most tests wait on real calls in real time, so they run side by side (each on its own private
+# Asterisk); those marked `serial` measure time or load the machine, and run alone afterwards.
 test: asterisk
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not serial" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m serial $(PYTEST_ARGS)
 
 bench: asterisk
 	$(BIN)/binfoon bench asterisk-start --runs 10 --json bench-asterisk-start.json
 	$(BIN)/binfoon bench review-latency --runs 20 --lanes 4 --json bench-review-latency.json
 	$(BIN)/binfoon bench campaign --members 500 --channels 100 --message-seconds 10 --json bench-campaign.json
+	@# The configured speech model when there is one (a Dutch model: WER is measured too); else the
+	@# Korean test model of the test extra (RTF, load time and memory; WER null).
+	if $(BIN)/binfoon models status | grep -q '^speech model in use'; then \
+		$(BIN)/binfoon bench transcribe --json bench-transcribe.json; \
+	else \
+		$(BIN)/binfoon bench transcribe --json bench-transcribe.json \
+			--model "$$($(BIN)/python -c 'from ivr.speech.models import packaged_model; print(packaged_model("ko") or "")')"; \
+	fi
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

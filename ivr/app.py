@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ from typing import Any, Callable, Coroutine
 
 from sqlalchemy import Engine
 
+from ivr.archive import Archive
 from ivr.asterisk.instance import AsteriskInstance
 from ivr.config import Settings
 from ivr.domain.pin import PinPolicy
@@ -26,12 +28,15 @@ from ivr.campaigns import CampaignRunner, DialerLimits, retry_policies
 from ivr.delivery import DeliveryDesk
 from ivr.domain.campaign import Window
 from ivr.flows.coordinator_review import ReviewRules, coordinator_review
+from ivr.flows.admin_replay import ReplayRules, admin_replay
 from ivr.flows.coordinator_report import coordinator_report
 from ivr.flows.member_call import MemberRules, member_call
 from ivr.flows.member_callback import member_callback
 from ivr.flows.police_intake import IntakeRules, police_intake
 from ivr.media.voice import PromptRenderer, Voice
 from ivr.messages import MessageDesk
+from ivr.replay import ReplayDesk
+from ivr.retention import RetentionSweep
 from ivr.review import REVIEW_RETRY, ReviewDispatcher
 from ivr.scheduler import AlarmClock
 from ivr.speech.desk import TranscriptionDesk
@@ -70,6 +75,18 @@ class MediaPaths:
     owner: tuple[int, int] | None
     #: Asterisk's durable record of confirmations (CEL CSV); ``None`` when there is none to read.
     cel_csv: Path | None = None
+
+
+def freeze_startup_objects() -> None:
+    """Take what is loaded by now (modules, classes, settings: alive as long as the process) out of
+    the garbage collector's sight, so a full collection walks only objects made since.
+
+    Why: a full collection holds the GIL and so stops the event loop; over everything loaded it
+    took 100-150 ms here in the middle of a campaign (tests/integration/test_transcription_load.py),
+    more than the 100 ms a call may wait and longer than Asterisk waits for a slow AMI reader.
+    """
+    gc.collect()  # what is garbage now is collected first, not kept for ever
+    gc.freeze()
 
 
 class BinfoonApp:
@@ -113,8 +130,15 @@ class BinfoonApp:
         self.member_rules = MemberRules(max(settings.key_timeout_s, 6.0), settings.member_reminders)
         self.intake_rules = IntakeRules(settings.key_timeout_s, settings.record_max_s, settings.record_silence_s)
         self.review_rules = ReviewRules(settings.key_timeout_s, settings.tz)
+        #: The admin line: the police line's PIN policy, the same recording store.
+        self.replays = ReplayDesk(engine, self.desk.store, pin_policy=self.desk.pin_policy, clock=clock)
+        self.replay_rules = ReplayRules(settings.key_timeout_s, settings.tz)
         #: Offline transcripts of every recording, made in worker processes (never on this loop).
         self.transcripts = TranscriptionDesk.from_settings(engine, settings)
+        #: Recordings and transcripts past ``retention_days`` are purged at start and once a day.
+        self.retention = RetentionSweep(Archive(engine, self.desk.store, operator="service"),
+                                        settings.retention_days, clock)
+        self.desk.on_take_stored = self._take_stored
         self.desk.on_submitted = self._submitted
         self.desk.on_approved = self._approved
         #: Called when a message's campaign was created (tests and the demo follow it).
@@ -125,6 +149,7 @@ class BinfoonApp:
         self.flow_ends: list[FlowEnded] = []
         #: Monotonic time each message was submitted.
         self.submitted_at: dict[int, float] = {}
+        self._seen_from_elsewhere: set[int] = set()
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
@@ -143,12 +168,14 @@ class BinfoonApp:
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         """Serve the flows, start the alarm clock, and resume whatever the database says is pending."""
+        freeze_startup_objects()
         self._prepare_record_dir()
         self.agi.add_route("police_intake", self._police_route)
         self.agi.add_route("coordinator_review", self._review_route)
         self.agi.add_route("member_call", self._member_route)
         self.agi.add_route("member_callback", self._callback_route)
         self.agi.add_route("coordinator_report", self._report_route)
+        self.agi.add_route("admin_replay", self._admin_route)
         self._unsubscribe = self.ami.subscribe(self._on_event)
         self.alarms.start({DELIVER: self.deliver, REVIEW_RETRY: self.reviews.wake})
         # Confirmations Asterisk recorded while we were down count before anything is dialled again.
@@ -173,7 +200,8 @@ class BinfoonApp:
         self.alarms.shutdown()
         if self._unsubscribe is not None:
             self._unsubscribe()
-        for route in ("police_intake", "coordinator_review", "member_call", "member_callback", "coordinator_report"):
+        for route in ("police_intake", "coordinator_review", "member_call", "member_callback", "coordinator_report",
+                      "admin_replay"):
             self.agi.remove_route(route)
         if self._own_renderer:
             self.renderer.close()
@@ -192,6 +220,10 @@ class BinfoonApp:
         now = self.clock()
         for message_id, status, deliver_at in await self.desk.unfinished():
             if status is MessageStatus.RECORDED:
+                if message_id not in self.submitted_at and message_id not in self._seen_from_elsewhere:
+                    # Stored by another process (the command line): its take needs a transcript too.
+                    self._seen_from_elsewhere.add(message_id)
+                    self._spawn(self._transcribe("submitted elsewhere"))
                 self.reviews.start(message_id)
             elif status is MessageStatus.WITH_COORDINATORS and at_start:
                 # A round cut short by a crash starts again, unless the message waits for its alarm.
@@ -216,10 +248,14 @@ class BinfoonApp:
             if time.monotonic() - last_transcribe >= self.TRANSCRIBE_EVERY_S:
                 last_transcribe = time.monotonic()
                 self._spawn(self._transcribe("poll"))
+            if self.retention.due():
+                self._spawn(self.retention.run())
 
-    async def _transcribe(self, why: str) -> None:
+    async def _transcribe(self, why: str, recording_id: int | None = None) -> None:
         try:
-            if why == "start":
+            if recording_id is not None:
+                await self.transcripts.transcribe_recording(recording_id)
+            elif why == "start":
                 await self.transcripts.start()
             else:
                 await self.transcripts.transcribe_pending()
@@ -245,11 +281,13 @@ class BinfoonApp:
             self.campaigns.wake()
         return taken
 
+    def _take_stored(self, message_id: int, recording_id: int) -> None:
+        # Transcribed as soon as it is saved (sent or not): the pool's processes do the work, calls go on.
+        self._spawn(self._transcribe("take stored", recording_id))
+
     def _submitted(self, message_id: int) -> None:
         self.submitted_at[message_id] = time.monotonic()
         self.reviews.start(message_id)
-        # Transcribed as soon as it is saved: the pool's processes do the work, calls go on.
-        self._spawn(self._transcribe("submitted"))
 
     def _approved(self, message_id: int, deliver_at: dt.datetime) -> None:
         if deliver_at <= self.clock() + dt.timedelta(seconds=1):
@@ -361,6 +399,15 @@ class BinfoonApp:
             pass
         finally:
             await self._ended("coordinator_report", agi.unique_id, end)
+
+    async def _admin_route(self, agi: AgiCall) -> None:
+        end = "hung_up"
+        try:
+            end = (await admin_replay(self._call(agi), self.replays, self.replay_rules)).value
+        except CallHungUp:
+            pass
+        finally:
+            await self._ended("admin_replay", agi.unique_id, end)
 
     def _on_event(self, event: AmiEvent) -> None:
         # A confirmation the dialplan took on its own (the flow did not run): store it at once.

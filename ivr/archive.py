@@ -7,6 +7,8 @@ Rules of this module:
 * Replay is allowed to admins and to the police (officers, approvers) of the message's zone, and
   to nobody else. Every replay and every refusal is written to the audit log and committed
   *before* any byte is copied or played (write ahead of the side effect).
+* Export (``Archive.export``: a CAP 1.2 document plus the original audio) follows the replay rule
+  and is audited the same way, before any byte is written.
 * Retention: see ``Archive.purge_expired``. The audit keeps that an item existed and was purged
   (checksum, duration, dates), never its content.
 * No wall clock here: the purge is given ``now``.
@@ -26,12 +28,13 @@ from pathlib import Path
 from sqlalchemy import ColumnElement, Engine, and_, or_, select, text
 from sqlalchemy.orm import Session
 
+from ivr import cap
 from ivr.domain.phone import InvalidPhoneNumber, normalize_phone
 from storage import audit
 from storage.db import session_scope
 from storage.models import (
-    Bin, Message, MessageStatus, Person, PhoneNumber, PoliceZone, Recording, Role, RoleAssignment, Transcript,
-    Urgency,
+    Bin, BinStreet, Message, MessageStatus, Person, PhoneNumber, PoliceZone, Recording, Role, RoleAssignment,
+    Transcript, Urgency,
 )
 from storage.recordings import RecordingCorrupted, RecordingStore
 
@@ -81,6 +84,17 @@ class PurgedItem:
     message_id: int
     item_id: int
     created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Export:
+    """What ``Archive.export`` wrote: the CAP document and the audio next to it."""
+
+    message_id: int
+    cap_file: Path
+    audio_file: Path
+    identifier: str
+    msg_type: str
 
 
 @dataclass
@@ -242,6 +256,62 @@ class Archive:
             return RecordingStore.open_verified(to_file, expected)
         except RecordingCorrupted as exc:
             raise ArchiveError(f"the copy differs from the original: {exc}") from None
+
+    def export(self, message_id: int, actor: str, out_dir: Path, tz: dt.tzinfo, *,
+               embed_audio: bool = True) -> Export:
+        """Write ``<id>.cap.xml`` (CAP 1.2) and ``<id>.wav`` (the recording members heard) into ``out_dir``.
+
+        The same rule as ``play``: admins and the police of the message's zone only. The export,
+        or its refusal, is audited and committed before any byte is written. ``embed_audio``: the
+        audio also goes inside the document (``derefUri``); otherwise the document points at the
+        written file by an absolute ``file:`` URI. Raises ``AccessDenied`` or ``ArchiveError``.
+        """
+        if not out_dir.is_dir():
+            raise ArchiveError(f"{out_dir} is not a folder")
+        cap_file, audio_file = out_dir / f"{message_id}.cap.xml", out_dir / f"{message_id}.wav"
+        for path in (cap_file, audio_file):
+            if path.exists():
+                raise ArchiveError(f"{path} already exists; choose another folder")
+        refusal: str | None = None
+        source, expected, xml = Path(), "", b""
+        with session_scope(self.engine) as s:
+            message = s.get(Message, message_id)
+            if message is None:
+                raise ArchiveError(f"no message {message_id}")
+            person = resolve_person(s, actor)
+            who = f"person:{person.id}" if person is not None else f"unknown:{actor}"
+            refusal = _replay_refusal(s, person, message)
+            if refusal is not None:
+                audit.record(s, who, "message.export_refused", f"message:{message_id}", reason=refusal,
+                             **self._via())
+            else:
+                recording = _take(message, None)
+                try:
+                    source = self.store.open_verified(Path(recording.path), recording.sha256)
+                except RecordingCorrupted as exc:
+                    raise ArchiveError(f"message {message_id}: recording unusable: {exc}") from None
+                document = _cap_message(s, message, recording, cap.CapAudio(
+                    audio_file.name, source.read_bytes(), recording.take, recording.duration_s))
+                try:
+                    xml = cap.alert_xml(document, tz,
+                                        audio_uri=None if embed_audio else audio_file.resolve().as_uri())
+                except cap.CapError as exc:  # raised before the audit record: nothing is exported
+                    raise ArchiveError(f"message {message_id}: {exc}") from None
+                result = Export(message_id, cap_file, audio_file, document.ref.identifier,
+                                cap.MSG_TYPE[document.kind])
+                audit.record(s, who, "message.exported", f"message:{message_id}", format="CAP 1.2",
+                             identifier=result.identifier, msg_type=result.msg_type, take=recording.take,
+                             sha256=recording.sha256, files=[cap_file.name, audio_file.name], **self._via())
+                expected = recording.sha256
+        if refusal is not None:
+            raise AccessDenied(f"{actor} may not export message {message_id}: {refusal}")
+        _private_copy(source, audio_file)
+        try:
+            RecordingStore.open_verified(audio_file, expected)
+        except RecordingCorrupted as exc:
+            raise ArchiveError(f"the copy differs from the original: {exc}") from None
+        _private_write(cap_file, xml)
+        return result
 
     def _via(self) -> dict[str, str]:
         return {"via": self.operator} if self.operator else {}
@@ -412,13 +482,23 @@ def resolve_person(s: Session, who: str) -> Person | None:
 
 def _replay_refusal(s: Session, person: Person | None, message: Message) -> str | None:
     """Why ``person`` may not replay ``message`` (``None``: allowed)."""
+    return bin_replay_refusal(s, person, message.bin)
+
+
+def bin_replay_refusal(s: Session, person: Person | None, bin_: Bin) -> str | None:
+    """Why ``person`` may not replay the messages of ``bin_`` (``None``: allowed).
+
+    The one access rule for replay, whatever the way in (command line, admin phone line): the
+    rule depends only on the message's BIN and zone, so it can be checked before a BIN's
+    messages are even listed.
+    """
     if person is None:
         return "not a known person (give person:ID or a phone number of theirs)"
     if not person.active:
         return "the person is not active"
-    zone_id = message.bin.zone_id
+    zone_id = bin_.zone_id
     for role in s.scalars(select(RoleAssignment).where(RoleAssignment.person_id == person.id)):
-        in_scope = role.zone_id in (None, zone_id) and role.bin_id in (None, message.bin_id)
+        in_scope = role.zone_id in (None, zone_id) and role.bin_id in (None, bin_.id)
         if role.role is Role.ADMIN and in_scope:
             return None
         if role.role in ZONE_POLICE and role.zone_id == zone_id:
@@ -436,6 +516,46 @@ def _take(message: Message, take: int | None) -> Recording:
             return recording
     takes = ", ".join(str(r.take) for r in message.recordings)
     raise ArchiveError(f"message {message.id} has no take {wanted} (takes: {takes})")
+
+
+def _cap_ref(message: Message) -> cap.CapRef:
+    zone_code = message.bin.zone.code
+    return cap.CapRef(cap.sender_for(zone_code), cap.identifier_for(zone_code, message.id),
+                      _utc(message.submitted_at or message.created_at))
+
+
+def _cap_message(s: Session, message: Message, recording: Recording, audio: cap.CapAudio) -> cap.CapMessage:
+    """The CAP view of ``message``: its text (else the transcript of ``recording``) and what it follows."""
+    description = message.text
+    if description is None:
+        description = s.scalars(select(Transcript.text)
+                                .where(Transcript.recording_id == recording.id)).first()
+    # The chain of messages this one follows, oldest first (guarded against a damaged, looping chain).
+    references: builtins.list[cap.CapRef] = []
+    seen = {message.id}
+    earlier = message.follow_up_of_id
+    while earlier is not None and earlier not in seen:
+        seen.add(earlier)
+        first = s.get(Message, earlier)
+        if first is None:
+            break
+        references.insert(0, _cap_ref(first))
+        earlier = first.follow_up_of_id
+    streets = tuple(s.scalars(select(BinStreet.street).where(BinStreet.bin_id == message.bin_id)
+                              .order_by(BinStreet.street)))
+    zone = message.bin.zone
+    return cap.CapMessage(_cap_ref(message), message.kind, message.urgency, zone.code, zone.name,
+                          message.bin.number, message.bin.name, streets, description or None,
+                          tuple(references), audio=audio)
+
+
+def _private_write(target: Path, data: bytes) -> None:
+    """Write ``data`` to a new file ``target`` readable by its owner only (it may embed police audio)."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _private_copy(source: Path, target: Path) -> None:

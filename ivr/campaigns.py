@@ -47,6 +47,9 @@ class DialerLimits:
     interrupted_grace_s: float = 20.0
     #: The longest an answered member call may last before the dialer stops waiting for it.
     max_call_s: float = 600.0
+    #: How long one pass may keep dialling from the plan it read (waiting for the pace's tokens)
+    #: before the plan is read again.
+    plan_reuse_s: float = 1.0
 
 
 @dataclass
@@ -153,6 +156,7 @@ class CampaignRunner:
             return 0.5  # the PBX is away (restarting): dial nothing rather than fail everyone
         now = self.clock()
         plans = await self.desk.plans()
+        planned_at = time.monotonic()
         next_wake = 30.0
         for plan in plans:
             due, finished, soonest = self._decide(plan, now)
@@ -173,7 +177,16 @@ class CampaignRunner:
                 if step.e164 in live_numbers:
                     continue  # one call per number at a time (members sharing a line, B4)
                 if not self._bucket.take(time.monotonic()):
-                    return min(next_wake, self._bucket.wait_s(time.monotonic()))
+                    # Wait for the pace's next token on this plan rather than plan again for every
+                    # call: rebuilding the plan takes longer than a token at 50 calls/s (measured:
+                    # 25-60 ms for 500 members), which held the pace to a third of max_cps. The plan
+                    # may go stale meanwhile; begin_attempt refuses a member confirmed since.
+                    wait_s = self._bucket.wait_s(time.monotonic())
+                    if time.monotonic() + wait_s - planned_at > self.limits.plan_reuse_s:
+                        return min(next_wake, wait_s)
+                    await asyncio.sleep(wait_s)
+                    if not self.dialer.ready or not self._bucket.take(time.monotonic()):
+                        return min(next_wake, self._bucket.wait_s(time.monotonic()))
                 attempt_id = await self.desk.begin_attempt(plan.campaign_id, member.view.person_id, step.e164,
                                                            step.rank, step.attempt_no)
                 if attempt_id is None:

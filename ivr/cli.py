@@ -27,12 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     from ivr.commands import serve as serve_cmd
     from ivr.commands import speech as speech_cmd
     from ivr.commands import archive as archive_cmd
+    from ivr.commands import web as web_cmd
+    from ivr.commands import report as report_cmd
 
     parser = argparse.ArgumentParser(prog="binfoon", description="BINfoon telephone chain")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
     sub = parser.add_subparsers(dest="area", required=True)
     for module in (asterisk_cmd, directory_cmd, db_cmd, prompts_cmd, message_cmd, campaign_cmd, serve_cmd, demo_cmd, bench_cmd,
-                   speech_cmd, archive_cmd):
+                   speech_cmd, archive_cmd, report_cmd, web_cmd):
         module.register(sub)
     return parser
 

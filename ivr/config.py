@@ -91,6 +91,8 @@ class Settings:
     #: The numbers members and coordinators call in on: the BIN line (members hear the latest
     #: message again; it is the number every outbound call presents) and the report line.
     report_line_number: str = "+3250000200"
+    #: The admin line's DID: admins and the zone's police (caller ID + PIN) hear a BIN's latest messages.
+    admin_line_number: str = "+3250000300"
     #: The Vosk model folder used for transcripts ("" = ``<cache_dir>/models/vosk-model-small-nl-0.22``
     #: when present; without a model recordings are kept and marked untranscribed).
     speech_model_path: str = ""
@@ -98,6 +100,23 @@ class Settings:
     speech_workers: int = 1
     #: Recordings and transcripts older than this many days are purged (0 = kept for ever).
     retention_days: int = 365
+
+    # -- the web console (ivr/web), served by ``binfoon serve`` on the same loop -------------------
+    #: Loopback only by default: put a TLS reverse proxy in front to reach it from elsewhere.
+    web_host: str = "127.0.0.1"
+    #: 0 turns the console off.
+    web_port: int = 8480
+    #: A session ends after this long without a request, and in any case after ``web_session_max_s``.
+    web_session_idle_s: float = 1800.0
+    web_session_max_s: float = 43200.0
+    #: Wrong passwords that lock an account (and, at ``web_ip_max_failures``, an address), and for how long.
+    web_signin_max_failures: int = 5
+    web_ip_max_failures: int = 20
+    web_signin_lock_s: float = 900.0
+    #: Largest audio file the police may upload.
+    web_upload_max_bytes: int = 10_000_000
+    #: Behind the TLS reverse proxy: the session cookie goes over HTTPS only, and browsers are told HSTS.
+    web_secure_cookies: bool = False
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -129,6 +148,15 @@ def _coerce(name: str, raw: Any, target: Any) -> Any:
             return float(raw)
         if kind in ("int", int):
             return int(raw)
+        if kind in ("bool", bool):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{target}: {name} = {raw!r} is not a valid {kind}") from exc
@@ -178,6 +206,8 @@ def load_settings(
         raise ConfigError(f"quiet_hours must look like 21:00-08:00, not {settings.quiet_hours!r}") from None
     if settings.max_channels < 1 or settings.max_cps <= 0:
         raise ConfigError("max_channels must be >= 1 and max_cps > 0")
+    if not 0 <= settings.web_port <= 65535 or settings.web_signin_max_failures < 1 or settings.web_ip_max_failures < 1:
+        raise ConfigError("web_port must be 0..65535 (0: off); web_signin_max_failures and web_ip_max_failures >= 1")
     if settings.pin_max_failures < 1 or settings.record_max_s < 5 or settings.record_silence_s < 1:
         raise ConfigError("pin_max_failures >= 1, record_max_s >= 5 and record_silence_s >= 1 are required")
     return settings

@@ -6,6 +6,8 @@ Rules:
 - a confirmation is committed before the member hears "thank you"; a confirmation Asterisk wrote
   durably while the app was down (CEL) is taken in on start, exactly once;
 - members who share a phone number are called once; a confirmation on it counts for all of them;
+  the same primary number makes one member stand in for the other (``covered_by``), any other shared
+  number (a secondary) has one history for all who list it (``MemberView.shared``);
 - the plan is always rebuilt from the database: the dialer keeps no state it could lose.
 """
 
@@ -132,8 +134,12 @@ class DeliveryDesk:
     # -- attempts -----------------------------------------------------------------------------
     async def begin_attempt(self, campaign_id: int, person_id: int, e164: str, rank: str,
                             attempt_no: int) -> str | None:
-        """Write the attempt (DIALING) before it is dialled; ``None`` if it exists already (never dial twice)."""
-        def work(s: Session) -> str:
+        """Write the attempt (DIALING) before it is dialled; ``None`` if it exists already (never dial twice)
+        or the member confirmed since the dialer read its plan (B5: the call is dropped, not placed)."""
+        def work(s: Session) -> str | None:
+            if s.scalar(select(Confirmation.id).where(Confirmation.campaign_id == campaign_id,
+                                                      Confirmation.person_id == person_id)) is not None:
+                return None
             attempt = CallAttempt(campaign_id=campaign_id, person_id=person_id, e164=e164, attempt_no=attempt_no,
                                   rank=PhoneRank(rank), status=AttemptStatus.DIALING, dialled_at=self.clock())
             s.add(attempt)
@@ -368,11 +374,14 @@ def campaign_members(s: Session, campaign: Campaign, message: Message) -> list[M
                                            .where(PhoneNumber.person_id.in_(wanted))):
         phones.setdefault(person_id, []).append((rank.value, e164))
     attempts: dict[int, list[AttemptView]] = {}
-    for person_id, no, rank, outcome, ended in s.execute(select(
+    #: Every attempt on each number, whoever it was for: a line shared by members has one history.
+    on_number: dict[str, list[tuple[int, AttemptView]]] = {}
+    for person_id, no, rank, outcome, ended, e164 in s.execute(select(
             CallAttempt.person_id, CallAttempt.attempt_no, CallAttempt.rank, CallAttempt.outcome,
-            CallAttempt.ended_at).where(CallAttempt.campaign_id == campaign.id)):
-        attempts.setdefault(person_id, []).append(AttemptView(no, rank.value, outcome.value if outcome else None,
-                                                              _aware(ended)))
+            CallAttempt.ended_at, CallAttempt.e164).where(CallAttempt.campaign_id == campaign.id)):
+        view = AttemptView(no, rank.value, outcome.value if outcome else None, _aware(ended))
+        attempts.setdefault(person_id, []).append(view)
+        on_number.setdefault(e164, []).append((person_id, view))
     confirmed = set(s.scalars(select(Confirmation.person_id).where(Confirmation.campaign_id == campaign.id)))
     first_with_number: dict[str, int] = {}
     out = []
@@ -386,6 +395,7 @@ def campaign_members(s: Session, campaign: Campaign, message: Message) -> list[M
         window = (person.call_window_start, person.call_window_end) \
             if person.call_window_start and person.call_window_end else None
         pause = (person.pause_from, person.pause_until) if person.pause_from and person.pause_until else None
-        view = MemberView(person_id, numbers, tuple(attempts.get(person_id, ())), person_id in confirmed)
+        shared = tuple((e164, a) for _, e164 in numbers for other, a in on_number.get(e164, ()) if other != person_id)
+        view = MemberView(person_id, numbers, tuple(attempts.get(person_id, ())), person_id in confirmed, shared)
         out.append(Member(view, person.name, person.language.value, window, pause, covered_by))
     return out

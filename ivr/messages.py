@@ -24,15 +24,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ivr.domain.message import check_transition
-from ivr.domain.phone import InvalidPhoneNumber, mask, normalize_phone
-from ivr.domain.pin import Attempt, PinPolicy, locked_until
+from ivr.domain.phone import mask
+from ivr.domain.pin import PinPolicy
 from ivr.flows.call import Recorded
 from ivr.media.compare import read_wav_mono, speech_span
+from ivr.pin_gate import check_pin, lock_in_force, pin_key
 from storage import audit
 from storage.db import session_scope
 from storage.models import (
     AttemptStatus, Bin, Campaign, CampaignStatus, Decision, Escalation, Message, MessageKind, MessageSource,
-    MessageStatus, Person, PhoneNumber, PhoneRank, PinAttempt, PinOutcome, Recording, ReviewCall, ReviewDecision,
+    MessageStatus, Person, PhoneNumber, PhoneRank, Recording, ReviewCall, ReviewDecision,
     ReviewMode, Role, RoleAssignment, Urgency, utcnow,
 )
 from storage.recordings import RecordingStore
@@ -122,14 +123,6 @@ class ReviewBrief:
     decided: bool
 
 
-def _pin_key(caller_id: str) -> str:
-    """The caller ID as lockouts count it: E.164 when it parses, else the raw text."""
-    try:
-        return normalize_phone(caller_id)
-    except InvalidPhoneNumber:
-        return caller_id.strip()[:32] or "anonymous"
-
-
 class MessageDesk:
     """The database side of the police line and of coordinator review."""
 
@@ -145,6 +138,9 @@ class MessageDesk:
         self.store = store
         self.pin_policy = pin_policy
         self.clock = clock
+        #: Called on the event loop after a take was stored, with its recording id (transcription
+        #: starts then, not at "send": a take never sent is transcribed too).
+        self.on_take_stored: Callable[[int, int], None] = lambda message_id, recording_id: None
         #: Called on the event loop after a message was submitted (the review starts).
         self.on_submitted: Callable[[int], None] = lambda message_id: None
         #: Called on the event loop after a message was approved, with when to deliver it.
@@ -166,25 +162,12 @@ class MessageDesk:
                    RoleAssignment.role.in_((Role.POLICE_OFFICER, Role.POLICE_APPROVER)))
         ).first()
 
-    def _lock(self, s: Session, key: str, person_id: int | None, now: dt.datetime) -> dt.datetime | None:
-        horizon = now - dt.timedelta(seconds=self.pin_policy.window_s + self.pin_policy.lock_s) * 2
-        locks = []
-        for column, value in ((PinAttempt.caller_id, key), (PinAttempt.person_id, person_id)):
-            if value is None:
-                continue
-            rows = s.execute(select(PinAttempt.at, PinAttempt.outcome)
-                             .where(column == value, PinAttempt.at >= horizon)).all()
-            until = locked_until([Attempt(_aware(at), outcome.value) for at, outcome in rows], self.pin_policy, now)
-            if until is not None:
-                locks.append(until)
-        return max(locks) if locks else None
-
     async def lock_for(self, caller_id: str) -> dt.datetime | None:
         """The lock in force for this caller ID (or the account it belongs to), if any."""
         def work(s: Session) -> dt.datetime | None:
-            key = _pin_key(caller_id)
+            key = pin_key(caller_id)
             person = self._officer_by_caller(s, key)
-            lock = self._lock(s, key, person.id if person else None, self.clock())
+            lock = lock_in_force(s, self.pin_policy, key, person.id if person else None, self.clock())
             if lock is not None:
                 audit.record(s, f"caller:{mask(key)}", "police.call_refused_locked",
                              f"person:{person.id if person else '-'}", locked_until=lock.isoformat())
@@ -194,32 +177,12 @@ class MessageDesk:
     async def check_pin(self, caller_id: str, pin: str) -> PinResult:
         """Check a PIN typed from ``caller_id``; every attempt is stored and audited (never the PIN)."""
         def work(s: Session) -> PinResult:
-            from storage.pins import verify_pin
-
-            now = self.clock()
-            key = _pin_key(caller_id)
-            person = self._officer_by_caller(s, key)
-            person_id = person.id if person else None
-            subject = f"caller:{mask(key)}"
-            lock = self._lock(s, key, person_id, now)
-            if lock is not None:
-                s.add(PinAttempt(at=now, caller_id=key, person_id=person_id, outcome=PinOutcome.LOCKED))
-                audit.record(s, subject, "police.pin_refused_locked", f"person:{person_id or '-'}",
-                             locked_until=lock.isoformat())
-                return PinResult(None, lock)
-            # An unknown caller costs the same scrypt time as a known one (verify_pin(pin, None)).
-            ok = verify_pin(pin, person.pin_hash if person else None) and person is not None
-            s.add(PinAttempt(at=now, caller_id=key, person_id=person_id,
-                             outcome=PinOutcome.OK if ok else PinOutcome.WRONG))
-            s.flush()
-            audit.record(s, subject, "police.pin_ok" if ok else "police.pin_wrong", f"person:{person_id or '-'}")
-            if not ok:
-                lock = self._lock(s, key, person_id, now)
-                if lock is not None:
-                    audit.record(s, subject, "police.locked", f"person:{person_id or '-'}",
-                                 locked_until=lock.isoformat())
-                return PinResult(None, lock)
-            assert person is not None
+            key = pin_key(caller_id)
+            verdict = check_pin(s, self.pin_policy, key, self._officer_by_caller(s, key), pin, self.clock(),
+                                line="police")
+            person = verdict.person
+            if person is None:
+                return PinResult(None, verdict.locked_until)
             zones = [r.zone_id for r in person.roles if r.role in (Role.POLICE_OFFICER, Role.POLICE_APPROVER)]
             zone_ids = None if any(z is None for z in zones) else frozenset(z for z in zones if z is not None)
             return PinResult(Officer(person.id, person.name, person.language.value, zone_ids))
@@ -255,7 +218,10 @@ class MessageDesk:
         """Store what was recorded (before anything else) and write its row; the spool copy is removed."""
         def work(s: Session) -> Take:
             return self._keep(s, message_id, take, recorded.path, recorded.end_reason, actor)
-        return await self._tx(work)
+        stored = await self._tx(work)
+        if stored.recording_id is not None:  # committed: the hook may read the row from another thread
+            self.on_take_stored(message_id, stored.recording_id)
+        return stored
 
     def _keep(self, s: Session, message_id: int, take: int, source: Path, end_reason: str, actor: str) -> Take:
         if not source.exists() or source.stat().st_size == 0:

@@ -459,3 +459,41 @@ class AuditEntry(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class WebRole(enum.Enum):
+    """What a web console account may do (derived from the person's roles when it is created)."""
+
+    POLICE = "police"            # send alerts and follow them, for the zones of the person's police roles
+    COORDINATOR = "coordinator"  # the person's own BINs: their messages and member lists
+    ADMIN = "admin"              # everything
+
+
+class WebAccount(Base):
+    """A web console sign-in for a person of the directory (argon2 hash, never the password)."""
+
+    __tablename__ = "web_accounts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"), unique=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[WebRole] = mapped_column(_enum(WebRole))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    #: Bumped when the password changes or the account is disabled: older sessions stop working.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    person: Mapped[Person] = relationship()
+
+
+class WebSignInAttempt(Base):
+    """One web sign-in attempt (the password is never stored); rate limits read these."""
+
+    __tablename__ = "web_sign_in_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+    #: The name typed (lower-cased), whether or not such an account exists.
+    username: Mapped[str] = mapped_column(String(100), index=True)
+    ip: Mapped[str] = mapped_column(String(64), index=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("web_accounts.id", ondelete="CASCADE"))
+    #: ok, wrong, or locked (refused unchecked), as on the police line.
+    outcome: Mapped[PinOutcome] = mapped_column(_enum(PinOutcome))

@@ -74,6 +74,8 @@ class InstanceOptions:
     police_line: str = "+3250000100"
     #: The coordinators' report line's DID (``REPORT_LINE``).
     report_line: str = "+3250000200"
+    #: The admin line's DID (``ADMIN_LINE``): replay of a BIN's latest messages.
+    admin_line: str = "+3250000300"
     ami_port: int = 0
     sip_port: int = 0
     rtp_start: int = 0
@@ -203,7 +205,7 @@ class AsteriskInstance:
             "carrier_match": o.carrier_match or "",
             "carrier_contact": (f"contact = sip:{o.carrier_contact[0]}:{o.carrier_contact[1]}"
                                 if o.carrier_contact else "; no contact: calls no BINfoon instance"),
-            "police_line": o.police_line, "report_line": o.report_line,
+            "police_line": o.police_line, "report_line": o.report_line, "admin_line": o.admin_line,
             "dialplan_includes": "\n".join(f"#include dialplan/{name}" for name in includes),
         }
         etc = self.run_dir / "etc"

@@ -1,11 +1,12 @@
-"""``binfoon archive search|list|play|purge``: the archive of police messages.
+"""``binfoon archive search|list|play|export|purge``: the archive of police messages.
 
 Who replays: ``play`` needs ``--as WHO`` (``person:ID``, a person id, or one of their phone
 numbers). The command line does not authenticate: whoever can run it can read the database
 anyway. ``--as`` says on whose behalf the recording is heard, is checked against that person's
 roles (admin, or police of the message's zone) and is written to the audit log together with the
 operating-system user who typed the command. An admin console or phone line authenticates the
-person first and passes the same identity to ``ivr.archive.Archive.play``.
+person first and passes the same identity to ``ivr.archive.Archive.play``. ``export`` (a CAP 1.2
+document plus the audio) follows the same rule and is audited the same way.
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="write a copy to this new file instead of playing it")
     p.add_argument("--take", type=int, help="another take than the one sent")
     p.set_defaults(func=cmd_play)
+    p = archive.add_parser("export", help="a message as a CAP 1.2 document plus its audio "
+                                          "(admins and the zone's police only)")
+    p.add_argument("id", type=int, metavar="ID", help="message id")
+    p.add_argument("--as", dest="who", required=True, metavar="WHO",
+                   help="who asks: person:ID, a person id, or their phone number (checked and audited)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="existing folder: ID.cap.xml and ID.wav are written into it")
+    p.add_argument("--no-embed", action="store_true",
+                   help="refer to the audio file by URI instead of embedding it in the document")
+    p.set_defaults(func=cmd_export)
     p = archive.add_parser("purge", help="delete recordings and transcripts past the retention period")
     p.add_argument("--days", type=int,
                    help="retention in days (default: the retention_days setting; 0 = keep everything)")
@@ -125,6 +136,18 @@ def cmd_play(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     print(f"message {args.id}: copy written to {path}" if args.out
           else f"message {args.id}: played {path.name}")
+    return 0
+
+
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    """Write the CAP 1.2 document and the original audio of a message, if the person asking may."""
+    try:
+        export = _archive(settings).export(args.id, args.who, args.out, settings.tz,
+                                           embed_audio=not args.no_embed)
+    except ArchiveError as exc:  # AccessDenied included: the refusal is already audited
+        raise CommandError(str(exc)) from None
+    print(f"message {args.id}: CAP 1.2 {export.msg_type} {export.identifier} written to {export.cap_file}, "
+          f"audio to {export.audio_file}")
     return 0
 
 

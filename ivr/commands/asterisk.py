@@ -40,6 +40,7 @@ def instance_for(settings: Settings, name: str, base_dir: Path | None = None) ->
         caller_id_number=settings.caller_id_number,
         police_line=settings.police_line_number,
         report_line=settings.report_line_number,
+        admin_line=settings.admin_line_number,
     )
     return AsteriskInstance(runtime, options, base_dir or instances_dir(runtime, settings.data_dir))
 

@@ -13,7 +13,7 @@ from ivr.cli import CommandError
 from ivr.commands.directory import _actor
 from ivr.config import Settings
 from ivr.campaigns import retry_policies
-from ivr.reports import LIVE_STATES, campaign_report
+from ivr.reports import campaign_report, render_progress
 from storage import audit
 from storage.db import open_database, session_scope
 
@@ -28,16 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_watch)
     p = campaigns.add_parser("report", help="who confirmed, who did not, every attempt")
     p.add_argument("id", type=int)
-    p.add_argument("--csv", type=Path, help="write one line per member to this CSV file (numbers masked)")
+    p.add_argument("--csv", type=Path, help="write one line per member to this CSV file, and one line per call "
+                   "attempt to FILE-attempts.csv next to it (numbers masked)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
 
 
-def _bar(counts: dict[str, int], total: int, width: int = 40) -> str:
-    done = counts["confirmed"] + counts["answering_machine"] + counts["answered_no_key"] + counts["no_answer"] \
-        + counts["busy"] + counts["failed"]
-    filled = int(width * done / total) if total else width
-    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
+def attempts_csv_path(members_csv: Path) -> Path:
+    """Where ``--csv report.csv`` writes every attempt: ``report-attempts.csv`` beside it."""
+    return members_csv.with_name(f"{members_csv.stem}-attempts{members_csv.suffix or '.csv'}")
 
 
 def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
@@ -48,11 +47,10 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
             report = campaign_report(engine, args.id, retry_policies(settings), dt.datetime.now(dt.timezone.utc))
         except LookupError as exc:
             raise CommandError(str(exc)) from None
-        counts = report.counts()
-        line = _bar(counts, len(report.members)) + "  " + "  ".join(
-            f"{state.replace('_', ' ')} {counts[state]}" for state in LIVE_STATES if counts[state])
+        line = render_progress(report.campaign_id, report.status, report.counts(), len(report.members))
         end = "\n" if args.once or report.status == "done" or not sys.stdout.isatty() else "\r"
-        print(f"campaign {report.campaign_id} ({report.status}) {line}", end=end, flush=True)
+        # Padded: a shorter line must blank out the end of the longer one it overwrites.
+        print(line.ljust(120) if end == "\r" else line, end=end, flush=True)
         if args.once or report.status == "done":
             return 0
         time.sleep(max(0.2, args.interval))
@@ -67,9 +65,13 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     counts = {k: v for k, v in report.counts().items() if v}
     if args.csv:
+        attempts_csv = attempts_csv_path(args.csv)
+        # Audited before the bytes are written (C3): the export names households.
         with session_scope(engine) as s:
-            audit.record(s, _actor(), "campaign.export", f"campaign:{args.id}", rows=len(report.members))
+            audit.record(s, _actor(), "campaign.export", f"campaign:{args.id}", rows=len(report.members),
+                         attempt_rows=len(report.attempt_lines))
         args.csv.write_text(report.to_csv(), encoding="utf-8")
+        attempts_csv.write_text(report.attempts_to_csv(), encoding="utf-8")
     if args.json:
         print(json.dumps({"campaign": report.campaign_id, "message": report.message_id, "status": report.status,
                           "members": len(report.members), "attempts": report.attempts, **counts,
@@ -80,5 +82,5 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     for line in report.members:
         print(f"  {line.name:<24} {line.number:<14} {line.state:<18} {line.attempts} call(s)")
     if args.csv:
-        print(f"CSV written to {args.csv}")
+        print(f"CSV written to {args.csv} (members) and {attempts_csv_path(args.csv)} (every attempt)")
     return 0

@@ -7,12 +7,17 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ivr.cli import CommandError
 from ivr.commands.asterisk import instance_for
 from ivr.config import Settings
 from ivr.asterisk.instance import AsteriskStartError
 from storage.db import open_database
+
+if TYPE_CHECKING:
+    from ivr.app import BinfoonApp
+    from ivr.web.server import WebConsole
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +58,33 @@ async def _serve(settings: Settings, instance: object) -> None:
     await app.start()
     print(f"BINfoon serving: police line {settings.police_line_number}, FastAGI 127.0.0.1:{agi.port}, "
           f"calls through {settings.dial_template}", flush=True)
+    try:
+        web = await _start_web(app)
+    except CommandError:
+        await app.stop()
+        await ami.close()
+        await agi.stop()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if web is not None:
+        await web.stop()
     await app.stop()
     await ami.close()
     await agi.stop()
+
+
+async def _start_web(app: "BinfoonApp") -> "WebConsole | None":
+    """The web console on the same loop (``web_port`` 0: none); a port in use stops the service clearly."""
+    from ivr.web.server import WebStartError, start_web_console
+
+    try:
+        web = await start_web_console(app)
+    except WebStartError as exc:
+        raise CommandError(str(exc)) from None
+    if web is not None:
+        print(f"web console: {web.url}", flush=True)
+    return web

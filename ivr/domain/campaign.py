@@ -8,6 +8,9 @@ Rules (RELIABILITY B4-B6):
 - answered but hung up before confirming: retried by its own policy, on the same number;
 - left on an answering machine: done (the message was delivered whole);
 - a call cut by a crash (interrupted) is dialled again at once and costs no retry;
+- a number shared with other members of the campaign has one history: their calls on it count as
+  this member's tries of it (retries are not spent twice, a machine that has the message is not
+  called again), and while one of them is up the member waits (B4);
 - every member ends in exactly one final outcome from a closed set.
 Quiet hours, personal windows and holiday pauses only ever delay preventive messages.
 """
@@ -54,6 +57,8 @@ class MemberView:
     numbers: tuple[tuple[str, str], ...]
     attempts: tuple[AttemptView, ...] = ()
     confirmed: bool = False
+    #: Other members' attempts on this member's numbers in the same campaign, as (e164, attempt).
+    shared: tuple[tuple[str, AttemptView], ...] = ()
 
 
 class Verdict(enum.Enum):
@@ -92,11 +97,23 @@ def next_step(member: MemberView, policy: RetryPolicy, now: dt.datetime) -> Next
     if attempts and attempts[-1].outcome == "interrupted" and attempts[-1].rank in numbers:
         rank = attempts[-1].rank
         return Next(Verdict.DIAL, rank, numbers[rank], next_no, now)
+    seen: list[AttemptView] = []
     for rank, e164 in member.numbers:
-        tries = [a for a in attempts if a.rank == rank and a.outcome != "interrupted"]
+        theirs = [a for number, a in member.shared if number == e164]
+        if any(a.outcome is None for a in theirs):
+            return Next(Verdict.IN_FLIGHT)  # the line is in use by a call for a member sharing it
+        # A confirmation on a shared line confirms this member too (the desk stores it): here it
+        # can only be one this member was not part of, so it counts as heard, not as confirmed.
+        theirs = [AttemptView(a.attempt_no, rank, "answered_no_key" if a.outcome == "confirmed" else a.outcome,
+                              a.ended_at) for a in theirs if a.outcome not in ("interrupted", "cancelled", "expired")]
+        tries = sorted([a for a in attempts if a.rank == rank and a.outcome != "interrupted"] + theirs,
+                       key=_in_time)
+        seen.extend(tries)
         if not tries:
             return Next(Verdict.DIAL, rank, e164, next_no, now)
         last = tries[-1]
+        if last.outcome == "voicemail":
+            return Next(Verdict.DONE, final="voicemail")  # the household's machine has it (a sharer's call)
         if last.outcome == "invalid_number":
             continue
         if last.outcome == "answered_no_key":
@@ -108,8 +125,18 @@ def next_step(member: MemberView, policy: RetryPolicy, now: dt.datetime) -> Next
         if failures <= policy.retries:
             delay = policy.retry_after_s * policy.backoff ** max(0, failures - 1)
             return Next(Verdict.DIAL, rank, e164, next_no, _after(last, delay, now))
+    if member.shared and seen:
+        return Next(Verdict.DONE, final=str(sorted(seen, key=_in_time)[-1].outcome))
     final = next((a.outcome for a in reversed(attempts) if a.outcome != "interrupted"), "failed")
     return Next(Verdict.DONE, final=str(final))
+
+
+_LONG_AGO = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
+
+def _in_time(attempt: AttemptView) -> tuple[dt.datetime, int]:
+    """Attempts on one line in the order they ended (a member's own attempt numbers break ties)."""
+    return (attempt.ended_at or _LONG_AGO, attempt.attempt_no)
 
 
 def _after(last: AttemptView, delay_s: float, now: dt.datetime) -> dt.datetime:

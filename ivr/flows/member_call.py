@@ -6,7 +6,8 @@ The conversation (the system called the member):
   system: "Thank you, your confirmation is noted."
 A key pressed during the recording counts at once (1 confirms, 2 replays from the start). After the
 message the keys are reminded until ``reminders`` are spent. The confirmation is committed before
-"thank you". On an answering machine (the dialplan waited for its beep) the message plays once.
+"thank you". On an answering machine (the dialplan waited for its beep) the message plays once,
+followed by a moment of silence so that nothing of its end is cut.
 The flow sets BINFOON_DONE=1 when it has handled the call, so the dialplan's own fallback (for an
 application that is down) never plays the message a second time.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ivr.delivery import DeliveryDesk
-from ivr.flows.call import Call
+from ivr.flows.call import Call, CallHungUp
 
 
 class MemberEnd(enum.Enum):
@@ -35,6 +36,10 @@ class MemberRules:
 
     key_timeout_s: float = 8.0
     reminders: int = 2
+    #: Silence kept on the line after the message on an answering machine, before hanging up: a
+    #: hang-up right after the last sample loses the last frame(s) the machine had not yet recorded
+    #: (measured on the simulated machine: the recording stopped 2.75 ms short of the message's end).
+    machine_tail_s: float = 1.0
 
 
 class DurableMark(Protocol):
@@ -45,6 +50,9 @@ class DurableMark(Protocol):
 
     async def mark_done(self) -> None:
         """Tell the dialplan the application handled the call (no fallback)."""
+
+    async def pause(self, seconds: float) -> None:
+        """Keep the line open, silent, for ``seconds``."""
 
 
 async def member_call(call: Call, channel: DurableMark, desk: DeliveryDesk, attempt_id: str,
@@ -57,7 +65,11 @@ async def member_call(call: Call, channel: DurableMark, desk: DeliveryDesk, atte
         await call.say(header)
         await call.play_audio(brief.recording)
         await channel.mark_done()
-        await call.hangup()
+        try:
+            await channel.pause(rules.machine_tail_s)  # the machine records the message to its last sample
+            await call.hangup()
+        except CallHungUp:
+            pass  # the machine stopped first: the whole message was left all the same
         return MemberEnd.VOICEMAIL
     await call.say(header)  # a key here is too early to count: the message has not been heard
     reminders = 0

@@ -55,13 +55,21 @@ def locate(reference: np.ndarray, recording: np.ndarray, rate_hz: int, overhang_
     n = len(rec)
     size = 1 << int(np.ceil(np.log2(n + m)))
     corr = np.fft.irfft(np.fft.rfft(rec, size) * np.conj(np.fft.rfft(ref, size)), size)[: n - m + 1]
-    window_sum = np.convolve(rec, np.ones(m), mode="valid")
-    window_sq = np.convolve(rec * rec, np.ones(m), mode="valid")
+    # Sliding sums by running totals: O(n), where np.convolve with a box of m samples is O(n*m)
+    # (minutes for a 40 s call against a 7 s clip).
+    window_sum = _sliding_sum(rec, m)
+    window_sq = _sliding_sum(rec * rec, m)
     window_energy = np.maximum(window_sq - window_sum**2 / m, 1e-12)
     ncc = corr / (np.sqrt(window_energy) * np.sqrt(float(np.dot(ref, ref))) + 1e-12)
     best = int(np.argmax(ncc))
     return Match(lag_s=(best - pad) / rate_hz, peak_ncc=float(ncc[best]), reference_s=m / rate_hz,
                  recording_s=len(recording) / rate_hz)
+
+
+def _sliding_sum(values: np.ndarray, width: int) -> np.ndarray:
+    """Sums of every ``width`` consecutive values (``np.convolve(values, ones(width), "valid")``)."""
+    totals = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
+    return totals[width:] - totals[:-width]
 
 
 def locate_file(reference: Path, recording: Path) -> Match:

@@ -374,6 +374,31 @@ class Voice:
         wav = await self.renderer.beep_wav()
         return await self._publish(wav, self.sounds_dir / "tones" / wav.name)
 
+    async def silence(self, seconds: float) -> str:
+        """The sound name of ``seconds`` of digital silence. Played, it is real audio frames; a Wait
+        sends none over a Local channel whose other half runs a silence generator (transmit_silence),
+        so a far end that records (an answering machine) would not record that time at all."""
+        target = self.sounds_dir / "tones" / f"silence-{int(round(seconds * 1000))}ms.wav"
+        if not target.exists():
+            await asyncio.to_thread(self._write_silence, target, seconds)
+        return self.inner_path(target.with_suffix(""))
+
+    def _write_silence(self, target: Path, seconds: float) -> None:
+        """Write ``seconds`` of 8 kHz silence to ``target`` atomically. Runs in a thread."""
+        self._ensure_dirs(target.parent)
+        tmp = _tmp_beside(target)
+        try:
+            with wave.open(str(tmp), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(8000)
+                w.writeframes(b"\0\0" * int(round(seconds * 8000)))
+            os.chmod(tmp, 0o644)
+            self._chown(tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
     async def _publish(self, source: Path, target: Path) -> str:
         name = self.inner_path(target.with_suffix(""))
         if target.exists():  # content-named and written atomically: it is this content

@@ -7,6 +7,7 @@ network, the application's flows and its database.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,11 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from ivr.app import BinfoonApp
+from ivr.domain.campaign import AttemptView, MemberView, RetryPolicy, Verdict, next_step
 from ivr.simulator.lab import PhoneLab
-from ivr.simulator.network import CallerScript, HangUp, Listen, OutgoingCall, PhoneScript, Press, Speak
+from ivr.simulator.network import (
+    Behaviour, CallerScript, HangUp, Listen, OutgoingCall, PhoneScript, Press, Speak,
+)
 from storage import audit
 from storage.db import session_scope
 from storage.models import Bin, Language, Person, PhoneNumber, PhoneRank, PoliceZone, Role, RoleAssignment
@@ -176,9 +180,42 @@ def script_members(lab: PhoneLab, engine: Engine, people: dict[int, MemberCase])
             lab.network.script(phone.e164, script)
 
 
-def expected_counts(people: dict[int, MemberCase]) -> dict[str, int]:
-    """The report counts the simulator's scripts imply."""
+def expected_counts(people: dict[int, MemberCase], policy: RetryPolicy | None = None) -> dict[str, int]:
+    """The report counts the simulator's scripts imply (with ``policy``, also the calls it makes)."""
     out: dict[str, int] = {"members": len(people)}
     for case in people.values():
         out[case.expected] = out.get(case.expected, 0) + 1
+    if policy is not None:
+        out["attempts"] = sum(expected_attempts(case, policy) for case in people.values())
     return out
+
+
+def scripted_outcome(script: PhoneScript) -> str:
+    """How every call to a number with this script must end, as the dialer classifies it."""
+    if script.behaviour is Behaviour.ANSWER:
+        return "confirmed" if any("1" in key.digits for key in script.keys) else "answered_no_key"
+    return {Behaviour.NO_ANSWER: "no_answer", Behaviour.BUSY: "busy", Behaviour.CONGESTION: "congestion",
+            Behaviour.UNREACHABLE: "invalid_number", Behaviour.ANSWERING_MACHINE: "voicemail"}[script.behaviour]
+
+
+def expected_attempts(case: MemberCase, policy: RetryPolicy) -> int:
+    """How many calls the retry ``policy`` makes to this household when its numbers behave as scripted.
+
+    The pure policy is played against the scripts alone, with no telephony: a campaign that makes
+    a different number of calls has dialled a number twice, skipped one, or misread an outcome.
+    """
+    scripts = {PhoneRank.PRIMARY.value: case.primary, PhoneRank.SECONDARY.value: case.secondary}
+    numbers = tuple((rank, f"+3290000000{i}") for i, (rank, script) in enumerate(scripts.items()) if script)
+    attempts: list[AttemptView] = []
+    now = dt.datetime(2030, 1, 1, 12, tzinfo=dt.timezone.utc)
+    confirmed = False
+    while True:
+        step = next_step(MemberView(0, numbers, tuple(attempts), confirmed), policy, now)
+        if step.verdict is not Verdict.DIAL:
+            return len(attempts)
+        script = scripts[step.rank]
+        assert script is not None
+        outcome = scripted_outcome(script)
+        confirmed = outcome == "confirmed"
+        now = max(now, step.at or now) + dt.timedelta(seconds=60)
+        attempts.append(AttemptView(step.attempt_no, step.rank, outcome, now))

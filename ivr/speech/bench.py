@@ -55,7 +55,8 @@ def run_bench(model_path: Path, sets_root: Path) -> tuple[dict[str, Any], list[s
     """Load the model, transcribe every clip of every set; returns (figures, notes for the reader).
 
     Figures are shaped ``{"model": {"path", "lang"}, "sets": [{"name", "files", "wer", "rtf"}],
-    "load_s", "peak_rss_mb"}``. RTF = seconds spent preparing and recognising / seconds of audio.
+    "load_s", "peak_rss_mb"}``. RTF = seconds spent preparing and recognising / seconds of audio,
+    clip after clip on one loaded model, as a transcription worker goes from recording to recording.
     """
     sets = find_sets(sets_root)
     if not sets:

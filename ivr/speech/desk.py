@@ -96,13 +96,20 @@ class TranscriptionDesk:
         """Say whether a model is in use and load it in the workers now, so the first recording
         does not wait for the model to load; then do the backlog. True when a model is in use."""
         path = self.model_path()
-        if path is not None and self._pool is not None:
-            try:
-                await self._pool.warm_up()
-            except TranscriptionFailed as exc:
-                log.error("transcription workers could not start: %s", exc)
+        try:
+            await self.warm_up()
+        except TranscriptionFailed as exc:
+            log.error("transcription workers could not start: %s", exc)
         await self.transcribe_pending()
         return path is not None
+
+    async def warm_up(self) -> bool:
+        """Start the workers and wait until they hold the model (cheap once done); False without a
+        usable model. Raises ``TranscriptionFailed`` when the workers cannot start."""
+        if self.model_path() is None or self._pool is None:
+            return False
+        await self._pool.warm_up()
+        return True
 
     async def transcribe_pending(self) -> int:
         """Transcribe every recording that has none yet; returns how many transcripts were stored."""

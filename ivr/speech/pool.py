@@ -28,10 +28,22 @@ class TranscriptionFailed(Exception):
     """A recording could not be transcribed; the message says why."""
 
 
+#: How much lower than the service a worker runs (``nice``): transcription is background work.
+WORKER_NICE = 10
+
+
 def _warm_worker(model_path: str) -> None:
-    """Pool initializer: load the model before the first job arrives."""
+    """Pool initializer: step back in CPU priority, then load the model before the first job arrives."""
     from ivr.speech.transcriber import load_model
 
+    # Recognition keeps a CPU busy for seconds. On a loaded 2-core host the call loop was measured
+    # waiting 50-120 ms at a time for a CPU (Linux schedstat; tests/integration/
+    # test_transcription_load.py), this worker being one of the busy processes. Niced, it takes
+    # the CPU that calls and Asterisk leave, and is slower only when the CPU is contended.
+    try:
+        os.nice(WORKER_NICE)
+    except OSError:
+        pass
     try:
         load_model(model_path)
     except Exception:  # reported by the first job, with its reason, rather than breaking the pool

@@ -78,3 +78,8 @@ class AsteriskCall:
     async def mark_done(self) -> None:
         """The application handled the call: the dialplan must not fall back to playing it itself."""
         await self.agi.set_variable("BINFOON_DONE", "1")
+
+    async def pause(self, seconds: float) -> None:
+        """Keep the line open for ``seconds`` of silence, played as audio so the far end hears
+        (and a machine records) it: a Wait sends no frames to a Local channel (see Voice.silence)."""
+        await self.agi.play(await self.voice.silence(seconds))

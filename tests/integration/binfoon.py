@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
+
 from ivr.app import BinfoonApp
 from ivr.config import Settings
+from ivr.media.compare import read_wav_mono
 from ivr.media.voice import PromptRenderer
 from ivr.simulator.lab import PhoneLab
 from ivr.simulator.network import CallerScript, HangUp, Listen, Press, Speak
+from storage.db import session_scope
+from storage.models import Campaign, CampaignStatus, Urgency
 from tests.world import OFFICER_PIN, World, build_world
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -66,7 +72,7 @@ def utc(value: dt.datetime | None) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
-async def submit_recorded(binfoon: Binfoon, clip: Path, urgency: "Urgency | None" = None) -> int:
+async def submit_recorded(binfoon: Binfoon, clip: Path, urgency: Urgency | None = None) -> int:
     """A message for BIN 12 with ``clip`` as its recording, submitted as if the officer pressed 3."""
     from ivr.flows.call import Recorded
     from ivr.messages import Officer
@@ -82,3 +88,37 @@ async def submit_recorded(binfoon: Binfoon, clip: Path, urgency: "Urgency | None
     await desk.keep_take(message_id, 1, Recorded(spool, "dtmf"), "test")
     await desk.submit(message_id, 1, "test")
     return message_id
+
+
+def wav_seconds(path: Path) -> float:
+    """How long a WAV file plays, in seconds."""
+    samples, rate = read_wav_mono(path)
+    return len(samples) / rate
+
+
+async def message_seconds(renderer: PromptRenderer, clip: Path) -> float:
+    """How long after the answer a member has heard the message (AMD + urgent header + ``clip``)."""
+    header = await renderer.wav("member_header_urgent", "nl")
+    return 4.0 + wav_seconds(header) + wav_seconds(clip)
+
+
+async def campaign_done(binfoon: Binfoon, timeout_s: float) -> Campaign:
+    """Wait until the (first) campaign is done; on time-out, fail with its counts so far."""
+    from ivr.reports import campaign_report
+
+    def first_campaign() -> Campaign | None:
+        with session_scope(binfoon.world.engine) as s:
+            return s.scalars(select(Campaign)).first()
+
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        # Off the loop: a query waiting for SQLite's write lock would stall the loop it measures.
+        campaign = await asyncio.to_thread(first_campaign)
+        if campaign is not None and campaign.status is CampaignStatus.DONE:
+            return campaign
+        if asyncio.get_running_loop().time() > deadline:
+            report = campaign_report(binfoon.world.engine, campaign.id, binfoon.app.campaigns.policies,
+                                     dt.datetime.now(dt.timezone.utc)) if campaign else None
+            counts = report.counts() if report else None
+            raise AssertionError(f"campaign not done after {timeout_s} s: {counts}")
+        await asyncio.sleep(0.25)

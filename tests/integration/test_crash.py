@@ -57,6 +57,7 @@ async def _until(predicate: object, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.2)
 
 
+@pytest.mark.serial
 async def test_sigkill_mid_campaign_loses_nobody_and_calls_no_confirmed_member_again(
         lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer) -> None:
     # The directory and the message, written by the test; then the app runs in its own process.

@@ -15,6 +15,8 @@ from ivr.media.compare import locate_speech_file
 pytestmark = pytest.mark.integration
 
 
+# Serial: the simulated people press keys at scripted times, so a loaded machine costs extra calls.
+@pytest.mark.serial
 @pytest.mark.timeout(600)
 def test_demo_runs_the_whole_chain_and_reports_what_it_measured(tmp_path: Path) -> None:
     env = {**os.environ, "BINFOON_DATA_DIR": str(tmp_path / "var"),

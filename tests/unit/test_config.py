@@ -38,3 +38,12 @@ def test_bad_settings_fail_clearly(tmp_path: Path, toml: str, env: dict[str, str
     with pytest.raises(ConfigError, match=None) as info:
         load_settings(config, environ=env)
     assert message in str(info.value)
+
+
+def test_yes_no_settings_from_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "binfoon.toml"
+    config.write_text("web_secure_cookies = true\n", encoding="utf-8")
+    assert load_settings(config, environ={}).web_secure_cookies is True
+    assert load_settings(config, environ={"BINFOON_WEB_SECURE_COOKIES": "off"}).web_secure_cookies is False
+    with pytest.raises(ConfigError, match="web_secure_cookies = 'maybe' is not a valid bool"):
+        load_settings(config, environ={"BINFOON_WEB_SECURE_COOKIES": "maybe"})

@@ -65,6 +65,34 @@ def test_voicemail_is_final_and_an_interrupted_call_is_redialled_at_once() -> No
     assert (step.verdict, step.rank, step.attempt_no, step.at) == (Verdict.DIAL, "primary", 3, NOW)
 
 
+def test_a_shared_second_number_has_one_history_for_everyone_who_lists_it() -> None:
+    """B4 beyond the primary: a sharer's calls on my second number count as my tries of it."""
+    shared_line = BOTH[1][1]
+    mine = (_a(1, "primary", "busy"), _a(2, "primary", "busy", 5))
+    # My own primary comes first, whatever happens on the shared line.
+    busy_line = (("secondary", _a(1, "secondary", None)),)
+    step = next_step(MemberView(1, BOTH, shared=busy_line), POLICY, NOW)
+    assert (step.verdict, step.rank) == (Verdict.DIAL, "primary")
+    # The sharer's call on it is up: wait rather than ring the same household twice.
+    waiting = next_step(MemberView(1, BOTH, mine, shared=((shared_line, _a(3, "secondary", None)),)), POLICY, NOW)
+    assert waiting.verdict is Verdict.IN_FLIGHT
+    # Their one unanswered call is my first try of it: one retry is left, not two.
+    once = ((shared_line, _a(3, "secondary", "no_answer", 6)),)
+    step = next_step(MemberView(1, BOTH, mine, shared=once), POLICY, NOW)
+    assert (step.verdict, step.e164, step.attempt_no, step.at) == (
+        Verdict.DIAL, shared_line, 3, NOW + dt.timedelta(minutes=11))
+    twice = once + ((shared_line, _a(4, "secondary", "no_answer", 12)),)
+    done = next_step(MemberView(1, BOTH, mine, shared=twice), POLICY, NOW)
+    assert (done.verdict, done.final) == (Verdict.DONE, "no_answer")
+    # Their message on the household's machine is mine: it is not left there twice.
+    machine = ((shared_line, _a(3, "secondary", "voicemail", 6)),)
+    assert next_step(MemberView(1, BOTH, mine, shared=machine), POLICY, NOW).final == "voicemail"
+    # A cut call (a crash) on it costs nobody a try.
+    cut = ((shared_line, _a(3, "secondary", "interrupted", 6)),)
+    step = next_step(MemberView(1, BOTH, mine, shared=cut), POLICY, NOW)
+    assert (step.verdict, step.e164, step.at) == (Verdict.DIAL, shared_line, NOW)
+
+
 @pytest.mark.parametrize("outcomes", list(itertools.product(
     ["busy", "no_answer", "rejected", "congestion", "failed", "invalid_number", "answered_no_key", "voicemail",
      "interrupted"], repeat=3)))

@@ -85,6 +85,19 @@ def test_police_line_and_inbound_dialplan_are_rendered(tmp_path: Path) -> None:
                      (_render(tmp_path / "b").run_dir / "etc" / "extensions.conf").read_text(), re.M)
 
 
+def test_admin_line_is_rendered_and_routed_to_its_flow(tmp_path: Path) -> None:
+    from ivr.config import Settings
+
+    instance = _render(tmp_path, admin_line="+3250000399")
+    etc = instance.run_dir / "etc"
+    assert re.search(r"^ADMIN_LINE = \+3250000399$", (etc / "extensions.conf").read_text(), re.M)
+    inbound = (etc / "dialplan" / "binfoon-inbound.conf").read_text()
+    assert '"${CALLED}" = "${ADMIN_LINE}"]?binfoon-admin,s,1' in inbound
+    assert "[binfoon-admin]" in inbound and "AGI(${BINFOON_AGI}/admin_replay)" in inbound
+    # The instance's default is the setting's default.
+    assert InstanceOptions(name="x").admin_line == Settings().admin_line_number
+
+
 def _sections(text: str) -> list[dict[str, str]]:
     """pjsip.conf sections as dicts, ``name`` holding the section name."""
     out: list[dict[str, str]] = []

@@ -11,7 +11,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
 
 from ivr.prompts import load_catalogue
 

@@ -160,6 +160,7 @@ async def test_concurrent_requests_for_one_text_render_it_once(renderer: PromptR
     assert leftovers(renderer.cache_dir) == []
 
 
+@pytest.mark.serial
 async def test_rendering_runs_in_a_worker_process_and_never_stalls_the_loop(
     renderer: PromptRenderer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -97,6 +97,24 @@ async def test_listen_then_speak_again_keeps_every_take_and_sends_the_last(world
     assert played == 1
 
 
+async def test_every_take_is_announced_as_soon_as_it_is_stored_sent_or_not(world: World, tmp_path: Path) -> None:
+    # Transcription starts from this hook (issue 6): when a take is stored, not when it is sent.
+    other = SHARED_DIR / "audio" / "espeak-nl" / "02.wav"
+    announced: list[tuple[int, int, bool]] = []
+
+    def on_take_stored(message_id: int, recording_id: int) -> None:
+        with session_scope(world.engine) as s:  # committed: a worker thread can read it already
+            assert s.get(Recording, recording_id) is not None
+            sent = s.get_one(Message, message_id).submitted_at is not None
+        announced.append((message_id, recording_id, sent))
+
+    world.desk.on_take_stored = on_take_stored
+    await _run(world, [OFFICER_PIN, "12", "1", "1", Speak(SPEECH), "2", Speak(other), "3"], tmp_path)
+    await _run(world, [OFFICER_PIN, "12", "1", "1", Speak(SPEECH, "hangup")], tmp_path)  # a draft, never sent
+    assert announced == [(r.message_id, r.id, False) for r in _recordings(world)]
+    assert len(announced) == 3
+
+
 async def test_wrong_pin_three_times_locks_account_and_caller(world: World, tmp_path: Path, clock: Clock) -> None:
     end, call = await _run(world, ["1111", "2222", "3333"], tmp_path)
     assert end is IntakeEnd.LOCKED
