@@ -36,11 +36,12 @@ asterisk: venv
 demo: asterisk
 	$(BIN)/binfoon demo --report var/demo-report.json
 
-# Most tests wait on real calls in real time, so they run side by side (each on its own private
-# Asterisk); those marked `serial` measure time or load the machine, and run alone afterwards.
+# Tests marked `serial` measure time or load the machine: they run first, alone. The rest mostly
+# wait on real calls in real time, so they run side by side, each on its own private Asterisk.
+# (Exit 5 is pytest's "nothing selected", when PYTEST_ARGS picks tests of one kind only.)
 test: asterisk
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not serial" $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -q -m serial $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m serial $(PYTEST_ARGS) || test $$? -eq 5
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not serial" $(PYTEST_ARGS) || test $$? -eq 5
 
 bench: asterisk
 	$(BIN)/binfoon bench asterisk-start --runs 10 --json bench-asterisk-start.json
