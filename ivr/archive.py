@@ -224,22 +224,9 @@ class Archive:
         refusal: str | None = None
         source, expected = Path(), ""
         with session_scope(self.engine) as s:
-            message = s.get(Message, message_id)
-            if message is None:
-                raise ArchiveError(f"no message {message_id}")
-            person = resolve_person(s, actor)
-            who = f"person:{person.id}" if person is not None else f"unknown:{actor}"
-            refusal = _replay_refusal(s, person, message)
-            if refusal is not None:
-                # Committed on leaving the block even though the caller gets an exception.
-                audit.record(s, who, "recording.play_refused", f"message:{message_id}", reason=refusal,
-                             **self._via())
-            else:
-                recording = _take(message, take)
-                try:
-                    source = self.store.open_verified(Path(recording.path), recording.sha256)
-                except RecordingCorrupted as exc:
-                    raise ArchiveError(f"message {message_id}: recording unusable: {exc}") from None
+            message, who, refusal = self._access(s, message_id, actor, "recording.play_refused")
+            if refusal is None:
+                recording, source = self._open_take(message, take)
                 audit.record(s, who, "recording.played", f"message:{message_id}", take=recording.take,
                              sha256=recording.sha256, to="file" if to_file else "speakers", **self._via())
                 expected = recording.sha256
@@ -256,6 +243,29 @@ class Archive:
             return RecordingStore.open_verified(to_file, expected)
         except RecordingCorrupted as exc:
             raise ArchiveError(f"the copy differs from the original: {exc}") from None
+
+    def _access(self, s: Session, message_id: int, actor: str,
+                refused_action: str) -> tuple[Message, str, str | None]:
+        """The message, who asks (as the audit names them) and why they may not have it (``None``: they
+        may). A refusal is audited as ``refused_action``: committed with the session, even though the
+        caller then raises."""
+        message = s.get(Message, message_id)
+        if message is None:
+            raise ArchiveError(f"no message {message_id}")
+        person = resolve_person(s, actor)
+        who = f"person:{person.id}" if person is not None else f"unknown:{actor}"
+        refusal = _replay_refusal(s, person, message)
+        if refusal is not None:
+            audit.record(s, who, refused_action, f"message:{message_id}", reason=refusal, **self._via())
+        return message, who, refusal
+
+    def _open_take(self, message: Message, take: int | None) -> tuple[Recording, Path]:
+        """The take's row and its file, checked against its SHA-256."""
+        recording = _take(message, take)
+        try:
+            return recording, self.store.open_verified(Path(recording.path), recording.sha256)
+        except RecordingCorrupted as exc:
+            raise ArchiveError(f"message {message.id}: recording unusable: {exc}") from None
 
     def export(self, message_id: int, actor: str, out_dir: Path, tz: dt.tzinfo, *,
                embed_audio: bool = True) -> Export:
@@ -275,21 +285,9 @@ class Archive:
         refusal: str | None = None
         source, expected, xml = Path(), "", b""
         with session_scope(self.engine) as s:
-            message = s.get(Message, message_id)
-            if message is None:
-                raise ArchiveError(f"no message {message_id}")
-            person = resolve_person(s, actor)
-            who = f"person:{person.id}" if person is not None else f"unknown:{actor}"
-            refusal = _replay_refusal(s, person, message)
-            if refusal is not None:
-                audit.record(s, who, "message.export_refused", f"message:{message_id}", reason=refusal,
-                             **self._via())
-            else:
-                recording = _take(message, None)
-                try:
-                    source = self.store.open_verified(Path(recording.path), recording.sha256)
-                except RecordingCorrupted as exc:
-                    raise ArchiveError(f"message {message_id}: recording unusable: {exc}") from None
+            message, who, refusal = self._access(s, message_id, actor, "message.export_refused")
+            if refusal is None:
+                recording, source = self._open_take(message, None)
                 document = _cap_message(s, message, recording, cap.CapAudio(
                     audio_file.name, source.read_bytes(), recording.take, recording.duration_s))
                 try:
