@@ -10,7 +10,9 @@ worker thread, as the desks do).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,20 +36,27 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
-def lock_in_force(s: Session, policy: PinPolicy, key: str, person_id: int | None,
-                  now: dt.datetime) -> dt.datetime | None:
-    """Until when this caller ID or this account is locked (the later of the two), or ``None``."""
-    horizon = now - dt.timedelta(seconds=policy.window_s + policy.lock_s) * 2
+def lock_over_rows(s: Session, at: Any, outcome: Any,
+                   counted: Iterable[tuple[Any, object, PinPolicy]], now: dt.datetime) -> dt.datetime | None:
+    """The latest lock in force over stored attempts (columns ``at`` and ``outcome``): each
+    ``(column, value, policy)`` counts the rows where ``column == value`` under its own policy."""
     locks = []
-    for column, value in ((PinAttempt.caller_id, key), (PinAttempt.person_id, person_id)):
+    for column, value, policy in counted:
         if value is None:
             continue
-        rows = s.execute(select(PinAttempt.at, PinAttempt.outcome)
-                         .where(column == value, PinAttempt.at >= horizon)).all()
-        until = locked_until([Attempt(_aware(at), outcome.value) for at, outcome in rows], policy, now)
+        horizon = now - dt.timedelta(seconds=policy.window_s + policy.lock_s) * 2
+        rows = s.execute(select(at, outcome).where(column == value, at >= horizon)).all()
+        until = locked_until([Attempt(_aware(when), result.value) for when, result in rows], policy, now)
         if until is not None:
             locks.append(until)
     return max(locks) if locks else None
+
+
+def lock_in_force(s: Session, policy: PinPolicy, key: str, person_id: int | None,
+                  now: dt.datetime) -> dt.datetime | None:
+    """Until when this caller ID or this account is locked (the later of the two), or ``None``."""
+    return lock_over_rows(s, PinAttempt.at, PinAttempt.outcome,
+                          ((PinAttempt.caller_id, key, policy), (PinAttempt.person_id, person_id, policy)), now)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ivr.domain.pin import Attempt, PinPolicy, locked_until
+from ivr.domain.pin import PinPolicy
+from ivr.pin_gate import lock_over_rows
 from storage import audit
 from storage.models import (
     Bin,
@@ -178,21 +179,10 @@ class SignInLimits:
                 PinPolicy(self.ip_failures, self.lock_s, self.lock_s))
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def _lock(s: Session, limits: SignInLimits, username: str, ip: str, now: dt.datetime) -> dt.datetime | None:
-    locks = []
-    for column, value, policy in ((WebSignInAttempt.username, username, limits.policies()[0]),
-                                  (WebSignInAttempt.ip, ip, limits.policies()[1])):
-        horizon = now - dt.timedelta(seconds=policy.window_s + policy.lock_s) * 2
-        rows = s.execute(select(WebSignInAttempt.at, WebSignInAttempt.outcome)
-                         .where(column == value, WebSignInAttempt.at >= horizon)).all()
-        until = locked_until([Attempt(_aware(at), outcome.value) for at, outcome in rows], policy, now)
-        if until is not None:
-            locks.append(until)
-    return max(locks) if locks else None
+    by_name, by_ip = limits.policies()
+    return lock_over_rows(s, WebSignInAttempt.at, WebSignInAttempt.outcome,
+                          ((WebSignInAttempt.username, username, by_name), (WebSignInAttempt.ip, ip, by_ip)), now)
 
 
 def sign_in(s: Session, username: str, password: str, ip: str, limits: SignInLimits,

@@ -125,6 +125,18 @@ def _runner(world: World, dialer: FakeDialer, clock: object = None, **limits: ob
     return runner
 
 
+async def _run_one_campaign(world: World, tmp_path: Path, dialer: FakeDialer, **limits: object) -> CampaignRunner:
+    """One approved urgent message and its campaign, run to the end on ``dialer``."""
+    runner = _runner(world, dialer, **limits)
+    await _approved(world, tmp_path)
+    await runner.start()
+    try:
+        await _until_done(world)
+    finally:
+        await runner.stop()
+    return runner
+
+
 async def _until_done(world: World, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -144,13 +156,7 @@ def world(tmp_path: Path) -> World:
 async def test_limits_hold_and_everyone_confirms_once(world: World, tmp_path: Path) -> None:
     members = _add_members(world, 60)
     dialer = FakeDialer(world.desk, {})  # type: ignore[arg-type]
-    runner = _runner(world, dialer, max_channels=7, max_cps=40.0)
-    await _approved(world, tmp_path)
-    await runner.start()
-    try:
-        await _until_done(world)
-    finally:
-        await runner.stop()
+    runner = await _run_one_campaign(world, tmp_path, dialer, max_channels=7, max_cps=40.0)
     assert dialer.peak <= 7 and runner.stats.peak_concurrent <= 7
     times = [t for t, _ in dialer.dialled]
     # The pace: never more than 40 new calls in any second (+1 for the first token).
@@ -166,26 +172,14 @@ async def test_failures_are_retried_then_the_second_number(world: World, tmp_pat
     with session_scope(world.engine) as s:
         s.add(PhoneNumber(person_id=member, rank=PhoneRank.SECONDARY, e164="+32470000001"))
     dialer = FakeDialer(world.desk, {"+3295000000": "busy"})  # type: ignore[arg-type]
-    runner = _runner(world, dialer)
-    await _approved(world, tmp_path)
-    await runner.start()
-    try:
-        await _until_done(world)
-    finally:
-        await runner.stop()
+    await _run_one_campaign(world, tmp_path, dialer)
     assert [n for _, n in dialer.dialled] == ["+3295000000", "+3295000000", "+32470000001"]
 
 
 async def test_a_shared_number_is_called_once_and_confirms_both(world: World, tmp_path: Path) -> None:
     members = _add_members(world, 3, shared=2)  # the first two share one line
     dialer = FakeDialer(world.desk, {})  # type: ignore[arg-type]
-    runner = _runner(world, dialer)
-    await _approved(world, tmp_path)
-    await runner.start()
-    try:
-        await _until_done(world)
-    finally:
-        await runner.stop()
+    await _run_one_campaign(world, tmp_path, dialer)
     assert sorted(n for _, n in dialer.dialled) == ["+3294000000", "+3294000002"]
     with session_scope(world.engine) as s:
         assert {c.person_id for c in s.scalars(select(Confirmation))} == set(members)
@@ -203,13 +197,7 @@ async def test_a_shared_second_number_is_called_as_one_line(world: World, tmp_pa
             s.add(PhoneNumber(person_id=member, rank=PhoneRank.SECONDARY, e164="+3290000099"))
     dialer = FakeDialer(world.desk, {"+3295000000": "no_answer", "+3295000001": "no_answer",  # type: ignore[arg-type]
                                      "+3290000099": line})
-    runner = _runner(world, dialer)
-    await _approved(world, tmp_path)
-    await runner.start()
-    try:
-        await _until_done(world)
-    finally:
-        await runner.stop()
+    await _run_one_campaign(world, tmp_path, dialer)
     dialled = [n for _, n in dialer.dialled]
     assert dialled.count("+3290000099") == calls_to_it, dialled
     # Their own numbers as usual (a confirmation on the shared line may end the other's tries early).

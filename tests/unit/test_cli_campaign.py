@@ -17,7 +17,7 @@ from ivr.reports import ATTEMPT_COLUMNS, render_progress
 from ivr.telephony.dialer import Dialled
 from storage.db import session_scope
 from storage.models import AuditEntry, Campaign, PhoneNumber, PhoneRank
-from tests.unit.test_campaign_runner import FakeDialer, _add_members, _approved, _runner, _until_done
+from tests.unit.test_campaign_runner import FakeDialer, _add_members, _run_one_campaign
 from tests.world import World, build_world
 
 #: The Q.850 causes the fake network gives with each failure, as Asterisk would.
@@ -49,13 +49,7 @@ async def _ran_campaign(world: World, tmp_path: Path) -> tuple[int, list[int]]:
     with session_scope(world.engine) as s:
         s.add(PhoneNumber(person_id=busy, rank=PhoneRank.SECONDARY, e164="+32470000001"))
     dialer = CausedDialer(world.desk, {"+3295000000": "busy", "+3295000002": "no_answer"})  # type: ignore[arg-type]
-    runner = _runner(world, dialer)
-    await _approved(world, tmp_path)
-    await runner.start()
-    try:
-        await _until_done(world)
-    finally:
-        await runner.stop()
+    await _run_one_campaign(world, tmp_path, dialer)
     with session_scope(world.engine) as s:
         campaign_id = s.scalars(select(Campaign.id)).one()
     return campaign_id, [busy, confirms, absent]
