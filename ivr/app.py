@@ -358,7 +358,8 @@ class BinfoonApp:
             async with self._changed:
                 await self._changed.wait_for(lambda: len(ended()) >= count)
             return ended()
-        return await asyncio.wait_for(wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await wait()
 
     async def _member_route(self, agi: AgiCall) -> None:
         args = agi.args

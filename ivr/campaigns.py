@@ -144,8 +144,11 @@ class CampaignRunner:
             except Exception:
                 log.exception("dialer pass failed; trying again in a second")
                 wait_s = 1.0
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that comes as the
+            # wake fires, and stop() then waits for this loop forever (seen in CI).
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, wait_s))
+                async with asyncio.timeout(max(0.01, wait_s)):
+                    await self._wake.wait()
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
@@ -274,7 +277,8 @@ class CampaignRunner:
                                             dialled.cause)
             if dialled.outcome is DialOutcome.ANSWERED:
                 try:
-                    await asyncio.wait_for(done.wait(), self.limits.max_call_s)
+                    async with asyncio.timeout(self.limits.max_call_s):
+                        await done.wait()
                 except asyncio.TimeoutError:
                     log.warning("member call %s still up after %.0f s", attempt_id, self.limits.max_call_s)
                 # If the flow never ran (app unreachable), the call counts as answered without a key;

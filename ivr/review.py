@@ -133,7 +133,8 @@ class ReviewDispatcher:
             await self.desk.review_call_dialled(call_id, dialled.outcome.value, dialled.cause)
             if dialled.outcome is DialOutcome.ANSWERED:
                 try:
-                    await asyncio.wait_for(done.wait(), self.MAX_CALL_S)
+                    async with asyncio.timeout(self.MAX_CALL_S):
+                        await done.wait()
                 except asyncio.TimeoutError:
                     log.warning("review call %s still going after %.0f s; the round goes on", call_id,
                                 self.MAX_CALL_S)

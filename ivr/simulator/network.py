@@ -293,7 +293,8 @@ class OutgoingCall:
     async def wait(self, timeout_s: float = 60.0) -> "OutgoingCall":
         """Wait until the call has ended (script played or cut short); returns the call."""
         try:
-            await asyncio.wait_for(self.done.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self.done.wait()
         except asyncio.TimeoutError:
             raise TimeoutError(
                 f"call {self.caller_number} -> {self.number} not over after {timeout_s:g} s "
@@ -363,7 +364,8 @@ class PhoneNetwork:
                     lambda: len([c for c in self.calls_to(number) if c.done.is_set()]) >= count
                 )
             return self.calls_to(number)
-        return await asyncio.wait_for(ended(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await ended()
 
     async def prepare(self) -> None:
         """Create the recordings directory and render the answering machine's greeting and beep."""

@@ -79,7 +79,8 @@ class AgiCall:
         writer.write((line + "\n").encode(self._request.encoding))
         await writer.drain()
         while True:
-            raw = await asyncio.wait_for(self._request.reader.readline(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                raw = await self._request.reader.readline()
             if not raw:
                 self.hung_up = True
                 raise CallHungUp(self.channel)
@@ -205,7 +206,8 @@ class AgiServer(Application):  # type: ignore[misc]
             self._calls.add(task)
         try:
             try:
-                raw = await asyncio.wait_for(reader.readuntil(b"\n\n"), self.HEADER_TIMEOUT_S)
+                async with asyncio.timeout(self.HEADER_TIMEOUT_S):
+                    raw = await reader.readuntil(b"\n\n")
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError):
                 log.warning("FastAGI: no complete AGI environment received")
                 return

@@ -117,7 +117,8 @@ class AmiGateway:
         self._manager.connect()
         self._watchdog = loop.create_task(self._watch(), name="ami-watchdog")
         try:
-            await asyncio.wait_for(self._logged_in.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._logged_in.wait()
         except asyncio.TimeoutError:
             await self.close()
             raise AmiUnavailable(
@@ -143,7 +144,8 @@ class AmiGateway:
     async def wait_connected(self, timeout_s: float) -> None:
         """Wait until logged in (again); raises ``AmiUnavailable`` on timeout."""
         try:
-            await asyncio.wait_for(self._logged_in.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._logged_in.wait()
         except asyncio.TimeoutError:
             raise AmiUnavailable(f"AMI not back within {timeout_s:.0f} s") from None
 
@@ -184,7 +186,8 @@ class AmiGateway:
                 continue
             ping = Action({"Action": "Ping"})
             try:
-                await asyncio.wait_for(asyncio.shield(protocol.send(ping)), self.ping_timeout_s)
+                async with asyncio.timeout(self.ping_timeout_s):
+                    await asyncio.shield(protocol.send(ping))
                 missed = 0
             except asyncio.TimeoutError:
                 protocol.responses.pop(ping.id, None)  # panoramisk would keep it forever
@@ -252,7 +255,8 @@ class AmiGateway:
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._cause_waiters[channel_id] = waiter
         try:
-            return await asyncio.wait_for(waiter, wait_s)
+            async with asyncio.timeout(wait_s):
+                return await waiter
         except asyncio.TimeoutError:
             return None
         finally:
@@ -267,7 +271,8 @@ class AmiGateway:
     async def action(self, headers: Mapping[str, str], timeout_s: float = 10.0) -> dict[str, str]:
         """Send one action and return its (first) response's headers."""
         manager = self._require_login()
-        result = await asyncio.wait_for(manager.send_action(dict(headers)), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            result = await manager.send_action(dict(headers))
         message = result[0] if isinstance(result, list) else result
         return {str(k): str(v) for k, v in message.items()}
 
@@ -311,7 +316,8 @@ class AmiGateway:
         future = manager.send_action(Action(headers))
         self._pending[channel_id] = future
         try:
-            result = await asyncio.wait_for(future, timeout_s + 30.0)
+            async with asyncio.timeout(timeout_s + 30.0):
+                result = await future
         except asyncio.TimeoutError:
             raise OriginateOutcomeUnknown(f"{channel_id}: no OriginateResponse in {timeout_s + 30:.0f} s") from None
         finally:

@@ -360,7 +360,8 @@ class Pages:
                     quiet_since = _now()
                     yield ": still here\n\n"
                 try:
-                    await asyncio.wait_for(console.closing.wait(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await console.closing.wait()
                 except TimeoutError:
                     pass
 

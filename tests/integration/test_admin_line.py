@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import statistics
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from ivr.flows.call import Recorded
-from ivr.media.compare import locate, locate_speech_file, read_wav_mono, speech_span
+from ivr.media.compare import Match, locate, locate_speech_file, read_wav_mono, speech_span
 from ivr.media.voice import PromptRenderer
 from ivr.messages import Officer
 from ivr.simulator.lab import PhoneLab
@@ -54,13 +55,15 @@ def assert_heard_whole(reference: Path, heard: Path, piece_s: float = 2.0, small
     Piece by piece rather than in one correlation: on a loaded machine the recording of what the
     phone heard may lose a 20 ms frame now and then, which shifts everything after it and makes
     a whole-clip correlation fail although every word was heard. A piece that straddles such a
-    loss is checked as two halves (down to ``smallest_s``).
+    loss is checked as two halves (down to ``smallest_s``). A smallest piece that still straddles a
+    loss matches less well (0.87 seen in CI); it counts as heard only where the rest was heard.
     """
     ref, rate = read_wav_mono(reference)
     rec, _ = read_wav_mono(heard)
     span = speech_span(ref, rate)
     assert span is not None, f"{reference} holds no speech"
     offsets: list[float] = []
+    blurred: list[tuple[float, float, Match]] = []
 
     def check(start: float, end: float) -> None:
         match = locate(ref[int(start * rate):int(end * rate)], rec, rate)
@@ -69,6 +72,8 @@ def assert_heard_whole(reference: Path, heard: Path, piece_s: float = 2.0, small
         elif end - start >= 2 * smallest_s:
             check(start, (start + end) / 2)
             check((start + end) / 2, end)
+        elif match.peak_ncc >= 0.7:
+            blurred.append((start, end, match))
         else:
             raise AssertionError(f"{reference.name} {start:.2f}-{end:.2f} s not heard: {match}")
 
@@ -76,6 +81,10 @@ def assert_heard_whole(reference: Path, heard: Path, piece_s: float = 2.0, small
     while start < span[1] - smallest_s:
         check(start, min(start + piece_s, span[1]))
         start += piece_s
+    assert offsets, f"{reference.name}: no piece heard clearly"
+    usual = statistics.median(offsets)
+    for start, end, match in blurred:
+        assert abs(match.lag_s - start - usual) <= 0.1, f"{reference.name} {start:.2f}-{end:.2f} s not heard: {match}"
     # One playback, in order: a lost frame or two shift the offset by tens of milliseconds only.
     assert max(offsets) - min(offsets) <= 0.25, f"{reference.name} not heard as one playback: {offsets}"
 

@@ -278,3 +278,15 @@ async def test_no_attempt_is_written_for_a_member_who_confirmed_after_the_plan_w
     assert await delivery.begin_attempt(plan.campaign_id, member, "+3294000000", "primary", 1) is None
     with session_scope(world.engine) as s:
         assert s.scalars(select(CallAttempt)).all() == []
+
+
+async def test_stop_ends_the_dialer_even_as_a_wake_comes(world: World) -> None:
+    """A call's end wakes the dialer in the same moment as it is stopped: the stop still ends it (on
+    Python 3.11, asyncio.wait_for swallowed that cancel and stop() waited forever)."""
+    runner = _runner(world, FakeDialer(world.desk, {}))
+    await runner.start()
+    await asyncio.sleep(0.2)  # the dialer has planned (nothing to do) and waits to be woken
+    runner.wake()
+    async with asyncio.timeout(5):
+        await runner.stop()
+    assert runner._task is not None and runner._task.cancelled()
