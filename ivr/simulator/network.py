@@ -284,6 +284,8 @@ class OutgoingCall:
     result: OriginateResult | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _agi_started: bool = field(default=False, init=False, repr=False, compare=False)
+    #: Where the dialplan records what the caller hears, from the moment of answer.
+    _recording: Path | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def answered(self) -> bool:
@@ -419,11 +421,17 @@ class PhoneNetwork:
             await call.exec("Wait", "86400")
             return
         await call.exec("Wait", f"{max(script.rings, 1) * self.ring_s:.3f}")
-        await call.answer()
-        sim.answered_at = time.monotonic()
         stem = f"{number_stem(sim.number)}-{len(self.calls)}-{int(time.time() * 1000)}"
         heard = self.recordings_dir / f"{stem}-heard.wav"
         sim.heard_path = heard
+        if behaviour is Behaviour.ANSWERING_MACHINE:
+            await call.answer()
+        else:
+            # Pick up and record only what reaches the phone (the "receive" direction) in one dialplan
+            # step: BINfoon may speak at once, and an AGI round trip between the two would lose that.
+            await call.gosub("sim-pick-up", "s", 1, self.inner_path(heard.with_name(stem + "-both.wav")),
+                             self.inner_path(heard))
+        sim.answered_at = time.monotonic()
         if behaviour is Behaviour.ANSWERING_MACHINE:
             assert self._greeting is not None, "PhoneNetwork.prepare() was not awaited"
             await call.play(self.inner_path(self._greeting.with_suffix("")))
@@ -431,10 +439,6 @@ class PhoneNetwork:
             # k: keep what was recorded when the caller hangs up (that is how messages end).
             await call.exec("Record", f"{self.inner_path(heard)},0,{script.record_max_s},qk")
             return
-        # Record only what reaches the phone (the "receive" direction of this channel).
-        await call.exec(
-            "MixMonitor", f"{self.inner_path(heard.with_name(stem + '-both.wav'))},r({self.inner_path(heard)})"
-        )
         if script.says_hallo:
             assert self._hallo is not None, "PhoneNetwork.prepare() was not awaited"
             await call.play(self.inner_path(self._hallo.with_suffix("")))
@@ -478,9 +482,15 @@ class PhoneNetwork:
                            started_at=time.monotonic())
         self.outgoing.append(out)
         self._outgoing_by_id[call_id] = out
+        stem = f"caller-{number_stem(caller_number)}-{len(self.outgoing)}-{int(time.time() * 1000)}"
+        out._recording = self.recordings_dir / f"{stem}-heard.wav"
+        # The dialplan starts recording as it takes the answered call, before the script's AGI:
+        # BINfoon may greet at once, and an AGI round trip first would lose that under load (seen in CI).
+        recording = {"SIM_CALL": call_id, "SIM_HEARD": self.inner_path(out._recording),
+                     "SIM_HEARD_BOTH": self.inner_path(out._recording.with_name(stem + "-both.wav"))}
         try:
             result = await self._caller_ami.originate(
-                call_id, out.channel, context="sim-caller", variables={"SIM_CALL": call_id},
+                call_id, out.channel, context="sim-caller", variables=recording,
                 caller_id=caller_number, timeout_s=ring_timeout_s,
             )
         except BaseException:
@@ -511,13 +521,8 @@ class PhoneNetwork:
         out.channel = call.channel
         steps = out.script.steps
         hung_up_by = "callee"
+        out.heard_path = out._recording
         try:
-            stem = f"caller-{number_stem(out.caller_number)}-{len(self.outgoing)}-{int(time.time() * 1000)}"
-            heard = self.recordings_dir / f"{stem}-heard.wav"
-            out.heard_path = heard
-            # Record only what reaches the caller (the "receive" direction of this channel).
-            both = self.inner_path(heard.with_name(stem + "-both.wav"))
-            await call.exec("MixMonitor", f"{both},r({self.inner_path(heard)})")
             for step in steps:
                 out._step_done(await self._perform(call, out, step))
                 if isinstance(step, HangUp):

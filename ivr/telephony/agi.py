@@ -131,6 +131,11 @@ class AgiCall:
             raise AgiError(f"application {application} is not loaded")
         return value
 
+    async def gosub(self, context: str, exten: str, priority: int, *args: str) -> None:
+        """Run a dialplan subroutine (several applications without a round trip between them)."""
+        line = f"GOSUB {context} {exten} {priority}"
+        await self.command(f"{line} {_quote(','.join(args))}" if args else line)
+
     async def play(self, sound: str, escape_digits: str = "") -> str | None:
         """Play a sound file (path without extension); returns the key that interrupted it, if any."""
         result = await self.command(f"STREAM FILE {sound} {_quote(escape_digits)}")
