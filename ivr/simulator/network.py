@@ -486,11 +486,11 @@ class PhoneNetwork:
         out._recording = self.recordings_dir / f"{stem}-heard.wav"
         # The dialplan starts recording as it takes the answered call, before the script's AGI:
         # BINfoon may greet at once, and an AGI round trip first would lose that under load (seen in CI).
-        recording = {"SIM_CALL": call_id, "SIM_HEARD": self.inner_path(out._recording),
+        variables = {"SIM_CALL": call_id, "SIM_HEARD": self.inner_path(out._recording),
                      "SIM_HEARD_BOTH": self.inner_path(out._recording.with_name(stem + "-both.wav"))}
         try:
             result = await self._caller_ami.originate(
-                call_id, out.channel, context="sim-caller", variables=recording,
+                call_id, out.channel, context="sim-caller", variables=variables,
                 caller_id=caller_number, timeout_s=ring_timeout_s,
             )
         except BaseException:
