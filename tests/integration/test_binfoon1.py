@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from ivr.media.compare import locate, locate_speech_file, read_wav_mono, speech_span
+from ivr.media.compare import hear, hear_file, locate_speech_file, read_wav_mono, speech_span
 from ivr.media.voice import PromptRenderer
 from ivr.simulator.lab import PhoneLab
 from ivr.simulator.network import CallerScript, Listen, PhoneScript, Press, Speak
@@ -84,11 +84,11 @@ async def test_officer_alert_reaches_the_coordinator_who_forwards_it(
         # What the officer said is what was stored: same speech length, same signal.
         stored = Path(recording.path)
         assert abs(_span_s(stored) - _span_s(CLIP)) <= 0.5
-        assert locate_speech_file(CLIP, stored).peak_ncc >= 0.9
+        assert hear_file(CLIP, stored).whole
         assert locate_speech_file(OTHER_CLIP, stored).peak_ncc < 0.5  # and the check can fail
         # The coordinator heard that very recording.
         [heard] = await lab.network.wait_for_calls(world.coordinators[0][1], 1)
-        assert locate_speech_file(stored, await asyncio.to_thread(heard.heard_audio)).peak_ncc >= 0.9
+        assert hear_file(stored, await asyncio.to_thread(heard.heard_audio)).whole
     finally:
         await binfoon.app.stop()
 
@@ -133,7 +133,7 @@ async def test_hang_up_while_speaking_keeps_a_draft_that_is_never_sent(lab: Phon
             assert s.scalars(select(ReviewCall)).all() == []
         assert message.status is MessageStatus.DRAFT and message.urgency is Urgency.PREVENTIVE
         assert recording.end_reason == "hangup"
-        assert locate_speech_file(CLIP, Path(recording.path)).peak_ncc >= 0.9  # nothing recorded is lost
+        assert hear_file(CLIP, Path(recording.path)).whole  # nothing recorded is lost
     finally:
         await binfoon.app.stop()
 
@@ -235,11 +235,12 @@ async def test_3_plays_the_recording_again_before_1_forwards(lab: PhoneLab, tmp_
         clip, clip_rate = read_wav_mono(CLIP)
         assert rate == clip_rate
         cut = int(press_3_at * rate)
-        before, after = locate(clip, heard[:cut], rate), locate(clip, heard[cut:], rate)
-        assert before.peak_ncc >= 0.9 and after.peak_ncc >= 0.9, (before, after)
-        # Each play is whole: the match lies inside its window.
-        assert 0 <= before.lag_s and before.lag_s + before.reference_s <= press_3_at, before
-        assert 0 <= after.lag_s and after.lag_s + after.reference_s <= press_1_at - press_3_at, after
+        before, after = hear(clip, heard[:cut], rate), hear(clip, heard[cut:], rate)
+        assert before.whole and after.whole, (before, after)
+        # Each play is whole: it lies inside its window.
+        clip_s = len(clip) / rate
+        assert before.lag_s is not None and 0 <= before.lag_s and before.lag_s + clip_s <= press_3_at, before
+        assert after.lag_s is not None and 0 <= after.lag_s and after.lag_s + clip_s <= press_1_at - press_3_at, after
         with session_scope(binfoon.world.engine) as s:
             plays = s.scalars(select(AuditEntry).where(AuditEntry.action == "recording.played")).all()
         assert len(plays) == 2

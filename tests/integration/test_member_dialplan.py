@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from ivr.media.compare import locate, locate_file, read_wav_mono
+from ivr.media.compare import hear_file, hear_twice, locate_file, read_wav_mono
 from ivr.media.speech import synthesize
 from ivr.simulator.lab import PhoneLab
 from ivr.simulator.network import PhoneScript, SimulatedCall
@@ -199,11 +199,11 @@ async def call_member(lab: PhoneLab, number: str, script: PhoneScript, variables
 
 def assert_whole_message(recording: Path, prompts: Prompts) -> None:
     """The header and the whole police recording, in that order, and nothing else instead."""
-    header = locate_file(prompts.header, recording)
-    clip = locate_file(CLIP, recording)
-    assert header.peak_ncc >= 0.9, header  # the start of the message was not cut
-    assert clip.peak_ncc >= 0.9, clip      # first to last sample of the police's recording
-    assert header.lag_s < clip.lag_s
+    header = hear_file(prompts.header, recording)
+    clip = hear_file(CLIP, recording)
+    assert header.whole, header  # the start of the message was not cut
+    assert clip.whole, clip      # first to last word of the police's recording
+    assert header.lag_s is not None and clip.lag_s is not None and header.lag_s < clip.lag_s
     assert locate_file(OTHER_CLIP, recording).peak_ncc < 0.5  # and the check can fail
 
 
@@ -280,7 +280,7 @@ async def test_with_the_app_down_a_person_confirms_durably(lab: PhoneLab, prompt
     assert [e.fields.get("Attempt") for e in events if e.name == "BinfoonConfirm"] == [attempt_id]
     heard = await asyncio.to_thread(call.heard_audio)
     assert_whole_message(heard, prompts)
-    assert locate_file(prompts.thanks, heard).peak_ncc >= 0.9
+    assert hear_file(prompts.thanks, heard).whole
     assert call.ended_by == "caller"
 
 
@@ -297,7 +297,7 @@ async def test_app_dying_mid_call_leaves_it_to_the_dialplan(lab: PhoneLab, promp
     assert [e.fields.get("AgiStatus") for e in events if e.name == "BinfoonAgiFailed"] == ["SUCCESS"]
     [confirmation] = await cel_confirmations(lab, attempt_id)
     assert confirmation.attempt_id == attempt_id
-    assert locate_file(prompts.thanks, await asyncio.to_thread(call.heard_audio)).peak_ncc >= 0.9
+    assert hear_file(prompts.thanks, await asyncio.to_thread(call.heard_audio)).whole
 
 
 async def test_with_the_app_down_no_key_means_no_confirmation(lab: PhoneLab, prompts: Prompts) -> None:
@@ -312,12 +312,11 @@ async def test_with_the_app_down_no_key_means_no_confirmation(lab: PhoneLab, pro
     # Two recordings and three keys prompts of at most 6 s of waiting each, then the line drops.
     assert call.ended_at - call.answered_at <= (replay_at + prompts.seconds("clip")
                                                 + 3 * (prompts.seconds("keys") + 6) + 5)
-    # The recording twice: once where it is found first, and again after that.
+    # The recording twice: whole where it fits best, and whole again in the rest of the call.
     heard, rate = read_wav_mono(await asyncio.to_thread(call.heard_audio))
     clip, _ = read_wav_mono(CLIP)
-    first = locate(clip, heard, rate)
-    after_first = int((first.lag_s + first.reference_s) * rate)
-    assert first.peak_ncc >= 0.9 and locate(clip, heard[after_first:], rate).peak_ncc >= 0.9
+    first, again = hear_twice(clip, heard, rate)
+    assert first.whole and again is not None, (first, again)
 
 
 # -- the application up: its own confirmation is durable too ------------------------------------
