@@ -72,13 +72,18 @@ def _sliding_sum(values: np.ndarray, width: int) -> np.ndarray:
     return totals[width:] - totals[:-width]
 
 
-def locate_file(reference: Path, recording: Path) -> Match:
-    """``locate`` for two WAV files of the same sample rate."""
+def _read_pair(reference: Path, recording: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """Both WAV files' samples and their common sample rate."""
     ref, ref_rate = read_wav_mono(reference)
     rec, rec_rate = read_wav_mono(recording)
     if ref_rate != rec_rate:
         raise ValueError(f"sample rates differ: {ref_rate} Hz and {rec_rate} Hz")
-    return locate(ref, rec, ref_rate)
+    return ref, rec, ref_rate
+
+
+def locate_file(reference: Path, recording: Path) -> Match:
+    """``locate`` for two WAV files of the same sample rate."""
+    return locate(*_read_pair(reference, recording))
 
 
 def speech_span(samples: np.ndarray, rate_hz: int, frame_ms: int = 20,
@@ -101,10 +106,7 @@ def speech_span(samples: np.ndarray, rate_hz: int, frame_ms: int = 20,
 def locate_speech_file(reference: Path, recording: Path) -> Match:
     """``locate_file`` with the reference cut to its speech span: the silence a clip carries after its
     last word is not what a caller's ``#`` or the silence detector keeps, so it must not count."""
-    ref, ref_rate = read_wav_mono(reference)
-    rec, rec_rate = read_wav_mono(recording)
-    if ref_rate != rec_rate:
-        raise ValueError(f"sample rates differ: {ref_rate} Hz and {rec_rate} Hz")
+    ref, rec, ref_rate = _read_pair(reference, recording)
     span = speech_span(ref, ref_rate)
     if span is None:
         raise ValueError(f"{reference} holds no speech")
@@ -164,12 +166,12 @@ def hear(reference: np.ndarray, recording: np.ndarray, rate_hz: int, piece_s: fl
         return Hearing(None, tuple(blurred), 0.0)
     usual = float(np.median(clear))
     missing = tuple((start, end, match) for start, end, match in blurred
-                    if not _across_one_loss(reference[int(start * rate_hz):int(end * rate_hz)], window,
+                    if not _across_one_gap(reference[int(start * rate_hz):int(end * rate_hz)], window,
                                             rate_hz, usual + start))
     return Hearing(first / rate_hz + usual, missing, max(clear) - min(clear))
 
 
-def _across_one_loss(piece: np.ndarray, window: np.ndarray, rate_hz: int, expected_s: float,
+def _across_one_gap(piece: np.ndarray, window: np.ndarray, rate_hz: int, expected_s: float,
                      part_s: float = 0.1, slack_s: float = 0.1) -> bool:
     """``piece`` is in ``window`` as two parts either side of a gap, each within ``slack_s`` of
     ``expected_s`` (where the piece should start). The gap is a lost 20 ms frame (its audio is not
@@ -212,8 +214,4 @@ def hear_twice(reference: np.ndarray, recording: np.ndarray, rate_hz: int) -> tu
 
 def hear_file(reference: Path, recording: Path) -> Hearing:
     """``hear`` for two WAV files of the same sample rate."""
-    ref, ref_rate = read_wav_mono(reference)
-    rec, rec_rate = read_wav_mono(recording)
-    if ref_rate != rec_rate:
-        raise ValueError(f"sample rates differ: {ref_rate} Hz and {rec_rate} Hz")
-    return hear(ref, rec, ref_rate)
+    return hear(*_read_pair(reference, recording))
