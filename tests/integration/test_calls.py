@@ -21,10 +21,10 @@ pytestmark = pytest.mark.integration
 
 async def test_answered_call_delivers_key_1_to_python(lab: PhoneLab) -> None:
     heard = listen_for_key(lab)
-    dtmf: list[DtmfReceived] = []
-    lab.ami.subscribe(lambda e: dtmf.append(e) if isinstance(e, DtmfReceived) else None)
-    lab.network.script("+3291000001", PhoneScript.answers(rings=2, keys=((3.0, "1"),)))
     attempt = str(uuid.uuid4())
+    dtmf: asyncio.Queue[DtmfReceived] = asyncio.Queue()
+    lab.ami.subscribe(lambda e: dtmf.put_nowait(e) if isinstance(e, DtmfReceived) else None)
+    lab.network.script("+3291000001", PhoneScript.answers(rings=2, keys=((3.0, "1"),)))
 
     result = await lab.call("+3291000001", attempt_id=attempt)
 
@@ -35,8 +35,11 @@ async def test_answered_call_delivers_key_1_to_python(lab: PhoneLab) -> None:
     assert key.unique_id == attempt and key.args[0] == attempt and key.args[1] == "HUMAN"
     calls = await lab.network.wait_for_calls("+3291000001", 1)
     assert len(calls) == 1 and [d for _, d in calls[0].keys_sent] == ["1"]
-    # The key also reached the AMI event stream, on our channel.
-    assert any(e.digit == "1" and e.channel_id == attempt for e in dtmf)
+    # The key also reached the AMI event stream, on our channel. AMI and AGI are two sockets, so the
+    # event may come after the flow already has the key: wait for it rather than look once.
+    async with asyncio.timeout(5):
+        while not ((e := await dtmf.get()).digit == "1" and e.channel_id == attempt):
+            pass
 
 
 async def test_no_key_pressed_is_seen_as_none(lab: PhoneLab) -> None:
