@@ -59,8 +59,10 @@ class _Manager(Manager):  # type: ignore[misc]
 class AmiGateway:
     """A self-healing AMI session: connect, watch, reconnect, originate, and typed events."""
 
-    #: How long after the Originate response a hang-up cause is awaited (it may come just after).
-    CAUSE_GRACE_S = 0.5
+    #: How long after the Originate response a hang-up cause is awaited. Asterisk sends the response
+    #: at once but the Hangup event through Stasis, which lags on a loaded host; without the cause an
+    #: unreachable number would pass for a plain failure. Only a failed call with no cause waits this long.
+    CAUSE_GRACE_S = 2.0
 
     def __init__(
         self,

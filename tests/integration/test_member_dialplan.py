@@ -170,6 +170,18 @@ def user_events(lab: PhoneLab) -> list[UserEventReceived]:
     return events
 
 
+async def events_named(events: list[UserEventReceived], name: str, count: int,
+                       wait_s: float = 5.0) -> list[UserEventReceived]:
+    """The user events called ``name`` once ``count`` have come, or at the deadline (AMI is another
+    socket than the phone's: an event can come after the call looks over)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = [e for e in events if e.name == name]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
 async def cel_confirmations(lab: PhoneLab, attempt_id: str | None = None,
                             wait_s: float = 5.0) -> list[CelConfirmation]:
     """Every confirmation in the instance's CEL CSV (CEL is written asynchronously: give it a moment
@@ -238,7 +250,7 @@ async def test_with_the_app_down_the_dialplan_leaves_the_message_on_the_machine(
 
     assert_whole_message(await asyncio.to_thread(call.heard_audio), prompts)
     assert call.ended_by == "caller"  # the dialplan hung up after the message
-    failed = [e for e in events if e.name == "BinfoonAgiFailed"]
+    failed = await events_named(events, "BinfoonAgiFailed", 1)
     assert [(e.fields.get("Attempt"), e.fields.get("AgiStatus")) for e in failed] == [(attempt_id, "FAILURE")]
 
 
@@ -277,7 +289,7 @@ async def test_with_the_app_down_a_person_confirms_durably(lab: PhoneLab, prompt
     [confirmation] = await cel_confirmations(lab, attempt_id)
     assert confirmation.attempt_id == confirmation.uniqueid == attempt_id
     assert start - 1 <= confirmation.at.timestamp() <= time.time()
-    assert [e.fields.get("Attempt") for e in events if e.name == "BinfoonConfirm"] == [attempt_id]
+    assert [e.fields.get("Attempt") for e in await events_named(events, "BinfoonConfirm", 1)] == [attempt_id]
     heard = await asyncio.to_thread(call.heard_audio)
     assert_whole_message(heard, prompts)
     assert hear_file(prompts.thanks, heard).whole
@@ -294,7 +306,7 @@ async def test_app_dying_mid_call_leaves_it_to_the_dialplan(lab: PhoneLab, promp
                                          flow.variables)
 
     assert [(c.attempt_id, c.amd_status) for c in flow.calls] == [(attempt_id, "HUMAN")]
-    assert [e.fields.get("AgiStatus") for e in events if e.name == "BinfoonAgiFailed"] == ["SUCCESS"]
+    assert [e.fields.get("AgiStatus") for e in await events_named(events, "BinfoonAgiFailed", 1)] == ["SUCCESS"]
     [confirmation] = await cel_confirmations(lab, attempt_id)
     assert confirmation.attempt_id == attempt_id
     assert hear_file(prompts.thanks, await asyncio.to_thread(call.heard_audio)).whole
@@ -344,6 +356,6 @@ async def test_the_apps_own_confirmation_lands_in_the_cel_file(lab: PhoneLab, pr
     found = await cel_confirmations(lab, wait_s=0.5)
     assert sorted((c.attempt_id, c.uniqueid) for c in found) == sorted([(by_exec,) * 2, (by_gosub,) * 2])
     # Only the subroutine also tells AMI at once; the application knows it already anyway.
-    assert [e.fields.get("Attempt") for e in events if e.name == "BinfoonConfirm"] == [by_gosub]
+    assert [e.fields.get("Attempt") for e in await events_named(events, "BinfoonConfirm", 1)] == [by_gosub]
     # The application finished every call: the dialplan's fallback never ran.
     assert [e for e in events if e.name == "BinfoonAgiFailed"] == []

@@ -280,6 +280,26 @@ async def test_no_attempt_is_written_for_a_member_who_confirmed_after_the_plan_w
         assert s.scalars(select(CallAttempt)).all() == []
 
 
+async def test_a_key_the_flow_heard_counts_as_heard_on_the_call_even_if_the_cel_poller_took_it_first(
+        world: World, tmp_path: Path) -> None:
+    """The flow writes Asterisk's CEL row, then stores the key; the 1 s poller can read the row in
+    between. One confirmation either way, at the moment of the key, and it says the call heard it."""
+    members = _add_members(world, 2, shared=2)
+    await _approved(world, tmp_path)
+    delivery = DeliveryDesk(world.engine, world.desk.store)
+    [plan] = await delivery.plans()
+    attempt_id = await delivery.begin_attempt(plan.campaign_id, members[0], "+3294000000", "primary", 1)
+    assert attempt_id is not None
+    key_at = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+    assert await delivery.confirm(attempt_id, via="cel", at=key_at)
+    assert not await delivery.confirm(attempt_id)  # the flow's own store comes second: nothing new
+    assert not await delivery.confirm(attempt_id, via="cel")  # nor does the poller's second look change it
+    with session_scope(world.engine) as s:
+        rows = {c.person_id: (c.via, c.attempt_id, c.confirmed_at.replace(tzinfo=dt.timezone.utc))
+                for c in s.scalars(select(Confirmation))}
+    assert rows == {members[0]: ("call", attempt_id, key_at), members[1]: ("shared", None, key_at)}
+
+
 async def test_stop_ends_the_dialer_even_as_a_wake_comes(world: World) -> None:
     """A call's end wakes the dialer in the same moment as it is stopped: the stop still ends it (on
     Python 3.11, asyncio.wait_for swallowed that cancel and stop() waited forever)."""
