@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pytest
 
@@ -11,6 +14,28 @@ from ivr.simulator.lab import PhoneLab
 from ivr.telephony.agi import AgiCall
 
 pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+
+
+async def eventually(read: Callable[[], T], done: Callable[[T], object], timeout_s: float,
+                     poll_s: float = 0.05) -> T:
+    """``read()`` again until ``done`` holds for what it returns, or the deadline; the last value either
+    way, for the caller to assert on. Facts that another socket or process delivers (AMI events, rows
+    the app writes, Asterisk's files) can come a moment after the thing the test awaited."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(poll_s)
+
+
+async def until(predicate: Callable[[], object], timeout_s: float, what: str = "the condition",
+                poll_s: float = 0.05) -> None:
+    """Wait until ``predicate()`` holds; fail the test if it does not within ``timeout_s``."""
+    if not await eventually(predicate, bool, timeout_s, poll_s):
+        raise AssertionError(f"{what} not reached in {timeout_s} s")
 
 
 @dataclass(frozen=True)

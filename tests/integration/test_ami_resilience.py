@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import pytest
 
@@ -13,17 +12,9 @@ from ivr.simulator.lab import PhoneLab
 from ivr.simulator.network import PhoneScript
 from ivr.telephony.ami import AmiUnavailable
 from ivr.telephony.events import AmiEvent, FullyBooted
-from tests.integration.conftest import listen_for_key
+from tests.integration.conftest import listen_for_key, until
 
 pytestmark = pytest.mark.integration
-
-
-async def _until(predicate, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(0.05)
 
 
 async def test_asterisk_killed_and_restarted_ami_returns_and_calls_work(lab: PhoneLab) -> None:
@@ -34,14 +25,14 @@ async def test_asterisk_killed_and_restarted_ami_returns_and_calls_work(lab: Pho
     assert lab.ami.logins == 1
 
     await asyncio.to_thread(lab.asterisk.kill)
-    await _until(lambda: not lab.ami.connected, 10)
+    await until(lambda: not lab.ami.connected, 10)
     with pytest.raises(AmiUnavailable):  # nothing is sent into the void while Asterisk is down
         await lab.call("+3291000001")
 
     await asyncio.to_thread(lab.asterisk.start)
     await lab.ami.wait_connected(20)
     assert lab.ami.logins == 2 and lab.ami.disconnects == 1
-    await _until(lambda: len(booted) >= 1, 5)
+    await until(lambda: len(booted) >= 1, 5)
 
     result = await lab.call("+3291000001")
     assert result.success
@@ -54,7 +45,7 @@ async def test_half_open_connection_is_detected_and_reopened(lab: PhoneLab) -> N
     os.kill(pid, signal.SIGSTOP)  # the TCP link stays up, but nothing answers any more
     try:
         # Target A8: found and closed within 15 s.
-        await _until(lambda: lab.ami.watchdog_aborts >= 1, 15)
+        await until(lambda: lab.ami.watchdog_aborts >= 1, 15)
     finally:
         os.kill(pid, signal.SIGCONT)
     await lab.ami.wait_connected(20)
@@ -82,8 +73,8 @@ async def test_failing_event_subscriber_does_not_break_the_connection(
     lab.network.script("+3291000003", PhoneScript.answers(keys=((3.0, "1"),)))
     assert (await lab.call("+3291000003")).success
     assert (await asyncio.wait_for(heard.get(), 10)).digit == "1"
-    await _until(lambda: len(seen) > 0, 5)
+    await until(lambda: len(seen) > 0, 5)
     assert lab.ami.connected and lab.ami.disconnects == 0
     # The failures are not swallowed: both kinds are logged.
-    await _until(lambda: "a bug in some async subscriber" in caplog.text, 5)
+    await until(lambda: "a bug in some async subscriber" in caplog.text, 5)
     assert "a bug in some subscriber" in caplog.text

@@ -12,10 +12,10 @@ from sqlalchemy import select, text
 
 from ivr.media.compare import hear, hear_file, locate_speech_file, read_wav_mono, speech_span
 from ivr.media.voice import PromptRenderer
-from ivr.simulator.lab import PhoneLab
-from ivr.simulator.network import CallerScript, Listen, PhoneScript, Press, Speak
 from ivr.messages import describe
 from ivr.scheduler import AlarmClock
+from ivr.simulator.lab import PhoneLab
+from ivr.simulator.network import CallerScript, Listen, PhoneScript, Press, Speak
 from ivr.speech.models import packaged_model
 from storage.db import session_scope
 from storage.models import (
@@ -24,6 +24,7 @@ from storage.models import (
 )
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import officer_script, start_binfoon, utc
+from tests.integration.conftest import eventually
 from tests.world import OFFICER_PHONE, build_world
 
 pytestmark = pytest.mark.integration
@@ -57,15 +58,9 @@ async def _wait_status(world_engine: object, message_id: int, wanted: MessageSta
         await asyncio.sleep(0.1)
 
 
-async def _dial_outcomes(world_engine: object, calls: int, timeout_s: float = 10) -> list[str | None]:
-    """Every review call's dial outcome, once ``calls`` calls are stored with theirs (or at the deadline)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        with session_scope(world_engine) as s:  # type: ignore[arg-type]
-            outcomes = [c.dial_outcome for c in s.scalars(select(ReviewCall))]
-        if (len(outcomes) >= calls and None not in outcomes) or asyncio.get_running_loop().time() > deadline:
-            return outcomes
-        await asyncio.sleep(0.1)
+def _dial_outcomes(world_engine: object) -> list[str | None]:
+    with session_scope(world_engine) as s:  # type: ignore[arg-type]
+        return [c.dial_outcome for c in s.scalars(select(ReviewCall))]
 
 
 async def test_officer_alert_reaches_the_coordinator_who_forwards_it(
@@ -321,7 +316,9 @@ async def test_urgent_escalates_to_the_police_approver(lab: PhoneLab, tmp_path: 
             assert s.scalars(select(ReviewDecision)).one().person_id == world.approvers[0][0]
         # The approver decided a second after answering: the dial's own outcome (from AMI's
         # OriginateResponse, another socket than the flow's AGI) may be stored just after.
-        assert sorted(o or "" for o in await _dial_outcomes(world.engine, 3)) == ["answered", "busy", "busy"]
+        outcomes = await eventually(lambda: _dial_outcomes(world.engine),
+                                    lambda o: len(o) >= 3 and None not in o, timeout_s=10)
+        assert sorted(o or "" for o in outcomes) == ["answered", "busy", "busy"]
     finally:
         await binfoon.app.stop()
 

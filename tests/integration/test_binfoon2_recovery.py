@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import socket
 import time
@@ -32,6 +31,7 @@ from storage.models import (
 )
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import campaign_done, message_seconds, start_binfoon, submit_recorded, utc
+from tests.integration.conftest import until
 
 pytestmark = pytest.mark.integration
 
@@ -97,10 +97,9 @@ async def test_a_key_pressed_while_the_app_is_down_is_taken_from_cel_and_never_a
     [call] = await lab.network.wait_for_calls(number[down_member], 1, timeout_s=90)
     assert [digits for _, digits in call.keys_sent] == ["1"]
     # Asterisk wrote the key durably (CEL is written asynchronously: give it a moment).
-    deadline = time.monotonic() + 5.0
-    while not any(c.attempt_id == attempt_id for c in read_confirmations(cel_csv_path(lab.asterisk), 0)[0]):
-        assert time.monotonic() < deadline, "no CEL confirmation row"
-        await asyncio.sleep(0.1)
+    cel = cel_csv_path(lab.asterisk)
+    await until(lambda: any(c.attempt_id == attempt_id for c in read_confirmations(cel, 0)[0]), 5.0,
+                "a CEL confirmation row", poll_s=0.1)
     assert _confirmations(engine) == {}  # nobody was there to store it
     restarted_at = time.time()
 

@@ -7,7 +7,6 @@ simulated phones, exactly as in production; the test only seeds the database and
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -22,13 +21,14 @@ from ivr.media.compare import read_wav_mono
 from ivr.media.voice import PromptRenderer
 from ivr.simulator.lab import PhoneLab
 from ivr.simulator.network import PhoneScript
-from ivr.simulator.scenarios import MemberCase, seed_members, script_members
+from ivr.simulator.scenarios import MemberCase, script_members, seed_members
 from storage.db import session_scope
 from storage.models import (
     AttemptOutcome, CallAttempt, Campaign, CampaignStatus, Confirmation, Message, MessageStatus, PhoneNumber,
 )
 from tests.conftest import PROJECT_DIR, SHARED_DIR
 from tests.integration.binfoon import start_binfoon, submit_recorded, utc
+from tests.integration.conftest import until
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +47,6 @@ def _serve(lab: PhoneLab, db_url: str, data_dir: Path, log: Path) -> subprocess.
         [sys.executable, "-m", "ivr", "serve", "--name", lab.asterisk.options.name,
          "--instance-dir", str(lab.asterisk.run_dir.parent)],
         cwd=PROJECT_DIR, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-async def _until(predicate: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout_s} s")
-        await asyncio.sleep(0.2)
 
 
 @pytest.mark.serial
@@ -83,7 +75,7 @@ async def test_sigkill_mid_campaign_loses_nobody_and_calls_no_confirmed_member_a
         # The stopped in-test app only writes the message; the serving process picks it up.
         binfoon.app.desk.on_submitted = lambda message_id: None
         message_id = await submit_recorded(binfoon, CLIP)
-        await _until(lambda: confirmed() >= MEMBERS // 2, 300, "half the members confirmed")
+        await until(lambda: confirmed() >= MEMBERS // 2, 300, "half the members confirmed", poll_s=0.2)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         killed_at = time.time()
@@ -97,7 +89,7 @@ async def test_sigkill_mid_campaign_loses_nobody_and_calls_no_confirmed_member_a
             with session_scope(engine) as s:
                 campaign = s.scalars(select(Campaign)).first()
                 return campaign is not None and campaign.status is CampaignStatus.DONE
-        await _until(done, 400, "the campaign done after the restart")
+        await until(done, 400, "the campaign done after the restart", poll_s=0.2)
     finally:
         second.send_signal(signal.SIGTERM)
         try:

@@ -47,6 +47,7 @@ from ivr.telephony.agi import AgiCall
 from ivr.telephony.cel import CelConfirmation, cel_csv_path, read_confirmations
 from ivr.telephony.events import AmiEvent, UserEventReceived
 from tests.conftest import SHARED_DIR
+from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -174,26 +175,19 @@ async def events_named(events: list[UserEventReceived], name: str, count: int,
                        wait_s: float = 5.0) -> list[UserEventReceived]:
     """The user events called ``name`` once ``count`` have come, or at the deadline (AMI is another
     socket than the phone's: an event can come after the call looks over)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        found = [e for e in events if e.name == name]
-        if len(found) >= count or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.05)
+    return await eventually(lambda: [e for e in events if e.name == name],
+                            lambda found: len(found) >= count, wait_s)
 
 
 async def cel_confirmations(lab: PhoneLab, attempt_id: str | None = None,
                             wait_s: float = 5.0) -> list[CelConfirmation]:
     """Every confirmation in the instance's CEL CSV (CEL is written asynchronously: give it a moment
     when ``attempt_id`` is expected)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        found, _ = read_confirmations(cel_csv_path(lab.asterisk), 0)
-        if attempt_id is None or any(c.attempt_id == attempt_id for c in found):
-            return found
-        if time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.1)
+    def has_it(found: list[CelConfirmation]) -> bool:
+        return attempt_id is None or any(c.attempt_id == attempt_id for c in found)
+
+    return await eventually(lambda: read_confirmations(cel_csv_path(lab.asterisk), 0)[0], has_it, wait_s,
+                            poll_s=0.1)
 
 
 async def call_member(lab: PhoneLab, number: str, script: PhoneScript, variables: dict[str, str],
