@@ -27,6 +27,7 @@ from storage.models import AuditEntry, Recording, Transcript, Urgency
 from storage.recordings import RecordingStore
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import start_binfoon, submit_recorded
+from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -34,13 +35,10 @@ CLIP = SHARED_DIR / "audio" / "espeak-nl" / "03.wav"
 
 
 async def _transcripts(engine: object, timeout_s: float) -> list[Transcript]:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
+    def stored() -> list[Transcript]:
         with session_scope(engine) as s:  # type: ignore[arg-type]
-            found = list(s.scalars(select(Transcript)))
-        if found or asyncio.get_running_loop().time() > deadline:
-            return found
-        await asyncio.sleep(0.2)
+            return list(s.scalars(select(Transcript)))
+    return await eventually(stored, bool, timeout_s, poll_s=0.2)
 
 
 async def test_untranscribed_recording_is_kept_then_transcribed_once_a_model_is_configured(
