@@ -53,7 +53,7 @@ bench: asterisk
 		$(BIN)/binfoon bench transcribe --json bench-transcribe.json; \
 	else \
 		$(BIN)/binfoon bench transcribe --json bench-transcribe.json \
-			--model "$$($(BIN)/python -c 'from ivr.speech.models import packaged_model; print(packaged_model("ko") or "")')"; \
+			--model "$$($(BIN)/python -c 'from ivr.asr.models import packaged_model; print(packaged_model("ko") or "")')"; \
 	fi
 
 clean:

@@ -20,26 +20,26 @@ from typing import Any, Callable, Coroutine
 
 from sqlalchemy import Engine
 
-from ivr.archive import Archive
+from ivr.archive.store import Archive
 from ivr.asterisk.instance import AsteriskInstance
 from ivr.config import Settings
 from ivr.domain.pin import PinPolicy
-from ivr.campaigns import CampaignRunner, DialerLimits, retry_policies
-from ivr.delivery import DeliveryDesk
-from ivr.domain.campaign import Window
-from ivr.flows.coordinator_review import ReviewRules, coordinator_review
-from ivr.flows.admin_replay import ReplayRules, admin_replay
-from ivr.flows.coordinator_report import coordinator_report
-from ivr.flows.member_call import MemberRules, member_call
-from ivr.flows.member_callback import member_callback
-from ivr.flows.police_intake import IntakeRules, police_intake
+from ivr.delivery.dialer import CampaignRunner, DialerLimits, retry_policies
+from ivr.delivery.store import DeliveryDesk
+from ivr.delivery.policy import Window
+from ivr.review.flow import ReviewRules, coordinator_review
+from ivr.archive.admin_line import ReplayRules, admin_replay
+from ivr.delivery.report_line import coordinator_report
+from ivr.delivery.member_call import MemberRules, member_call
+from ivr.delivery.member_callback import member_callback
+from ivr.police_line.flow import IntakeRules, police_intake
 from ivr.media.voice import PromptRenderer, Voice
-from ivr.messages import MessageDesk
-from ivr.replay import ReplayDesk
-from ivr.retention import RetentionSweep
-from ivr.review import REVIEW_RETRY, ReviewDispatcher
-from ivr.scheduler import AlarmClock
-from ivr.speech.desk import TranscriptionDesk
+from ivr.police_line.store import MessageDesk
+from ivr.archive.replay import ReplayDesk
+from ivr.archive.retention import RetentionSweep
+from ivr.review.rounds import REVIEW_RETRY, ReviewDispatcher
+from ivr.chain.alarms import AlarmClock
+from ivr.asr.desk import TranscriptionDesk
 from ivr.telephony.agi import AgiCall, AgiServer, CallHungUp
 from ivr.telephony.ami import AmiGateway
 from ivr.telephony.channel import AsteriskCall

@@ -17,11 +17,11 @@ class CommandError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; each area module adds its own sub-commands."""
     from ivr.commands import asterisk as asterisk_cmd
-    from ivr.commands import bench as bench_cmd
+    from ivr.lab import bench as bench_cmd
     from ivr.commands import campaign as campaign_cmd
     from ivr.commands import directory as directory_cmd
     from ivr.commands import db as db_cmd
-    from ivr.commands import demo as demo_cmd
+    from ivr.lab import demo as demo_cmd
     from ivr.commands import message as message_cmd
     from ivr.commands import prompts as prompts_cmd
     from ivr.commands import serve as serve_cmd

@@ -14,7 +14,7 @@ import pytest
 from ivr.asterisk.install import AsteriskInstallError, AsteriskRuntime, find_runtime
 from ivr.asterisk.instance import AsteriskInstance, InstanceOptions
 from ivr.config import load_settings
-from ivr.simulator.lab import PhoneLab
+from ivr.lab.phone_lab import PhoneLab
 
 pytest_plugins = ["tests.pg"]
 

@@ -1,4 +1,4 @@
-"""A scripted fake of ``ivr.flows.call.Call``: conversations as fast unit tests.
+"""A scripted fake of ``ivr.telephony.call.Call``: conversations as fast unit tests.
 
 The script is what the person on the phone does, in order: a key (``"1"``), digits (``"1234"``),
 ``None`` for silence, ``Speak(wav)`` for what they say when recorded, ``HANG_UP`` to hang up.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ivr.flows.call import CallHungUp, Recorded
+from ivr.telephony.call import CallHungUp, Recorded
 
 HANG_UP = object()
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 from sqlalchemy import Engine
 
-from ivr.messages import MessageDesk
+from ivr.police_line.store import MessageDesk
 from storage.db import open_database, session_scope
 from storage.models import (
     Bin, Escalation, Person, PhoneNumber, PhoneRank, PoliceZone, ReviewMode, Role, RoleAssignment, utcnow,

@@ -5,7 +5,7 @@ numbers). The command line does not authenticate: whoever can run it can read th
 anyway. ``--as`` says on whose behalf the recording is heard, is checked against that person's
 roles (admin, or police of the message's zone) and is written to the audit log together with the
 operating-system user who typed the command. An admin console or phone line authenticates the
-person first and passes the same identity to ``ivr.archive.Archive.play``. ``export`` (a CAP 1.2
+person first and passes the same identity to ``ivr.archive.store.Archive.play``. ``export`` (a CAP 1.2
 document plus the audio) follows the same rule and is audited the same way.
 """
 
@@ -15,7 +15,7 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
-from ivr.archive import Archive, ArchiveEntry, ArchiveError
+from ivr.archive.store import Archive, ArchiveEntry, ArchiveError
 from ivr.cli import CommandError
 from ivr.commands.directory import _actor
 from ivr.config import Settings

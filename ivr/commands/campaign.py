@@ -12,8 +12,8 @@ from pathlib import Path
 from ivr.cli import CommandError
 from ivr.commands.directory import _actor
 from ivr.config import Settings
-from ivr.campaigns import retry_policies
-from ivr.reports import campaign_report, render_progress
+from ivr.delivery.dialer import retry_policies
+from ivr.delivery.report import campaign_report, render_progress
 from storage import audit
 from storage.db import open_database, session_scope
 

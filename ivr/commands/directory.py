@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from ivr.cli import CommandError
 from ivr.config import Settings
-from ivr.directory import LANGUAGES, CsvImportError, import_members, parse_member_csv
+from ivr.directory.store import LANGUAGES, CsvImportError, import_members, parse_member_csv
 from ivr.domain.phone import InvalidPhoneNumber, mask, normalize_phone
 from storage import audit
 from storage.db import open_database, session_scope
@@ -240,7 +240,7 @@ def cmd_members_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_members_preferences(settings: Settings, args: argparse.Namespace) -> int:
     """Set or clear a member's personal call window and holiday pause (urgent calls ignore both)."""
-    from ivr.domain.campaign import Window
+    from ivr.delivery.policy import Window
 
     try:
         phone = normalize_phone(args.phone)

@@ -12,8 +12,8 @@ from sqlalchemy import select
 from ivr.cli import CommandError
 from ivr.commands.directory import _actor
 from ivr.config import Settings
-from ivr.media.speech import synthesize
-from ivr.messages import STATUS_TEXT, MessageDesk, describe
+from ivr.media.tts import synthesize
+from ivr.police_line.store import STATUS_TEXT, MessageDesk, describe
 from storage.db import open_database, session_scope
 from storage.models import Bin, Message, MessageKind, Urgency
 from storage.recordings import RecordingStore

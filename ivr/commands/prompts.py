@@ -8,7 +8,7 @@ import time
 from ivr.cli import CommandError
 from ivr.config import Settings
 from ivr.media import voice
-from ivr.prompts import LANGUAGES, CatalogueError, load_catalogue, placeholders
+from ivr.media.prompts import LANGUAGES, CatalogueError, load_catalogue, placeholders
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -11,13 +11,13 @@ import argparse
 import os
 from pathlib import Path
 
-from ivr.archive import Archive
-from ivr.campaigns import retry_policies
+from ivr.archive.store import Archive
+from ivr.delivery.dialer import retry_policies
 from ivr.cli import CommandError
 from ivr.commands.archive import parse_when
 from ivr.commands.directory import _actor
 from ivr.config import Settings
-from ivr.coordinator_log import UnknownBin, collect, to_csv, to_html, to_text
+from ivr.archive.coordinator_log import UnknownBin, collect, to_csv, to_html, to_text
 from storage import audit
 from storage.db import open_database, session_scope
 from storage.models import utcnow

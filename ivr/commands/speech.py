@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ivr.cli import CommandError
 from ivr.config import Settings
-from ivr.speech.models import (
+from ivr.asr.models import (
     OFFICIAL_MODELS, ModelError, configured_model_path, default_install_dir, install_official, model_label,
     model_language, model_problem, read_manifest, verify_model_dir,
 )
@@ -60,7 +60,7 @@ def _model_for(settings: Settings, chosen: Path | None) -> Path:
 
 def cmd_transcribe(settings: Settings, args: argparse.Namespace) -> int:
     """Print the transcript of each file (the same preparation and recognition the archive uses)."""
-    from ivr.speech.transcriber import load_model, transcribe_file
+    from ivr.asr.transcriber import load_model, transcribe_file
 
     model_path = _model_for(settings, args.model)
     try:
@@ -127,7 +127,7 @@ def _untranscribed(settings: Settings) -> int | None:
     """How many recordings wait for a transcript, when the database exists (never creates it)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ivr.speech.desk import TranscriptionDesk
+    from ivr.asr.desk import TranscriptionDesk
     from storage.db import make_engine
 
     url = settings.resolved_database_url
@@ -144,7 +144,7 @@ def _untranscribed(settings: Settings) -> int | None:
 
 def cmd_bench_transcribe(settings: Settings, args: argparse.Namespace) -> int:
     """Run the transcription benchmark over every sample set and print the figures as JSON."""
-    from ivr.speech.bench import run_bench
+    from ivr.lab.asr_bench import run_bench
 
     model_path = _model_for(settings, args.model)
     if not args.sets.is_dir():

@@ -33,8 +33,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ivr.media.speech import TELEPHONE_RATE_HZ, VOICES
-from ivr.prompts import CATALOGUE, LANGUAGES, check_prompt, load_catalogue
+from ivr.media.tts import TELEPHONE_RATE_HZ, VOICES
+from ivr.media.prompts import CATALOGUE, LANGUAGES, check_prompt, load_catalogue
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _tmp_beside(target: Path) -> Path:
 
 def _render_speech(text: str, language: str, target: Path) -> Path:
     """Speak ``text`` into ``target`` (8 kHz mono 16-bit WAV), atomically. Runs in a worker."""
-    from ivr.media.speech import synthesize
+    from ivr.media.tts import synthesize
 
     tmp = _tmp_beside(target)
     try:
@@ -109,7 +109,7 @@ def _telephone_wav_digest(wav: Path) -> str:
         raise ValueError(
             f"{wav}: Asterisk plays 8000 Hz mono 16-bit WAV as is; this one is "
             f"{shape[0]} Hz, {shape[1]} channel(s), {8 * shape[2]}-bit (convert it with "
-            "ivr.media.speech.to_telephone_wav)"
+            "ivr.media.tts.to_telephone_wav)"
         )
     with open(wav, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -117,7 +117,7 @@ def _telephone_wav_digest(wav: Path) -> str:
 
 class PromptRenderer:
     """Catalogue text -> 8 kHz mono 16-bit WAV files (pyttsx3/espeak-ng via
-    ``ivr.media.speech.synthesize``), cached on disk.
+    ``ivr.media.tts.synthesize``), cached on disk.
 
     The cache is ``<cache_dir>/<language>/<prompt_id>-<hash12>.wav`` (free texts:
     ``text-<hash12>.wav``; the beep: ``tones/beep-<hash12>.wav``), ``hash12`` being the start of

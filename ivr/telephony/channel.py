@@ -1,4 +1,4 @@
-"""``AsteriskCall``: the ``ivr.flows.call.Call`` interface carried out over FastAGI."""
+"""``AsteriskCall``: the ``ivr.telephony.call.Call`` interface carried out over FastAGI."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from ivr.flows.call import ALL_KEYS, Recorded
+from ivr.telephony.call import ALL_KEYS, Recorded
 from ivr.media.voice import Voice
 from ivr.telephony.agi import AgiCall, CallHungUp
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ivr.domain.pin import PinPolicy
-from ivr.pin_gate import lock_over_rows
+from ivr.directory.pin_gate import lock_over_rows
 from storage import audit
 from storage.models import (
     Bin,

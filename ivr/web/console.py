@@ -5,7 +5,7 @@ Rules:
   steps as ``binfoon message send`` (``synthesize`` then ``MessageDesk.submit_text_message``), an
   uploaded one through the police line's steps (draft, kept take, submit); both then enter the
   same review flow (``on_submitted``);
-- campaign progress is ``ivr.reports.campaign_report`` (the dialer's own view), never recounted;
+- campaign progress is ``ivr.delivery.report.campaign_report`` (the dialer's own view), never recounted;
 - SQL and audio work run in worker threads, speech in the service's rendering processes (the
   event loop keeps serving calls);
 - an upload reaches ffmpeg only if it starts like an audio file (a playlist or anything else
@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from ivr.campaigns import retry_policies
+from ivr.delivery.dialer import retry_policies
 from ivr.config import Settings
-from ivr.domain.campaign import RetryPolicy
-from ivr.flows.call import Recorded
-from ivr.media.speech import synthesize, to_telephone_wav
-from ivr.messages import MessageDesk, Officer
-from ivr.reports import CampaignReport, campaign_report
+from ivr.delivery.policy import RetryPolicy
+from ivr.telephony.call import Recorded
+from ivr.media.tts import synthesize, to_telephone_wav
+from ivr.police_line.store import MessageDesk, Officer
+from ivr.delivery.report import CampaignReport, campaign_report
 from ivr.web.auth import Viewer
 from storage import audit
 from storage.db import session_scope
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Live bar segments, each a group of ``ivr.reports.LIVE_STATES``.
+#: Live bar segments, each a group of ``ivr.delivery.report.LIVE_STATES``.
 BAR = {
     "confirmed": ("confirmed",),
     "answering_machine": ("answering_machine",),

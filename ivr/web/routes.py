@@ -51,13 +51,13 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from ivr.archive import AccessDenied, Archive, ArchiveError, bin_replay_refusal
+from ivr.archive.store import AccessDenied, Archive, ArchiveError, bin_replay_refusal
 from ivr.commands.message import MAX_TEXT_CHARS
-from ivr.directory import LANGUAGES as CSV_LANGUAGES
-from ivr.directory import CsvImportError, import_members, parse_member_csv
+from ivr.directory.store import LANGUAGES as CSV_LANGUAGES
+from ivr.directory.store import CsvImportError, import_members, parse_member_csv
 from ivr.domain.phone import InvalidPhoneNumber, mask, normalize_phone
-from ivr.messages import describe
-from ivr.reports import campaign_report
+from ivr.police_line.store import describe
+from ivr.delivery.report import campaign_report
 from ivr.web.auth import SignInLimits, Viewer, bins_in_scope, load_viewer, sign_in, sign_out_everywhere
 from ivr.web.charts import confirmations_svg
 from ivr.web.console import (

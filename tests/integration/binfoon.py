@@ -14,8 +14,8 @@ from ivr.app import BinfoonApp
 from ivr.config import Settings
 from ivr.media.compare import read_wav_mono
 from ivr.media.voice import PromptRenderer
-from ivr.simulator.lab import PhoneLab
-from ivr.simulator.network import CallerScript, HangUp, Listen, Press, Speak
+from ivr.lab.phone_lab import PhoneLab
+from ivr.lab.network import CallerScript, HangUp, Listen, Press, Speak
 from storage.db import session_scope
 from storage.models import Campaign, CampaignStatus, Urgency
 from tests.world import OFFICER_PIN, World, build_world
@@ -74,8 +74,8 @@ def utc(value: dt.datetime | None) -> dt.datetime | None:
 
 async def submit_recorded(binfoon: Binfoon, clip: Path, urgency: Urgency | None = None) -> int:
     """A message for BIN 12 with ``clip`` as its recording, submitted as if the officer pressed 3."""
-    from ivr.flows.call import Recorded
-    from ivr.messages import Officer
+    from ivr.telephony.call import Recorded
+    from ivr.police_line.store import Officer
     from storage.models import Urgency
 
     desk = binfoon.app.desk
@@ -104,7 +104,7 @@ async def message_seconds(renderer: PromptRenderer, clip: Path) -> float:
 
 async def campaign_done(binfoon: Binfoon, timeout_s: float) -> Campaign:
     """Wait until the (first) campaign is done; on time-out, fail with its counts so far."""
-    from ivr.reports import campaign_report
+    from ivr.delivery.report import campaign_report
 
     def first_campaign() -> Campaign | None:
         with session_scope(binfoon.world.engine) as s:

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import pytest
 
-from ivr.simulator.lab import PhoneLab
+from ivr.lab.phone_lab import PhoneLab
 from ivr.telephony.agi import AgiCall
 
 pytestmark = pytest.mark.integration

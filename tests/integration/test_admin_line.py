@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ivr.flows.call import Recorded
+from ivr.telephony.call import Recorded
 from ivr.media.compare import hear_file, read_wav_mono
 from ivr.media.voice import PromptRenderer
-from ivr.messages import Officer
-from ivr.simulator.lab import PhoneLab
-from ivr.simulator.network import CallerScript, Listen, Press, Wait
+from ivr.police_line.store import Officer
+from ivr.lab.phone_lab import PhoneLab
+from ivr.lab.network import CallerScript, Listen, Press, Wait
 from storage.db import session_scope
 from storage.models import (
     AuditEntry, Campaign, CampaignStatus, Confirmation, Language, Message, MessageStatus, Person, PhoneNumber,

@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from ivr.simulator.lab import PhoneLab
-from ivr.simulator.network import PhoneScript
+from ivr.lab.phone_lab import PhoneLab
+from ivr.lab.network import PhoneScript
 from ivr.telephony.ami import AmiUnavailable
 from ivr.telephony.events import AmiEvent, FullyBooted
 from tests.integration.conftest import listen_for_key, until

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ivr.simulator.lab import PhoneLab
+from ivr.lab.phone_lab import PhoneLab
 
 pytestmark = pytest.mark.integration
 

@@ -12,11 +12,11 @@ from sqlalchemy import select, text
 
 from ivr.media.compare import hear, hear_file, locate_speech_file, read_wav_mono, speech_span
 from ivr.media.voice import PromptRenderer
-from ivr.messages import describe
-from ivr.scheduler import AlarmClock
-from ivr.simulator.lab import PhoneLab
-from ivr.simulator.network import CallerScript, Listen, PhoneScript, Press, Speak
-from ivr.speech.models import packaged_model
+from ivr.police_line.store import describe
+from ivr.chain.alarms import AlarmClock
+from ivr.lab.phone_lab import PhoneLab
+from ivr.lab.network import CallerScript, Listen, PhoneScript, Press, Speak
+from ivr.asr.models import packaged_model
 from storage.db import session_scope
 from storage.models import (
     AuditEntry, Campaign, Decision, Escalation, Message, MessageStatus, Person, PinAttempt, Recording, ReviewCall,
@@ -166,8 +166,8 @@ async def test_silence_only_is_refused_and_spoken_again(lab: PhoneLab, tmp_path:
 
 
 async def _submit(binfoon: object, urgency: Urgency = Urgency.URGENT) -> int:
-    from ivr.flows.call import Recorded
-    from ivr.messages import Officer
+    from ivr.telephony.call import Recorded
+    from ivr.police_line.store import Officer
 
     desk = binfoon.app.desk  # type: ignore[attr-defined]
     world = binfoon.world  # type: ignore[attr-defined]
@@ -355,8 +355,8 @@ async def test_forward_later_survives_a_restart_and_fires_on_time(lab: PhoneLab,
 
 async def test_a_written_message_from_another_process_is_reviewed(lab: PhoneLab, tmp_path: Path,
                                                                   renderer: PromptRenderer) -> None:
-    from ivr.media.speech import synthesize
-    from ivr.messages import MessageDesk
+    from ivr.media.tts import synthesize
+    from ivr.police_line.store import MessageDesk
     from storage.db import open_database
     from storage.recordings import RecordingStore
 

@@ -13,9 +13,9 @@ from sqlalchemy import Engine, select
 
 from ivr.media.compare import Hearing, hear, hear_twice, locate, read_wav_mono
 from ivr.media.voice import PromptRenderer
-from ivr.reports import campaign_report
-from ivr.simulator.lab import PhoneLab
-from ivr.simulator.scenarios import MemberCase, expected_counts, member_cases, script_members, seed_members
+from ivr.delivery.report import campaign_report
+from ivr.lab.phone_lab import PhoneLab
+from ivr.lab.scenarios import MemberCase, expected_counts, member_cases, script_members, seed_members
 from storage.db import session_scope
 from storage.models import CallAttempt, Confirmation, Message, MessageStatus, PhoneNumber, PhoneRank
 from tests.conftest import SHARED_DIR
@@ -80,7 +80,7 @@ async def test_forty_members_each_end_as_scripted(lab: PhoneLab, tmp_path: Path,
 
 
 async def _check_what_was_heard(engine: Engine, lab: PhoneLab, people: dict[int, MemberCase]) -> None:
-    """The audio at the phones of the forty-member campaign (the real flow, ivr/flows/member_call.py):
+    """The audio at the phones of the forty-member campaign (the real flow, ivr/delivery/member_call.py):
     each answering machine recorded the whole police recording, nothing cut at either end; the
     member who pressed 2 heard it twice."""
     with session_scope(engine) as s:
@@ -125,8 +125,8 @@ async def _check_what_was_heard(engine: Engine, lab: PhoneLab, people: dict[int,
 
 async def test_asterisk_restart_mid_campaign_resumes_without_calling_confirmed_members(
         lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer) -> None:
-    from ivr.simulator.network import PhoneScript
-    from ivr.simulator.scenarios import MemberCase
+    from ivr.lab.network import PhoneScript
+    from ivr.lab.scenarios import MemberCase
 
     binfoon = await start_binfoon(lab, tmp_path, renderer, max_channels=8, max_cps=20.0, member_ring_timeout_s=4.0,
                                   review_ring_timeout_s=1.0, urgent_retry_after_s=1.0, no_key_retry_after_s=1.0)
@@ -162,8 +162,8 @@ async def test_asterisk_restart_mid_campaign_resumes_without_calling_confirmed_m
 
 
 async def test_call_back_and_report_lines(lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer) -> None:
-    from ivr.simulator.network import CallerScript, Listen, PhoneScript, Press, Wait
-    from ivr.simulator.scenarios import MemberCase
+    from ivr.lab.network import CallerScript, Listen, PhoneScript, Press, Wait
+    from ivr.lab.scenarios import MemberCase
 
     binfoon = await start_binfoon(lab, tmp_path, renderer, max_channels=5, max_cps=20.0, member_ring_timeout_s=2.0,
                                   review_ring_timeout_s=1.0, urgent_retry_after_s=0.5, urgent_retries=0)

@@ -19,10 +19,10 @@ import pytest
 from sqlalchemy import Engine, select
 
 from ivr.media.voice import PromptRenderer
-from ivr.reports import campaign_report
-from ivr.simulator.lab import PhoneLab
-from ivr.simulator.network import PhoneScript
-from ivr.simulator.scenarios import MemberCase, script_members, seed_members
+from ivr.delivery.report import campaign_report
+from ivr.lab.phone_lab import PhoneLab
+from ivr.lab.network import PhoneScript
+from ivr.lab.scenarios import MemberCase, script_members, seed_members
 from ivr.telephony.cel import cel_csv_path, read_confirmations
 from storage.db import session_scope
 from storage.models import (

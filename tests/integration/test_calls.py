@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from ivr.media.compare import hear_file, locate_file
-from ivr.media.speech import synthesize
-from ivr.simulator.lab import PhoneLab
-from ivr.simulator.network import PhoneScript
+from ivr.media.tts import synthesize
+from ivr.lab.phone_lab import PhoneLab
+from ivr.lab.network import PhoneScript
 from ivr.telephony.events import DtmfReceived
 from ivr.telephony.outcomes import DialOutcome, classify_dial
 from tests.integration.conftest import listen_for_key

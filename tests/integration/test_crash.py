@@ -19,9 +19,9 @@ from sqlalchemy import func, select
 
 from ivr.media.compare import read_wav_mono
 from ivr.media.voice import PromptRenderer
-from ivr.simulator.lab import PhoneLab
-from ivr.simulator.network import PhoneScript
-from ivr.simulator.scenarios import MemberCase, script_members, seed_members
+from ivr.lab.phone_lab import PhoneLab
+from ivr.lab.network import PhoneScript
+from ivr.lab.scenarios import MemberCase, script_members, seed_members
 from storage.db import session_scope
 from storage.models import (
     AttemptOutcome, CallAttempt, Campaign, CampaignStatus, Confirmation, Message, MessageStatus, PhoneNumber,

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from ivr.media.compare import hear_file, locate_file, read_wav_mono, speech_span
-from ivr.media.speech import synthesize
-from ivr.simulator.lab import PhoneLab
-from ivr.simulator.network import CallerScript, HangUp, Listen, Press, Speak, Wait
+from ivr.media.tts import synthesize
+from ivr.lab.phone_lab import PhoneLab
+from ivr.lab.network import CallerScript, HangUp, Listen, Press, Speak, Wait
 from ivr.telephony.agi import AgiCall
 
 pytestmark = pytest.mark.integration

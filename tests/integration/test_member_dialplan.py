@@ -10,7 +10,7 @@ What the dialplan promises, whatever the application does:
   subroutine) writes the same durable row.
 
 The flow here is a stand-in that keeps the application's contract (the real one is
-ivr/flows/member_call.py): header and recording over STREAM FILE, a key, on 1 the CEL user event
+ivr/delivery/member_call.py): header and recording over STREAM FILE, a key, on 1 the CEL user event
 and BINFOON_DONE=1.
 
 Measured here (Asterisk 22.10.1, espeak-ng speech, amd.conf as committed):
@@ -40,9 +40,9 @@ from pathlib import Path
 import pytest
 
 from ivr.media.compare import hear_file, hear_twice, locate_file, read_wav_mono
-from ivr.media.speech import synthesize
-from ivr.simulator.lab import PhoneLab
-from ivr.simulator.network import PhoneScript, SimulatedCall
+from ivr.media.tts import synthesize
+from ivr.lab.phone_lab import PhoneLab
+from ivr.lab.network import PhoneScript, SimulatedCall
 from ivr.telephony.agi import AgiCall
 from ivr.telephony.cel import CelConfirmation, cel_csv_path, read_confirmations
 from ivr.telephony.events import AmiEvent, UserEventReceived

@@ -31,13 +31,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from ivr.flows.call import Recorded
+from ivr.telephony.call import Recorded
 from ivr.media.voice import PromptRenderer
-from ivr.messages import Officer
-from ivr.reports import campaign_report
-from ivr.simulator.lab import PhoneLab
-from ivr.simulator.scenarios import member_cases, script_members, seed_members
-from ivr.speech.models import packaged_model
+from ivr.police_line.store import Officer
+from ivr.delivery.report import campaign_report
+from ivr.lab.phone_lab import PhoneLab
+from ivr.lab.scenarios import member_cases, script_members, seed_members
+from ivr.asr.models import packaged_model
 from storage.db import session_scope
 from storage.models import Campaign, CallAttempt, Recording, Transcript, Urgency
 from tests.conftest import SHARED_DIR

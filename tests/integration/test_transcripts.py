@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ivr.archive import Archive
+from ivr.archive.store import Archive
 from ivr.media.compare import read_wav_mono
 from ivr.media.voice import PromptRenderer
-from ivr.simulator.lab import PhoneLab
-from ivr.speech.models import packaged_model
-from ivr.speech.wer import normalise_words
+from ivr.lab.phone_lab import PhoneLab
+from ivr.asr.models import packaged_model
+from ivr.asr.wer import normalise_words
 from storage.db import session_scope
 from storage.models import AuditEntry, Recording, Transcript, Urgency
 from storage.recordings import RecordingStore

@@ -7,7 +7,7 @@ import time
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from ivr.directory import CsvImportError, import_members, parse_member_csv
+from ivr.directory.store import CsvImportError, import_members, parse_member_csv
 from storage.db import open_database, session_scope
 from storage.models import Base, Bin, Language, Person, PoliceZone, Role, RoleAssignment
 

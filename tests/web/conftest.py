@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select
 from starlette.testclient import TestClient
 
 from ivr.config import Settings
-from ivr.messages import MessageDesk
+from ivr.police_line.store import MessageDesk
 from ivr.web.auth import create_account
 from ivr.web.console import Console
 from ivr.web.routes import create_app

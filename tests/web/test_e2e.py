@@ -14,12 +14,12 @@ from playwright.async_api import Page, async_playwright
 from sqlalchemy import select
 
 from ivr.media.compare import locate_speech_file, read_wav_mono
-from ivr.media.speech import synthesize
+from ivr.media.tts import synthesize
 from ivr.media.voice import PromptRenderer
-from ivr.simulator.lab import PhoneLab
-from ivr.simulator.network import PhoneScript
-from ivr.simulator.scenarios import MemberCase, script_members, seed_members
-from ivr.speech.models import packaged_model
+from ivr.lab.phone_lab import PhoneLab
+from ivr.lab.network import PhoneScript
+from ivr.lab.scenarios import MemberCase, script_members, seed_members
+from ivr.asr.models import packaged_model
 from ivr.web.auth import create_account
 from ivr.web.server import WebConsole, start_web_console
 from storage.db import session_scope

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from ivr.web.console import Console
-from ivr.web.demo import DEMO_USER, demo_console
+from ivr.lab.web_demo import DEMO_USER, demo_console
 from ivr.web.server import WebConsole, WebStartError, session_key
 from tests.web.conftest import PASSWORD, Site, csrf_of
 

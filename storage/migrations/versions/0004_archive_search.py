@@ -3,11 +3,11 @@
 SQLite: two FTS5 tables with *external content* (``transcripts`` and ``messages`` hold the only
 copy of the text, so a purge really removes it) kept in sync by triggers.
 PostgreSQL: GIN expression indexes on ``to_tsvector('simple', ...)``; queries must use the very
-same expressions (see ``ivr.archive``) for the planner to use them.
+same expressions (see ``ivr.archive.store``) for the planner to use them.
 
 Caution for later migrations: on SQLite, a batch operation that *recreates* ``transcripts`` or
 ``messages`` (copy, drop, rename) drops their triggers with the old table; such a migration must
-create the triggers below again (``ivr.archive`` tests check that the index follows the tables).
+create the triggers below again (``ivr.archive.store`` tests check that the index follows the tables).
 
 Revision ID: 0004
 Revises: 0003

@@ -1,0 +1,122 @@
+"""Worker processes for transcription, so recognition never runs on the event loop.
+
+Rules: workers are started with ``spawn`` (forking an asyncio process with threads is unsafe); each
+worker loads the model once and keeps it. A worker that dies (killed, out of memory, a crash in
+Kaldi) breaks the whole ``ProcessPoolExecutor``: the pool is then replaced by a fresh one and the
+job is tried once more; a second death, or an ordinary error (unreadable audio, bad model), is
+reported as ``TranscriptionFailed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+from collections.abc import Callable
+
+from ivr.asr.transcriber import TranscriptResult
+
+log = logging.getLogger(__name__)
+
+
+class TranscriptionFailed(Exception):
+    """A recording could not be transcribed; the message says why."""
+
+
+#: How much lower than the service a worker runs (``nice``): transcription is background work.
+WORKER_NICE = 10
+
+
+def _warm_worker(model_path: str) -> None:
+    """Pool initializer: step back in CPU priority, then load the model before the first job arrives."""
+    from ivr.asr.transcriber import load_model
+
+    # Recognition keeps a CPU busy for seconds. On a loaded 2-core host the call loop was measured
+    # waiting 50-120 ms at a time for a CPU (Linux schedstat; tests/integration/
+    # test_transcription_load.py), this worker being one of the busy processes. Niced, it takes
+    # the CPU that calls and Asterisk leave, and is slower only when the CPU is contended.
+    try:
+        os.nice(WORKER_NICE)
+    except OSError:
+        pass
+    try:
+        load_model(model_path)
+    except Exception:  # reported by the first job, with its reason, rather than breaking the pool
+        pass
+
+
+def _transcribe_job(audio: str, model_path: str) -> dict[str, Any]:
+    """Runs in a worker: one file through the (cached) model; returns a picklable dict."""
+    from ivr.asr.transcriber import transcribe_file
+
+    result = transcribe_file(Path(audio), Path(model_path)).to_dict()
+    result["worker_pid"] = os.getpid()
+    return result
+
+
+class TranscriptionPool:
+    """A small pool of worker processes, each holding the model at ``model_path``."""
+
+    def __init__(self, model_path: Path, workers: int = 1) -> None:
+        self.model_path = Path(model_path)
+        self.workers = max(1, workers)
+        self._executor: ProcessPoolExecutor | None = None
+        #: How many times a broken pool was replaced (for logs and tests).
+        self.restarts = 0
+
+    def _current(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_warm_worker,
+                initargs=(str(self.model_path),),
+            )
+        return self._executor
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        # Several jobs may see the same broken pool; only the first replaces it.
+        if self._executor is broken:
+            self._executor = None
+            self.restarts += 1
+            broken.shutdown(wait=False, cancel_futures=True)
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in a worker; a worker death is retried once on a fresh pool."""
+        for attempt in (1, 2):
+            executor = self._current()
+            try:
+                future: Future[Any] = executor.submit(fn, *args)
+                return await asyncio.wrap_future(future)
+            except BrokenProcessPool as exc:
+                self._replace(executor)
+                if attempt == 2:
+                    raise TranscriptionFailed(f"the transcription worker died twice ({exc})") from exc
+                log.warning("transcription worker died (%s); retrying on a fresh worker", exc)
+        raise AssertionError("unreachable")
+
+    async def warm_up(self) -> None:
+        """Start the workers and wait until they have loaded the model (the initializer runs first)."""
+        await asyncio.gather(*(self.call(os.getpid) for _ in range(self.workers)))
+
+    async def transcribe(self, audio: Path) -> TranscriptResult:
+        """Transcribe one audio file in a worker process."""
+        try:
+            result = dict(await self.call(_transcribe_job, str(audio), str(self.model_path)))
+        except TranscriptionFailed:
+            raise
+        except Exception as exc:
+            raise TranscriptionFailed(f"{audio}: {exc}") from exc
+        result.pop("worker_pid", None)
+        return TranscriptResult(**result)
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers; with ``wait`` until they have exited (queued jobs are cancelled)."""
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=wait, cancel_futures=True)

@@ -1,0 +1,188 @@
+"""Campaign progress and reports: who confirmed, who did not, every attempt.
+
+The state of each member is derived from the same data and the same policy the dialer uses
+(``ivr.delivery.policy.next_step``), so a report can never disagree with what the dialer does.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, select
+
+from ivr.delivery.store import Member, _aware, campaign_members
+from ivr.delivery.policy import RetryPolicy, Verdict, next_step
+from ivr.domain.phone import mask
+from storage.db import session_scope
+from storage.models import AttemptStatus, CallAttempt, Campaign, Confirmation, Person
+
+#: Report columns for final outcomes (what ``binfoon demo`` and the coordinator hear).
+CATEGORY = {
+    "confirmed": "confirmed", "voicemail": "answering_machine", "no_answer": "no_answer", "busy": "busy",
+    "answered_no_key": "answered_no_key", "rejected": "failed", "congestion": "failed", "failed": "failed",
+    "invalid_number": "failed", "cancelled": "failed", "expired": "failed",
+}
+#: Live states, in the order a progress bar shows them. ``ringing`` is a call placed and not yet
+#: answered: the attempt's row says DIALING from before the Originate until the answer, and nothing
+#: between (Asterisk's "ringing" is not stored), so dialling and ringing are one state here.
+LIVE_STATES = ("confirmed", "answering_machine", "answered", "ringing", "waiting_retry", "queued",
+               "answered_no_key", "no_answer", "busy", "failed")
+#: States in which a member's delivery is over (the bar's filled part).
+FINAL_STATES = ("confirmed", "answering_machine", "answered_no_key", "no_answer", "busy", "failed")
+#: How ``campaign watch`` names the live states (what the issue calls them).
+STATE_LABELS = {"ringing": "dialing/ringing", "waiting_retry": "waiting for retry",
+                "answering_machine": "answering machine", "answered_no_key": "answered, no key",
+                "no_answer": "no answer"}
+#: Columns of the attempts CSV: one row per call placed.
+ATTEMPT_COLUMNS = ["person_id", "name", "number", "attempt_no", "rank", "started", "answered", "ended", "outcome",
+                   "dial_outcome", "hangup_cause", "amd"]
+
+
+@dataclass(frozen=True)
+class MemberLine:
+    """One member in a report."""
+
+    person_id: int
+    name: str
+    number: str
+    state: str
+    attempts: int
+    confirmed_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class AttemptLine:
+    """One call placed to a member: when, on which number, and how it ended."""
+
+    person_id: int
+    name: str
+    number: str
+    attempt_no: int
+    rank: str
+    started: dt.datetime | None
+    answered: dt.datetime | None
+    ended: dt.datetime | None
+    #: The attempt's final outcome (empty while the call is up).
+    outcome: str
+    #: How dialling ended (answered, busy, no_answer, ...), and the Q.850 hang-up cause if one came.
+    dial_outcome: str
+    hangup_cause: int | None
+    #: The answering machine detector's verdict on an answered call (HUMAN, MACHINE, NOTSURE).
+    amd: str
+
+
+@dataclass
+class CampaignReport:
+    """A campaign's progress (or final report)."""
+
+    campaign_id: int
+    message_id: int
+    status: str
+    members: list[MemberLine] = field(default_factory=list)
+    attempts: int = 0
+    #: Every call placed, by member then attempt number.
+    attempt_lines: list[AttemptLine] = field(default_factory=list)
+    #: Calls placed to members after they had confirmed (must stay 0).
+    calls_after_confirming: int = 0
+
+    def counts(self) -> dict[str, int]:
+        """Members per state."""
+        out = {state: 0 for state in LIVE_STATES}
+        for line in self.members:
+            out[line.state] = out.get(line.state, 0) + 1
+        return out
+
+    def to_csv(self) -> str:
+        """One line per member (numbers masked)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["person_id", "name", "number", "state", "attempts", "confirmed_at"])
+        for line in self.members:
+            writer.writerow([line.person_id, line.name, line.number, line.state, line.attempts,
+                             line.confirmed_at.isoformat(timespec="seconds") if line.confirmed_at else ""])
+        return buffer.getvalue()
+
+    def attempts_to_csv(self) -> str:
+        """One line per call attempt (numbers masked): every attempt, as the final report must list."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(ATTEMPT_COLUMNS)
+        for a in self.attempt_lines:
+            writer.writerow([a.person_id, a.name, a.number, a.attempt_no, a.rank, _iso(a.started), _iso(a.answered),
+                             _iso(a.ended), a.outcome, a.dial_outcome,
+                             "" if a.hangup_cause is None else a.hangup_cause, a.amd])
+        return buffer.getvalue()
+
+
+def _iso(value: dt.datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else ""
+
+
+def render_progress(campaign_id: int, status: str, counts: dict[str, int], total: int, width: int = 40) -> str:
+    """The ``campaign watch`` line: a bar of members whose delivery is over, then every live state
+    that has members, in ``LIVE_STATES`` order (pure: counts in, text out)."""
+    done = sum(counts.get(state, 0) for state in FINAL_STATES)
+    filled = min(width, int(width * done / total)) if total else width
+    bar = "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
+    states = "  ".join(f"{STATE_LABELS.get(state, state.replace('_', ' '))} {counts[state]}"
+                       for state in LIVE_STATES if counts.get(state))
+    return f"campaign {campaign_id} ({status}) {bar}" + (f"  {states}" if states else "")
+
+
+def campaign_report(engine: Engine, campaign_id: int, policies: dict[bool, RetryPolicy],
+                    now: dt.datetime) -> CampaignReport:
+    """Where every member of a campaign stands."""
+    with session_scope(engine) as s:
+        campaign = s.get(Campaign, campaign_id)
+        if campaign is None:
+            raise LookupError(f"no campaign {campaign_id}")
+        message = campaign.message
+        members: list[Member] = campaign_members(s, campaign, message)
+        attempts = s.scalars(select(CallAttempt).where(CallAttempt.campaign_id == campaign_id)).all()
+        confirmations = {c.person_id: _aware(c.confirmed_at) for c in s.scalars(
+            select(Confirmation).where(Confirmation.campaign_id == campaign_id))}
+        names = {p.id: p.name for p in s.scalars(select(Person).where(
+            Person.id.in_([m.view.person_id for m in members])))}
+        report = CampaignReport(campaign_id, message.id, campaign.status.value, attempts=len(attempts))
+        by_person: dict[int, list[CallAttempt]] = {}
+        for a in sorted(attempts, key=lambda a: (a.person_id, a.attempt_no)):
+            report.attempt_lines.append(AttemptLine(
+                a.person_id, names.get(a.person_id, ""), mask(a.e164), a.attempt_no, a.rank.value,
+                _aware(a.dialled_at), _aware(a.answered_at), _aware(a.ended_at),
+                a.outcome.value if a.outcome else "", a.dial_outcome or "", a.hangup_cause, a.amd_status or ""))
+        for a in attempts:
+            by_person.setdefault(a.person_id, []).append(a)
+            confirmed_at = confirmations.get(a.person_id)
+            if confirmed_at is not None and a.dialled_at is not None and _aware(a.dialled_at) > confirmed_at:  # type: ignore[operator]
+                report.calls_after_confirming += 1
+        policy = policies[message.urgency.value == "urgent"]
+        finals: dict[int, str] = {}
+        for member in members:
+            pid = member.view.person_id
+            own = sorted(by_person.get(pid, []), key=lambda a: a.attempt_no)
+            state = _state(member, own, policy, now)
+            finals[pid] = state
+        for member in members:
+            pid = member.view.person_id
+            state = finals[pid]
+            if member.covered_by is not None and state == "queued":
+                state = finals.get(member.covered_by, state)
+            number = member.view.numbers[0][1] if member.view.numbers else ""
+            report.members.append(MemberLine(pid, names.get(pid, ""), mask(number) if number else "-", state,
+                                             len(by_person.get(pid, [])), confirmations.get(pid)))
+    return report
+
+
+def _state(member: Member, attempts: list[CallAttempt], policy: RetryPolicy, now: dt.datetime) -> str:
+    if member.view.confirmed:
+        return "confirmed"
+    live = [a for a in attempts if a.status is not AttemptStatus.ENDED]
+    if live:
+        return "answered" if live[-1].status is AttemptStatus.ANSWERED else "ringing"
+    step = next_step(member.view, policy, now)
+    if step.verdict is Verdict.DONE:
+        return CATEGORY.get(step.final, "failed")
+    return "waiting_retry" if attempts else "queued"

@@ -1,0 +1,407 @@
+"""The delivery desk: every database step of BINFOON 2 (campaigns, call attempts, confirmations).
+
+Rules:
+- an attempt row is committed before its number is dialled (its id is the Originate ChannelId),
+  and the unique (campaign, member, attempt number) makes a double dial impossible;
+- a confirmation is committed before the member hears "thank you"; a confirmation Asterisk wrote
+  durably while the app was down (CEL) is taken in on start, exactly once;
+- members who share a phone number are called once; a confirmation on it counts for all of them;
+  the same primary number makes one member stand in for the other (``covered_by``), any other shared
+  number (a secondary) has one history for all who list it (``MemberView.shared``);
+- the plan is always rebuilt from the database: the dialer keeps no state it could lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ivr.delivery.policy import AttemptView, MemberView
+from ivr.domain.message import check_transition
+from storage import audit
+from storage.db import session_scope
+from storage.models import (
+    AttemptOutcome, AttemptStatus, CallAttempt, Campaign, CampaignStatus, Checkpoint, Confirmation, Message,
+    MessageKind, MessageStatus, Person, PhoneNumber, PhoneRank, Role, RoleAssignment, Urgency, utcnow,
+)
+from storage.recordings import RecordingStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Outcomes that mean the member heard the message (follow-ups go only to them).
+RECEIVED = ("confirmed", "answered_no_key", "voicemail")
+
+
+@dataclass(frozen=True)
+class Member:
+    """A member of a campaign with what the plan needs beyond the policy's view."""
+
+    view: MemberView
+    name: str
+    language: str
+    window: tuple[str, str] | None
+    pause: tuple[dt.date, dt.date] | None
+    #: Another member of this campaign with the same phone number, who is called instead.
+    covered_by: int | None = None
+
+
+@dataclass(frozen=True)
+class CampaignPlan:
+    """A running campaign and its members, as the database says now."""
+
+    campaign_id: int
+    message_id: int
+    urgent: bool
+    zone_id: int
+    zone_max_channels: int | None
+    created_at: dt.datetime
+    not_before: dt.datetime | None
+    recording: Path
+    recording_sha256: str
+    members: list[Member] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MemberBrief:
+    """What the member call needs once answered."""
+
+    attempt_id: str
+    campaign_id: int
+    person_id: int
+    language: str
+    urgent: bool
+    recording: Path
+    confirmed: bool
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+class DeliveryDesk:
+    """The database side of campaigns."""
+
+    def __init__(self, engine: Engine, store: RecordingStore, clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.engine = engine
+        self.store = store
+        self.clock = clock
+
+    def run(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one transaction (blocking)."""
+        with session_scope(self.engine) as session:
+            return work(session)
+
+    async def _tx(self, work: Callable[[Session], T]) -> T:
+        return await asyncio.to_thread(self.run, work)
+
+    # -- the plan -----------------------------------------------------------------------------
+    async def plans(self) -> list[CampaignPlan]:
+        """Every campaign to work on (scheduled ones become running), urgent first, oldest first."""
+        return await self._tx(self._plans)
+
+    def _plans(self, s: Session) -> list[CampaignPlan]:
+        campaigns = s.scalars(select(Campaign).where(
+            Campaign.status.in_((CampaignStatus.SCHEDULED, CampaignStatus.RUNNING))).order_by(Campaign.id)).all()
+        plans = []
+        for campaign in campaigns:
+            message = campaign.message
+            if campaign.status is CampaignStatus.SCHEDULED:
+                campaign.status = CampaignStatus.RUNNING
+                campaign.started_at = self.clock()
+            take = next((r for r in message.recordings if r.take == message.submitted_take), None)
+            if take is None:
+                log.error("campaign %d: message %d has no recording to deliver", campaign.id, message.id)
+                continue
+            plan = CampaignPlan(campaign.id, message.id, message.urgency is Urgency.URGENT, message.bin.zone_id,
+                                message.bin.zone.max_channels, _aware(campaign.created_at) or self.clock(),
+                                _aware(campaign.not_before), Path(take.path), take.sha256)
+            plan.members.extend(campaign_members(s, campaign, message))
+            plans.append(plan)
+        plans.sort(key=lambda p: (not p.urgent, p.campaign_id))
+        return plans
+
+    # -- attempts -----------------------------------------------------------------------------
+    async def begin_attempt(self, campaign_id: int, person_id: int, e164: str, rank: str,
+                            attempt_no: int) -> str | None:
+        """Write the attempt (DIALING) before it is dialled; ``None`` if it exists already (never dial twice)
+        or the member confirmed since the dialer read its plan (B5: the call is dropped, not placed)."""
+        def work(s: Session) -> str | None:
+            if s.scalar(select(Confirmation.id).where(Confirmation.campaign_id == campaign_id,
+                                                      Confirmation.person_id == person_id)) is not None:
+                return None
+            attempt = CallAttempt(campaign_id=campaign_id, person_id=person_id, e164=e164, attempt_no=attempt_no,
+                                  rank=PhoneRank(rank), status=AttemptStatus.DIALING, dialled_at=self.clock())
+            s.add(attempt)
+            s.flush()
+            return attempt.id
+        try:
+            return await self._tx(work)
+        except IntegrityError:
+            return None
+
+    async def attempt_dialled(self, attempt_id: str, dial_outcome: str, cause: int | None) -> None:
+        """How dialling ended: answered (the member call runs) or a final outcome for this attempt."""
+        def work(s: Session) -> None:
+            attempt = s.get_one(CallAttempt, attempt_id)
+            attempt.dial_outcome = dial_outcome
+            attempt.hangup_cause = cause
+            if dial_outcome == "answered":
+                attempt.status = AttemptStatus.ANSWERED
+                attempt.answered_at = attempt.answered_at or self.clock()
+            elif attempt.outcome is None:
+                attempt.status = AttemptStatus.ENDED
+                attempt.outcome = AttemptOutcome(dial_outcome)
+                attempt.ended_at = self.clock()
+        await self._tx(work)
+
+    async def attempt_ended(self, attempt_id: str, outcome: AttemptOutcome) -> None:
+        """The answered call is over; a confirmed attempt keeps its outcome."""
+        def work(s: Session) -> None:
+            attempt = s.get_one(CallAttempt, attempt_id)
+            attempt.status = AttemptStatus.ENDED
+            attempt.ended_at = attempt.ended_at or self.clock()
+            if attempt.outcome is None:
+                confirmed = s.scalar(select(Confirmation.id).where(Confirmation.attempt_id == attempt_id))
+                attempt.outcome = AttemptOutcome.CONFIRMED if confirmed else outcome
+        await self._tx(work)
+
+    async def member_brief(self, attempt_id: str, amd_status: str | None = None) -> MemberBrief:
+        """The member answered: what they hear (the recording is checked against its checksum)."""
+        def work(s: Session) -> MemberBrief:
+            attempt = s.get_one(CallAttempt, attempt_id)
+            attempt.answered_at = attempt.answered_at or self.clock()
+            attempt.amd_status = amd_status or attempt.amd_status
+            if attempt.status is AttemptStatus.DIALING:
+                attempt.status = AttemptStatus.ANSWERED
+            campaign = s.get_one(Campaign, attempt.campaign_id)
+            message = campaign.message
+            take = next(r for r in message.recordings if r.take == message.submitted_take)
+            person = s.get_one(Person, attempt.person_id)
+            confirmed = s.scalar(select(Confirmation.id).where(Confirmation.campaign_id == campaign.id,
+                                                               Confirmation.person_id == person.id))
+            audit.record(s, f"attempt:{attempt_id}", "recording.played", f"message:{message.id}",
+                         take=take.take, to=f"person:{person.id}")
+            return MemberBrief(attempt_id, campaign.id, person.id, person.language.value,
+                               message.urgency is Urgency.URGENT,
+                               self.store.open_verified(Path(take.path), take.sha256), confirmed is not None)
+        return await self._tx(work)
+
+    async def confirm(self, attempt_id: str, via: str = "call", at: dt.datetime | None = None) -> bool:
+        """Store that the member pressed 1 (and members sharing the number); ``False`` if already stored."""
+        def work(s: Session) -> bool:
+            attempt = s.get(CallAttempt, attempt_id)
+            if attempt is None:
+                log.warning("confirmation for unknown attempt %s ignored", attempt_id)
+                return False
+            when = at or self.clock()
+            existing = set(s.scalars(select(Confirmation.person_id).where(
+                Confirmation.campaign_id == attempt.campaign_id)))
+            sharing = set(s.scalars(select(PhoneNumber.person_id).where(PhoneNumber.e164 == attempt.e164)))
+            campaign = s.get_one(Campaign, attempt.campaign_id)
+            bin_members = set(s.scalars(select(RoleAssignment.person_id).where(
+                RoleAssignment.role == Role.MEMBER, RoleAssignment.bin_id == campaign.message.bin_id)))
+            people = ({attempt.person_id} | (sharing & bin_members)) - existing
+            if attempt.person_id in existing:
+                if via == "call":
+                    # The poller may take Asterisk's durable row in the moment between the flow writing
+                    # it and storing the key; the app did hear the key, so the record says so.
+                    mine = s.scalar(select(Confirmation).where(Confirmation.attempt_id == attempt_id))
+                    if mine is not None and mine.via == "cel":
+                        mine.via = "call"
+                return False
+            for person_id in sorted(people):
+                s.add(Confirmation(attempt_id=attempt_id if person_id == attempt.person_id else None,
+                                   campaign_id=attempt.campaign_id, person_id=person_id, confirmed_at=when,
+                                   via=via if person_id == attempt.person_id else "shared"))
+            if attempt.outcome is None or attempt.outcome is AttemptOutcome.INTERRUPTED:
+                attempt.outcome = AttemptOutcome.CONFIRMED
+            return True
+        try:
+            return await self._tx(work)
+        except IntegrityError:
+            return False
+
+    async def confirm_callback(self, campaign_id: int, person_id: int) -> bool:
+        """A member who called in confirmed the latest message."""
+        def work(s: Session) -> bool:
+            if s.scalar(select(Confirmation.id).where(Confirmation.campaign_id == campaign_id,
+                                                      Confirmation.person_id == person_id)):
+                return False
+            s.add(Confirmation(attempt_id=None, campaign_id=campaign_id, person_id=person_id,
+                               confirmed_at=self.clock(), via="callback"))
+            return True
+        try:
+            return await self._tx(work)
+        except IntegrityError:
+            return False
+
+    async def finish(self, campaign_id: int, finals: dict[int, str]) -> None:
+        """Every member has a final outcome: the campaign and its message are done."""
+        def work(s: Session) -> None:
+            campaign = s.get_one(Campaign, campaign_id)
+            if campaign.status is CampaignStatus.DONE:
+                return
+            campaign.status = CampaignStatus.DONE
+            campaign.finished_at = self.clock()
+            message = campaign.message
+            if message.status is MessageStatus.DELIVERING:
+                check_transition(message.status, MessageStatus.DONE)
+                message.status = MessageStatus.DONE
+            counts: dict[str, int] = {}
+            for outcome in finals.values():
+                counts[outcome] = counts.get(outcome, 0) + 1
+            audit.record(s, "system", "campaign.done", f"campaign:{campaign_id}", **counts)
+        await self._tx(work)
+
+    async def interrupt_in_flight(self) -> list[str]:
+        """On start: attempts that were up when the app or Asterisk died are over (and retried)."""
+        def work(s: Session) -> list[str]:
+            ids = []
+            for attempt in s.scalars(select(CallAttempt).where(
+                    CallAttempt.status.in_((AttemptStatus.QUEUED, AttemptStatus.DIALING, AttemptStatus.ANSWERED)))):
+                attempt.status = AttemptStatus.ENDED
+                attempt.ended_at = self.clock()
+                if attempt.outcome is None:
+                    attempt.outcome = AttemptOutcome.INTERRUPTED
+                ids.append(attempt.id)
+            return ids
+        return await self._tx(work)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    async def checkpoint(self, name: str) -> str | None:
+        """The stored position of an incremental input."""
+        def work(s: Session) -> str | None:
+            row = s.get(Checkpoint, name)
+            return row.value if row else None
+        return await self._tx(work)
+
+    async def set_checkpoint(self, name: str, value: str) -> None:
+        """Store the position of an incremental input."""
+        def work(s: Session) -> None:
+            row = s.get(Checkpoint, name)
+            if row is None:
+                s.add(Checkpoint(name=name, value=value, updated_at=self.clock()))
+            else:
+                row.value = value
+                row.updated_at = self.clock()
+        await self._tx(work)
+
+    # -- call-back and the report line ---------------------------------------------------------
+    async def latest_for_caller(self, caller_e164: str) -> tuple[int, int, str, Path, bool] | None | str:
+        """For a member calling in: (campaign id, person id, language, recording, urgent) of their BIN's
+        latest delivered message; ``"unknown"`` if the number is no member's, ``None`` if there is none."""
+        def work(s: Session) -> tuple[int, int, str, Path, bool] | None | str:
+            found = _caller_and_latest_campaign(s, caller_e164, Role.MEMBER)
+            if not isinstance(found, tuple):
+                return found
+            person, campaign = found
+            message = campaign.message
+            take = next(r for r in message.recordings if r.take == message.submitted_take)
+            audit.record(s, f"caller:{person.id}", "recording.played", f"message:{message.id}", via="callback")
+            return (campaign.id, person.id, person.language.value,
+                    self.store.open_verified(Path(take.path), take.sha256), message.urgency is Urgency.URGENT)
+        return await self._tx(work)
+
+    async def report_for_coordinator(self, caller_e164: str) -> tuple[str, int, int] | None | str:
+        """For a coordinator calling in: (language, confirmed, members) of their BIN's latest campaign;
+        ``"unknown"`` if the number is no coordinator's, ``None`` if there is no campaign yet."""
+        def work(s: Session) -> tuple[str, int, int] | None | str:
+            found = _caller_and_latest_campaign(s, caller_e164, Role.COORDINATOR)
+            if not isinstance(found, tuple):
+                return found
+            person, campaign = found
+            members = len(campaign_members(s, campaign, campaign.message))
+            confirmed = len(set(s.scalars(select(Confirmation.person_id).where(
+                Confirmation.campaign_id == campaign.id))))
+            audit.record(s, f"person:{person.id}", "campaign.report_heard", f"campaign:{campaign.id}")
+            return person.language.value, confirmed, members
+        return await self._tx(work)
+
+
+def _caller_and_latest_campaign(s: Session, caller_e164: str, role: Role) -> tuple[Person, Campaign] | None | str:
+    """The active person with ``role`` calling from ``caller_e164`` and their BIN's latest campaign;
+    ``"unknown"`` if the number is nobody's with that role, ``None`` if the BIN has no campaign yet."""
+    row = s.execute(select(Person, RoleAssignment.bin_id).join(PhoneNumber).join(RoleAssignment).where(
+        PhoneNumber.e164 == caller_e164, RoleAssignment.role == role, Person.active.is_(True))).first()
+    if row is None:
+        return "unknown"
+    person, bin_id = row
+    campaign = s.scalars(select(Campaign).join(Message).where(Message.bin_id == bin_id)
+                         .order_by(Campaign.id.desc()).limit(1)).first()
+    return None if campaign is None else (person, campaign)
+
+
+def recipients(s: Session, message: Message) -> list[int]:
+    """Who a message goes to (person ids): the BIN's members; for a follow-up, those who received the first."""
+    members = list(s.scalars(select(Person.id).join(RoleAssignment).where(
+        RoleAssignment.role == Role.MEMBER, RoleAssignment.bin_id == message.bin_id, Person.active.is_(True))
+        .order_by(Person.id).distinct()))
+    if message.kind is MessageKind.ALERT or message.follow_up_of_id is None:
+        return members
+    # A follow-up or cancellation goes only to those who received the first message.
+    first = s.scalars(select(Campaign).where(Campaign.message_id == message.follow_up_of_id)).first()
+    if first is None:
+        return []
+    heard = received(s, first.id)
+    return [p for p in members if p in heard]
+
+
+def received(s: Session, campaign_id: int) -> set[int]:
+    """Members who heard a campaign's message (confirmed, answered, or on their answering machine)."""
+    confirmed = set(s.scalars(select(Confirmation.person_id).where(Confirmation.campaign_id == campaign_id)))
+    heard = set(s.scalars(select(CallAttempt.person_id).where(
+        CallAttempt.campaign_id == campaign_id,
+        CallAttempt.outcome.in_((AttemptOutcome.ANSWERED_NO_KEY, AttemptOutcome.VOICEMAIL)))))
+    return confirmed | heard
+
+
+def campaign_members(s: Session, campaign: Campaign, message: Message) -> list[Member]:
+    """The members of a campaign with their numbers, attempts and confirmations.
+
+    Plain column queries, a handful per campaign whatever its size: the dialer plans on every pass.
+    """
+    wanted = recipients(s, message)
+    people = {row.id: row for row in s.execute(select(
+        Person.id, Person.name, Person.language, Person.call_window_start, Person.call_window_end,
+        Person.pause_from, Person.pause_until).where(Person.id.in_(wanted)))}
+    phones: dict[int, list[tuple[str, str]]] = {}
+    for person_id, rank, e164 in s.execute(select(PhoneNumber.person_id, PhoneNumber.rank, PhoneNumber.e164)
+                                           .where(PhoneNumber.person_id.in_(wanted))):
+        phones.setdefault(person_id, []).append((rank.value, e164))
+    attempts: dict[int, list[AttemptView]] = {}
+    #: Every attempt on each number, whoever it was for: a line shared by members has one history.
+    on_number: dict[str, list[tuple[int, AttemptView]]] = {}
+    for person_id, no, rank, outcome, ended, e164 in s.execute(select(
+            CallAttempt.person_id, CallAttempt.attempt_no, CallAttempt.rank, CallAttempt.outcome,
+            CallAttempt.ended_at, CallAttempt.e164).where(CallAttempt.campaign_id == campaign.id)):
+        view = AttemptView(no, rank.value, outcome.value if outcome else None, _aware(ended))
+        attempts.setdefault(person_id, []).append(view)
+        on_number.setdefault(e164, []).append((person_id, view))
+    confirmed = set(s.scalars(select(Confirmation.person_id).where(Confirmation.campaign_id == campaign.id)))
+    first_with_number: dict[str, int] = {}
+    out = []
+    for person_id in wanted:
+        person = people[person_id]
+        numbers = tuple(sorted(phones.get(person_id, []), key=lambda p: 0 if p[0] == PhoneRank.PRIMARY.value else 1))
+        covered_by = None
+        if numbers:
+            covered_by = first_with_number.setdefault(numbers[0][1], person_id)
+            covered_by = None if covered_by == person_id else covered_by
+        window = (person.call_window_start, person.call_window_end) \
+            if person.call_window_start and person.call_window_end else None
+        pause = (person.pause_from, person.pause_until) if person.pause_from and person.pause_until else None
+        shared = tuple((e164, a) for _, e164 in numbers for other, a in on_number.get(e164, ()) if other != person_id)
+        view = MemberView(person_id, numbers, tuple(attempts.get(person_id, ())), person_id in confirmed, shared)
+        out.append(Member(view, person.name, person.language.value, window, pause, covered_by))
+    return out

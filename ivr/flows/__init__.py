@@ -1,1 +1,0 @@
-"""Call flows: one module per phone conversation, written as the conversation it implements."""

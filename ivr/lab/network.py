@@ -1,0 +1,692 @@
+"""A simulated public phone network: numbers whose behaviour is scripted, and people who call in.
+
+The phones are reached exactly like real ones: through the dial template (``Local/${NUMBER}@sim-phone``
+on the same Asterisk, or ``PJSIP/${NUMBER}@trunk`` into a second Asterisk that plays the network).
+Either way the call lands in the ``sim-phone`` dialplan context, which hands it over FastAGI to
+``PhoneNetwork.handle``; that coroutine *is* the phone: it rings, answers, presses keys, hangs up,
+or plays an answering machine, and it records what it heard so a test can check the audio.
+
+Simulated callers (a police officer phoning the police line) take the path a carrier's customer
+takes: ``PhoneNetwork.place_call`` originates ``Local/<DID>@sim-carrier`` on the same Asterisk
+(a switch that bridges the caller to ``Local/<DID>@binfoon-trunk-in``), or ``PJSIP/<DID>@carrier-in``
+from the network's Asterisk across the real trunk, presenting the caller's number. Once BINfoon
+answers, the caller's side runs the ``sim-caller`` context, which hands it over FastAGI to
+``PhoneNetwork.handle_caller``: it plays the caller's ``CallerScript`` (listen to a prompt, press
+keys, speak a WAV, wait, hang up) and records what the caller heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import hashlib
+import logging
+import math
+import os
+import time
+import uuid
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Union
+
+from ivr.telephony.agi import AgiCall, CallHungUp
+from ivr.telephony.events import AmiEvent, ChannelHungUp, OriginateResult
+
+if TYPE_CHECKING:
+    from ivr.telephony.ami import AmiGateway
+
+log = logging.getLogger(__name__)
+
+#: How simulated callers reach BINfoon (``${NUMBER}`` is the dialled DID): on the same Asterisk,
+#: through the simulated carrier's switch into ``binfoon-trunk-in`` (see binfoon-simulator.conf), or
+#: across the PJSIP trunk from the Asterisk that plays the network.
+LOCAL_INBOUND_TEMPLATE = "Local/${NUMBER}@sim-carrier"
+TRUNK_INBOUND_TEMPLATE = "PJSIP/${NUMBER}@carrier-in"
+
+
+class Behaviour(enum.Enum):
+    """What a simulated phone does when it is called."""
+
+    ANSWER = "answer"                        # rings N times, answers, presses keys, may hang up
+    NO_ANSWER = "no_answer"                  # rings until the caller gives up
+    BUSY = "busy"                            # line busy (Q.850 17, SIP 486)
+    CONGESTION = "congestion"                # network congestion (Q.850 34, SIP 503)
+    UNREACHABLE = "unreachable"              # number not in service (Q.850 1, SIP 404)
+    ANSWERING_MACHINE = "answering_machine"  # greeting, beep, then records the message
+
+
+@dataclass(frozen=True)
+class KeyPress:
+    """Keys pressed ``at_s`` seconds after the phone answered."""
+
+    at_s: float
+    digits: str
+
+
+@dataclass(frozen=True)
+class PhoneScript:
+    """The scripted behaviour of one number."""
+
+    behaviour: Behaviour
+    rings: int = 1
+    keys: tuple[KeyPress, ...] = ()
+    #: Hang up this many seconds after answering (``None``: wait for the caller to hang up).
+    hangup_after_s: float | None = None
+    #: Longest message an answering machine records.
+    record_max_s: int = 180
+    #: Says "Hallo?" right after answering, as people do (so that answering-machine detection
+    #: hears a person). Keys and hang-up stay timed from the answer: one due while "Hallo?" is
+    #: still being said follows right after it.
+    says_hallo: bool = False
+
+    @classmethod
+    def answers(cls, rings: int = 1, keys: tuple[tuple[float, str], ...] = (),
+                hangup_after_s: float | None = None, says_hallo: bool = True) -> "PhoneScript":
+        """Answers after ``rings`` rings, says "Hallo?" (unless ``says_hallo`` is False) and presses
+        ``keys`` as (seconds after answer, digits)."""
+        return cls(Behaviour.ANSWER, rings, tuple(KeyPress(t, d) for t, d in keys), hangup_after_s,
+                   says_hallo=says_hallo)
+
+    @classmethod
+    def silent(cls, rings: int = 1) -> "PhoneScript":
+        """Answers and says nothing, presses nothing, until the caller hangs up."""
+        return cls(Behaviour.ANSWER, rings)
+
+    @classmethod
+    def hangs_up_after(cls, seconds: float, rings: int = 1, says_hallo: bool = True) -> "PhoneScript":
+        """Answers, says "Hallo?", then hangs up ``seconds`` after answering, in the middle of the message."""
+        return cls(Behaviour.ANSWER, rings, hangup_after_s=seconds, says_hallo=says_hallo)
+
+    @classmethod
+    def never_answers(cls) -> "PhoneScript":
+        """Rings until the caller gives up."""
+        return cls(Behaviour.NO_ANSWER)
+
+    @classmethod
+    def busy(cls) -> "PhoneScript":
+        """The line is busy."""
+        return cls(Behaviour.BUSY, rings=0)
+
+    @classmethod
+    def congested(cls) -> "PhoneScript":
+        """The network is congested / the destination unreachable for now."""
+        return cls(Behaviour.CONGESTION, rings=0)
+
+    @classmethod
+    def unreachable(cls) -> "PhoneScript":
+        """The number is not in service."""
+        return cls(Behaviour.UNREACHABLE, rings=0)
+
+    @classmethod
+    def answering_machine(cls, rings: int = 3, record_max_s: int = 180) -> "PhoneScript":
+        """Rings, answers with a greeting and a beep, then records what it hears."""
+        return cls(Behaviour.ANSWERING_MACHINE, rings, record_max_s=record_max_s)
+
+
+@dataclass
+class SimulatedCall:
+    """What happened on one call to a simulated phone."""
+
+    number: str
+    script: PhoneScript
+    channel: str
+    started_at: float
+    answered_at: float | None = None
+    ended_at: float | None = None
+    #: ``phone`` when the simulated phone hung up, ``caller`` when the other side did.
+    ended_by: str | None = None
+    keys_sent: list[tuple[float, str]] = field(default_factory=list)
+    #: The caller ID presented to the phone: number and name, as a member's display shows them.
+    caller_id: str = ""
+    caller_id_name: str = ""
+    #: Host path of the recording of what the phone heard (``None`` if it never answered).
+    heard_path: Path | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def heard_audio(self, timeout_s: float = 5.0) -> Path:
+        """The finished recording of what the phone heard (waits for Asterisk to close the file)."""
+        if self.heard_path is None:
+            raise ValueError(f"the phone {self.number} never answered: it heard nothing")
+        return finished_wav(self.heard_path, timeout_s)
+
+
+def finished_wav(path: Path, timeout_s: float = 5.0) -> Path:
+    """Wait until Asterisk has finished writing the WAV at ``path`` (blocking; use a thread)."""
+    deadline = time.monotonic() + timeout_s
+    last = -1
+    while time.monotonic() < deadline:
+        if path.exists():
+            size = path.stat().st_size
+            # A finished WAV's RIFF size field equals the file size minus 8.
+            with open(path, "rb") as f:
+                header = f.read(8)
+            if len(header) == 8 and int.from_bytes(header[4:8], "little") == size - 8 and size == last:
+                return path
+            last = size
+        time.sleep(0.1)
+    raise TimeoutError(f"the recording {path} was not finished in {timeout_s} s")
+
+
+# -- simulated callers ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Listen:
+    """Hear the next prompt to its end: wait until something is heard, then until nothing has been
+    heard for ``min_silence_ms``, rounded up to whole seconds (WaitForNoise's timeout unit).
+
+    With the default the step ends about 1 s after the prompt's last sound (measured: 0.96 s, on
+    one Asterisk and across the trunk alike). A pause inside a prompt that long ends it early;
+    sound that ended before the step started is not waited for (a ``Press`` ends as its last key
+    is released, so the prompt that key triggers is heard). ``timeout_s`` bounds the whole step;
+    a step that ran out is logged as ``listen (nothing heard)`` or ``listen (timeout)``.
+    """
+
+    min_silence_ms: int = 900
+    timeout_s: float = 30.0
+
+    @property
+    def label(self) -> str:
+        return "listen"
+
+
+@dataclass(frozen=True)
+class Press:
+    """Press keys (RFC 4733 over the trunk), each held 120 ms, ``gap_ms`` (at least 100) between two.
+
+    The step ends as the last key is released: a prompt it triggers is heard by the next Listen.
+    """
+
+    digits: str
+    gap_ms: int = 250
+
+    def __post_init__(self) -> None:
+        if not self.digits or any(d not in "0123456789*#ABCD" for d in self.digits):
+            raise ValueError(f"Press: {self.digits!r} is not a string of DTMF keys")
+
+    @property
+    def label(self) -> str:
+        return f"press {self.digits}"
+
+
+@dataclass(frozen=True)
+class Speak:
+    """Say something: play an 8 kHz, 16-bit mono WAV into the call (to its end)."""
+
+    wav: Path
+
+    @property
+    def label(self) -> str:
+        return f"speak {self.wav.name}"
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Say and press nothing for ``seconds`` (the line carries silence, as a phone's does)."""
+
+    seconds: float
+
+    @property
+    def label(self) -> str:
+        return f"wait {self.seconds:g}"
+
+
+@dataclass(frozen=True)
+class HangUp:
+    """Hang up (a script that does not end with it hangs up anyway after its last step)."""
+
+    @property
+    def label(self) -> str:
+        return "hang up"
+
+
+Step = Union[Listen, Press, Speak, Wait, HangUp]
+
+
+@dataclass(frozen=True)
+class CallerScript:
+    """What a simulated caller does once the call is answered, step by step."""
+
+    steps: tuple[Step, ...]
+
+    @classmethod
+    def of(cls, *steps: Step) -> "CallerScript":
+        """``CallerScript.of(Listen(), Press("1234#"), Speak(path))``."""
+        return cls(tuple(steps))
+
+
+@dataclass
+class OutgoingCall:
+    """What happened on one call placed by a simulated caller. Times are ``time.monotonic()``."""
+
+    call_id: str
+    #: The number dialled (the DID) and the number presented (the caller's CALLERID(num)).
+    number: str
+    caller_number: str
+    script: CallerScript
+    #: The Originate dial string; Asterisk's name of the caller's channel once answered.
+    channel: str
+    started_at: float
+    answered_at: float | None = None
+    ended_at: float | None = None
+    #: ``caller`` when the script hung up (explicitly or after its last step), ``callee`` when
+    #: BINfoon hung up first or never answered.
+    hung_up_by: str | None = None
+    #: (seconds after answer, step label) for every step that finished, in order.
+    steps_done: list[tuple[float, str]] = field(default_factory=list)
+    #: Steps not played because the callee hung up first (or the call was never answered).
+    steps_skipped: int = 0
+    #: Host paths of the WAVs the caller spoke (or began to speak), in order.
+    spoken: list[Path] = field(default_factory=list)
+    #: Host path of the recording of what the caller heard (``None`` if never answered).
+    heard_path: Path | None = None
+    #: The Originate outcome (Q.850 cause of a refused call in ``result.cause``).
+    result: OriginateResult | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _agi_started: bool = field(default=False, init=False, repr=False, compare=False)
+    #: Where the dialplan records what the caller hears, from the moment of answer.
+    _recording: Path | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def answered(self) -> bool:
+        """True when the callee answered."""
+        return self.answered_at is not None
+
+    async def wait(self, timeout_s: float = 60.0) -> "OutgoingCall":
+        """Wait until the call has ended (script played or cut short); returns the call."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.done.wait()
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"call {self.caller_number} -> {self.number} not over after {timeout_s:g} s "
+                f"(steps done: {[label for _, label in self.steps_done]})"
+            ) from None
+        return self
+
+    def _step_done(self, label: str) -> None:
+        self.steps_done.append((time.monotonic() - (self.answered_at or self.started_at), label))
+
+    def heard_audio(self, timeout_s: float = 5.0) -> Path:
+        """The finished recording of what the caller heard (blocking; use a thread)."""
+        if self.heard_path is None:
+            raise ValueError(f"the call {self.caller_number} -> {self.number} was never answered")
+        return finished_wav(self.heard_path, timeout_s)
+
+
+class PhoneNetwork:
+    """Scripted phones, served to Asterisk as the FastAGI route ``phone``."""
+
+    def __init__(
+        self,
+        recordings_dir: Path,
+        inner_path: Callable[[Path], str],
+        *,
+        ring_s: float = 4.0,
+        owner: tuple[int, int] | None = None,
+        caller_ami: "AmiGateway | None" = None,
+        inbound_template: str = LOCAL_INBOUND_TEMPLATE,
+    ) -> None:
+        """``recordings_dir`` is a host directory Asterisk can write; ``inner_path`` maps it to
+        Asterisk's view. ``ring_s`` is one ring cycle (Belgium: 1 s tone + 3 s pause).
+
+        ``caller_ami`` is the AMI of the Asterisk hosting the phones (where callers' calls are
+        originated); ``inbound_template`` how they reach BINfoon (``${NUMBER}`` is the DID)."""
+        self.recordings_dir = recordings_dir
+        self.inner_path = inner_path
+        self.ring_s = ring_s
+        self._owner = owner
+        self._scripts: dict[str, PhoneScript] = {}
+        self.calls: list[SimulatedCall] = []
+        self._changed = asyncio.Condition()
+        self._greeting: Path | None = None
+        self._hallo: Path | None = None
+        self.inbound_template = inbound_template
+        #: Every call placed by a simulated caller, oldest first.
+        self.outgoing: list[OutgoingCall] = []
+        self._outgoing_by_id: dict[str, OutgoingCall] = {}
+        self._caller_ami = caller_ami
+        self._watchers: set[asyncio.Task[None]] = set()
+        if caller_ami is not None:
+            caller_ami.subscribe(self._on_ami_event)
+
+    def script(self, number: str, script: PhoneScript) -> None:
+        """Give ``number`` a behaviour (numbers without one are not in service)."""
+        self._scripts[number] = script
+
+    def calls_to(self, number: str) -> list[SimulatedCall]:
+        """Every call that reached ``number``, oldest first."""
+        return [c for c in self.calls if c.number == number]
+
+    async def wait_for_calls(self, number: str, count: int = 1, timeout_s: float = 30.0) -> list[SimulatedCall]:
+        """Wait until ``count`` calls to ``number`` have ended; returns them."""
+        async def ended() -> list[SimulatedCall]:
+            async with self._changed:
+                await self._changed.wait_for(
+                    lambda: len([c for c in self.calls_to(number) if c.done.is_set()]) >= count
+                )
+            return self.calls_to(number)
+        async with asyncio.timeout(timeout_s):
+            return await ended()
+
+    async def prepare(self) -> None:
+        """Create the recordings directory and render the answering machine's greeting and beep."""
+        self.recordings_dir.mkdir(parents=True, exist_ok=True)
+        if self._owner is not None and os.geteuid() == 0:
+            os.chown(self.recordings_dir, *self._owner)
+        greeting = self.recordings_dir / "greeting.wav"
+        beep = self.recordings_dir / "beep.wav"
+        hallo = self.recordings_dir / "hallo.wav"
+        loop = asyncio.get_running_loop()
+        # Speech synthesis is CPU work: never on the event loop.
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
+            await loop.run_in_executor(pool, _render_machine_audio, greeting, beep)
+            await loop.run_in_executor(pool, _render_hallo, hallo)
+        self._greeting = greeting
+        self._hallo = hallo
+
+    async def handle(self, call: AgiCall) -> None:
+        """The FastAGI route: be the phone that was dialled."""
+        number = call.args[0] if call.args else ""
+        script = self._scripts.get(number, PhoneScript.unreachable())
+        sim = SimulatedCall(number=number, script=script, channel=call.channel, started_at=time.monotonic(),
+                            caller_id=call.caller_id, caller_id_name=call.caller_id_name)
+        self.calls.append(sim)
+        try:
+            await self._behave(call, sim)
+            if not call.hung_up:
+                sim.ended_by = "phone"
+        except CallHungUp:
+            sim.ended_by = "caller"
+        finally:
+            sim.ended_at = time.monotonic()
+            sim.done.set()
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _behave(self, call: AgiCall, sim: SimulatedCall) -> None:
+        script = sim.script
+        behaviour = script.behaviour
+        if behaviour is Behaviour.BUSY:
+            await call.exec("Busy", "10")
+            return
+        if behaviour is Behaviour.CONGESTION:
+            await call.exec("Congestion", "10")
+            return
+        if behaviour is Behaviour.UNREACHABLE:
+            await call.exec("Hangup", "1")
+            return
+        await call.exec("Ringing")
+        if behaviour is Behaviour.NO_ANSWER:
+            await call.exec("Wait", "86400")
+            return
+        await call.exec("Wait", f"{max(script.rings, 1) * self.ring_s:.3f}")
+        stem = f"{number_stem(sim.number)}-{len(self.calls)}-{int(time.time() * 1000)}"
+        heard = self.recordings_dir / f"{stem}-heard.wav"
+        sim.heard_path = heard
+        if behaviour is Behaviour.ANSWERING_MACHINE:
+            await call.answer()
+        else:
+            # Pick up and record only what reaches the phone (the "receive" direction) in one dialplan
+            # step: BINfoon may speak at once, and an AGI round trip between the two would lose that.
+            await call.gosub("sim-pick-up", "s", 1, self.inner_path(heard.with_name(stem + "-both.wav")),
+                             self.inner_path(heard))
+        sim.answered_at = time.monotonic()
+        if behaviour is Behaviour.ANSWERING_MACHINE:
+            assert self._greeting is not None, "PhoneNetwork.prepare() was not awaited"
+            await call.play(self.inner_path(self._greeting.with_suffix("")))
+            await call.play(self.inner_path(self._greeting.with_name("beep")))
+            # k: keep what was recorded when the caller hangs up (that is how messages end).
+            await call.exec("Record", f"{self.inner_path(heard)},0,{script.record_max_s},qk")
+            return
+        if script.says_hallo:
+            assert self._hallo is not None, "PhoneNetwork.prepare() was not awaited"
+            await call.play(self.inner_path(self._hallo.with_suffix("")))
+        events: list[tuple[float, str]] = [(k.at_s, k.digits) for k in script.keys]
+        if script.hangup_after_s is not None:
+            events.append((script.hangup_after_s, ""))
+        for at_s, digits in sorted(events, key=lambda e: e[0]):
+            delay = sim.answered_at + at_s - time.monotonic()
+            if delay > 0:
+                await call.exec("Wait", f"{delay:.3f}")
+            if not digits:
+                await call.hangup()
+                return
+            # Logged before sending: the caller may hang up as soon as the key arrives.
+            sim.keys_sent.append((time.monotonic() - sim.answered_at, digits))
+            await call.exec("SendDTMF", digits, "250", "120")
+        await call.exec("Wait", "86400")  # listen until the caller hangs up
+
+    # -- simulated callers ------------------------------------------------------------------
+    async def place_call(
+        self,
+        caller_number: str,
+        script: CallerScript,
+        number: str,
+        *,
+        ring_timeout_s: float = 30.0,
+    ) -> OutgoingCall:
+        """``caller_number`` phones ``number`` (a DID of BINfoon) and, once answered, plays ``script``.
+
+        Returns when the call was answered (the script then runs on its own: ``await call.wait()``)
+        or refused (``call.answered`` is False and ``call.done`` is set).
+        """
+        if self._caller_ami is None:
+            raise RuntimeError("this phone network has no AMI to place calls with (caller_ami)")
+        for step in script.steps:
+            if isinstance(step, Speak):
+                _check_telephone_wav(step.wav)
+        call_id = str(uuid.uuid4())
+        out = OutgoingCall(call_id=call_id, number=number, caller_number=caller_number, script=script,
+                           channel=self.inbound_template.replace("${NUMBER}", number),
+                           started_at=time.monotonic())
+        self.outgoing.append(out)
+        self._outgoing_by_id[call_id] = out
+        stem = f"caller-{number_stem(caller_number)}-{len(self.outgoing)}-{int(time.time() * 1000)}"
+        out._recording = self.recordings_dir / f"{stem}-heard.wav"
+        # The dialplan starts recording as it takes the answered call, before the script's AGI:
+        # BINfoon may greet at once, and an AGI round trip first would lose that under load (seen in CI).
+        variables = {"SIM_CALL": call_id, "SIM_HEARD": self.inner_path(out._recording),
+                     "SIM_HEARD_BOTH": self.inner_path(out._recording.with_name(stem + "-both.wav"))}
+        try:
+            result = await self._caller_ami.originate(
+                call_id, out.channel, context="sim-caller", variables=variables,
+                caller_id=caller_number, timeout_s=ring_timeout_s,
+            )
+        except BaseException:
+            await self._finish(out, None)
+            raise
+        out.result = result
+        if result.success:
+            if out.answered_at is None:
+                out.answered_at = time.monotonic()
+        elif not out._agi_started:
+            await self._finish(out, "callee")
+        return out
+
+    async def wait_for_outgoing(self, call: OutgoingCall, timeout_s: float = 60.0) -> OutgoingCall:
+        """Wait until ``call`` (from ``place_call``) is over; returns it."""
+        return await call.wait(timeout_s)
+
+    async def handle_caller(self, call: AgiCall) -> None:
+        """The FastAGI route ``caller``: be the person who placed the call, now answered."""
+        out = self._outgoing_by_id.get(call.args[0] if call.args else "")
+        if out is None:
+            log.error("simulated caller: unknown call %r on %s", call.args, call.channel)
+            await call.hangup()
+            return
+        out._agi_started = True
+        if out.answered_at is None:
+            out.answered_at = time.monotonic()
+        out.channel = call.channel
+        steps = out.script.steps
+        hung_up_by = "callee"
+        out.heard_path = out._recording
+        try:
+            for step in steps:
+                out._step_done(await self._perform(call, out, step))
+                if isinstance(step, HangUp):
+                    break
+            else:
+                await call.command("HANGUP")  # the implicit last step; CallHungUp: the callee was quicker
+            hung_up_by = "caller"
+        except CallHungUp:
+            hung_up_by = "callee"
+        finally:
+            await self._finish(out, hung_up_by)
+
+    async def _perform(self, call: AgiCall, out: OutgoingCall, step: Step) -> str:
+        """Play one step of a caller's script; returns its label for ``steps_done``."""
+        if isinstance(step, Listen):
+            deadline = time.monotonic() + step.timeout_s
+            # The prompt starts: some sound.
+            if await self._wait_for_noise(call, step.timeout_s) != "NOISE":
+                return "listen (nothing heard)"
+            # The prompt ends: no sound for the silence asked for. Not WaitForSilence: while this
+            # Asterisk transmits silence (transmit_silence), its own silence generator wakes the
+            # channel every 20 ms, so a far end that sends no audio at all (BINfoon waiting for
+            # keys) is never measured as silence. WaitForNoise's timeout is whole seconds.
+            quiet_s = max(1, math.ceil(step.min_silence_ms / 1000))
+            while await self._wait_for_noise(call, quiet_s) == "NOISE":
+                if time.monotonic() >= deadline:
+                    return "listen (timeout)"
+            return step.label
+        if isinstance(step, Press):
+            # One SendDTMF per key: SendDTMF sleeps its gap after the last key too, and the prompt
+            # that the key triggers would start unheard during that sleep. Each SendDTMF is
+            # preceded by 100 ms of quiet (Asterisk's own), so the gap is made up to gap_ms.
+            for i, digit in enumerate(step.digits):
+                if i and step.gap_ms > DTMF_QUIET_MS:
+                    await call.exec("Wait", f"{(step.gap_ms - DTMF_QUIET_MS) / 1000:.3f}")
+                started = time.monotonic()
+                try:
+                    await call.exec("SendDTMF", digit, "1", str(DTMF_DURATION_MS))
+                except CallHungUp:
+                    # The callee may hang up as soon as the last key has arrived: that key was pressed.
+                    sent_s = (DTMF_QUIET_MS + DTMF_DURATION_MS) / 1000
+                    if i == len(step.digits) - 1 and time.monotonic() - started >= sent_s:
+                        out._step_done(step.label)
+                    raise
+            return step.label
+        if isinstance(step, Speak):
+            sound = self._publish(step.wav)
+            out.spoken.append(step.wav)
+            await call.play(self.inner_path(sound.with_suffix("")))
+            return step.label
+        if isinstance(step, Wait):
+            await call.exec("Wait", f"{step.seconds:.3f}")
+            return step.label
+        if isinstance(step, HangUp):
+            await call.command("HANGUP")
+            return step.label
+        raise TypeError(f"not a caller step: {step!r}")
+
+    @staticmethod
+    async def _wait_for_noise(call: AgiCall, timeout_s: float) -> str:
+        """``NOISE`` once ``LISTEN_NOISE_MS`` of sound is heard, ``TIMEOUT`` if none came in ``timeout_s``."""
+        await call.exec("WaitForNoise", str(LISTEN_NOISE_MS), "1", str(max(1, math.ceil(timeout_s))))
+        status = await call.get_variable("WAITSTATUS") or ""
+        if status == "HANGUP":
+            # app_waitforsilence reports some hang-ups only in WAITSTATUS, with result 0.
+            call.hung_up = True
+            raise CallHungUp(call.channel)
+        return status
+
+    def _publish(self, wav: Path) -> Path:
+        """Copy ``wav`` where the network's Asterisk can read it (named by content); its host path."""
+        data = wav.read_bytes()
+        target = self.recordings_dir / f"speak-{hashlib.sha256(data).hexdigest()[:16]}.wav"
+        if not target.exists():
+            partial = target.with_name(target.name + ".part")
+            partial.write_bytes(data)
+            partial.chmod(0o644)
+            partial.replace(target)
+        return target
+
+    async def _finish(self, out: OutgoingCall, hung_up_by: str | None) -> None:
+        if out.done.is_set():
+            return
+        out.hung_up_by = hung_up_by
+        out.ended_at = time.monotonic()
+        out.steps_skipped = len(out.script.steps) - len(out.steps_done)
+        out.done.set()
+        self._outgoing_by_id.pop(out.call_id, None)
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _on_ami_event(self, event: AmiEvent) -> None:
+        # An answered call whose script never started (the callee hung up at once, or the
+        # simulator's FastAGI was unreachable) must still end: give its AGI a moment, then close it.
+        if not isinstance(event, ChannelHungUp):
+            return
+        out = self._outgoing_by_id.get(event.channel_id)
+        if out is None or out._agi_started:
+            return
+        task = asyncio.get_running_loop().create_task(self._close_if_no_script(out))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _close_if_no_script(self, out: OutgoingCall) -> None:
+        await asyncio.sleep(CALLER_AGI_GRACE_S)
+        if not out._agi_started and out.answered_at is not None:
+            await self._finish(out, "callee")
+
+    async def close(self) -> None:
+        """Stop watching calls (the lab calls this before it stops Asterisk)."""
+        for task in list(self._watchers):
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+
+
+#: Consecutive sound that counts as "heard something" for a Listen step (3 frames of 20 ms).
+LISTEN_NOISE_MS = 60
+#: How long each simulated key press lasts.
+DTMF_DURATION_MS = 120
+#: The quiet time Asterisk's SendDTMF keeps before the first key it sends.
+DTMF_QUIET_MS = 100
+#: How long an answered-then-hung-up caller's call waits for its FastAGI session before it is closed.
+CALLER_AGI_GRACE_S = 3.0
+
+
+def _check_telephone_wav(path: Path) -> None:
+    """Asterisk plays a ``.wav`` only as 8 kHz 16-bit mono PCM: refuse anything else up front."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            shape = (w.getframerate(), w.getsampwidth(), w.getnchannels())
+    except (OSError, wave.Error, EOFError) as exc:
+        raise ValueError(f"Speak: cannot read {path} as a WAV: {exc}") from exc
+    if shape != (8000, 2, 1):
+        raise ValueError(f"Speak: {path} must be 8 kHz 16-bit mono PCM, not {shape[0]} Hz, "
+                         f"{8 * shape[1]}-bit, {shape[2]} channel(s)")
+
+
+def number_stem(number: str) -> str:
+    """A file-name-safe form of a phone number."""
+    return "".join(ch for ch in number if ch.isdigit()) or "unknown"
+
+
+def _render_machine_audio(greeting: Path, beep: Path) -> None:
+    from pydub.generators import Sine
+
+    from ivr.media.tts import TELEPHONE_RATE_HZ, synthesize
+
+    if not greeting.exists():
+        synthesize("Hallo, u bent verbonden met het antwoordapparaat. Spreek uw bericht in na de toon.",
+                   "nl", greeting)
+    if not beep.exists():
+        tone = Sine(1000, sample_rate=TELEPHONE_RATE_HZ).to_audio_segment(duration=500, volume=-6.0)
+        tone.set_channels(1).set_sample_width(2).export(beep, format="wav")
+    for path in (greeting, beep):
+        os.chmod(path, 0o644)
+
+
+#: What a simulated person says on answering (PhoneScript.says_hallo).
+HALLO_TEXT = "Hallo?"
+
+
+def _render_hallo(hallo: Path) -> None:
+    from ivr.media.tts import synthesize
+
+    if not hallo.exists():
+        synthesize(HALLO_TEXT, "nl", hallo)
+    os.chmod(hallo, 0o644)

@@ -1,0 +1,192 @@
+"""A phone lab: a private Asterisk wired to the app's FastAGI server, an AMI gateway and the
+simulated phone network. Used by the tests, the demo and the benchmarks alike.
+
+Two shapes:
+- ``over_pjsip=False``: one Asterisk; phones are reached with ``Local/${NUMBER}@sim-phone``, and
+  simulated callers reach BINfoon's ``binfoon-trunk-in`` through ``Local/<DID>@sim-carrier``.
+- ``over_pjsip=True``: a second Asterisk plays the public network behind a real PJSIP trunk on
+  loopback (G.711 RTP media, RFC 4733 DTMF); phones are reached with ``PJSIP/${NUMBER}@trunk``,
+  exactly as in production, and simulated callers call in from that Asterisk with
+  ``PJSIP/<DID>@carrier-in``, arriving on BINfoon's ``trunk`` endpoint like a carrier's calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from ivr.asterisk.install import AsteriskRuntime
+from ivr.asterisk.instance import AsteriskInstance, InstanceOptions
+from ivr.lab.network import (
+    LOCAL_INBOUND_TEMPLATE,
+    TRUNK_INBOUND_TEMPLATE,
+    CallerScript,
+    OutgoingCall,
+    PhoneNetwork,
+)
+from ivr.telephony.agi import AgiServer
+from ivr.telephony.ami import AmiGateway
+from ivr.telephony.events import OriginateResult
+
+LOCAL_TEMPLATE = "Local/${NUMBER}@sim-phone"
+TRUNK_TEMPLATE = "PJSIP/${NUMBER}@trunk"
+
+
+@dataclass
+class PhoneLab:
+    """Everything needed to place real calls to simulated phones, and to have simulated people call in."""
+
+    asterisk: AsteriskInstance
+    network_asterisk: AsteriskInstance | None
+    app: AgiServer
+    network: PhoneNetwork
+    #: BINfoon's AMI (what the application uses).
+    ami: AmiGateway
+    dial_template: str
+    _sim_server: AgiServer
+    #: The AMI of the Asterisk hosting the simulated phones and callers (``ami`` itself on one Asterisk).
+    network_ami: AmiGateway
+    #: The police line's DID, as BINfoon's dialplan knows it (``POLICE_LINE``).
+    police_line: str
+
+    @classmethod
+    async def start(
+        cls,
+        runtime: AsteriskRuntime,
+        base_dir: Path,
+        *,
+        name: str | None = None,
+        over_pjsip: bool = False,
+        ring_s: float = 0.5,
+        caller_id_number: str = "+3250000000",
+        police_line: str = "+3250000100",
+    ) -> "PhoneLab":
+        """Start the lab's servers and Asterisk instance(s); returns once AMI is logged in."""
+        name = name or f"lab-{uuid.uuid4().hex[:8]}"
+        app = AgiServer(port=0)
+        await app.start()
+        sim = AgiServer(port=0)
+        await sim.start()
+        created: list[AsteriskInstance] = []
+        gateways: list[AmiGateway] = []
+        try:
+            network_asterisk = None
+            if over_pjsip:
+                network_asterisk = AsteriskInstance(
+                    runtime,
+                    InstanceOptions(name=f"{name}-net", agi_port=app.port, sim_agi_port=sim.port,
+                                    carrier_match="127.0.0.1"),
+                    base_dir,
+                )
+                created.append(network_asterisk)
+                net_sip = network_asterisk.allocate_ports().sip_port
+                asterisk = AsteriskInstance(
+                    runtime,
+                    InstanceOptions(name=name, agi_port=app.port, caller_id_number=caller_id_number,
+                                    police_line=police_line, trunk=("127.0.0.1", net_sip)),
+                    base_dir,
+                )
+                created.append(asterisk)
+                # The network delivers callers' calls to BINfoon's SIP port: chosen before the network starts.
+                network_asterisk.options.carrier_contact = ("127.0.0.1", asterisk.allocate_ports().sip_port)
+                await asyncio.to_thread(network_asterisk.start)
+            else:
+                asterisk = AsteriskInstance(
+                    runtime,
+                    InstanceOptions(name=name, agi_port=app.port, sim_agi_port=sim.port,
+                                    caller_id_number=caller_id_number, police_line=police_line),
+                    base_dir,
+                )
+                created.append(asterisk)
+            await asyncio.to_thread(asterisk.start)
+            ami = AmiGateway(asterisk.ami)
+            gateways.append(ami)
+            await ami.connect()
+            network_ami = ami
+            if network_asterisk is not None:
+                network_ami = AmiGateway(network_asterisk.ami)
+                gateways.append(network_ami)
+                await network_ami.connect()
+            phones_host = network_asterisk or asterisk
+            owner = runtime.asterisk_user() if runtime.root is not None else None
+            network = PhoneNetwork(
+                phones_host.spool_dir / "sim", runtime.inner_path, ring_s=ring_s, owner=owner,
+                caller_ami=network_ami,
+                inbound_template=TRUNK_INBOUND_TEMPLATE if over_pjsip else LOCAL_INBOUND_TEMPLATE,
+            )
+            await network.prepare()
+            sim.add_route("phone", network.handle)
+            sim.add_route("caller", network.handle_caller)
+        except BaseException:
+            for gateway in gateways:
+                await gateway.close()
+            for instance in created:
+                await asyncio.to_thread(instance.destroy)
+            await app.stop()
+            await sim.stop()
+            raise
+        return cls(asterisk=asterisk, network_asterisk=network_asterisk, app=app, network=network, ami=ami,
+                   dial_template=TRUNK_TEMPLATE if over_pjsip else LOCAL_TEMPLATE, _sim_server=sim,
+                   network_ami=network_ami, police_line=police_line)
+
+    async def stop(self, keep_files: bool = False) -> None:
+        """Stop everything the lab started (and delete the instances' files unless kept)."""
+        await self.network.close()
+        if self.network_ami is not self.ami:
+            await self.network_ami.close()
+        await self.ami.close()
+        for instance in (self.asterisk, self.network_asterisk):
+            if instance is not None:
+                await asyncio.to_thread(instance.stop if keep_files else instance.destroy)
+        await self.app.stop()
+        await self._sim_server.stop()
+
+    def dial_string(self, number: str) -> str:
+        """The Originate channel for a phone number, from the dial template."""
+        return self.dial_template.replace("${NUMBER}", number)
+
+    async def call(
+        self,
+        number: str,
+        *,
+        context: str = "binfoon-member",
+        attempt_id: str | None = None,
+        ring_timeout_s: float = 10.0,
+        variables: dict[str, str] | None = None,
+    ) -> OriginateResult:
+        """Dial ``number``; the answered call runs ``context`` (by default the member-call AGI)."""
+        attempt_id = attempt_id or str(uuid.uuid4())
+        return await self.ami.originate(
+            attempt_id,
+            self.dial_string(number),
+            context=context,
+            variables={"BINFOON_ATTEMPT": attempt_id, **(variables or {})},
+            timeout_s=ring_timeout_s,
+        )
+
+    async def call_in(
+        self,
+        caller_number: str,
+        script: CallerScript,
+        number: str | None = None,
+        *,
+        ring_timeout_s: float = 30.0,
+    ) -> OutgoingCall:
+        """A simulated person with number ``caller_number`` phones BINfoon at ``number`` (by default
+        the police line) the way a carrier delivers calls, and plays ``script`` once answered.
+
+        Returns once the call is answered or refused; ``await call.wait()`` for its end.
+        """
+        return await self.network.place_call(caller_number, script, number or self.police_line,
+                                             ring_timeout_s=ring_timeout_s)
+
+    def publish_audio(self, source: Path, name: str) -> str:
+        """Copy an 8 kHz WAV where the app-side Asterisk can play it; returns its sound name."""
+        sounds = self.asterisk.spool_dir / "sounds"
+        sounds.mkdir(exist_ok=True)
+        target = sounds / f"{name}.wav"
+        target.write_bytes(source.read_bytes())
+        target.chmod(0o644)
+        return self.asterisk.runtime.inner_path(target.with_suffix(""))

@@ -1,0 +1,152 @@
+"""BINFOON 1, the police line: an officer proves who they are, picks the BIN and urgency, speaks.
+
+The conversation:
+  system: "Welcome... type your PIN, then #"      officer: 1234#      (3 wrong: locked, audited)
+  system: "Type the BIN's number, then #"          officer: 12#
+  system: "You chose BIN 12, Kerkwijk. 1 if right, 2 for another"    officer: 1
+  system: "1 urgent, 2 preventive"                 officer: 1
+  system: "Speak after the tone; # when done" *beep* officer speaks (# or 3 s silence ends)
+  system: "1 listen, 2 speak again, 3 send, * cancel"                officer: 3
+  system: "Sent to the coordinators. Goodbye."
+Every recording is stored before the next prompt; a hang-up at any point leaves a draft that is
+never sent; only key 3 submits.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ivr.telephony.call import Call, choose
+from ivr.police_line.store import BinChoice, MessageDesk, Officer
+from storage.models import Urgency
+
+#: Questions asked at most this often before the call ends politely.
+TRIES = 3
+#: Takes an officer may record for one message (each is kept).
+MAX_TAKES = 9
+
+
+@dataclass(frozen=True)
+class IntakeRules:
+    """The timing rules of the police line (from the settings)."""
+
+    key_timeout_s: float = 6.0
+    record_max_s: int = 120
+    record_silence_s: int = 3
+
+
+class IntakeEnd(enum.Enum):
+    """How a police-line call ended."""
+
+    SENT = "sent"
+    CANCELLED = "cancelled"
+    DRAFT_KEPT = "draft_kept"          # recorded but never sent (hang-up or no choice)
+    LOCKED = "locked"
+    NOT_AUTHENTICATED = "not_authenticated"
+    NO_MESSAGE = "no_message"          # ended before anything was recorded
+
+
+async def police_intake(call: Call, desk: MessageDesk, rules: IntakeRules) -> IntakeEnd:
+    """The whole police-line conversation."""
+    officer = await authenticate(call, desk, rules)
+    if not isinstance(officer, Officer):
+        return officer
+    call.language = officer.language
+    bin_ = await choose_bin(call, desk, officer, rules)
+    if bin_ is None:
+        await call.say("no_input_goodbye")
+        return IntakeEnd.NO_MESSAGE
+    key = await choose(call, "police_choose_urgency", "12", rules.key_timeout_s)
+    if key is None:
+        await call.say("no_input_goodbye")
+        return IntakeEnd.NO_MESSAGE
+    urgency = Urgency.URGENT if key == "1" else Urgency.PREVENTIVE
+    message_id = await desk.create_draft(officer, bin_.bin_id, urgency)
+    return await record_and_send(call, desk, message_id, f"person:{officer.person_id}", rules)
+
+
+async def authenticate(call: Call, desk: MessageDesk, rules: IntakeRules) -> Officer | IntakeEnd:
+    """Caller ID and PIN; a locked caller hears so and is not allowed to guess."""
+    if await desk.lock_for(call.caller_id) is not None:
+        await call.say("police_locked")
+        await call.hangup()
+        return IntakeEnd.LOCKED
+    for _ in range(TRIES):
+        pin = await call.read_digits("police_enter_pin", max_digits=8, timeout_s=rules.key_timeout_s)
+        if not pin:
+            continue
+        result = await desk.check_pin(call.caller_id, pin)
+        if result.officer is not None:
+            return result.officer
+        if result.locked_until is not None:
+            await call.say("police_locked")
+            await call.hangup()
+            return IntakeEnd.LOCKED
+        await call.say("police_pin_wrong")
+    await call.say("no_input_goodbye")
+    await call.hangup()
+    return IntakeEnd.NOT_AUTHENTICATED
+
+
+async def choose_bin(call: Call, desk: MessageDesk, officer: Officer, rules: IntakeRules) -> BinChoice | None:
+    """The BIN by its number, read back for confirmation."""
+    for _ in range(TRIES):
+        digits = await call.read_digits("police_enter_bin", max_digits=6, timeout_s=rules.key_timeout_s)
+        if not digits:
+            continue
+        choice = await desk.find_bin(officer, digits)
+        if choice.error_prompt is not None:
+            await call.say(choice.error_prompt)
+            continue
+        key = await call.say("police_bin_chosen", number=choice.number, name=choice.name)
+        if key not in ("1", "2"):
+            key = await choose(call, "police_bin_confirm", "12", rules.key_timeout_s)
+        if key == "1":
+            return choice
+        if key is None:
+            return None
+    return None
+
+
+async def record_and_send(call: Call, desk: MessageDesk, message_id: int, actor: str,
+                          rules: IntakeRules) -> IntakeEnd:
+    """Record takes until the officer sends or cancels; every take is stored first."""
+    kept_any = False
+    for take in range(1, MAX_TAKES + 1):
+        await call.say("police_record_after_beep")
+        await call.beep()
+        recorded = await call.record(rules.record_max_s, rules.record_silence_s)
+        stored = await desk.keep_take(message_id, take, recorded, actor)
+        kept_any = kept_any or stored.recording_id is not None
+        if recorded.hung_up:
+            return IntakeEnd.DRAFT_KEPT if kept_any else IntakeEnd.NO_MESSAGE
+        if stored.speech_s <= 0.0:
+            await call.say("police_recording_empty")
+            continue
+        if recorded.end_reason == "max_duration":
+            await call.say("police_recording_too_long")
+        while True:
+            key = await choose(call, "police_review_menu", "123*", rules.key_timeout_s)
+            if key == "1":
+                assert stored.path is not None
+                await call.play_audio(await desk.recording_to_play(message_id, actor, take=take))
+                continue
+            if key == "3":
+                await desk.submit(message_id, take, actor)
+                await call.say("police_sent")
+                await call.hangup()
+                return IntakeEnd.SENT
+            if key == "*":
+                await desk.cancel(message_id, actor)
+                await call.say("police_cancelled")
+                await call.hangup()
+                return IntakeEnd.CANCELLED
+            if key is None:
+                await call.say("no_input_goodbye")
+                await call.hangup()
+                return IntakeEnd.DRAFT_KEPT
+            break  # "2": speak again
+    await call.say("no_input_goodbye")
+    await call.hangup()
+    return IntakeEnd.DRAFT_KEPT if kept_any else IntakeEnd.NO_MESSAGE

@@ -1,0 +1,119 @@
+"""Review: a coordinator hears the police's original recording and decides with one key.
+
+The conversation (the system called the coordinator):
+  system: "Hello, this is BINfoon. The police have a message for your BIN."
+  system: "Urgent message from police zone X, spoken at 14:32, for BIN Kerkwijk." + the recording
+  system: "1 forward now, 2 forward later, 3 listen again, 9 reject"
+    1 -> stored, "sent to all members now"
+    2 -> "minutes then #, or a time as four digits" -> stored with the time, "sent at 21:30"
+    3 -> header and recording again
+    9 -> stored, "rejected"
+The decision is committed before the coordinator hears it confirmed; if another coordinator
+decided first, this one is told so and nothing changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import zoneinfo
+from dataclasses import dataclass
+
+from ivr.review.policy import parse_later
+from ivr.telephony.call import Call, choose
+from ivr.police_line.store import MessageDesk, ReviewBrief
+from ivr.media.prompts import text
+from storage.models import Decision
+
+
+@dataclass(frozen=True)
+class ReviewRules:
+    """Timing and local time for the review call."""
+
+    key_timeout_s: float = 6.0
+    tz: dt.tzinfo = zoneinfo.ZoneInfo("Europe/Brussels")
+
+
+#: The keys of the review menu.
+MENU_KEYS = "1239"
+
+
+def _is_menu_key(key: str | None) -> bool:
+    return key is not None and key in MENU_KEYS
+
+
+class ReviewEnd(enum.Enum):
+    """How a review call ended."""
+
+    FORWARD_NOW = "forward_now"
+    FORWARD_LATER = "forward_later"
+    REJECT = "reject"
+    ALREADY_DECIDED = "already_decided"
+    NO_DECISION = "no_decision"
+
+
+async def coordinator_review(call: Call, desk: MessageDesk, review_call_id: str, rules: ReviewRules) -> ReviewEnd:
+    """The whole review conversation."""
+    brief = await desk.brief(review_call_id)
+    call.language = brief.language
+    if brief.decided:
+        await call.say("review_already_decided")
+        return ReviewEnd.ALREADY_DECIDED
+    # A coordinator who knows the menu may press its key at any moment (barge-in).
+    early = await call.say("review_intro")
+    replay = True
+    while True:
+        if replay and not _is_menu_key(early):
+            early = await play_message(call, desk, brief, rules)
+        replay = False
+        key = early if _is_menu_key(early) else await choose(call, "review_menu", MENU_KEYS, rules.key_timeout_s)
+        early = None
+        if key is None:
+            await call.say("review_no_decision")
+            return ReviewEnd.NO_DECISION
+        if key == "3":
+            replay = True
+            continue
+        deliver_at: dt.datetime | None = None
+        if key == "2":
+            deliver_at = await ask_when(call, rules, desk.clock())
+            if deliver_at is None:
+                continue  # back to the menu
+        decision = {"1": Decision.FORWARD_NOW, "2": Decision.FORWARD_LATER, "9": Decision.REJECT}[key]
+        if not await desk.decide(brief.message_id, decision, person_id=brief.person_id,
+                                 review_call_id=review_call_id, deliver_at=deliver_at):
+            await call.say("review_already_decided")
+            return ReviewEnd.ALREADY_DECIDED
+        if decision is Decision.FORWARD_NOW:
+            await call.say("review_forwarded_now")
+        elif decision is Decision.REJECT:
+            await call.say("review_rejected")
+        else:
+            assert deliver_at is not None
+            local = deliver_at.astimezone(rules.tz)
+            await call.say("review_forwarded_later", hour=local.hour, minute=local.minute)
+        return ReviewEnd(decision.value)
+
+
+async def play_message(call: Call, desk: MessageDesk, brief: ReviewBrief, rules: ReviewRules) -> str | None:
+    """The short header, then the original recording (its playing is audited); a key stops them."""
+    spoken = brief.spoken_at.astimezone(rules.tz)
+    word = text("word_urgent" if brief.urgent else "word_preventive", call.language)
+    key = await call.say("review_header", urgency=word, zone=brief.zone_name, hour=spoken.hour,
+                         minute=spoken.minute, bin=brief.bin_name)
+    if key is not None:
+        return key
+    recording = await desk.recording_to_play(brief.message_id, f"person:{brief.person_id}")
+    return await call.play_audio(recording)
+
+
+async def ask_when(call: Call, rules: ReviewRules, now: dt.datetime) -> dt.datetime | None:
+    """Minutes then #, or HHMM; asked again after a wrong time. Returns UTC, or ``None``."""
+    for _ in range(3):
+        digits = await call.read_digits("review_later_ask", max_digits=4, timeout_s=rules.key_timeout_s)
+        if digits:
+            at = parse_later(digits, now.astimezone(rules.tz))
+            if at is not None:
+                return at.astimezone(dt.timezone.utc)
+        await call.say("review_later_invalid")
+    return None

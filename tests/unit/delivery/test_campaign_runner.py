@@ -1,0 +1,312 @@
+"""The campaign dialer against a fake dialer and a real database: limits, order, rules."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import zoneinfo
+from pathlib import Path
+from typing import Mapping
+
+import pytest
+from sqlalchemy import select
+
+from ivr.delivery.dialer import CampaignRunner, DialerLimits
+from ivr.delivery.store import DeliveryDesk
+from ivr.delivery.policy import RetryPolicy, Window
+from ivr.telephony.call import Recorded
+from ivr.police_line.store import Officer
+from ivr.telephony.dialer import Dialled
+from ivr.telephony.outcomes import DialOutcome
+from storage.db import session_scope
+from storage.models import (
+    AttemptOutcome, CallAttempt, Campaign, CampaignStatus, Confirmation, Decision, Language, Message, MessageKind,
+    Person, PhoneNumber, PhoneRank, Role, RoleAssignment, Urgency,
+)
+from tests.conftest import SHARED_DIR
+from tests.world import World, build_world
+
+CLIP = SHARED_DIR / "audio" / "espeak-nl" / "02.wav"
+BXL = zoneinfo.ZoneInfo("Europe/Brussels")
+
+
+class FakeVoice:
+    async def audio(self, wav: Path) -> str:
+        return f"sound:{wav.name}"
+
+    async def prompt(self, prompt_id: str, language: str, **values: object) -> str:
+        return f"prompt:{prompt_id}:{language}"
+
+
+class FakeDialer:
+    """Numbers answer (and confirm) or fail as scripted; counts concurrency and pace."""
+
+    def __init__(self, desk: DeliveryDesk, outcomes: Mapping[str, str], call_s: float = 0.05) -> None:
+        self.desk = desk
+        self.outcomes = outcomes
+        self.call_s = call_s
+        self.runner: CampaignRunner | None = None
+        self.active = 0
+        self.peak = 0
+        self.dialled: list[tuple[float, str]] = []
+        self.ready = True
+
+    async def dial(self, call_id: str, number: str, *, context: str, variables: Mapping[str, str],
+                   ring_timeout_s: float) -> Dialled:
+        assert variables["BINFOON_ATTEMPT"] == call_id and variables["BINFOON_SOUND"].startswith("sound:")
+        self.dialled.append((time.monotonic(), number))
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            await asyncio.sleep(self.call_s)
+            outcome = self.outcomes.get(number, "confirm")
+            if outcome not in ("confirm", "no_key"):
+                return Dialled(DialOutcome(outcome))
+            assert self.runner is not None
+            asyncio.get_running_loop().call_soon(self._flow, call_id, outcome)
+            return Dialled(DialOutcome.ANSWERED)
+        finally:
+            self.active -= 1
+
+    def _flow(self, call_id: str, outcome: str) -> None:
+        async def run() -> None:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            await asyncio.sleep(self.call_s)
+            if outcome == "confirm":
+                await self.desk.confirm(call_id)
+            await self.desk.attempt_ended(call_id, AttemptOutcome.ANSWERED_NO_KEY)
+            self.active -= 1
+            assert self.runner is not None
+            self.runner.call_finished(call_id)
+        asyncio.ensure_future(run())
+
+
+def _add_members(world: World, count: int, prefix: str = "+3294", shared: int = 0) -> list[int]:
+    ids = []
+    with session_scope(world.engine) as s:
+        for i in range(count):
+            person = Person(name=f"Lid {i}", language=Language.NL)
+            number = f"{prefix}{(i if i >= shared else 0):06d}"
+            person.phones.append(PhoneNumber(rank=PhoneRank.PRIMARY, e164=number))
+            person.roles.append(RoleAssignment(role=Role.MEMBER, bin_id=world.bin_id))
+            s.add(person)
+            s.flush()
+            ids.append(person.id)
+    return ids
+
+
+async def _approved(world: World, tmp_path: Path, urgency: Urgency = Urgency.URGENT,
+                    follow_up_of: int | None = None) -> int:
+    desk = world.desk
+    message_id = await desk.create_draft(Officer(world.officer_id, "P", "nl", None), world.bin_id, urgency)
+    spool = tmp_path / f"spool-{message_id}.wav"
+    spool.write_bytes(CLIP.read_bytes())
+    await desk.keep_take(message_id, 1, Recorded(spool, "dtmf"), "test")
+    if follow_up_of is not None:
+        with session_scope(world.engine) as s:
+            message = s.get_one(Message, message_id)
+            message.follow_up_of_id = follow_up_of
+            message.kind = MessageKind.UPDATE
+    await desk.submit(message_id, 1, "test")
+    assert await desk.decide(message_id, Decision.FORWARD_NOW, person_id=None, review_call_id=None)
+    assert await desk.start_delivery(message_id) is not None
+    return message_id
+
+
+def _runner(world: World, dialer: FakeDialer, clock: object = None, **limits: object) -> CampaignRunner:
+    delivery = DeliveryDesk(world.engine, world.desk.store, clock=clock or world.desk.clock)  # type: ignore[arg-type]
+    dialer.desk = delivery
+    policy = RetryPolicy(retries=1, retry_after_s=0.2, no_key_retries=1, no_key_retry_after_s=0.2)
+    runner = CampaignRunner(delivery, dialer, FakeVoice(), DialerLimits(**limits),  # type: ignore[arg-type]
+                            {True: policy, False: policy}, clock or world.desk.clock)  # type: ignore[arg-type]
+    dialer.runner = runner
+    return runner
+
+
+async def _run_one_campaign(world: World, tmp_path: Path, dialer: FakeDialer, **limits: object) -> CampaignRunner:
+    """One approved urgent message and its campaign, run to the end on ``dialer``."""
+    runner = _runner(world, dialer, **limits)
+    await _approved(world, tmp_path)
+    await runner.start()
+    try:
+        await _until_done(world)
+    finally:
+        await runner.stop()
+    return runner
+
+
+async def _until_done(world: World, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with session_scope(world.engine) as s:
+            statuses = [c.status for c in s.scalars(select(Campaign))]
+        if statuses and all(st is CampaignStatus.DONE for st in statuses):
+            return
+        assert time.monotonic() < deadline, statuses
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return build_world(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "store")
+
+
+async def test_limits_hold_and_everyone_confirms_once(world: World, tmp_path: Path) -> None:
+    members = _add_members(world, 60)
+    dialer = FakeDialer(world.desk, {})  # type: ignore[arg-type]
+    runner = await _run_one_campaign(world, tmp_path, dialer, max_channels=7, max_cps=40.0)
+    assert dialer.peak <= 7 and runner.stats.peak_concurrent <= 7
+    times = [t for t, _ in dialer.dialled]
+    # The pace: never more than 40 new calls in any second (+1 for the first token).
+    assert max(sum(1 for t in times if s <= t < s + 1.0) for s in times) <= 41
+    with session_scope(world.engine) as s:
+        confirmed = {c.person_id for c in s.scalars(select(Confirmation))}
+        attempts = s.scalars(select(CallAttempt)).all()
+    assert confirmed == set(members) and len(attempts) == 60
+
+
+async def test_failures_are_retried_then_the_second_number(world: World, tmp_path: Path) -> None:
+    [member] = _add_members(world, 1, prefix="+3295")
+    with session_scope(world.engine) as s:
+        s.add(PhoneNumber(person_id=member, rank=PhoneRank.SECONDARY, e164="+32470000001"))
+    dialer = FakeDialer(world.desk, {"+3295000000": "busy"})  # type: ignore[arg-type]
+    await _run_one_campaign(world, tmp_path, dialer)
+    assert [n for _, n in dialer.dialled] == ["+3295000000", "+3295000000", "+32470000001"]
+
+
+async def test_a_shared_number_is_called_once_and_confirms_both(world: World, tmp_path: Path) -> None:
+    members = _add_members(world, 3, shared=2)  # the first two share one line
+    dialer = FakeDialer(world.desk, {})  # type: ignore[arg-type]
+    await _run_one_campaign(world, tmp_path, dialer)
+    assert sorted(n for _, n in dialer.dialled) == ["+3294000000", "+3294000002"]
+    with session_scope(world.engine) as s:
+        assert {c.person_id for c in s.scalars(select(Confirmation))} == set(members)
+
+
+@pytest.mark.parametrize("line, calls_to_it", [("confirm", 1), ("no_answer", 2)])
+async def test_a_shared_second_number_is_called_as_one_line(world: World, tmp_path: Path, line: str,
+                                                           calls_to_it: int) -> None:
+    """Two members whose own numbers ring out share a second number (a household's landline): it is
+    dialled as often as for one member (retries=1: twice when nobody answers, once when it confirms),
+    and a confirmation on it confirms both."""
+    members = _add_members(world, 2, prefix="+3295")
+    with session_scope(world.engine) as s:
+        for member in members:
+            s.add(PhoneNumber(person_id=member, rank=PhoneRank.SECONDARY, e164="+3290000099"))
+    dialer = FakeDialer(world.desk, {"+3295000000": "no_answer", "+3295000001": "no_answer",  # type: ignore[arg-type]
+                                     "+3290000099": line})
+    await _run_one_campaign(world, tmp_path, dialer)
+    dialled = [n for _, n in dialer.dialled]
+    assert dialled.count("+3290000099") == calls_to_it, dialled
+    # Their own numbers as usual (a confirmation on the shared line may end the other's tries early).
+    assert dialled.count("+3295000000") == 2 and 1 <= dialled.count("+3295000001") <= 2
+    with session_scope(world.engine) as s:
+        confirmed = {c.person_id: c.via for c in s.scalars(select(Confirmation))}
+    if line == "confirm":
+        assert sorted(confirmed.values()) == ["call", "shared"] and set(confirmed) == set(members)
+    else:
+        assert confirmed == {}
+
+
+async def test_urgent_goes_before_preventive(world: World, tmp_path: Path) -> None:
+    _add_members(world, 5)
+    dialer = FakeDialer(world.desk, {})  # type: ignore[arg-type]
+    noon = dt.datetime(2026, 11, 23, 11, 0, tzinfo=dt.timezone.utc)
+    runner = _runner(world, dialer, clock=lambda: noon, max_channels=1, tz=BXL)
+    preventive = await _approved(world, tmp_path, Urgency.PREVENTIVE)
+    urgent = await _approved(world, tmp_path, Urgency.URGENT)
+    await runner.start()
+    try:
+        await _until_done(world)
+    finally:
+        await runner.stop()
+    with session_scope(world.engine) as s:
+        order = [a.campaign_id for a in s.scalars(select(CallAttempt).order_by(CallAttempt.dialled_at))]
+        ids = {m: s.scalars(select(Campaign.id).where(Campaign.message_id == m)).one() for m in (preventive, urgent)}
+    assert order == [ids[urgent]] * 5 + [ids[preventive]] * 5
+
+
+async def test_preventive_waits_for_the_morning_urgent_does_not(world: World, tmp_path: Path) -> None:
+    _add_members(world, 2)
+    late = dt.datetime(2026, 11, 23, 22, 0, tzinfo=dt.timezone.utc)  # 23:00 in Brussels
+    dialer = FakeDialer(world.desk, {})  # type: ignore[arg-type]
+    runner = _runner(world, dialer, clock=lambda: late, tz=BXL, allowed_hours=Window.parse("08:00-21:00"))
+    await _approved(world, tmp_path, Urgency.PREVENTIVE)
+    await runner.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert dialer.dialled == []  # quiet hours: nobody is called
+        await _approved(world, tmp_path, Urgency.URGENT)
+        runner.wake()
+        for _ in range(100):
+            if len(dialer.dialled) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(dialer.dialled) == 2  # the urgent one went at once, at night
+    finally:
+        await runner.stop()
+
+
+async def test_a_follow_up_goes_only_to_those_who_received_the_first(world: World, tmp_path: Path) -> None:
+    members = _add_members(world, 4)
+    dialer = FakeDialer(world.desk, {"+3294000001": "no_answer", "+3294000003": "busy"})  # type: ignore[arg-type]
+    runner = _runner(world, dialer)
+    first = await _approved(world, tmp_path)
+    await runner.start()
+    try:
+        await _until_done(world)
+        dialer.dialled.clear()
+        await _approved(world, tmp_path, follow_up_of=first)
+        runner.wake()
+        await _until_done(world)
+    finally:
+        await runner.stop()
+    assert sorted(n for _, n in dialer.dialled) == ["+3294000000", "+3294000002"]
+    assert members
+
+
+async def test_no_attempt_is_written_for_a_member_who_confirmed_after_the_plan_was_read(
+        world: World, tmp_path: Path) -> None:
+    """B5: the dialer dials from a plan up to a second old; a confirmation since then wins."""
+    [member] = _add_members(world, 1)
+    await _approved(world, tmp_path)
+    delivery = DeliveryDesk(world.engine, world.desk.store)
+    [plan] = await delivery.plans()
+    assert await delivery.confirm_callback(plan.campaign_id, member)  # they called in meanwhile
+    assert await delivery.begin_attempt(plan.campaign_id, member, "+3294000000", "primary", 1) is None
+    with session_scope(world.engine) as s:
+        assert s.scalars(select(CallAttempt)).all() == []
+
+
+async def test_a_key_the_flow_heard_counts_as_heard_on_the_call_even_if_the_cel_poller_took_it_first(
+        world: World, tmp_path: Path) -> None:
+    """The flow writes Asterisk's CEL row, then stores the key; the 1 s poller can read the row in
+    between. One confirmation either way, at the moment of the key, and it says the call heard it."""
+    members = _add_members(world, 2, shared=2)
+    await _approved(world, tmp_path)
+    delivery = DeliveryDesk(world.engine, world.desk.store)
+    [plan] = await delivery.plans()
+    attempt_id = await delivery.begin_attempt(plan.campaign_id, members[0], "+3294000000", "primary", 1)
+    assert attempt_id is not None
+    key_at = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+    assert await delivery.confirm(attempt_id, via="cel", at=key_at)
+    assert not await delivery.confirm(attempt_id)  # the flow's own store comes second: nothing new
+    assert not await delivery.confirm(attempt_id, via="cel")  # nor does the poller's second look change it
+    with session_scope(world.engine) as s:
+        rows = {c.person_id: (c.via, c.attempt_id, c.confirmed_at.replace(tzinfo=dt.timezone.utc))
+                for c in s.scalars(select(Confirmation))}
+    assert rows == {members[0]: ("call", attempt_id, key_at), members[1]: ("shared", None, key_at)}
+
+
+async def test_stop_ends_the_dialer_even_as_a_wake_comes(world: World) -> None:
+    """A call's end wakes the dialer in the same moment as it is stopped: the stop still ends it (on
+    Python 3.11, asyncio.wait_for swallowed that cancel and stop() waited forever)."""
+    runner = _runner(world, FakeDialer(world.desk, {}))
+    await runner.start()
+    await asyncio.sleep(0.2)  # the dialer has planned (nothing to do) and waits to be woken
+    runner.wake()
+    async with asyncio.timeout(5):
+        await runner.stop()
+    assert runner._task is not None and runner._task.cancelled()
