@@ -14,14 +14,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.models import AuditEntry, utcnow
+from storage.models import AuditEntry, as_utc, utcnow
 
 GENESIS = "0" * 64
 
 
 def _canonical(at: dt.datetime, actor: str, action: str, subject: str, details: dict[str, Any]) -> str:
-    # Timestamps are normalised to UTC microseconds: SQLite returns them naive, PostgreSQL aware.
-    stamp = (at if at.tzinfo else at.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
+    # Hashed as UTC microseconds, whichever database handed the time back.
+    stamp = as_utc(at)
     return json.dumps(
         {"at": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "actor": actor, "action": action, "subject": subject,
          "details": details},

@@ -6,13 +6,16 @@ dialer and the command line can write at the same time; PostgreSQL is used by UR
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -95,3 +98,20 @@ def open_database(url: str) -> Engine:
     if current_revision(url) != head_revision():
         upgrade(url)
     return make_engine(url)
+
+
+class Desk:
+    """The base of every store that serves the event loop: one transaction per step, run in a worker
+    thread so the loop keeps serving AMI and calls (a blocking query there would stall every call)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def run(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one transaction (blocking: from a worker thread or the command line)."""
+        with session_scope(self.engine) as session:
+            return work(session)
+
+    async def tx(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one transaction in a worker thread."""
+        return await asyncio.to_thread(self.run, work)

@@ -1,8 +1,10 @@
 """SQLAlchemy 2 models: the database is the single source of truth for every state that matters.
 
-Rules: UTC timezone-aware datetimes; enums stored as strings (portable between SQLite and
-PostgreSQL, readable in dumps); a call attempt's id is a UUID string that is also the Asterisk
-Originate ChannelId, so every AMI event maps back to the row written before the call was placed.
+Rules: UTC timezone-aware datetimes (``UtcDateTime``: every datetime read back is aware UTC);
+enums (the vocabulary of ``ivr.domain.vocabulary``) stored as their values, strings (portable
+between SQLite and PostgreSQL, readable in dumps); a call attempt's id is a UUID string that is
+also the Asterisk Originate ChannelId, so every AMI event maps back to the row written before the
+call was placed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Dialect,
     Enum,
     Float,
     ForeignKey,
@@ -24,9 +27,29 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# The vocabulary lives in the pure domain; it is re-exported here, where the columns use it.
+from ivr.domain.vocabulary import (
+    AttemptOutcome,
+    AttemptStatus,
+    CampaignStatus,
+    Decision,
+    Escalation,
+    Language,
+    MessageKind,
+    MessageSource,
+    MessageStatus,
+    PhoneRank,
+    PinOutcome,
+    ReviewMode,
+    Role,
+    Urgency,
+    WebRole,
+)
 
 
 def utcnow() -> dt.datetime:
@@ -60,135 +83,38 @@ def _enum(kind: type[enum.Enum]) -> Enum:
                 validate_strings=True)
 
 
-Timestamp = DateTime(timezone=True)
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """``value`` as an aware UTC datetime: a naive one is taken to be UTC already (how it is stored)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
 
 
-class Language(enum.Enum):
-    """The languages prompts are spoken in (Belgium's three)."""
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """``DateTime(timezone=True)`` that always hands back aware UTC datetimes.
 
-    NL = "nl"
-    FR = "fr"
-    DE = "de"
+    The column type (and so the schema and what is stored) is exactly ``DateTime(timezone=True)``:
+    SQLite keeps the UTC wall time as text and hands it back naive, PostgreSQL keeps the instant and
+    hands it back in the session's zone; both come back here as UTC. Aware values are converted to
+    UTC before they are written (SQLite would otherwise keep another zone's wall time as if UTC).
+    """
 
+    impl = DateTime(timezone=True)
+    cache_ok = True
 
-class Role(enum.Enum):
-    """What a person does in the chain."""
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        """Aware values to UTC; naive ones are UTC already and are written unchanged."""
+        if value is None or value.tzinfo is None:
+            return value
+        return value.astimezone(dt.timezone.utc)
 
-    POLICE_OFFICER = "police_officer"
-    COORDINATOR = "coordinator"
-    MEMBER = "member"
-    ADMIN = "admin"
-    #: A police officer who decides on urgent messages that no coordinator took (zone escalation).
-    POLICE_APPROVER = "police_approver"
-
-
-class PhoneRank(enum.Enum):
-    """Which of a person's numbers: dialled first, or when the first fails."""
-
-    PRIMARY = "primary"
-    SECONDARY = "secondary"
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        """Whatever the database hands back, as an aware UTC datetime."""
+        return None if value is None else as_utc(value)
 
 
-class Urgency(enum.Enum):
-    """dringend (red) or preventief (green)."""
-
-    URGENT = "urgent"
-    PREVENTIVE = "preventive"
-
-
-class MessageStatus(enum.Enum):
-    """Where a police message stands."""
-
-    DRAFT = "draft"                  # recorded, not (yet) submitted; never sent
-    RECORDED = "recorded"            # submitted by the officer
-    WITH_COORDINATORS = "with_coordinators"
-    APPROVED = "approved"            # to be delivered now or at a set time
-    REJECTED = "rejected"
-    DELIVERING = "delivering"
-    DONE = "done"
-    CANCELLED = "cancelled"
-
-
-class ReviewMode(enum.Enum):
-    """How a zone calls a BIN's coordinators about a new message."""
-
-    SEQUENTIAL = "sequential"  # one after the other, in priority order
-    PARALLEL = "parallel"      # all at once; the first decision counts
-
-
-class Escalation(enum.Enum):
-    """What happens to an urgent message that no coordinator decided on."""
-
-    AUTO_FORWARD = "auto_forward"        # delivered to the members without a decision
-    POLICE_APPROVER = "police_approver"  # the zone's police approvers are called, then it waits
-    WAIT = "wait"                        # it waits, like a preventive message
-
-
-class Decision(enum.Enum):
-    """What a coordinator (or the zone's policy) decided about a message."""
-
-    FORWARD_NOW = "forward_now"
-    FORWARD_LATER = "forward_later"
-    REJECT = "reject"
-
-
-class MessageKind(enum.Enum):
-    """A new alert, or feedback on an earlier one (sent only to those who received the first)."""
-
-    ALERT = "alert"
-    UPDATE = "update"
-    CANCELLATION = "cancellation"
-
-
-class MessageSource(enum.Enum):
-    """How the police gave the message."""
-
-    PHONE = "phone"  # spoken on the police line
-    TEXT = "text"    # typed, then spoken by espeak-ng
-
-
-class PinOutcome(enum.Enum):
-    """One PIN attempt on the police line."""
-
-    OK = "ok"
-    WRONG = "wrong"
-    LOCKED = "locked"  # refused unchecked: the account or caller ID was locked
-
-
-class CampaignStatus(enum.Enum):
-    """The delivery of one message to a BIN's members."""
-
-    SCHEDULED = "scheduled"
-    RUNNING = "running"
-    DONE = "done"
-    CANCELLED = "cancelled"
-
-
-class AttemptStatus(enum.Enum):
-    """One call attempt's life: written before dialling, ended exactly once."""
-
-    QUEUED = "queued"
-    DIALING = "dialing"
-    ANSWERED = "answered"
-    ENDED = "ended"
-
-
-class AttemptOutcome(enum.Enum):
-    """The closed set of terminal outcomes of an attempt (RELIABILITY B6)."""
-
-    CONFIRMED = "confirmed"
-    ANSWERED_NO_KEY = "answered_no_key"
-    VOICEMAIL = "voicemail"
-    BUSY = "busy"
-    NO_ANSWER = "no_answer"
-    REJECTED = "rejected"
-    CONGESTION = "congestion"
-    FAILED = "failed"
-    INVALID_NUMBER = "invalid_number"
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"
-    #: The call was up when the application or Asterisk went down: retried by the policy.
-    INTERRUPTED = "interrupted"
+#: Every datetime column of the chain.
+Timestamp = UtcDateTime()
 
 
 class PoliceZone(Base):
@@ -345,7 +271,8 @@ class ReviewCall(Base):
 
 
 class ReviewDecision(Base):
-    """The one decision about a message: who (``None``: the zone's policy), what, when."""
+    """The one decision about a message: who (``None``: the zone's policy), what, and when it was made
+    (when to deliver is the message's own ``deliver_at``)."""
 
     __tablename__ = "review_decisions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -353,7 +280,6 @@ class ReviewDecision(Base):
     person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
     review_call_id: Mapped[str | None] = mapped_column(ForeignKey("review_calls.id"))
     decision: Mapped[Decision] = mapped_column(_enum(Decision))
-    deliver_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     #: phone (a coordinator's keys), escalation (the zone's policy), or cli.
     via: Mapped[str] = mapped_column(String(20), default="phone")
     decided_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
@@ -459,14 +385,6 @@ class AuditEntry(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
-
-
-class WebRole(enum.Enum):
-    """What a web console account may do (derived from the person's roles when it is created)."""
-
-    POLICE = "police"            # send alerts and follow them, for the zones of the person's police roles
-    COORDINATOR = "coordinator"  # the person's own BINs: their messages and member lists
-    ADMIN = "admin"              # everything
 
 
 class WebAccount(Base):

@@ -4,6 +4,7 @@ The conversation:
   system: "Welcome... admin line, type your PIN, then #"   caller: 1234#   (3 wrong: locked, audited)
   system: "Type the BIN's number, then #"                   caller: 12#
   system: "You chose BIN 12, Kerkwijk. 1 if right, 2 for another"         caller: 1
+    (these first steps are the police line's: ``ivr.directory.caller``)
   system: "Messages for BIN Kerkwijk: 5. You hear the newest first."
   for each message, newest first:
     system: "Message 1 of 5: urgent message of 27 November at 14:32."
@@ -21,13 +22,12 @@ import enum
 import zoneinfo
 from dataclasses import dataclass
 
-from ivr.telephony.call import Call, choose
-from ivr.police_line.store import BinChoice
-from ivr.media.prompts import text
 from ivr.archive.replay import ReplayDesk, ReplayEntry, Replayer
+from ivr.directory.caller import Unidentified, identify, pick_bin
+from ivr.media.prompts import text
+from ivr.police_line.store import BinChoice
+from ivr.telephony.call import Call, choose
 
-#: Questions asked at most this often before the call ends politely.
-TRIES = 3
 #: The keys of the menu after each message.
 MENU_KEYS = "123*"
 #: Month names, as prompt ids (the header says "27 November", in the caller's language).
@@ -85,49 +85,23 @@ async def admin_replay(call: Call, desk: ReplayDesk, rules: ReplayRules) -> Repl
 
 
 async def authenticate(call: Call, desk: ReplayDesk, rules: ReplayRules) -> Replayer | ReplayEnd:
-    """Caller ID and PIN, with the police line's lockout; a locked caller is not allowed to guess."""
-    if await desk.lock_for(call.caller_id) is not None:
-        await call.say("police_locked")
-        await call.hangup()
-        return ReplayEnd.LOCKED
-    for _ in range(TRIES):
-        pin = await call.read_digits("admin_enter_pin", max_digits=8, timeout_s=rules.key_timeout_s)
-        if not pin:
-            continue
-        result = await desk.check_pin(call.caller_id, pin)
-        if result.replayer is not None:
-            return result.replayer
-        if result.locked_until is not None:
-            await call.say("police_locked")
-            await call.hangup()
-            return ReplayEnd.LOCKED
-        await call.say("police_pin_wrong")
-    await call.say("no_input_goodbye")
-    await call.hangup()
-    return ReplayEnd.NOT_AUTHENTICATED
+    """Caller ID and PIN, with the police line's lockout (``ivr.directory.caller.identify``)."""
+    replayer = await identify(call, desk.lock_for, desk.check_pin, lambda answer: answer.replayer,
+                              pin_prompt="admin_enter_pin", key_timeout_s=rules.key_timeout_s)
+    if isinstance(replayer, Unidentified):
+        return ReplayEnd.LOCKED if replayer is Unidentified.LOCKED else ReplayEnd.NOT_AUTHENTICATED
+    return replayer
 
 
 async def choose_bin(call: Call, desk: ReplayDesk, replayer: Replayer,
                      rules: ReplayRules) -> BinChoice | ReplayEnd:
-    """The BIN by its number, read back; a BIN the caller may not replay is refused (and audited)."""
-    refused = False
-    for _ in range(TRIES):
-        digits = await call.read_digits("police_enter_bin", max_digits=6, timeout_s=rules.key_timeout_s)
-        if not digits:
-            continue
-        choice = await desk.find_bin(replayer, digits)
-        if choice.error_prompt is not None:
-            refused = refused or choice.error_prompt == "admin_bin_refused"
-            await call.say(choice.error_prompt)
-            continue
-        key = await call.say("police_bin_chosen", number=choice.number, name=choice.name)
-        if key not in ("1", "2"):
-            key = await choose(call, "police_bin_confirm", "12", rules.key_timeout_s)
-        if key == "1":
-            return choice
-        if key is None:
-            break
-    return ReplayEnd.REFUSED if refused else ReplayEnd.NO_BIN
+    """The BIN by its number, read back (``ivr.directory.caller.pick_bin``); a BIN the caller may not
+    replay is refused (and audited by the desk)."""
+    picked = await pick_bin(call, lambda digits: desk.find_bin(replayer, digits),
+                            key_timeout_s=rules.key_timeout_s)
+    if picked.choice is not None:
+        return picked.choice
+    return ReplayEnd.REFUSED if "admin_bin_refused" in picked.heard else ReplayEnd.NO_BIN
 
 
 async def browse(call: Call, desk: ReplayDesk, replayer: Replayer, entries: list[ReplayEntry],

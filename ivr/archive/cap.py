@@ -24,7 +24,7 @@ import hashlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from storage.models import MessageKind, Urgency
+from ivr.domain.vocabulary import MessageKind, Urgency
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 LANGUAGE = "nl-BE"

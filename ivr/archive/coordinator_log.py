@@ -8,9 +8,10 @@ was done). This module makes it from the archive. Rules:
   ``Archive.list`` (which messages) and ``campaign_report`` (where every member stands, by the
   dialer's own policy) instead of counting again.
 * Drafts are left out: they never left the officer's hands.
-* Delivered = members who heard the message (confirmed, answered without a key, answering machine);
-  confirmed = pressed 1. Rates are over the campaign's members (for a follow-up: those who
-  received the first message); ``None`` when there is no campaign or nobody to call.
+* Delivered = members who heard the message (confirmed, answered without a key, answering machine:
+  ``ivr.delivery.states.DELIVERED_STATES``); confirmed = pressed 1. Rates are over the campaign's
+  members (for a follow-up: those who received the first message); ``None`` when there is no
+  campaign or nobody to call.
 * Time to 95 %: from the campaign's start (the approval when it has none) to the confirmation that
   brings the confirmed members to at least 95 % of the members, rounded up (19 of 20, 10 of 10);
   ``None`` ("niet bereikt") if that never happened.
@@ -30,16 +31,13 @@ from sqlalchemy import Engine, select
 from ivr.archive.store import Archive
 from ivr.delivery.policy import RetryPolicy
 from ivr.delivery.report import CampaignReport, campaign_report
+from ivr.delivery.states import DELIVERED_STATES
 from storage.db import session_scope
-from storage.models import (
-    Bin, Campaign, Decision, Message, MessageKind, MessageStatus, Recording, ReviewDecision, Transcript,
-    Urgency,
-)
+from storage.models import Bin, Campaign, Message, Recording, ReviewDecision, Transcript
+from ivr.domain.vocabulary import Decision, MessageKind, MessageStatus, Urgency
 
 #: The share of members whose confirmation the log times ("time to reach 95 % of members").
 TARGET_PERCENT = 95
-#: Final states of a member (``ivr.delivery.report``) in which the message was heard.
-DELIVERED_STATES = ("confirmed", "answering_machine", "answered_no_key")
 
 URGENCY_NL = {Urgency.URGENT: "dringend", Urgency.PREVENTIVE: "preventief"}
 KIND_NL = {MessageKind.ALERT: "melding", MessageKind.UPDATE: "opvolging",
@@ -137,19 +135,19 @@ def make_entry(message: Message, text: str | None, text_source: str | None, deci
                decided_by: str | None, campaign: Campaign | None, report: CampaignReport | None,
                follow_ups: Sequence[tuple[int, MessageKind]]) -> LogEntry:
     """A log entry from the rows of one message (and its campaign's report)."""
-    decided_at = _aware(decision.decided_at) if decision is not None else None
+    decided_at = decision.decided_at if decision is not None else None
     start = None
     members = delivered = confirmed = 0
     time_to = None
     if campaign is not None and report is not None:
-        start = _aware(campaign.started_at) or decided_at
+        start = campaign.started_at or decided_at
         counts = report.counts()
         members = len(report.members)
         delivered = sum(counts.get(state, 0) for state in DELIVERED_STATES)
         confirmed = counts.get("confirmed", 0)
-        time_to = time_to_share(start, (_aware(line.confirmed_at) for line in report.members), members)
+        time_to = time_to_share(start, (line.confirmed_at for line in report.members), members)
     return LogEntry(
-        message_id=message.id, created_at=_aware(message.created_at) or message.created_at,
+        message_id=message.id, created_at=message.created_at,
         urgency=message.urgency, kind=message.kind, status=message.status,
         follow_up_of=message.follow_up_of_id,
         text=text, text_source=text_source,
@@ -158,13 +156,6 @@ def make_entry(message: Message, text: str | None, text_source: str | None, deci
         campaign_id=campaign.id if campaign is not None else None, campaign_start=start,
         members=members, delivered=delivered, confirmed=confirmed, time_to_target=time_to,
         follow_ups=tuple(follow_ups))
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    # SQLite hands back naive datetimes (stored as UTC).
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 # -- reading the archive ---------------------------------------------------------------------------

@@ -10,35 +10,32 @@ Rules:
   messages is read for a refused caller;
 - every replay writes ``recording.played`` and commits it *before* the audio's path is handed
   back to be played (write ahead of the side effect); the access rule is checked again then;
-- SQL runs in a worker thread (``asyncio.to_thread``): the event loop keeps serving calls.
+- SQL runs in a worker thread (``storage.db.Desk.tx``): the event loop keeps serving calls.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
 from sqlalchemy import Engine, and_, func, select
 from sqlalchemy.orm import Session
 
-from ivr.archive.store import ZONE_POLICE, AccessDenied, bin_replay_refusal
+from ivr.archive.access import ZONE_POLICE, AccessDenied, bin_replay_refusal
 from ivr.delivery.store import campaign_members
 from ivr.domain.phone import mask
 from ivr.domain.pin import PinPolicy
 from ivr.police_line.store import BinChoice
 from ivr.directory.pin_gate import check_pin, lock_in_force, pin_key
 from storage import audit
-from storage.db import session_scope
+from storage.db import Desk
 from storage.models import (
-    Bin, Campaign, Confirmation, Message, Person, PhoneNumber, Recording, Role,
-    RoleAssignment, Urgency, utcnow,
+    Bin, Campaign, Confirmation, Message, Person, PhoneNumber, Recording, RoleAssignment, utcnow,
 )
+from ivr.domain.vocabulary import Role, Urgency
 from storage.recordings import RecordingStore
-
-T = TypeVar("T")
 
 #: The ``via`` of every audit record written for the admin line.
 VIA = "admin_line"
@@ -74,28 +71,15 @@ class ReplayEntry:
     members: int | None
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    """SQLite returns naive datetimes: they are UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
-class ReplayDesk:
+class ReplayDesk(Desk):
     """The database side of the admin line."""
 
     def __init__(self, engine: Engine, store: RecordingStore, *, pin_policy: PinPolicy = PinPolicy(),
                  clock: Callable[[], dt.datetime] = utcnow) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.store = store
         self.pin_policy = pin_policy
         self.clock = clock
-
-    async def _tx(self, work: Callable[[Session], T]) -> T:
-        return await asyncio.to_thread(self.run, work)
-
-    def run(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in one transaction (blocking)."""
-        with session_scope(self.engine) as session:
-            return work(session)
 
     # -- who is calling -------------------------------------------------------------------------
     @staticmethod
@@ -120,7 +104,7 @@ class ReplayDesk:
                 audit.record(s, f"caller:{mask(key)}", "admin_line.call_refused_locked",
                              f"person:{person.id if person else '-'}", locked_until=lock.isoformat())
             return lock
-        return await self._tx(work)
+        return await self.tx(work)
 
     async def check_pin(self, caller_id: str, pin: str) -> ReplayPin:
         """Check a PIN typed from ``caller_id``; every attempt is stored and audited (never the PIN)."""
@@ -132,7 +116,7 @@ class ReplayDesk:
             if person is None:
                 return ReplayPin(None, verdict.locked_until)
             return ReplayPin(Replayer(person.id, person.name, person.language.value))
-        return await self._tx(work)
+        return await self.tx(work)
 
     # -- may they, and which BIN ----------------------------------------------------------------
     async def may_replay_anything(self, replayer: Replayer) -> bool:
@@ -145,7 +129,7 @@ class ReplayDesk:
             audit.record(s, f"person:{replayer.person_id}", "recording.play_refused", VIA,
                          reason="only admins and the police of the message's zone may replay it", via=VIA)
             return False
-        return await self._tx(work)
+        return await self.tx(work)
 
     async def find_bin(self, replayer: Replayer, digits: str) -> BinChoice:
         """The BIN with this number if ``replayer`` may replay its messages; a refusal is audited."""
@@ -160,7 +144,7 @@ class ReplayDesk:
                              f"bin:{bin_.number}", reason=refusal, via=VIA)
                 return BinChoice(error_prompt="admin_bin_refused")
             return BinChoice(bin_.id, bin_.number, bin_.name)
-        return await self._tx(work)
+        return await self.tx(work)
 
     # -- the messages ---------------------------------------------------------------------------
     async def latest(self, bin_id: int, limit: int) -> list[ReplayEntry]:
@@ -182,11 +166,11 @@ class ReplayDesk:
                     members = len(campaign_members(s, campaign, message))
                     confirmed = len(set(s.scalars(select(Confirmation.person_id)
                                                   .where(Confirmation.campaign_id == campaign.id))))
-                spoken_at = _aware(message.submitted_at or message.created_at)
+                spoken_at = message.submitted_at or message.created_at
                 entries.append(ReplayEntry(message.id, message.urgency is Urgency.URGENT, spoken_at,
                                            confirmed, members))
             return entries
-        return await self._tx(work)
+        return await self.tx(work)
 
     async def recording_to_play(self, replayer: Replayer, message_id: int) -> Path:
         """The message's sent recording, checksum verified; ``recording.played`` is committed first.
@@ -207,7 +191,7 @@ class ReplayDesk:
             audit.record(s, actor, "recording.played", f"message:{message_id}", take=recording.take,
                          sha256=recording.sha256, to="phone", via=VIA)
             return path
-        found = await self._tx(work)
+        found = await self.tx(work)
         if isinstance(found, str):
             raise AccessDenied(f"person {replayer.person_id} may not replay message {message_id}: {found}")
         return found

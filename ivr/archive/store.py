@@ -2,15 +2,15 @@
 
 Rules of this module:
 
-* Search reads the full-text index of migration 0004 (SQLite FTS5 / PostgreSQL text search) over
-  every transcript and every typed message text; all given words must appear (AND).
+* Search (``ivr.archive.search``) reads the full-text index of migration 0004 over every
+  transcript and every typed message text; all given words must appear (AND).
 * Replay is allowed to admins and to the police (officers, approvers) of the message's zone, and
-  to nobody else. Every replay and every refusal is written to the audit log and committed
-  *before* any byte is copied or played (write ahead of the side effect).
+  to nobody else (``ivr.archive.access``). Every replay and every refusal is written to the audit
+  log and committed *before* any byte is copied or played (write ahead of the side effect).
 * Export (``Archive.export``: a CAP 1.2 document plus the original audio) follows the replay rule
   and is audited the same way, before any byte is written.
-* Retention: see ``Archive.purge_expired``. The audit keeps that an item existed and was purged
-  (checksum, duration, dates), never its content.
+* Retention: see ``ivr.archive.purge.purge_expired``. The audit keeps that an item existed and was
+  purged (checksum, duration, dates), never its content.
 * No wall clock here: the purge is given ``now``.
 """
 
@@ -22,37 +22,30 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, Engine, and_, or_, select, text
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from ivr.archive import cap
-from ivr.domain.phone import InvalidPhoneNumber, normalize_phone
-from storage import audit
-from storage.db import session_scope
-from storage.models import (
-    Bin, BinStreet, Message, MessageStatus, Person, PhoneNumber, PoliceZone, Recording, Role, RoleAssignment,
-    Transcript, Urgency,
+from ivr.archive import cap, search as finding
+from ivr.archive.access import (
+    ZONE_POLICE, AccessDenied, ArchiveError, bin_replay_refusal, replay_refusal, resolve_person,
 )
+from ivr.archive.purge import IN_FLIGHT, PurgedItem, PurgeReport, purge_expired
+from ivr.archive.search import ArchiveEntry, fts5_query, search_words
+from storage import audit
+from storage.db import Desk, session_scope
+from storage.models import BinStreet, Message, Recording, Transcript
+from ivr.domain.vocabulary import MessageStatus, Urgency
 from storage.recordings import RecordingCorrupted, RecordingStore
 
-
-class ArchiveError(Exception):
-    """A request the archive cannot serve (unknown message, no recording, no player); says why."""
-
-
-class AccessDenied(ArchiveError):
-    """The person asking may not replay this message (the refusal is already audited)."""
-
-
-#: A message in one of these states is still being worked on: its audio is needed, never purged.
-IN_FLIGHT = frozenset({MessageStatus.RECORDED, MessageStatus.WITH_COORDINATORS, MessageStatus.APPROVED,
-                       MessageStatus.DELIVERING})
-
-#: Roles that may replay a message of their own zone.
-ZONE_POLICE = frozenset({Role.POLICE_OFFICER, Role.POLICE_APPROVER})
+# What other modules import from here, wherever it now lives.
+__all__ = [
+    "IN_FLIGHT", "PLAYERS", "ZONE_POLICE", "AccessDenied", "Archive", "ArchiveEntry", "ArchiveError",
+    "Export", "PurgeReport", "PurgedItem", "bin_replay_refusal", "find_player", "fts5_query",
+    "resolve_person", "search_words",
+]
 
 #: External players tried, in order, for "play to the speakers" (the file is appended).
 PLAYERS: tuple[tuple[str, ...], ...] = (
@@ -60,30 +53,6 @@ PLAYERS: tuple[tuple[str, ...], ...] = (
     ("paplay",),
     ("ffplay", "-nodisp", "-autoexit", "-loglevel", "error"),
 )
-
-
-@dataclass(frozen=True)
-class ArchiveEntry:
-    """One message as the archive shows it (``snippet``: where the words were found, for a search)."""
-
-    message_id: int
-    bin_number: int
-    bin_name: str
-    zone_code: str
-    created_at: dt.datetime
-    urgency: Urgency
-    status: MessageStatus
-    snippet: str | None = None
-
-
-@dataclass(frozen=True)
-class PurgedItem:
-    """One thing a purge removed (or would remove, in a dry run)."""
-
-    kind: str  # "recording", "transcript" or "text"
-    message_id: int
-    item_id: int
-    created_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -97,46 +66,12 @@ class Export:
     msg_type: str
 
 
-@dataclass
-class PurgeReport:
-    """What a retention purge did; ``cutoff`` is ``None`` when retention is off (0 days)."""
-
-    cutoff: dt.datetime | None
-    dry_run: bool
-    purged: list[PurgedItem] = field(default_factory=list)
-    #: Messages with expired content that were kept because they are still in flight.
-    held: list[int] = field(default_factory=list)
-    #: Items left alone because something is wrong with them (e.g. a path outside the store).
-    problems: list[str] = field(default_factory=list)
-
-    def count(self, kind: str) -> int:
-        """How many items of ``kind`` were purged."""
-        return sum(1 for item in self.purged if item.kind == kind)
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    # SQLite gives naive datetimes (stored as UTC); PostgreSQL aware ones.
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc)
-
-
-def fts5_query(words: Sequence[str]) -> str:
-    """``words`` as an FTS5 query: each word a quoted string, all required (no operator injection)."""
-    return " ".join('"' + word.replace('"', '""') + '"' for word in words)
-
-
-def search_words(words: Sequence[str]) -> list[str]:
-    """The words worth searching for: split on blanks, kept only if they hold a letter or digit."""
-    return [w for raw in words for w in raw.split() if any(ch.isalnum() for ch in w)]
-
-
-class Archive:
+class Archive(Desk):
     """Search, list, replay and purge over the database and the recording store."""
 
     def __init__(self, engine: Engine, store: RecordingStore, *, operator: str = "") -> None:
         """``operator``: who runs the program (e.g. ``cli:alice``), added to every audit record."""
-        self.engine = engine
+        super().__init__(engine)
         self.store = store
         self.operator = operator
 
@@ -147,59 +82,15 @@ class Archive:
         wanted = search_words(words)
         if not wanted:
             raise ArchiveError("give at least one word to search for")
-        with session_scope(self.engine) as s:
-            if s.get_bind().dialect.name == "sqlite":
-                hits = self._sqlite_hits(s, fts5_query(wanted))
-            else:
-                hits = self._postgres_hits(s, " ".join(wanted))
-            snippets: dict[int, str] = {}
-            for message_id, snippet in hits:
-                snippets.setdefault(message_id, snippet)
-            entries = self._entries(s, [Message.id.in_(snippets)], limit) if snippets else []
+
+        def work(s: Session) -> list[ArchiveEntry]:
+            snippets = finding.hits(s, wanted)
+            entries = finding.entries(s, [Message.id.in_(snippets)], limit) if snippets else []
             # The query words are references, not content; the result ids say what was seen.
             audit.record(s, actor, "archive.searched", "archive", words=wanted,
                          results=[e.message_id for e in entries], **self._via())
-        return [ArchiveEntry(**{**e.__dict__, "snippet": snippets[e.message_id]}) for e in entries]
-
-    @staticmethod
-    def _sqlite_hits(s: Session, query: str) -> list[tuple[int, str]]:
-        rows = s.execute(text(
-            "SELECT r.message_id, snippet(transcripts_fts, 0, '[', ']', '…', 12) "
-            "FROM transcripts_fts JOIN transcripts t ON t.id = transcripts_fts.rowid "
-            "JOIN recordings r ON r.id = t.recording_id WHERE transcripts_fts MATCH :q "
-            "UNION ALL "
-            "SELECT m.id, snippet(messages_fts, 0, '[', ']', '…', 12) "
-            "FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid WHERE messages_fts MATCH :q"),
-            {"q": query})
-        return [(int(mid), str(snip)) for mid, snip in rows]
-
-    @staticmethod
-    def _postgres_hits(s: Session, query: str) -> list[tuple[int, str]]:
-        # The to_tsvector expressions are those of the GIN indexes (migration 0004), character for character.
-        headline = "'StartSel=[, StopSel=], MaxWords=24, MinWords=8, MaxFragments=1, FragmentDelimiter=…'"
-        rows = s.execute(text(
-            "SELECT r.message_id, ts_headline('simple', t.text, plainto_tsquery('simple', :q), "
-            f"{headline}) FROM transcripts t JOIN recordings r ON r.id = t.recording_id "
-            "WHERE to_tsvector('simple'::regconfig, t.text) @@ plainto_tsquery('simple'::regconfig, :q) "
-            "UNION ALL "
-            f"SELECT m.id, ts_headline('simple', m.text, plainto_tsquery('simple', :q), {headline}) "
-            "FROM messages m "
-            "WHERE to_tsvector('simple'::regconfig, coalesce(m.text, '')) "
-            "@@ plainto_tsquery('simple'::regconfig, :q)"),
-            {"q": query})
-        return [(int(mid), str(snip)) for mid, snip in rows]
-
-    @staticmethod
-    def _entries(s: Session, where: Sequence[ColumnElement[bool]], limit: int | None) -> list[ArchiveEntry]:
-        query = (select(Message.id, Bin.number, Bin.name, PoliceZone.code, Message.created_at,
-                        Message.urgency, Message.status)
-                 .join(Bin, Bin.id == Message.bin_id).join(PoliceZone, PoliceZone.id == Bin.zone_id)
-                 .where(*where)
-                 .order_by(Message.created_at.desc(), Message.id.desc()))
-        if limit is not None:
-            query = query.limit(limit)
-        return [ArchiveEntry(mid, number, name, code, _utc(created), urgency, status)
-                for mid, number, name, code, created, urgency, status in s.execute(query)]
+            return [ArchiveEntry(**{**e.__dict__, "snippet": snippets[e.message_id]}) for e in entries]
+        return self.run(work)
 
     # -- replay ----------------------------------------------------------------------------
 
@@ -254,7 +145,7 @@ class Archive:
             raise ArchiveError(f"no message {message_id}")
         person = resolve_person(s, actor)
         who = f"person:{person.id}" if person is not None else f"unknown:{actor}"
-        refusal = _replay_refusal(s, person, message)
+        refusal = replay_refusal(s, person, message)
         if refusal is not None:
             audit.record(s, who, refused_action, f"message:{message_id}", reason=refusal, **self._via())
         return message, who, refusal
@@ -318,140 +209,18 @@ class Archive:
 
     def purge_expired(self, now: dt.datetime, retention_days: int, actor: str, *,
                       dry_run: bool = False) -> PurgeReport:
-        """Delete the recordings, transcripts and typed texts older than ``retention_days`` (0: keep all).
-
-        What is purged, and why this way:
-
-        * An item's age is counted from when it came into existence: a recording from its
-          ``created_at`` (the police spoke it), a typed text from its message's ``created_at``.
-          A transcript is derived from its recording and goes with it, even if it was made later:
-          no text of a message outlives its audio. Exactly the items created strictly before
-          ``now - retention_days`` are purged; nothing younger is touched.
-        * The audio file is deleted from the store and the ``Recording`` and ``Transcript`` rows
-          are deleted (the schema allows it: only transcripts refer to recordings). The typed
-          text of a written message is the same content as its synthesised audio, so it is
-          cleared too. The ``Message`` row, its review decision, campaign, call attempts and
-          confirmations stay: they are the evaluation record (who was called, who confirmed),
-          not the police's words.
-        * Each purged item gets an audit record with its checksum, duration and dates, so the
-          log proves what existed and that it was deleted, without keeping any of it.
-        * A message still in flight (recorded, with the coordinators, approved, delivering) is
-          held, not purged: members are still to hear it. It is listed in ``held``.
-        * Rows and audit records are written per message in one transaction; the file is
-          unlinked inside that transaction, just before the commit. Should the commit fail, the
-          rows survive pointing at a missing file and the next purge completes the job (it
-          notes the file as already missing); the other order could leave police audio on
-          disk with no row pointing at it.
-        * On SQLite, freed pages are overwritten (``secure_delete``) and the full-text index is
-          optimised afterwards so that purged words do not linger in old index segments.
-        """
-        if retention_days < 0:
-            raise ValueError("retention_days must be 0 (keep for ever) or more")
-        if retention_days == 0:
-            return PurgeReport(cutoff=None, dry_run=dry_run)
-        cutoff = _utc(now) - dt.timedelta(days=retention_days)
-        report = PurgeReport(cutoff=cutoff, dry_run=dry_run)
-        with session_scope(self.engine) as s:
-            expired_audio = select(Recording.message_id).where(Recording.created_at < cutoff)
-            candidates = s.scalars(select(Message.id).where(or_(
-                Message.id.in_(expired_audio),
-                and_(Message.text.is_not(None), Message.created_at < cutoff))).order_by(Message.id)).all()
-        for message_id in candidates:
-            self._purge_message(message_id, cutoff, retention_days, actor, report)
-        if report.purged and not dry_run:
-            with session_scope(self.engine) as s:
-                audit.record(s, actor, "archive.purged", "retention", cutoff=cutoff.isoformat(),
-                             retention_days=retention_days, recordings=report.count("recording"),
-                             transcripts=report.count("transcript"), texts=report.count("text"),
-                             held=report.held, **self._via())
-                if s.get_bind().dialect.name == "sqlite":
-                    s.execute(text("INSERT INTO transcripts_fts(transcripts_fts) VALUES ('optimize')"))
-                    s.execute(text("INSERT INTO messages_fts(messages_fts) VALUES ('optimize')"))
-        return report
-
-    def _purge_message(self, message_id: int, cutoff: dt.datetime, retention_days: int, actor: str,
-                       report: PurgeReport) -> None:
-        with session_scope(self.engine) as s:
-            if s.get_bind().dialect.name == "sqlite":
-                s.execute(text("PRAGMA secure_delete=ON"))
-            message = s.get_one(Message, message_id)
-            if message.status in IN_FLIGHT:
-                report.held.append(message_id)
-                return
-            files: list[Path] = []
-            for recording in s.scalars(select(Recording).where(Recording.message_id == message_id,
-                                                               Recording.created_at < cutoff)
-                                       .order_by(Recording.id)).all():
-                path = Path(recording.path)
-                if not self._inside_store(path):
-                    report.problems.append(f"message {message_id} take {recording.take}: {path} is outside "
-                                           f"the recording store {self.store.root}; left alone")
-                    continue
-                transcript = s.scalars(select(Transcript)
-                                       .where(Transcript.recording_id == recording.id)).first()
-                if transcript is not None:
-                    report.purged.append(PurgedItem("transcript", message_id, transcript.id,
-                                                    _utc(transcript.created_at)))
-                    if not report.dry_run:
-                        audit.record(s, actor, "transcript.purged", f"message:{message_id}",
-                                     transcript_id=transcript.id, recording_id=recording.id,
-                                     model=transcript.model,
-                                     transcribed_at=_utc(transcript.created_at).isoformat(),
-                                     retention_days=retention_days, **self._via())
-                        s.delete(transcript)
-                        s.flush()  # the transcript refers to the recording: it must go first
-                recorded_at = _utc(recording.created_at)
-                report.purged.append(PurgedItem("recording", message_id, recording.id, recorded_at))
-                if not report.dry_run:
-                    audit.record(s, actor, "recording.purged", f"message:{message_id}",
-                                 recording_id=recording.id, take=recording.take, sha256=recording.sha256,
-                                 duration_s=recording.duration_s, recorded_at=recorded_at.isoformat(),
-                                 file="deleted" if path.exists() else "already missing",
-                                 retention_days=retention_days, **self._via())
-                    s.delete(recording)
-                    files.append(path)
-            if message.text is not None and _utc(message.created_at) < cutoff:
-                report.purged.append(PurgedItem("text", message_id, message_id, _utc(message.created_at)))
-                if not report.dry_run:
-                    audit.record(s, actor, "message.text_purged", f"message:{message_id}",
-                                 chars=len(message.text), written_at=_utc(message.created_at).isoformat(),
-                                 retention_days=retention_days, **self._via())
-                    message.text = None
-            if report.dry_run:
-                s.rollback()
-                return
-            s.flush()
-            for path in files:
-                path.unlink(missing_ok=True)
-                try:
-                    path.parent.rmdir()  # the message's folder, once its last take is gone
-                except OSError:
-                    pass
-
-    def _inside_store(self, path: Path) -> bool:
-        # A damaged row must never make the purge delete a file elsewhere on the machine.
-        return path.resolve().is_relative_to(self.store.root.resolve())
+        """Delete the recordings, transcripts and typed texts older than ``retention_days`` (0: keep all);
+        ``ivr.archive.purge.purge_expired`` says what goes, and how."""
+        return purge_expired(self.engine, self.store, now, retention_days, actor, self._via(),
+                             dry_run=dry_run)
 
     # Last in the class: the name shadows the built-in ``list`` for type checkers.
     def list(self, bin: int | None = None, zone: str | None = None, since: dt.datetime | None = None,
              until: dt.datetime | None = None, urgency: Urgency | None = None,
              status: MessageStatus | None = None, *, limit: int | None = None) -> builtins.list[ArchiveEntry]:
         """Messages by BIN number, zone code, creation time (``since`` <= t < ``until``), urgency, status."""
-        where: builtins.list[ColumnElement[bool]] = []
-        if bin is not None:
-            where.append(Bin.number == bin)
-        if zone is not None:
-            where.append(PoliceZone.code == zone)
-        if since is not None:
-            where.append(Message.created_at >= _utc(since))
-        if until is not None:
-            where.append(Message.created_at < _utc(until))
-        if urgency is not None:
-            where.append(Message.urgency == urgency)
-        if status is not None:
-            where.append(Message.status == status)
-        with session_scope(self.engine) as s:
-            return self._entries(s, where, limit)
+        where = finding.filters(bin, zone, since, until, urgency, status)
+        return self.run(lambda s: finding.entries(s, where, limit))
 
 
 def find_player() -> list[str] | None:
@@ -461,47 +230,6 @@ def find_player() -> list[str] | None:
         if found is not None:
             return [found, *command[1:]]
     return None
-
-
-def resolve_person(s: Session, who: str) -> Person | None:
-    """The person ``who`` names: ``person:ID``, a bare id, or a phone number only they have; else ``None``."""
-    raw = who.strip()
-    raw = raw.removeprefix("person:")
-    if raw.isdigit() and not raw.startswith("0"):
-        return s.get(Person, int(raw))
-    try:
-        e164 = normalize_phone(raw)
-    except InvalidPhoneNumber:
-        return None
-    people = s.scalars(select(Person).join(PhoneNumber).where(PhoneNumber.e164 == e164).distinct()).all()
-    # A shared household number does not say who is asking.
-    return people[0] if len(people) == 1 else None
-
-
-def _replay_refusal(s: Session, person: Person | None, message: Message) -> str | None:
-    """Why ``person`` may not replay ``message`` (``None``: allowed)."""
-    return bin_replay_refusal(s, person, message.bin)
-
-
-def bin_replay_refusal(s: Session, person: Person | None, bin_: Bin) -> str | None:
-    """Why ``person`` may not replay the messages of ``bin_`` (``None``: allowed).
-
-    The one access rule for replay, whatever the way in (command line, admin phone line): the
-    rule depends only on the message's BIN and zone, so it can be checked before a BIN's
-    messages are even listed.
-    """
-    if person is None:
-        return "not a known person (give person:ID or a phone number of theirs)"
-    if not person.active:
-        return "the person is not active"
-    zone_id = bin_.zone_id
-    for role in s.scalars(select(RoleAssignment).where(RoleAssignment.person_id == person.id)):
-        in_scope = role.zone_id in (None, zone_id) and role.bin_id in (None, bin_.id)
-        if role.role is Role.ADMIN and in_scope:
-            return None
-        if role.role in ZONE_POLICE and role.zone_id == zone_id:
-            return None
-    return "only admins and the police of the message's zone may replay it"
 
 
 def _take(message: Message, take: int | None) -> Recording:
@@ -519,7 +247,7 @@ def _take(message: Message, take: int | None) -> Recording:
 def _cap_ref(message: Message) -> cap.CapRef:
     zone_code = message.bin.zone.code
     return cap.CapRef(cap.sender_for(zone_code), cap.identifier_for(zone_code, message.id),
-                      _utc(message.submitted_at or message.created_at))
+                      message.submitted_at or message.created_at)
 
 
 def _cap_message(s: Session, message: Message, recording: Recording, audio: cap.CapAudio) -> cap.CapMessage:

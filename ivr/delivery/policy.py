@@ -21,11 +21,16 @@ import datetime as dt
 import enum
 from dataclasses import dataclass
 
+from ivr.domain.vocabulary import AttemptOutcome as O
+
 #: Dial outcomes after which the same number is tried again (policy permitting).
-TRANSIENT = frozenset({"busy", "no_answer", "rejected", "congestion", "failed"})
+TRANSIENT = frozenset({O.BUSY, O.NO_ANSWER, O.REJECTED, O.CONGESTION, O.FAILED})
 #: Final outcomes a member can end in.
-FINAL = frozenset({"confirmed", "answered_no_key", "voicemail", "busy", "no_answer", "rejected", "congestion",
-                   "failed", "invalid_number", "cancelled", "expired"})
+FINAL = frozenset(O) - {O.INTERRUPTED}
+#: Outcomes after which nothing more is tried (the message is on a machine, or the campaign is over).
+CLOSED = frozenset({O.VOICEMAIL, O.CANCELLED, O.EXPIRED})
+#: Outcomes that are no try of a line (a crash cut the call, or the campaign ended before it).
+NOT_A_TRY = frozenset({O.INTERRUPTED, O.CANCELLED, O.EXPIRED})
 
 
 @dataclass(frozen=True)
@@ -41,11 +46,15 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class AttemptView:
-    """One call attempt as the policy sees it (``outcome`` ``None``: still in flight)."""
+    """One call attempt as the policy sees it (``outcome`` ``None``: still in flight).
+
+    ``outcome`` is an ``AttemptOutcome``; its stored string compares equal to it (a ``StrEnum``),
+    so either may be given.
+    """
 
     attempt_no: int
     rank: str
-    outcome: str | None
+    outcome: O | str | None
     ended_at: dt.datetime | None
 
 
@@ -78,23 +87,24 @@ class Next:
     e164: str = ""
     attempt_no: int = 0
     at: dt.datetime | None = None
+    #: The final outcome (an ``AttemptOutcome``'s value) when ``verdict`` is DONE.
     final: str = ""
 
 
 def next_step(member: MemberView, policy: RetryPolicy, now: dt.datetime) -> Next:
     """What to do with ``member`` at ``now``."""
     if member.confirmed:
-        return Next(Verdict.DONE, final="confirmed")
+        return Next(Verdict.DONE, final=O.CONFIRMED.value)
     attempts = sorted(member.attempts, key=lambda a: a.attempt_no)
     if any(a.outcome is None for a in attempts):
         return Next(Verdict.IN_FLIGHT)
     next_no = (attempts[-1].attempt_no if attempts else 0) + 1
-    if attempts and attempts[-1].outcome in ("voicemail", "cancelled", "expired"):
+    if attempts and attempts[-1].outcome in CLOSED:
         return Next(Verdict.DONE, final=str(attempts[-1].outcome))
     if not member.numbers:
-        return Next(Verdict.DONE, final="invalid_number")
+        return Next(Verdict.DONE, final=O.INVALID_NUMBER.value)
     numbers = dict(member.numbers)
-    if attempts and attempts[-1].outcome == "interrupted" and attempts[-1].rank in numbers:
+    if attempts and attempts[-1].outcome == O.INTERRUPTED and attempts[-1].rank in numbers:
         rank = attempts[-1].rank
         return Next(Verdict.DIAL, rank, numbers[rank], next_no, now)
     seen: list[AttemptView] = []
@@ -104,30 +114,31 @@ def next_step(member: MemberView, policy: RetryPolicy, now: dt.datetime) -> Next
             return Next(Verdict.IN_FLIGHT)  # the line is in use by a call for a member sharing it
         # A confirmation on a shared line confirms this member too (the desk stores it): here it
         # can only be one this member was not part of, so it counts as heard, not as confirmed.
-        theirs = [AttemptView(a.attempt_no, rank, "answered_no_key" if a.outcome == "confirmed" else a.outcome,
-                              a.ended_at) for a in theirs if a.outcome not in ("interrupted", "cancelled", "expired")]
-        tries = sorted([a for a in attempts if a.rank == rank and a.outcome != "interrupted"] + theirs,
+        theirs = [AttemptView(a.attempt_no, rank, O.ANSWERED_NO_KEY if a.outcome == O.CONFIRMED
+                              else a.outcome, a.ended_at) for a in theirs if a.outcome not in NOT_A_TRY]
+        tries = sorted([a for a in attempts if a.rank == rank and a.outcome != O.INTERRUPTED] + theirs,
                        key=_in_time)
         seen.extend(tries)
         if not tries:
             return Next(Verdict.DIAL, rank, e164, next_no, now)
         last = tries[-1]
-        if last.outcome == "voicemail":
-            return Next(Verdict.DONE, final="voicemail")  # the household's machine has it (a sharer's call)
-        if last.outcome == "invalid_number":
+        if last.outcome == O.VOICEMAIL:
+            # The household's machine has it (a sharer's call).
+            return Next(Verdict.DONE, final=O.VOICEMAIL.value)
+        if last.outcome == O.INVALID_NUMBER:
             continue
-        if last.outcome == "answered_no_key":
-            no_keys = sum(1 for a in tries if a.outcome == "answered_no_key")
+        if last.outcome == O.ANSWERED_NO_KEY:
+            no_keys = sum(1 for a in tries if a.outcome == O.ANSWERED_NO_KEY)
             if no_keys <= policy.no_key_retries:
                 return Next(Verdict.DIAL, rank, e164, next_no, _after(last, policy.no_key_retry_after_s, now))
-            return Next(Verdict.DONE, final="answered_no_key")
+            return Next(Verdict.DONE, final=O.ANSWERED_NO_KEY.value)
         failures = sum(1 for a in tries if a.outcome in TRANSIENT)
         if failures <= policy.retries:
             delay = policy.retry_after_s * policy.backoff ** max(0, failures - 1)
             return Next(Verdict.DIAL, rank, e164, next_no, _after(last, delay, now))
     if member.shared and seen:
         return Next(Verdict.DONE, final=str(sorted(seen, key=_in_time)[-1].outcome))
-    final = next((a.outcome for a in reversed(attempts) if a.outcome != "interrupted"), "failed")
+    final = next((a.outcome for a in reversed(attempts) if a.outcome != O.INTERRUPTED), O.FAILED)
     return Next(Verdict.DONE, final=str(final))
 
 
@@ -185,33 +196,3 @@ def next_allowed(now_local: dt.datetime, windows: list[Window], pause: tuple[dt.
         # Jump to the next minute boundary, then walk minute by minute (windows are minute-precise).
         t = (t + dt.timedelta(minutes=step_min)).replace(second=0, microsecond=0)
     raise ValueError("the windows never overlap: no time is allowed")
-
-
-# -- pace ---------------------------------------------------------------------------------------
-class TokenBucket:
-    """Carriers cap calls per second: at most ``rate`` a second on average, ``burst`` at once."""
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be > 0 and burst >= 1")
-        self.rate = rate
-        self.burst = burst
-        self._tokens = burst
-        self._at = now
-
-    def _refill(self, now: float) -> None:
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = max(self._at, now)
-
-    def take(self, now: float) -> bool:
-        """Take one token if there is one."""
-        self._refill(now)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-    def wait_s(self, now: float) -> float:
-        """Seconds until a token is available."""
-        self._refill(now)
-        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate

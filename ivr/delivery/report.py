@@ -1,7 +1,8 @@
 """Campaign progress and reports: who confirmed, who did not, every attempt.
 
 The state of each member is derived from the same data and the same policy the dialer uses
-(``ivr.delivery.policy.next_step``), so a report can never disagree with what the dialer does.
+(``ivr.delivery.policy.next_step``), so a report can never disagree with what the dialer does; how
+each state is reported (``CATEGORY``, ``LIVE_STATES``, ``FINAL_STATES``) is ``ivr.delivery.states``' table.
 """
 
 from __future__ import annotations
@@ -13,25 +14,14 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, select
 
-from ivr.delivery.store import Member, _aware, campaign_members
 from ivr.delivery.policy import RetryPolicy, Verdict, next_step
+from ivr.delivery.states import FINAL_STATES, LIVE_STATES, category
+from ivr.delivery.store import Member, campaign_members
 from ivr.domain.phone import mask
 from storage.db import session_scope
-from storage.models import AttemptStatus, CallAttempt, Campaign, Confirmation, Person
+from storage.models import CallAttempt, Campaign, Confirmation, Person
+from ivr.domain.vocabulary import AttemptStatus
 
-#: Report columns for final outcomes (what ``binfoon demo`` and the coordinator hear).
-CATEGORY = {
-    "confirmed": "confirmed", "voicemail": "answering_machine", "no_answer": "no_answer", "busy": "busy",
-    "answered_no_key": "answered_no_key", "rejected": "failed", "congestion": "failed", "failed": "failed",
-    "invalid_number": "failed", "cancelled": "failed", "expired": "failed",
-}
-#: Live states, in the order a progress bar shows them. ``ringing`` is a call placed and not yet
-#: answered: the attempt's row says DIALING from before the Originate until the answer, and nothing
-#: between (Asterisk's "ringing" is not stored), so dialling and ringing are one state here.
-LIVE_STATES = ("confirmed", "answering_machine", "answered", "ringing", "waiting_retry", "queued",
-               "answered_no_key", "no_answer", "busy", "failed")
-#: States in which a member's delivery is over (the bar's filled part).
-FINAL_STATES = ("confirmed", "answering_machine", "answered_no_key", "no_answer", "busy", "failed")
 #: How ``campaign watch`` names the live states (what the issue calls them).
 STATE_LABELS = {"ringing": "dialing/ringing", "waiting_retry": "waiting for retry",
                 "answering_machine": "answering machine", "answered_no_key": "answered, no key",
@@ -142,7 +132,7 @@ def campaign_report(engine: Engine, campaign_id: int, policies: dict[bool, Retry
         message = campaign.message
         members: list[Member] = campaign_members(s, campaign, message)
         attempts = s.scalars(select(CallAttempt).where(CallAttempt.campaign_id == campaign_id)).all()
-        confirmations = {c.person_id: _aware(c.confirmed_at) for c in s.scalars(
+        confirmations = {c.person_id: c.confirmed_at for c in s.scalars(
             select(Confirmation).where(Confirmation.campaign_id == campaign_id))}
         names = {p.id: p.name for p in s.scalars(select(Person).where(
             Person.id.in_([m.view.person_id for m in members])))}
@@ -151,12 +141,12 @@ def campaign_report(engine: Engine, campaign_id: int, policies: dict[bool, Retry
         for a in sorted(attempts, key=lambda a: (a.person_id, a.attempt_no)):
             report.attempt_lines.append(AttemptLine(
                 a.person_id, names.get(a.person_id, ""), mask(a.e164), a.attempt_no, a.rank.value,
-                _aware(a.dialled_at), _aware(a.answered_at), _aware(a.ended_at),
+                a.dialled_at, a.answered_at, a.ended_at,
                 a.outcome.value if a.outcome else "", a.dial_outcome or "", a.hangup_cause, a.amd_status or ""))
         for a in attempts:
             by_person.setdefault(a.person_id, []).append(a)
             confirmed_at = confirmations.get(a.person_id)
-            if confirmed_at is not None and a.dialled_at is not None and _aware(a.dialled_at) > confirmed_at:  # type: ignore[operator]
+            if confirmed_at is not None and a.dialled_at is not None and a.dialled_at > confirmed_at:
                 report.calls_after_confirming += 1
         policy = policies[message.urgency.value == "urgent"]
         finals: dict[int, str] = {}
@@ -184,5 +174,5 @@ def _state(member: Member, attempts: list[CallAttempt], policy: RetryPolicy, now
         return "answered" if live[-1].status is AttemptStatus.ANSWERED else "ringing"
     step = next_step(member.view, policy, now)
     if step.verdict is Verdict.DONE:
-        return CATEGORY.get(step.final, "failed")
+        return category(step.final)
     return "waiting_retry" if attempts else "queued"

@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from ivr.domain.phone import InvalidPhoneNumber, mask, normalize_phone
 from ivr.domain.pin import Attempt, PinPolicy, locked_until
 from storage import audit
-from storage.models import Person, PinAttempt, PinOutcome
+from storage.models import Person, PinAttempt
+from ivr.domain.vocabulary import PinOutcome
 
 
 def pin_key(caller_id: str) -> str:
@@ -29,11 +30,6 @@ def pin_key(caller_id: str) -> str:
         return normalize_phone(caller_id)
     except InvalidPhoneNumber:
         return caller_id.strip()[:32] or "anonymous"
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    """SQLite returns naive datetimes: they are UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 def lock_over_rows(s: Session, at: Any, outcome: Any,
@@ -46,7 +42,7 @@ def lock_over_rows(s: Session, at: Any, outcome: Any,
             continue
         horizon = now - dt.timedelta(seconds=policy.window_s + policy.lock_s) * 2
         rows = s.execute(select(at, outcome).where(column == value, at >= horizon)).all()
-        until = locked_until([Attempt(_aware(when), result.value) for when, result in rows], policy, now)
+        until = locked_until([Attempt(when, result.value) for when, result in rows], policy, now)
         if until is not None:
             locks.append(until)
     return max(locks) if locks else None

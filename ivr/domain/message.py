@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage.models import MessageStatus as S
+from ivr.domain.vocabulary import MessageStatus as S
 
 
 class InvalidTransition(ValueError):

@@ -9,10 +9,10 @@ from sqlalchemy import inspect, select
 from storage import audit
 from storage.db import current_revision, head_revision, make_engine, open_database, session_scope, upgrade
 from storage.models import (
-    AttemptOutcome, AttemptStatus, Base, Bin, BinStreet, CallAttempt, Campaign, Confirmation, Message,
-    MessageStatus, Person, PhoneNumber, PhoneRank, PoliceZone, Recording, Role, RoleAssignment, Transcript,
-    Urgency,
+    Base, Bin, BinStreet, CallAttempt, Campaign, Confirmation, Message, Person, PhoneNumber, PoliceZone,
+    Recording, RoleAssignment, Transcript,
 )
+from ivr.domain.vocabulary import AttemptOutcome, AttemptStatus, MessageStatus, PhoneRank, Role, Urgency
 
 
 def _schema(url: str) -> dict[str, set[tuple[str, bool]]]:

@@ -15,9 +15,9 @@ from ivr.archive.replay import ReplayDesk
 from storage.audit import verify_chain
 from storage.db import session_scope
 from storage.models import (
-    AuditEntry, Campaign, CampaignStatus, Confirmation, Language, Message, MessageStatus, Person, PhoneNumber,
-    PhoneRank, PinAttempt, PoliceZone, Role, RoleAssignment, Urgency,
+    AuditEntry, Campaign, Confirmation, Message, Person, PhoneNumber, PinAttempt, PoliceZone, RoleAssignment,
 )
+from ivr.domain.vocabulary import CampaignStatus, Language, MessageStatus, PhoneRank, Role, Urgency
 from storage.pins import hash_pin
 from tests.conftest import SHARED_DIR
 from tests.fakes import FakeCall

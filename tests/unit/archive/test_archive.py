@@ -15,10 +15,8 @@ from sqlalchemy import Engine, func, select, text
 from ivr.archive.store import AccessDenied, Archive, ArchiveError, resolve_person
 from storage import audit
 from storage.db import session_scope
-from storage.models import (
-    AuditEntry, Message, MessageSource, MessageStatus, Person, PhoneNumber, PhoneRank, Recording, Role,
-    RoleAssignment, Transcript, Urgency,
-)
+from storage.models import AuditEntry, Message, Person, PhoneNumber, Recording, RoleAssignment, Transcript
+from ivr.domain.vocabulary import MessageSource, MessageStatus, PhoneRank, Role, Urgency
 from storage.recordings import RecordingStore
 from tests.world import OFFICER_PHONE, OTHER_ZONE_BIN, World, build_world
 

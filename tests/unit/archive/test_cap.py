@@ -18,7 +18,8 @@ from ivr.archive.store import AccessDenied, ArchiveError
 from ivr.cli import main
 from storage import audit
 from storage.db import session_scope
-from storage.models import BinStreet, Message, MessageKind, MessageSource, MessageStatus, Recording, Urgency
+from storage.models import BinStreet, Message, Recording
+from ivr.domain.vocabulary import MessageKind, MessageSource, MessageStatus, Urgency
 from tests.cap_rules import cap_errors
 from tests.unit.archive.test_archive import NOW, Lab, make_lab
 

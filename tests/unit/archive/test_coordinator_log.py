@@ -19,8 +19,11 @@ from ivr.archive.coordinator_log import (
 )
 from storage.db import session_scope
 from storage.models import (
-    AttemptOutcome, AttemptStatus, CallAttempt, Campaign, CampaignStatus, Decision, Message, MessageKind,
-    MessageStatus, Person, PhoneNumber, PhoneRank, ReviewDecision, Role, RoleAssignment, Confirmation, Urgency,
+    CallAttempt, Campaign, Message, Person, PhoneNumber, ReviewDecision, RoleAssignment, Confirmation,
+)
+from ivr.domain.vocabulary import (
+    AttemptOutcome, AttemptStatus, CampaignStatus, Decision, MessageKind, MessageStatus, PhoneRank, Role,
+    Urgency,
 )
 from tests.unit.archive.test_archive import Lab, make_lab
 from tests.world import OTHER_ZONE_BIN

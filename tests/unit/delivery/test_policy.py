@@ -8,8 +8,9 @@ import zoneinfo
 
 import pytest
 
+from ivr.domain.pace import TokenBucket
 from ivr.delivery.policy import (
-    FINAL, AttemptView, MemberView, RetryPolicy, TokenBucket, Verdict, Window, next_allowed, next_step,
+    FINAL, AttemptView, MemberView, RetryPolicy, Verdict, Window, next_allowed, next_step,
 )
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
@@ -140,3 +141,20 @@ def test_token_bucket_holds_the_pace() -> None:
     # No window of one second ever holds more than 5 (plus the one token it started with).
     assert max(sum(1 for t in taken if s <= t < s + 1.0) for s in taken) <= 5
     assert bucket.wait_s(10.0) <= 0.2
+
+
+def test_outcomes_as_members_or_stored_strings_decide_alike() -> None:
+    # The policy speaks the storage's vocabulary: an AttemptOutcome and its stored string are one word.
+    from ivr.domain.vocabulary import AttemptOutcome
+
+    histories = [(("busy", 0), ("no_answer", 5)), (("answered_no_key", 0),), (("voicemail", 0),),
+                 (("interrupted", 0),), (("invalid_number", 0), ("busy", 1), ("busy", 7))]
+    for history in histories:
+        ranks = itertools.cycle(["primary"]) if len(history) < 3 else iter(["primary", "secondary", "secondary"])
+        plain = tuple(_a(no, rank, outcome, minutes)
+                      for no, ((outcome, minutes), rank) in enumerate(zip(history, ranks), start=1))
+        members = tuple(AttemptView(a.attempt_no, a.rank, AttemptOutcome(a.outcome), a.ended_at) for a in plain)
+        as_text, as_enum = (next_step(MemberView(1, BOTH, views), POLICY, NOW) for views in (plain, members))
+        assert as_text == as_enum, history
+        assert type(as_enum.final) is str
+    assert FINAL == {o for o in AttemptOutcome if o is not AttemptOutcome.INTERRUPTED}

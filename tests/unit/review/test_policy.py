@@ -10,7 +10,7 @@ import pytest
 from ivr.domain.message import InvalidTransition, check_transition
 from ivr.domain.pin import Attempt, PinPolicy, locked_until
 from ivr.review.policy import NextStep, RoundResult, after_undecided_round, parse_later, waves
-from storage.models import MessageStatus
+from ivr.domain.vocabulary import MessageStatus
 
 BXL = zoneinfo.ZoneInfo("Europe/Brussels")
 NOW = dt.datetime(2026, 11, 23, 20, 15, tzinfo=BXL)
