@@ -5,30 +5,29 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
+from ivr.commands.common import CommandError
 from ivr.config import ConfigError, load_settings
 
-
-class CommandError(Exception):
-    """A user-facing failure: printed as ``binfoon: <message>`` with exit status 2."""
+__all__ = ["CommandError", "build_parser", "main"]  # CommandError: still importable from here (ivr.lab)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; each area module adds its own sub-commands."""
+    from ivr.commands import archive as archive_cmd
     from ivr.commands import asterisk as asterisk_cmd
-    from ivr.lab import bench as bench_cmd
     from ivr.commands import campaign as campaign_cmd
-    from ivr.commands import directory as directory_cmd
     from ivr.commands import db as db_cmd
-    from ivr.lab import demo as demo_cmd
+    from ivr.commands import directory as directory_cmd
     from ivr.commands import message as message_cmd
     from ivr.commands import prompts as prompts_cmd
+    from ivr.commands import report as report_cmd
     from ivr.commands import serve as serve_cmd
     from ivr.commands import speech as speech_cmd
-    from ivr.commands import archive as archive_cmd
     from ivr.commands import web as web_cmd
-    from ivr.commands import report as report_cmd
+    from ivr.lab import bench as bench_cmd
+    from ivr.lab import demo as demo_cmd
 
     parser = argparse.ArgumentParser(prog="binfoon", description="BINfoon telephone chain")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")

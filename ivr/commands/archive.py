@@ -12,15 +12,14 @@ document plus the audio) follows the same rule and is audited the same way.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from pathlib import Path
 
 from ivr.archive.store import Archive, ArchiveEntry, ArchiveError
-from ivr.cli import CommandError
-from ivr.commands.directory import _actor
+from ivr.commands.common import CommandError, actor, parse_when
 from ivr.config import Settings
 from storage.db import open_database
-from storage.models import MessageStatus, Urgency, utcnow
+from storage.models import utcnow
+from ivr.domain.vocabulary import MessageStatus, Urgency
 from storage.recordings import RecordingStore
 
 
@@ -70,24 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _archive(settings: Settings) -> Archive:
     engine = open_database(settings.resolved_database_url)
-    return Archive(engine, RecordingStore(settings.data_dir / "recordings"), operator=_actor())
-
-
-def parse_when(raw: str, settings: Settings, *, end_of_day: bool) -> dt.datetime:
-    """A local date or date-time, as UTC; a bare date means its start (``end_of_day``: the next midnight)."""
-    try:
-        day = dt.date.fromisoformat(raw)
-    except ValueError:
-        try:
-            when = dt.datetime.fromisoformat(raw)
-        except ValueError:
-            raise CommandError(f"{raw!r} is not a date (2026-11-23) or a time (2026-11-23T14:00)") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=settings.tz)
-        return when.astimezone(dt.timezone.utc)
-    if end_of_day:
-        day += dt.timedelta(days=1)
-    return dt.datetime.combine(day, dt.time(), tzinfo=settings.tz).astimezone(dt.timezone.utc)
+    return Archive(engine, RecordingStore(settings.data_dir / "recordings"), operator=actor())
 
 
 def _line(entry: ArchiveEntry, settings: Settings) -> str:
@@ -100,7 +82,7 @@ def _line(entry: ArchiveEntry, settings: Settings) -> str:
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     """Print the messages whose transcript or typed text holds every word."""
     try:
-        entries = _archive(settings).search(args.words, args.who or _actor(), limit=max(1, args.limit))
+        entries = _archive(settings).search(args.words, args.who or actor(), limit=max(1, args.limit))
     except ArchiveError as exc:
         raise CommandError(str(exc)) from None
     for entry in entries:
@@ -156,7 +138,7 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     days = settings.retention_days if args.days is None else args.days
     if days < 0:
         raise CommandError("--days must be 0 (keep for ever) or more")
-    report = _archive(settings).purge_expired(utcnow(), days, _actor(), dry_run=args.dry_run)
+    report = _archive(settings).purge_expired(utcnow(), days, actor(), dry_run=args.dry_run)
     if report.cutoff is None:
         print("retention is 0 days: everything is kept, nothing purged")
         return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ivr.asterisk.install import AsteriskInstallError, find_runtime, install
 from ivr.asterisk.instance import AsteriskInstance, AsteriskStartError, InstanceOptions, instances_dir
-from ivr.cli import CommandError
+from ivr.commands.common import CommandError
 from ivr.config import Settings
 
 

@@ -9,8 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from ivr.cli import CommandError
-from ivr.commands.directory import _actor
+from ivr.commands.common import CommandError, actor
 from ivr.config import Settings
 from ivr.delivery.dialer import retry_policies
 from ivr.delivery.report import campaign_report, render_progress
@@ -68,7 +67,7 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
         attempts_csv = attempts_csv_path(args.csv)
         # Audited before the bytes are written (C3): the export names households.
         with session_scope(engine) as s:
-            audit.record(s, _actor(), "campaign.export", f"campaign:{args.id}", rows=len(report.members),
+            audit.record(s, actor(), "campaign.export", f"campaign:{args.id}", rows=len(report.members),
                          attempt_rows=len(report.attempt_lines))
         args.csv.write_text(report.to_csv(), encoding="utf-8")
         attempts_csv.write_text(report.attempts_to_csv(), encoding="utf-8")

@@ -7,23 +7,36 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import getpass
 import sys
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ivr.cli import CommandError
+from ivr.commands.common import CommandError, actor
 from ivr.config import Settings
-from ivr.directory.store import LANGUAGES, CsvImportError, import_members, parse_member_csv
-from ivr.domain.phone import InvalidPhoneNumber, mask, normalize_phone
-from storage import audit
-from storage.db import open_database, session_scope
-from storage.models import (
-    Bin, BinStreet, Escalation, Person, PhoneNumber, PhoneRank, PoliceZone, ReviewMode, Role, RoleAssignment,
+from ivr.directory.store import (
+    LANGUAGES,
+    CsvImportError,
+    NewPerson,
+    add_bin,
+    add_person,
+    add_zone,
+    bin_by_number,
+    bins_with_member_counts,
+    import_members,
+    member_by_phone,
+    members_of,
+    parse_member_csv,
+    record_numbers_shown,
+    set_member_preferences,
+    zone_by_code,
 )
+from ivr.domain.phone import InvalidPhoneNumber, mask, normalize_phone
+from storage.db import open_database, session_scope
+from storage.models import Bin, PoliceZone
+from ivr.domain.vocabulary import Escalation, ReviewMode, Role
 from storage.pins import hash_pin, valid_pin_format
 
 
@@ -83,22 +96,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_members_preferences)
 
 
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
-
-
 def _zone(session: Session, code: str) -> PoliceZone:
-    zone = session.scalars(select(PoliceZone).where(PoliceZone.code == code)).first()
+    zone = zone_by_code(session, code)
     if zone is None:
         raise CommandError(f"no police zone with code {code!r} (add it with `binfoon zone add`)")
     return zone
 
 
 def _bin(session: Session, number: int) -> Bin:
-    found = session.scalars(select(Bin).where(Bin.number == number)).first()
+    found = bin_by_number(session, number)
     if found is None:
         raise CommandError(f"no BIN number {number} (add it with `binfoon bin add`)")
     return found
@@ -109,10 +115,8 @@ def cmd_zone_add(settings: Settings, args: argparse.Namespace) -> int:
     engine = open_database(settings.resolved_database_url)
     try:
         with session_scope(engine) as session:
-            session.add(PoliceZone(code=args.code, name=args.name, review_mode=ReviewMode(args.review_mode),
-                                   urgent_escalation=Escalation(args.urgent_escalation)))
-            session.flush()
-            audit.record(session, _actor(), "zone.add", f"zone:{args.code}", name=args.name)
+            add_zone(session, args.code, args.name, ReviewMode(args.review_mode), Escalation(args.urgent_escalation),
+                     actor())
     except IntegrityError:
         raise CommandError(f"police zone {args.code!r} already exists") from None
     print(f"police zone {args.code} added")
@@ -126,12 +130,8 @@ def cmd_bin_add(settings: Settings, args: argparse.Namespace) -> int:
     engine = open_database(settings.resolved_database_url)
     try:
         with session_scope(engine) as session:
-            zone = _zone(session, args.zone)
-            bin_ = Bin(number=args.number, name=args.name, zone=zone, language=LANGUAGES[args.language])
-            bin_.streets = [BinStreet(street=s.strip()) for s in dict.fromkeys(args.street) if s.strip()]
-            session.add(bin_)
-            session.flush()
-            audit.record(session, _actor(), "bin.add", f"bin:{args.number}", name=args.name, zone=args.zone)
+            add_bin(session, args.number, args.name, _zone(session, args.zone), LANGUAGES[args.language],
+                    args.street, actor())
     except IntegrityError:
         raise CommandError(f"BIN number {args.number} already exists") from None
     print(f"BIN {args.number} ({args.name}) added to zone {args.zone}")
@@ -142,8 +142,7 @@ def cmd_bin_list(settings: Settings, args: argparse.Namespace) -> int:
     """List the BINs with their member counts."""
     engine = open_database(settings.resolved_database_url)
     with session_scope(engine) as session:
-        for bin_ in session.scalars(select(Bin).order_by(Bin.number)):
-            members = session.query(RoleAssignment).filter_by(role=Role.MEMBER, bin_id=bin_.id).count()
+        for bin_, members in bins_with_member_counts(session):
             print(f"{bin_.number:>6}  {bin_.name}  zone {bin_.zone.code}  {bin_.language.value}  {members} members")
     return 0
 
@@ -180,22 +179,12 @@ def cmd_person_add(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(f"a {role.value} calls in with a PIN: give --pin-file or --pin-stdin")
     engine = open_database(settings.resolved_database_url)
     with session_scope(engine) as session:
-        assignment = RoleAssignment(role=role, priority=args.priority)
-        if args.bin is not None:
-            assignment.bin_id = _bin(session, args.bin).id
-        if args.zone is not None:
-            assignment.zone_id = _zone(session, args.zone).id
-        person = Person(name=args.name, language=LANGUAGES[args.language],
+        new = NewPerson(name=args.name, role=role, language=LANGUAGES[args.language], phone=phone,
+                        second_phone=second, priority=args.priority,
+                        bin_id=_bin(session, args.bin).id if args.bin is not None else None,
+                        zone_id=_zone(session, args.zone).id if args.zone is not None else None,
                         pin_hash=hash_pin(pin) if pin else None)
-        person.roles.append(assignment)
-        person.phones.append(PhoneNumber(rank=PhoneRank.PRIMARY, e164=phone))
-        if second:
-            person.phones.append(PhoneNumber(rank=PhoneRank.SECONDARY, e164=second))
-        session.add(person)
-        session.flush()
-        audit.record(session, _actor(), "person.add", f"person:{person.id}", role=role.value,
-                     bin=args.bin, zone=args.zone, phone=mask(phone))
-        person_id = person.id
+        person_id = add_person(session, new, actor(), bin=args.bin, zone=args.zone)
     print(f"person {person_id} ({args.name}) added as {role.value}")
     return 0
 
@@ -214,7 +203,7 @@ def cmd_members_import(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(f"{args.file}: {len(exc.errors)} error(s); nothing was imported") from None
     engine = open_database(settings.resolved_database_url)
     with session_scope(engine) as session:
-        result = import_members(session, _bin(session, args.bin), rows, _actor())
+        result = import_members(session, _bin(session, args.bin), rows, actor())
     print(f"BIN {args.bin}: {result.added} added, {result.updated} updated, {result.removed} removed "
           f"({len(rows)} members)")
     return 0
@@ -224,13 +213,9 @@ def cmd_members_list(settings: Settings, args: argparse.Namespace) -> int:
     """List a BIN's members; numbers are masked unless asked for (and then audited)."""
     engine = open_database(settings.resolved_database_url)
     with session_scope(engine) as session:
-        bin_ = _bin(session, args.bin)
-        people = session.scalars(
-            select(Person).join(RoleAssignment)
-            .where(RoleAssignment.role == Role.MEMBER, RoleAssignment.bin_id == bin_.id).order_by(Person.name)
-        ).all()
+        people = members_of(session, _bin(session, args.bin).id)
         if args.show_numbers:
-            audit.record(session, _actor(), "members.show_numbers", f"bin:{args.bin}", count=len(people))
+            record_numbers_shown(session, args.bin, len(people), actor())
         for person in people:
             numbers = [p.e164 if args.show_numbers else mask(p.e164)
                        for p in sorted(person.phones, key=lambda p: p.rank.value)]
@@ -263,17 +248,15 @@ def cmd_members_preferences(settings: Settings, args: argparse.Namespace) -> int
         pause = (start, end)
     engine = open_database(settings.resolved_database_url)
     with session_scope(engine) as session:
-        person = session.scalars(select(Person).join(PhoneNumber).join(RoleAssignment).where(
-            PhoneNumber.e164 == phone, RoleAssignment.role == Role.MEMBER)).first()
+        person = member_by_phone(session, phone)
         if person is None:
             raise CommandError(f"no member with phone {mask(phone)}")
+        changes: dict[str, Any] = {}
         if args.window is not None:
-            person.call_window_start, person.call_window_end = window or (None, None)
+            changes["window"] = window
         if args.pause is not None:
-            person.pause_from, person.pause_until = pause or (None, None)
-        audit.record(session, _actor(), "member.preferences", f"person:{person.id}",
-                     window="-".join(window) if window else None,
-                     pause=f"{pause[0]}..{pause[1]}" if pause else None)
+            changes["pause"] = pause
+        set_member_preferences(session, person, actor(), **changes)
         print(f"{person.name}: window {person.call_window_start or '-'}-{person.call_window_end or '-'}, "
               f"pause {person.pause_from or '-'}..{person.pause_until or '-'}")
     return 0

@@ -7,19 +7,16 @@ import json
 import tempfile
 from pathlib import Path
 
-from sqlalchemy import select
-
-from ivr.cli import CommandError
-from ivr.commands.directory import _actor
+from ivr.commands.common import CommandError, actor
 from ivr.config import Settings
+from ivr.directory.store import bin_by_number
 from ivr.media.tts import synthesize
+from ivr.police_line.latest import latest_messages
 from ivr.police_line.store import STATUS_TEXT, MessageDesk, describe
+from ivr.police_line.written import MAX_TEXT_CHARS, may_follow_up
 from storage.db import open_database, session_scope
-from storage.models import Bin, Message, MessageKind, Urgency
+from ivr.domain.vocabulary import MessageKind, Urgency
 from storage.recordings import RecordingStore
-
-#: A written message longer than this would take minutes to hear on the phone.
-MAX_TEXT_CHARS = 2000
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -75,21 +72,19 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError("--cancellation needs --follow-up-of ID (the message it cancels)")
     engine = open_database(settings.resolved_database_url)
     with session_scope(engine) as s:
-        bin_ = s.scalars(select(Bin).where(Bin.number == args.bin)).first()
+        bin_ = bin_by_number(s, args.bin)
         if bin_ is None:
             raise CommandError(f"no BIN number {args.bin} (see `binfoon bin list`)")
         language = bin_.language.value
-        if args.follow_up_of is not None:
-            first = s.get(Message, args.follow_up_of)
-            if first is None or first.bin_id != bin_.id:
-                raise CommandError(f"message {args.follow_up_of} is not a message of BIN {args.bin}")
+        if args.follow_up_of is not None and not may_follow_up(s, args.follow_up_of, bin_.id):
+            raise CommandError(f"message {args.follow_up_of} is not a message of BIN {args.bin}")
     desk = MessageDesk(engine, RecordingStore(settings.data_dir / "recordings"))
     with tempfile.TemporaryDirectory() as tmp:
         audio = synthesize(text, language, Path(tmp) / "message.wav")
         kind = MessageKind.ALERT if args.follow_up_of is None else (
             MessageKind.CANCELLATION if args.cancellation else MessageKind.UPDATE)
         message_id = desk.submit_text_message(args.bin, Urgency.URGENT if args.urgent else Urgency.PREVENTIVE,
-                                              text, audio, _actor(), follow_up_of=args.follow_up_of, kind=kind)
+                                              text, audio, actor(), follow_up_of=args.follow_up_of, kind=kind)
     print(f"message {message_id} submitted for BIN {args.bin}: spoken in {language}; the running service "
           f"(`binfoon serve`) calls the coordinators now. Follow it with `binfoon message show {message_id}`.")
     return 0
@@ -126,9 +121,6 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     """The latest messages, newest first."""
     engine = open_database(settings.resolved_database_url)
     with session_scope(engine) as s:
-        query = select(Message).order_by(Message.id.desc()).limit(max(1, args.limit))
-        if args.bin is not None:
-            query = query.join(Bin).where(Bin.number == args.bin)
-        for m in s.scalars(query):
+        for m in latest_messages(s, max(1, args.limit), args.bin):
             print(f"{m.id:>6}  BIN {m.bin.number:<6} {m.urgency.value:<10} {STATUS_TEXT[m.status]}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ivr.cli import CommandError
+from ivr.commands.common import CommandError
 from ivr.config import Settings
 from ivr.media import voice
 from ivr.media.prompts import LANGUAGES, CatalogueError, load_catalogue, placeholders

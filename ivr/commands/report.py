@@ -11,13 +11,11 @@ import argparse
 import os
 from pathlib import Path
 
-from ivr.archive.store import Archive
-from ivr.delivery.dialer import retry_policies
-from ivr.cli import CommandError
-from ivr.commands.archive import parse_when
-from ivr.commands.directory import _actor
-from ivr.config import Settings
 from ivr.archive.coordinator_log import UnknownBin, collect, to_csv, to_html, to_text
+from ivr.archive.store import Archive
+from ivr.commands.common import CommandError, actor, parse_when
+from ivr.config import Settings
+from ivr.delivery.dialer import retry_policies
 from storage import audit
 from storage.db import open_database, session_scope
 from storage.models import utcnow
@@ -64,7 +62,7 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     if args.html is not None and args.csv is not None and args.html.resolve() == args.csv.resolve():
         raise CommandError("--html and --csv name the same file")
     engine = open_database(settings.resolved_database_url)
-    archive = Archive(engine, RecordingStore(settings.data_dir / "recordings"), operator=_actor())
+    archive = Archive(engine, RecordingStore(settings.data_dir / "recordings"), operator=actor())
     now = utcnow()
     try:
         log = collect(engine, archive, args.bin, since, until, retry_policies(settings), now)
@@ -72,7 +70,7 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(f"{exc} (see `binfoon bin list`)") from None
     outputs = [name for name, path in (("html", args.html), ("csv", args.csv)) if path is not None]
     with session_scope(engine) as s:
-        audit.record(s, _actor(), "report.created", f"bin:{args.bin}", since=since.isoformat(),
+        audit.record(s, actor(), "report.created", f"bin:{args.bin}", since=since.isoformat(),
                      until=until.isoformat(), messages=[e.message_id for e in log.entries],
                      outputs=outputs or ["terminal"])
     if args.html is not None:

@@ -9,10 +9,10 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ivr.cli import CommandError
-from ivr.commands.asterisk import instance_for
-from ivr.config import Settings
 from ivr.asterisk.instance import AsteriskStartError
+from ivr.commands.asterisk import instance_for
+from ivr.commands.common import CommandError
+from ivr.config import Settings
 from storage.db import open_database
 
 if TYPE_CHECKING:

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from ivr.cli import CommandError
-from ivr.config import Settings
 from ivr.asr.models import (
-    OFFICIAL_MODELS, ModelError, configured_model_path, default_install_dir, install_official, model_label,
-    model_language, model_problem, read_manifest, verify_model_dir,
+    OFFICIAL_MODELS,
+    ModelError,
+    configured_model_path,
+    default_install_dir,
+    install_official,
+    model_label,
+    model_language,
+    model_problem,
+    read_manifest,
+    verify_model_dir,
 )
+from ivr.commands.common import CommandError
+from ivr.config import Settings
 
 #: The sample sets beside the project (``../shared/audio``), used when ``--sets`` is not given.
-DEFAULT_SETS = Path(__file__).resolve().parents[2].parent / "shared" / "audio"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,17 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     actions.add_parser("status", help="which model is in use, or that none is").set_defaults(func=cmd_models_status)
 
 
-def register_bench(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``binfoon bench transcribe``."""
-    p = kinds.add_parser("transcribe", help="word error rate at 8 kHz and real-time factor per sample set")
-    p.add_argument("--model", type=Path, help="Vosk model folder (default: the configured one)")
-    p.add_argument("--sets", type=Path, default=DEFAULT_SETS,
-                   help=f"folder of sample sets, each a folder of NN.wav + NN.txt (default: {DEFAULT_SETS})")
-    p.add_argument("--json", type=Path, help="also write the figures to this file")
-    p.set_defaults(func=cmd_bench_transcribe)
-
-
-def _model_for(settings: Settings, chosen: Path | None) -> Path:
+def model_for(settings: Settings, chosen: Path | None) -> Path:
     """The model a command uses: ``--model`` or the configured one; a clear error when neither works."""
     path = chosen.expanduser().resolve() if chosen else configured_model_path(settings)
     problem = model_problem(path)
@@ -62,7 +58,7 @@ def cmd_transcribe(settings: Settings, args: argparse.Namespace) -> int:
     """Print the transcript of each file (the same preparation and recognition the archive uses)."""
     from ivr.asr.transcriber import load_model, transcribe_file
 
-    model_path = _model_for(settings, args.model)
+    model_path = model_for(settings, args.model)
     try:
         model = load_model(str(model_path))
     except ModelError as exc:
@@ -140,23 +136,3 @@ def _untranscribed(settings: Settings) -> int | None:
         return None
     finally:
         engine.dispose()
-
-
-def cmd_bench_transcribe(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the transcription benchmark over every sample set and print the figures as JSON."""
-    from ivr.lab.asr_bench import run_bench
-
-    model_path = _model_for(settings, args.model)
-    if not args.sets.is_dir():
-        raise CommandError(f"{args.sets}: no such folder of sample sets (give one with --sets DIR)")
-    try:
-        figures, notes = run_bench(model_path, args.sets)
-    except (ModelError, ValueError) as exc:
-        raise CommandError(str(exc)) from exc
-    for note in notes:
-        print(note, file=sys.stderr)
-    text = json.dumps(figures, indent=2, ensure_ascii=False)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
-    return 0

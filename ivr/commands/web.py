@@ -1,6 +1,7 @@
 """``binfoon web user add|list|password|disable``: accounts of the web console.
 
 Passwords are read from a file or standard input, never from the command line (like PINs).
+``ivr.directory.accounts`` is imported when a command runs: it hashes a password on import.
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from ivr.cli import CommandError
-from ivr.commands.directory import _actor
+from ivr.commands.common import CommandError, actor
 from ivr.config import Settings
-from storage import audit
 from storage.db import open_database, session_scope
-from storage.models import Person, WebAccount, WebRole
+from storage.models import WebAccount
+from ivr.domain.vocabulary import WebRole
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -62,17 +62,14 @@ def _read_password(args: argparse.Namespace) -> str:
 
 def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
     """Create an account; its scope follows the person's roles in the directory."""
-    from ivr.web.auth import AccountError, create_account, default_username
+    from ivr.directory.accounts import AccountError, add_account
 
     password = _read_password(args)
     engine = open_database(settings.resolved_database_url)
     try:
         with session_scope(engine) as s:
-            person = s.get(Person, args.person)
-            if person is None:
-                raise CommandError(f"no person {args.person} (see `binfoon person add`)")
-            account = create_account(s, args.person, args.username or default_username(person), password, _actor(),
-                                     WebRole(args.role) if args.role else None)
+            account = add_account(s, args.person, args.username, password, actor(),
+                                  WebRole(args.role) if args.role else None)
             username, role = account.username, account.role.value
     except AccountError as exc:
         raise CommandError(str(exc)) from None
@@ -81,47 +78,47 @@ def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _account(s: object, username: str) -> WebAccount:
-    account = s.scalars(select(WebAccount).where(WebAccount.username == username.strip().lower())).first()  # type: ignore[attr-defined]
+def _account(s: Session, username: str) -> WebAccount:
+    from ivr.directory.accounts import account_by_username
+
+    account = account_by_username(s, username)
     if account is None:
         raise CommandError(f"no web account {username!r}")
-    return account  # type: ignore[no-any-return]
+    return account
 
 
 def cmd_user_password(settings: Settings, args: argparse.Namespace) -> int:
     """A new password; sessions signed in with the old one end."""
-    from ivr.web.auth import HASHER, MIN_PASSWORD_CHARS
+    from ivr.directory.accounts import MIN_PASSWORD_CHARS, set_password
 
     password = _read_password(args)
     if len(password) < MIN_PASSWORD_CHARS:
         raise CommandError(f"a password has at least {MIN_PASSWORD_CHARS} characters")
     engine = open_database(settings.resolved_database_url)
     with session_scope(engine) as s:
-        account = _account(s, args.username)
-        account.password_hash = HASHER.hash(password)
-        account.session_epoch += 1
-        audit.record(s, _actor(), "web.password_set", f"account:{account.id}")
+        set_password(s, _account(s, args.username), password, actor())
     print(f"password of {args.username!r} changed")
     return 0
 
 
 def cmd_user_disable(settings: Settings, args: argparse.Namespace) -> int:
     """Disable an account; its sessions end."""
+    from ivr.directory.accounts import disable_account
+
     engine = open_database(settings.resolved_database_url)
     with session_scope(engine) as s:
-        account = _account(s, args.username)
-        account.active = False
-        account.session_epoch += 1
-        audit.record(s, _actor(), "web.account_disabled", f"account:{account.id}")
+        disable_account(s, _account(s, args.username), actor())
     print(f"web account {args.username!r} disabled")
     return 0
 
 
 def cmd_user_list(settings: Settings, args: argparse.Namespace) -> int:
     """Print the accounts."""
+    from ivr.directory.accounts import accounts
+
     engine = open_database(settings.resolved_database_url)
     with session_scope(engine) as s:
-        for account in s.scalars(select(WebAccount).order_by(WebAccount.username)):
+        for account in accounts(s):
             state = "active" if account.active else "disabled"
             print(f"{account.username:<30} {account.role.value:<12} person {account.person_id:<6} "
                   f"{account.person.name}  ({state})")

@@ -8,16 +8,25 @@ otherwise it is ``None``: a Korean model's words for Dutch speech say nothing ab
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
+import sys
 import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ivr.asr.models import model_language
+from ivr.asr.models import ModelError, model_language
 from ivr.asr.transcriber import open_model, transcribe_file
 from ivr.asr.wer import corpus_word_error_rate
+from ivr.commands.common import CommandError
+from ivr.commands.speech import model_for
+from ivr.config import Settings
+
+#: The shared Dutch sample sets beside the project (tests and CI have them; a release need not).
+DEFAULT_SETS = Path(__file__).resolve().parents[2].parent / "shared" / "audio"
 
 
 @dataclass(frozen=True)
@@ -88,3 +97,31 @@ def run_bench(model_path: Path, sets_root: Path) -> tuple[dict[str, Any], list[s
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     return figures, notes
+
+
+def register_bench(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``binfoon bench transcribe``."""
+    p = kinds.add_parser("transcribe", help="word error rate at 8 kHz and real-time factor per sample set")
+    p.add_argument("--model", type=Path, help="Vosk model folder (default: the configured one)")
+    p.add_argument("--sets", type=Path, default=DEFAULT_SETS,
+                   help=f"folder of sample sets, each a folder of NN.wav + NN.txt (default: {DEFAULT_SETS})")
+    p.add_argument("--json", type=Path, help="also write the figures to this file")
+    p.set_defaults(func=cmd_bench_transcribe)
+
+
+def cmd_bench_transcribe(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the transcription benchmark over every sample set and print the figures as JSON."""
+    model_path = model_for(settings, args.model)
+    if not args.sets.is_dir():
+        raise CommandError(f"{args.sets}: no such folder of sample sets (give one with --sets DIR)")
+    try:
+        figures, notes = run_bench(model_path, args.sets)
+    except (ModelError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    for note in notes:
+        print(note, file=sys.stderr)
+    text = json.dumps(figures, indent=2, ensure_ascii=False)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    return 0

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage.db import session_scope
-from storage.models import Language, Person, Role, RoleAssignment
+from storage.models import Person, RoleAssignment
+from ivr.domain.vocabulary import Language, Role
 
 if TYPE_CHECKING:
     from ivr.app import BinfoonApp
@@ -20,7 +21,7 @@ DEMO_USER = "demo.admin"
 
 async def demo_console(app: BinfoonApp, say: Callable[[str], None]) -> WebConsole | None:
     """Start the console on the demo's app; never fails the demo (it says why instead)."""
-    from ivr.web.auth import create_account
+    from ivr.directory.accounts import create_account
     from ivr.web.server import WebStartError, start_web_console
 
     if app.settings.web_port == 0:

@@ -2,10 +2,15 @@
 
 Rules:
 - nothing here decides anything the phone side decides: a typed alert goes through the same
-  steps as ``binfoon message send`` (``synthesize`` then ``MessageDesk.submit_text_message``), an
-  uploaded one through the police line's steps (draft, kept take, submit); both then enter the
-  same review flow (``on_submitted``);
+  steps as ``binfoon message send`` (``synthesize`` then ``MessageDesk.submit_text_message``, one
+  transaction with its author), an uploaded one through the police line's steps (draft, kept take,
+  submit); both then go on to the chain's next steps (``ivr.chain.steps``: transcript, review), in the
+  service at once, on a database alone at the service's next sweep;
+- a test call is an outbound call like any other (``ivr.telephony.outbound``): it waits for a free
+  channel and the trunk's pace;
 - campaign progress is ``ivr.delivery.report.campaign_report`` (the dialer's own view), never recounted;
+- no SQL here: reads and writes are the features' own functions (``ivr.delivery.board``,
+  ``ivr.directory.store``, ...), each given a session of ``Console.run``/``Console.tx``;
 - SQL and audio work run in worker threads, speech in the service's rendering processes (the
   event loop keeps serving calls);
 - an upload reaches ffmpeg only if it starts like an audio file (a playlist or anything else
@@ -26,37 +31,27 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from ivr.delivery.dialer import retry_policies
 from ivr.config import Settings
+from ivr.delivery.board import board_rows, stage_of
+from ivr.delivery.dialer import retry_policies
 from ivr.delivery.policy import RetryPolicy
-from ivr.telephony.call import Recorded
+from ivr.delivery.progress import confirmation_times
+from ivr.delivery.report import CampaignReport, campaign_report
+from ivr.delivery.states import BAR
+from ivr.directory.accounts import Viewer
 from ivr.media.tts import synthesize, to_telephone_wav
 from ivr.police_line.store import MessageDesk, Officer
-from ivr.delivery.report import CampaignReport, campaign_report
-from ivr.web.auth import Viewer
-from storage import audit
+from ivr.directory.store import record_test_call
+from ivr.telephony.call import Recorded
+from ivr.telephony.outbound import CallKind, answered
 from storage.db import session_scope
-from storage.models import (
-    Bin,
-    BinStreet,
-    Campaign,
-    Confirmation,
-    Message,
-    MessageStatus,
-    Person,
-    PhoneNumber,
-    PhoneRank,
-    Role,
-    RoleAssignment,
-    Urgency,
-    new_id,
-    utcnow,
-)
+from storage.models import new_id, utcnow
+from ivr.domain.vocabulary import Urgency
 from storage.recordings import RecordingStore, wav_facts
 
 if TYPE_CHECKING:
@@ -65,36 +60,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Live bar segments, each a group of ``ivr.delivery.report.LIVE_STATES``.
-BAR = {
-    "confirmed": ("confirmed",),
-    "answering_machine": ("answering_machine",),
-    "failed": ("no_answer", "busy", "answered_no_key", "failed"),
-    "waiting": ("answered", "ringing", "waiting_retry", "queued"),
-}
-#: Messages shown on the live board: still moving, or finished within this window.
-BOARD_RECENT = dt.timedelta(hours=24)
-IN_PROGRESS = (MessageStatus.RECORDED, MessageStatus.WITH_COORDINATORS, MessageStatus.APPROVED,
-               MessageStatus.DELIVERING)
-
-
 class ConsoleUnavailable(RuntimeError):
     """The console runs without the telephone side (no calls can be placed)."""
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+class AfterSend(Protocol):
+    """What follows a message sent from the console (the chain, in the running service)."""
 
+    def take_kept(self, message_id: int, recording_id: int | None) -> None:
+        """An uploaded take was stored."""
 
-def stage_of(status: MessageStatus, deliver_at: dt.datetime | None, now: dt.datetime) -> str:
-    """The board's stage for a message (text ids ``stage_*``)."""
-    if status in (MessageStatus.RECORDED, MessageStatus.WITH_COORDINATORS):
-        return "with_coordinators"
-    if status is MessageStatus.APPROVED:
-        return "scheduled" if deliver_at is not None and deliver_at > now else "delivering"
-    return str(status.value)  # delivering, done, rejected, cancelled, draft
+    def submitted(self, message_id: int) -> None:
+        """A message was submitted."""
+
+    def written_submitted(self, message_id: int) -> None:
+        """A typed message was submitted with its spoken take."""
 
 
 @dataclass
@@ -123,11 +103,17 @@ def progress_of(engine: Engine, campaign_id: int, policies: dict[bool, RetryPoli
 class Console:
     """The console's handle on the chain: database, desk, settings and (when serving) the app."""
 
+    #: The longest a test call's channel is counted as in use.
+    TEST_CALL_MAX_S: ClassVar[float] = 300.0
+
     settings: Settings
     engine: Engine
     desk: MessageDesk
     app: BinfoonApp | None = None
     clock: Callable[[], dt.datetime] = utcnow
+    #: The chain's next steps after a send; ``None`` on a database alone (the service picks the
+    #: message up at its next sweep).
+    after: AfterSend | None = None
     #: Set when the server stops: live streams end.
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     #: Test calls placed from the console: call id -> outcome (``dialling`` until known).
@@ -139,7 +125,7 @@ class Console:
     @classmethod
     def from_app(cls, app: BinfoonApp) -> Console:
         """The console of a running service: its desk, so submitted messages go to review at once."""
-        return cls(app.settings, app.engine, app.desk, app, app.clock)
+        return cls(app.settings, app.engine, app.desk, app, app.clock, after=app.chain)
 
     @classmethod
     def standalone(cls, settings: Settings, engine: Engine) -> Console:
@@ -164,23 +150,12 @@ class Console:
     def board(self, viewer: Viewer) -> list[dict[str, Any]]:
         """Messages in progress (and finished in the last day) this viewer sees, newest first (blocking)."""
         now = self.clock()
-        with session_scope(self.engine) as s:
-            query = (select(Message, Bin, Campaign.id).join(Bin, Bin.id == Message.bin_id)
-                     .outerjoin(Campaign, Campaign.message_id == Message.id)
-                     .where((Message.status.in_(IN_PROGRESS)) | (Message.created_at >= now - BOARD_RECENT))
-                     .where(Message.status != MessageStatus.DRAFT))
-            # The scope is part of the query: the 50 newest are the viewer's 50 newest, not the
-            # chain's (a coordinator's one message must not drop out behind other BINs' ones).
-            if viewer.bin_ids is not None:
-                query = query.where(Message.bin_id.in_(viewer.bin_ids))
-            if viewer.zone_ids is not None:
-                query = query.where(Bin.zone_id.in_(viewer.zone_ids))
-            rows = s.execute(query.order_by(Message.id.desc()).limit(50)).all()
-            visible = [(m, b, c) for m, b, c in rows if viewer.sees_bin(b.id, b.zone_id)]
-            items = [{"id": m.id, "bin": b.number, "bin_name": b.name, "urgency": m.urgency.value,
-                      "status": m.status.value, "stage": stage_of(m.status, _aware(m.deliver_at), now),
-                      "created_at": _aware(m.created_at).isoformat(timespec="seconds"),  # type: ignore[union-attr]
-                      "text": (m.text or "")[:120], "campaign": c} for m, b, c in visible]
+        rows = self.run(lambda s: board_rows(s, viewer, now))
+        items: list[dict[str, Any]] = [
+            {"id": r.message_id, "bin": r.bin_number, "bin_name": r.bin_name, "urgency": r.urgency.value,
+             "status": r.status.value, "stage": stage_of(r.status, r.deliver_at, now),
+             "created_at": r.created_at.isoformat(timespec="seconds"),
+             "text": (r.text or "")[:120], "campaign": r.campaign_id} for r in rows]
         for item in items:
             item["progress"] = None
             if item["campaign"] is not None:
@@ -191,12 +166,7 @@ class Console:
     # -- the message page ----------------------------------------------------------------------
     def confirmations_over_time(self, campaign_id: int) -> tuple[dt.datetime | None, list[dt.datetime]]:
         """(when the campaign started, every confirmation time in order) (blocking)."""
-        with session_scope(self.engine) as s:
-            campaign = s.get_one(Campaign, campaign_id)
-            times = [_aware(t) for t in s.scalars(select(Confirmation.confirmed_at)
-                                                  .where(Confirmation.campaign_id == campaign_id)
-                                                  .order_by(Confirmation.confirmed_at))]
-            start = _aware(campaign.started_at or campaign.created_at)
+        start, times = self.run(lambda s: confirmation_times(s, campaign_id))
         return start, [t for t in times if t is not None]
 
     # -- sending -------------------------------------------------------------------------------
@@ -215,14 +185,11 @@ class Console:
                 # The desk moves its source into the store: each BIN gets its own copy.
                 copy = Path(tmp) / f"bin-{number}.wav"
                 shutil.copyfile(spoken[language], copy)
-                message_id = await asyncio.to_thread(self.desk.submit_text_message, number, urgency, text, copy,
-                                                     viewer.actor)
-                recording_id = await self.tx(functools.partial(_set_author, message_id=message_id,
-                                                               person_id=viewer.person_id))
-                # In the service, the take is transcribed and the review starts now, not at the next poll
-                # (the command line's path leaves both to the running service's poll).
-                self.desk.on_take_stored(message_id, recording_id)
-                self.desk.on_submitted(message_id)
+                message_id = await asyncio.to_thread(functools.partial(
+                    self.desk.submit_text_message, number, urgency, text, copy, viewer.actor,
+                    author_id=viewer.person_id))
+                if self.after is not None:
+                    self.after.written_submitted(message_id)
                 ids.append(message_id)
         return ids
 
@@ -234,8 +201,11 @@ class Console:
             message_id = await self.desk.create_draft(officer, bin_id, urgency)
             copy = wav.with_name(f"upload-{message_id}.wav")
             shutil.copyfile(wav, copy)
-            await self.desk.keep_take(message_id, 1, Recorded(copy, "upload"), viewer.actor)
+            take = await self.desk.keep_take(message_id, 1, Recorded(copy, "upload"), viewer.actor)
             await self.desk.submit(message_id, 1, viewer.actor)
+            if self.after is not None:
+                self.after.take_kept(message_id, take.recording_id)
+                self.after.submitted(message_id)
             ids.append(message_id)
         return ids
 
@@ -259,38 +229,40 @@ class Console:
 
     # -- test call -----------------------------------------------------------------------------
     async def test_call(self, viewer: Viewer, person_id: int) -> str:
-        """Call one member with the spoken test message (no keys, no campaign); returns the call id."""
+        """Call one member with the spoken test message (no keys, no campaign); returns the call id.
+
+        The call is written (audited) before it is placed, and waits for a free channel and the
+        trunk's pace like every other outbound call."""
         app = self.app
         if app is None:
             raise ConsoleUnavailable("no telephone connection")
         call_id = new_id()
-
-        def work(s: Session) -> tuple[str, str]:
-            person = s.get_one(Person, person_id)
-            phone = next((p for p in person.phones if p.rank is PhoneRank.PRIMARY), None)
-            if phone is None:
-                raise LookupError(f"person {person_id} has no phone number")
-            # Written before the call is placed (write ahead of every side effect).
-            audit.record(s, viewer.actor, "member.test_call", f"person:{person_id}", call=call_id)
-            return phone.e164, person.language.value
-
-        e164, language = await self.tx(work)
+        e164, language = await self.tx(lambda s: record_test_call(s, person_id, call_id, viewer.actor))
         header = await app.voice.prompt("member_header_preventive", language)
         sound = await app.voice.prompt("demo_test_message", language)
+        # Only each member's latest test call is kept: the page shows no more.
+        earlier = self.test_call_of.get(person_id)
+        if earlier is not None:
+            self.test_calls.pop(earlier, None)
         self.test_calls[call_id] = "dialling"
         self.test_call_of[person_id] = call_id
 
         async def place() -> None:
-            from ivr.telephony.outcomes import classify_dial
-
+            calls = app.calls
             try:
-                # The dialplan's answering-machine leg just plays header and sound: no attempt row,
-                # no keys, nothing counted in any campaign.
-                result = await app.ami.originate(
-                    call_id, app.dialer.dial_template.replace("${NUMBER}", e164), context="binfoon-member",
-                    exten="voicemail", variables={"BINFOON_HEADER": header, "BINFOON_SOUND": sound},
-                    caller_id=app.dialer.caller_id, timeout_s=self.settings.member_ring_timeout_s)
-                self.test_calls[call_id] = classify_dial(result.success, result.reason, result.cause).value
+                await calls.acquire(call_id, CallKind.TEST)
+                try:
+                    # The dialplan's answering-machine leg just plays header and sound: no attempt row,
+                    # no keys, nothing counted in any campaign.
+                    dialled = await calls.dial(call_id, e164, context="binfoon-member", exten="voicemail",
+                                               variables={"BINFOON_HEADER": header, "BINFOON_SOUND": sound},
+                                               ring_timeout_s=self.settings.member_ring_timeout_s)
+                    self.test_calls[call_id] = dialled.outcome.value
+                    if answered(dialled):
+                        # The channel is in use until it hangs up (no flow runs on a test call).
+                        await calls.ended(call_id, self.TEST_CALL_MAX_S)
+                finally:
+                    calls.release(call_id)
             except Exception as exc:  # noqa: BLE001 - whatever went wrong, the page shows it and the service goes on
                 log.warning("test call %s failed: %s", call_id, exc)
                 self.test_calls[call_id] = "failed"
@@ -310,13 +282,6 @@ class Console:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _set_author(s: Session, message_id: int, person_id: int) -> int:
-    """Record who typed the message; returns the id of its recording."""
-    message = s.get_one(Message, message_id)
-    message.created_by_id = person_id
-    return next(r.id for r in message.recordings if r.take == message.submitted_take)
 
 
 # espeak-ng keeps global state in this process: one synthesis at a time.
@@ -374,54 +339,3 @@ def convert_upload(source: Path, target: Path, max_s: float) -> float:
     if seconds > max_s:
         raise NotAudio(f"{seconds:.0f} s")
     return seconds
-
-
-def resolve_bins(s: Session, viewer: Viewer, raw: str) -> tuple[list[Bin], list[tuple[str, str]]]:
-    """BINs named by number or by street (comma or line separated): (found, [(error text id, token)])."""
-    found: dict[int, Bin] = {}
-    errors: list[tuple[str, str]] = []
-    tokens = [t.strip() for part in raw.replace("\n", ",").split(",") for t in [part] if t.strip()]
-    for token in tokens:
-        if token.isdigit():
-            matches = list(s.scalars(select(Bin).where(Bin.number == int(token))))
-        else:
-            # A street matches a BIN's street case-insensitively, whole or as its beginning.
-            pattern = token.lower().replace("%", "").replace("_", "") + "%"
-            matches = list(s.scalars(select(Bin).join(BinStreet).where(func.lower(BinStreet.street).like(pattern))
-                                     .distinct()))
-        if not matches:
-            errors.append(("send_error_unknown_bin", token))
-            continue
-        for bin_ in matches:
-            if not viewer.sees_bin(bin_.id, bin_.zone_id):
-                errors.append(("send_error_other_zone", str(bin_.number)))
-            else:
-                found[bin_.id] = bin_
-    return sorted(found.values(), key=lambda b: b.number), errors
-
-
-def members_of(s: Session, bin_id: int) -> list[Person]:
-    """A BIN's member households by name."""
-    return list(s.scalars(select(Person).join(RoleAssignment).where(
-        RoleAssignment.role == Role.MEMBER, RoleAssignment.bin_id == bin_id).order_by(Person.name, Person.id)))
-
-
-def member_bin(s: Session, person_id: int) -> Bin | None:
-    """The BIN a member belongs to (the first, should they be in several)."""
-    return s.scalars(select(Bin).join(RoleAssignment, RoleAssignment.bin_id == Bin.id).where(
-        RoleAssignment.person_id == person_id, RoleAssignment.role == Role.MEMBER)).first()
-
-
-def phone_taken(s: Session, bin_id: int, e164: str, person_id: int | None = None) -> bool:
-    """Is ``e164`` the first number of another household of this BIN (``person_id``: the one edited)?"""
-    others = select(PhoneNumber.id).join(Person).join(RoleAssignment).where(
-        RoleAssignment.role == Role.MEMBER, RoleAssignment.bin_id == bin_id, PhoneNumber.rank == PhoneRank.PRIMARY,
-        PhoneNumber.e164 == e164)
-    if person_id is not None:
-        others = others.where(Person.id != person_id)
-    return s.scalar(others.limit(1)) is not None
-
-
-def phone_of(person: Person, rank: PhoneRank) -> PhoneNumber | None:
-    """The person's number of that rank."""
-    return next((p for p in person.phones if p.rank is rank), None)

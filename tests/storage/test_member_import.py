@@ -9,7 +9,8 @@ from sqlalchemy import Engine, func, select, text
 
 from ivr.directory.store import CsvImportError, import_members, parse_member_csv
 from storage.db import open_database, session_scope
-from storage.models import Base, Bin, Language, Person, PoliceZone, Role, RoleAssignment
+from storage.models import Base, Bin, Person, PoliceZone, RoleAssignment
+from ivr.domain.vocabulary import Language, Role
 
 HEADER = "name,phone,second phone,street,language\n"
 

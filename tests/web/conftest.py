@@ -14,23 +14,13 @@ from sqlalchemy import Engine, select
 from starlette.testclient import TestClient
 
 from ivr.config import Settings
+from ivr.directory.accounts import create_account
 from ivr.police_line.store import MessageDesk
-from ivr.web.auth import create_account
 from ivr.web.console import Console
 from ivr.web.routes import create_app
 from storage.db import open_database, session_scope
-from storage.models import (
-    Base,
-    Bin,
-    BinStreet,
-    Language,
-    Person,
-    PhoneNumber,
-    PhoneRank,
-    Role,
-    RoleAssignment,
-    Urgency,
-)
+from storage.models import Base, Bin, BinStreet, Person, PhoneNumber, RoleAssignment
+from ivr.domain.vocabulary import Language, PhoneRank, Role, Urgency
 from storage.recordings import RecordingStore
 from tests.conftest import SHARED_DIR
 from tests.world import OTHER_ZONE_BIN, World, build_world

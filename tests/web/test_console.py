@@ -13,19 +13,12 @@ from starlette.routing import Route
 
 from ivr.web import routes as web_routes
 from ivr.web.i18n import LANGUAGES, catalogue
+from ivr.web.pages import base as web_pages_base
 from ivr.web.routes import create_app
 from storage.db import session_scope
-from storage.models import (
-    AuditEntry,
-    Message,
-    MessageSource,
-    MessageStatus,
-    Person,
-    Recording,
-    Role,
-    RoleAssignment,
-    WebSignInAttempt,
-)
+from storage.models import AuditEntry, Message, Person, Recording, RoleAssignment, WebSignInAttempt
+from ivr.domain.vocabulary import MessageSource, MessageStatus, Role
+from tests.steps import StepLog
 from tests.web.conftest import CLIP, PASSWORD, Site, csrf_of, dump, sign_in
 
 TEMPLATES = Path(web_routes.__file__).parent / "templates"
@@ -106,8 +99,8 @@ def test_a_wrong_password_is_refused_and_audited(site: Site) -> None:
 def test_a_session_expires_after_being_idle(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     client = site.signed_in("police")
     assert client.get("/").status_code == 200
-    later = web_routes._now() + site.settings.web_session_idle_s + 1
-    monkeypatch.setattr(web_routes, "_now", lambda: later)
+    later = web_pages_base._now() + site.settings.web_session_idle_s + 1
+    monkeypatch.setattr(web_pages_base, "_now", lambda: later)
     response = client.get("/")
     assert response.status_code == 303 and response.headers["location"].startswith("/signin")
 
@@ -277,17 +270,27 @@ def test_a_typed_alert_by_street_is_spoken_and_submitted(site: Site) -> None:
 
 
 def test_in_the_service_a_typed_alert_is_transcribed_and_reviewed_at_once(site: Site) -> None:
-    stored: list[tuple[int, int]] = []
-    submitted: list[int] = []
-    site.console.desk.on_take_stored = lambda message_id, recording_id: stored.append((message_id, recording_id))
-    site.console.desk.on_submitted = submitted.append
+    # In the service the console hands a sent message to the chain (transcript, then review) at once.
+    after = site.console.after = StepLog()
     client = site.signed_in("police")
     token = csrf_of(client.get("/send").text)
     assert client.post("/send", data={"csrf": token, "bins": "12", "urgency": "urgent",
                                       "text": "Opgelet."}).status_code == 303
     with session_scope(site.engine) as s:
         [recording] = s.scalars(select(Recording)).all()
-    assert stored == [(recording.message_id, recording.id)] and submitted == [recording.message_id]
+        assert s.get_one(Message, recording.message_id).status is MessageStatus.RECORDED
+    assert after.written == [recording.message_id] and after.submissions == [] and after.kept == []
+
+
+def test_in_the_service_an_uploaded_alert_is_transcribed_and_reviewed_at_once(site: Site) -> None:
+    after = site.console.after = StepLog()
+    client = site.signed_in("police")
+    token = csrf_of(client.get("/send").text)
+    assert client.post("/send", data={"csrf": token, "bins": "12", "urgency": "urgent", "text": ""},
+                       files={"audio": ("bericht.wav", CLIP.read_bytes(), "audio/wav")}).status_code == 303
+    with session_scope(site.engine) as s:
+        [recording] = s.scalars(select(Recording)).all()
+    assert after.kept == [(recording.message_id, recording.id)] and after.submissions == [recording.message_id]
 
 
 def test_an_uploaded_recording_is_converted_and_submitted(site: Site) -> None:
@@ -470,7 +473,8 @@ def test_every_text_the_pages_use_is_in_the_catalogue_in_dutch() -> None:
     used = set()
     for template in TEMPLATES.glob("*.html"):
         used |= set(re.findall(r"t\('([a-z_]+)'", template.read_text(encoding="utf-8")))
-    source = (TEMPLATES.parent / "routes.py").read_text(encoding="utf-8")
+    source = "".join(path.read_text(encoding="utf-8")
+                     for path in [TEMPLATES.parent / "routes.py", *(TEMPLATES.parent / "pages").glob("*.py")])
     used |= set(re.findall(r'tr\("([a-z_]+)"', source)) | set(re.findall(r'PageError\(\d+, "([a-z_]+)"\)', source))
     fixed = {k for k in used if not k.endswith("_")}
     assert fixed - set(texts) == set()

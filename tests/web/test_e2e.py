@@ -13,17 +13,18 @@ import pytest
 from playwright.async_api import Page, async_playwright
 from sqlalchemy import select
 
+from ivr.asr.models import packaged_model
+from ivr.directory.accounts import create_account
+from ivr.lab.network import PhoneScript
+from ivr.lab.phone_lab import PhoneLab
+from ivr.lab.scenarios import MemberCase, script_members, seed_members
 from ivr.media.compare import locate_speech_file, read_wav_mono
 from ivr.media.tts import synthesize
 from ivr.media.voice import PromptRenderer
-from ivr.lab.phone_lab import PhoneLab
-from ivr.lab.network import PhoneScript
-from ivr.lab.scenarios import MemberCase, script_members, seed_members
-from ivr.asr.models import packaged_model
-from ivr.web.auth import create_account
 from ivr.web.server import WebConsole, start_web_console
 from storage.db import session_scope
-from storage.models import AuditEntry, Message, MessageStatus, PhoneNumber, Transcript
+from storage.models import AuditEntry, Message, PhoneNumber, Transcript
+from ivr.domain.vocabulary import MessageStatus
 from tests.integration.binfoon import start_binfoon
 
 pytestmark = pytest.mark.integration

@@ -21,16 +21,8 @@ from ivr.web.console import Console
 from ivr.web.routes import create_app
 from ivr.web.server import WebConsole
 from storage.db import session_scope
-from storage.models import (
-    AuditEntry,
-    Bin,
-    Message,
-    MessageSource,
-    MessageStatus,
-    Person,
-    Urgency,
-    WebSignInAttempt,
-)
+from storage.models import AuditEntry, Bin, Message, Person, WebSignInAttempt
+from ivr.domain.vocabulary import MessageSource, MessageStatus, Urgency
 from tests.web.conftest import CLIP, PASSWORD, Site, csrf_of, dump
 
 

@@ -68,7 +68,8 @@ def test_the_session_key_is_a_private_file_kept_across_starts(site: Site) -> Non
 
 
 async def test_the_demo_console_gets_an_admin_whose_password_is_in_a_private_file(site: Site) -> None:
-    app = SimpleNamespace(settings=site.settings, engine=site.engine, desk=site.console.desk, clock=site.console.clock)
+    app = SimpleNamespace(settings=site.settings, engine=site.engine, desk=site.console.desk, clock=site.console.clock,
+                          chain=None)
     said: list[str] = []
     web = await demo_console(app, said.append)  # type: ignore[arg-type]
     assert web is not None

@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from ivr.cli import main
 from storage.db import session_scope
-from storage.models import MessageStatus, Recording, Urgency, utcnow
+from storage.models import Recording, utcnow
+from ivr.domain.vocabulary import MessageStatus, Urgency
 from tests.unit.archive.test_archive import NOW, Lab, make_lab
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -16,7 +16,8 @@ from ivr.cli import main
 from ivr.delivery.report import ATTEMPT_COLUMNS, render_progress
 from ivr.telephony.dialer import Dialled
 from storage.db import session_scope
-from storage.models import AuditEntry, Campaign, PhoneNumber, PhoneRank
+from storage.models import AuditEntry, Campaign, PhoneNumber
+from ivr.domain.vocabulary import PhoneRank
 from tests.unit.delivery.test_campaign_runner import FakeDialer, _add_members, _run_one_campaign
 from tests.world import World, build_world
 
@@ -27,10 +28,9 @@ CAUSES = {"busy": 17, "no_answer": 19}
 class CausedDialer(FakeDialer):
     """The fake dialer, with the hang-up cause a real network reports for each failure."""
 
-    async def dial(self, call_id: str, number: str, *, context: str, variables: Mapping[str, str],
-                   ring_timeout_s: float) -> Dialled:
-        dialled = await super().dial(call_id, number, context=context, variables=variables,
-                                     ring_timeout_s=ring_timeout_s)
+    async def dial(self, call_id: str, number: str, **options: Any) -> Dialled:
+        # The options (context, variables, ring timeout, extension) go to the fake dialer as given.
+        dialled = await super().dial(call_id, number, **options)
         return Dialled(dialled.outcome, CAUSES.get(dialled.outcome.value), dialled.lost)
 
 

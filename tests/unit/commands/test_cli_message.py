@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 from ivr.cli import main
 from ivr.media.compare import read_wav_mono, speech_span
 from storage.db import open_database, session_scope
-from storage.models import AuditEntry, Message, MessageSource, MessageStatus, Recording, Urgency
+from storage.models import AuditEntry, Message, Recording
+from ivr.domain.vocabulary import MessageSource, MessageStatus, Urgency
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,253 @@
+"""BINs and their members: the list, one BIN (edit, CSV import, add a member), one member (edit, test call).
+
+Rules: a BIN or member outside the viewer's scope is "not found"; only admins and the BIN's own
+coordinators change its members ("forbidden" otherwise); a form with bad input is shown again with
+every message and nothing is written; every change is audited by the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from ivr.directory.accounts import Viewer
+from ivr.directory.store import (
+    LANGUAGES as CSV_LANGUAGES,
+)
+from ivr.directory.store import (
+    CsvImportError,
+    Household,
+    add_member,
+    bin_in_scope,
+    bin_overview,
+    bin_with_members,
+    edit_bin,
+    import_members,
+    member_in_scope,
+    open_member,
+    parse_member_csv,
+    phone_taken,
+    save_member,
+)
+from ivr.domain.phone import InvalidPhoneNumber, normalize_phone
+from ivr.web.console import ConsoleUnavailable
+from ivr.web.i18n import tr
+from ivr.web.pages.base import UPLOAD_OVERHEAD_BYTES, BodyTooLarge, PageBase, PageError
+from storage.models import Bin, Person
+from ivr.domain.vocabulary import Language
+
+#: The fields of a member household's form.
+MEMBER_FIELDS = ("name", "phone", "second_phone", "street", "language")
+
+
+class BinPages(PageBase):
+    """The BINs list, a BIN's page and its changes, a member's page and theirs."""
+
+    async def bins(self, request: Request) -> Response:
+        """The BINs the viewer sees, with zone, streets and member count."""
+        viewer = await self.viewer(request)
+        return self.render(request, "bins.html", viewer=viewer,
+                           bins=await self.console.tx(lambda s: bin_overview(s, viewer)))
+
+    @staticmethod
+    def _bin(s: Session, viewer: Viewer, number: int) -> Bin:
+        bin_ = bin_in_scope(s, viewer, number)
+        if bin_ is None:
+            raise PageError(404, "error_not_found")
+        return bin_
+
+    def _bin_context(self, viewer: Viewer, number: int) -> dict[str, Any]:
+        return dict(self.console.run(lambda s: bin_with_members(s, viewer, self._bin(s, viewer, number))))
+
+    def _bin_page(self, request: Request, viewer: Viewer, status: int, context: dict[str, Any],
+                  **errors: Any) -> Response:
+        """The BIN's page again, with what was wrong (no test call results: the page is about the form)."""
+        return self.render(request, "bin.html", status, viewer=viewer, test_calls={},
+                           can_call=self.console.app is not None, **errors, **context)
+
+    async def bin_page(self, request: Request) -> Response:
+        """One BIN: its details, members (numbers masked), CSV import, test calls."""
+        viewer = await self.viewer(request)
+        context = await asyncio.to_thread(self._bin_context, viewer, int(request.path_params["number"]))
+        return self.render(request, "bin.html", viewer=viewer, test_calls=self.console.test_results(),
+                           can_call=self.console.app is not None, **context)
+
+    async def _editable_bin(self, request: Request) -> tuple[Viewer, int]:
+        viewer = await self.viewer(request)
+        number = int(request.path_params["number"])
+        bin_id = await self.console.tx(lambda s: self._bin(s, viewer, number).id)
+        if not viewer.may_edit_members(bin_id):
+            raise PageError(403, "error_forbidden")
+        return viewer, number
+
+    async def bin_edit(self, request: Request) -> Response:
+        """Name, language and streets of a BIN."""
+        viewer, number = await self._editable_bin(request)
+        form = await self.form(request)
+        lang = self.language(request)
+        name = " ".join(str(form.get("name", "")).split())
+        language = str(form.get("language", ""))
+        streets = list(dict.fromkeys(" ".join(line.split()) for line in str(form.get("streets", "")).splitlines()
+                                     if line.strip()))
+        errors = []
+        if not name:
+            errors.append(tr("bin_error_name", lang))
+        if language not in ("nl", "fr", "de"):
+            errors.append(tr("error_language", lang))
+        if errors:
+            context = await asyncio.to_thread(self._bin_context, viewer, number)
+            return self._bin_page(request, viewer, 400, context, errors=errors)
+        await self.console.tx(lambda s: edit_bin(s, self._bin(s, viewer, number), name, Language(language), streets,
+                                                 viewer.actor))
+        self.flash(request, tr("saved", lang))
+        return RedirectResponse(f"/bins/{number}", 303)
+
+    async def members_import(self, request: Request) -> Response:
+        """Replace the BIN's members with a CSV file: the command line's parser and its line-numbered errors."""
+        viewer, number = await self._editable_bin(request)
+        lang = self.language(request)
+        limit = self.settings.web_upload_max_bytes
+        length = request.headers.get("content-length", "")
+        errors: list[str] = []
+        data = b""
+        form = None
+        if not (length.isdigit() and int(length) > limit + UPLOAD_OVERHEAD_BYTES):
+            try:
+                form = await self.form(request, limit + UPLOAD_OVERHEAD_BYTES)
+            except BodyTooLarge:
+                pass
+        if form is None:
+            errors.append(tr("send_error_too_big", lang, mb=limit // 1_000_000))
+        else:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile) or not upload.filename:
+                errors.append(tr("import_error_no_file", lang))
+            else:
+                data = await upload.read(self.settings.web_upload_max_bytes + 1)
+                if len(data) > self.settings.web_upload_max_bytes:
+                    errors.append(tr("send_error_too_big", lang, mb=self.settings.web_upload_max_bytes // 1_000_000))
+        if not errors:
+            try:
+                rows = await asyncio.to_thread(parse_member_csv, data)
+            except CsvImportError as exc:
+                errors = [tr("import_refused", lang, count=len(exc.errors))] + [str(e) for e in exc.errors]
+        if errors:
+            context = await asyncio.to_thread(self._bin_context, viewer, number)
+            return self._bin_page(request, viewer, 400, context, import_errors=errors)
+        result = await self.console.tx(lambda s: import_members(s, self._bin(s, viewer, number), rows, viewer.actor))
+        self.flash(request, tr("import_done", lang, added=result.added, updated=result.updated,
+                               removed=result.removed, count=len(rows)))
+        return RedirectResponse(f"/bins/{number}", 303)
+
+    @staticmethod
+    def _member_context(s: Session, viewer: Viewer, person_id: int) -> tuple[Person, Bin]:
+        found = member_in_scope(s, viewer, person_id)
+        if found is None:
+            raise PageError(404, "error_not_found")
+        return found
+
+    def _editable_member(self, s: Session, viewer: Viewer, person_id: int) -> tuple[Person, Bin]:
+        person, bin_ = self._member_context(s, viewer, person_id)
+        if not viewer.may_edit_members(bin_.id):
+            raise PageError(403, "error_forbidden")
+        return person, bin_
+
+    async def member_page(self, request: Request) -> Response:
+        """Edit one member household (full numbers shown to editors: audited)."""
+        viewer = await self.viewer(request)
+        person_id = int(request.path_params["id"])
+
+        def work(s: Session) -> dict[str, Any]:
+            person, bin_ = self._editable_member(s, viewer, person_id)
+            return open_member(s, person, bin_, viewer.actor)
+
+        return self.render(request, "member.html", viewer=viewer, **await self.console.tx(work))
+
+    async def member_save(self, request: Request) -> Response:
+        """Save a member's name, numbers, street and language; bad input writes nothing."""
+        viewer = await self.viewer(request)
+        person_id = int(request.path_params["id"])
+        lang = self.language(request)
+        bin_ = await self.console.tx(lambda s: self._editable_member(s, viewer, person_id)[1])
+        form = await self.form(request)
+        values = {k: " ".join(str(form.get(k, "")).split()) for k in MEMBER_FIELDS}
+        errors, phone, second = self._member_errors(values, lang)
+        if not errors and await self.console.tx(lambda s: phone_taken(s, bin_.id, phone, person_id)):
+            errors.append(tr("member_error_phone_taken", lang, bin=bin_.number))
+        if errors:
+            return self.render(request, "member.html", 400, viewer=viewer, errors=errors,
+                               member={"id": person_id, **values}, bin={"number": bin_.number, "name": bin_.name})
+        household = self._household(values, phone, second)
+        await self.console.tx(lambda s: save_member(s, person_id, household, viewer.actor))
+        self.flash(request, tr("saved", lang))
+        return RedirectResponse(f"/bins/{bin_.number}", 303)
+
+    async def member_add(self, request: Request) -> Response:
+        """Add one member household to a BIN."""
+        viewer, number = await self._editable_bin(request)
+        lang = self.language(request)
+        form = await self.form(request)
+        values = {k: " ".join(str(form.get(k, "")).split()) for k in MEMBER_FIELDS}
+        errors, phone, second = self._member_errors(values, lang)
+        if not errors and await self.console.tx(lambda s: phone_taken(s, self._bin(s, viewer, number).id, phone)):
+            # The import keys households by their first number: one number, one household.
+            errors.append(tr("member_error_phone_taken", lang, bin=number))
+        if errors:
+            context = await asyncio.to_thread(self._bin_context, viewer, number)
+            return self._bin_page(request, viewer, 400, context, member_errors=errors, new_member=values)
+        household = self._household(values, phone, second)
+        await self.console.tx(lambda s: add_member(s, self._bin(s, viewer, number), household, viewer.actor))
+        self.flash(request, tr("saved", lang))
+        return RedirectResponse(f"/bins/{number}", 303)
+
+    @staticmethod
+    def _household(values: dict[str, str], phone: str, second: str | None) -> Household:
+        return Household(values["name"], values["street"] or None, CSV_LANGUAGES[values["language"]], phone, second)
+
+    @staticmethod
+    def _member_errors(values: dict[str, str], lang: str) -> tuple[list[str], str, str | None]:
+        errors = []
+        phone, second = "", None
+        if not values["name"]:
+            errors.append(tr("member_error_name", lang))
+        try:
+            phone = normalize_phone(values["phone"])
+        except InvalidPhoneNumber as exc:
+            errors.append(tr("member_error_phone", lang, why=str(exc)))
+        if values["second_phone"]:
+            try:
+                second = normalize_phone(values["second_phone"])
+            except InvalidPhoneNumber as exc:
+                errors.append(tr("member_error_second_phone", lang, why=str(exc)))
+        if second is not None and second == phone:
+            errors.append(tr("member_error_same_phone", lang))
+        if values["language"] not in CSV_LANGUAGES:
+            errors.append(tr("error_language", lang))
+        return errors, phone, second
+
+    async def member_test_call(self, request: Request) -> Response:
+        """Call one member with the spoken test message (the start of a BIN)."""
+        viewer = await self.viewer(request)
+        person_id = int(request.path_params["id"])
+        lang = self.language(request)
+
+        def check(s: Session) -> tuple[int, str]:
+            person, bin_ = self._editable_member(s, viewer, person_id)
+            return bin_.number, person.name
+
+        number, name = await self.console.tx(check)
+        await self.form(request)
+        try:
+            await self.console.test_call(viewer, person_id)
+        except ConsoleUnavailable:
+            self.flash(request, tr("test_call_unavailable", lang), "warn")
+        except LookupError:
+            self.flash(request, tr("test_call_no_phone", lang, name=name), "warn")
+        else:
+            self.flash(request, tr("test_call_started", lang, name=name))
+        return RedirectResponse(f"/bins/{number}", 303)

@@ -1,0 +1,85 @@
+"""The live board: messages in progress with their stage and campaign bar, also as JSON and a stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ivr.directory.accounts import load_viewer
+from ivr.delivery.states import BAR
+from ivr.web.i18n import tr
+from ivr.web.pages.base import PageBase
+
+#: Every stage ``ivr.delivery.board.stage_of`` gives (the live board's script words them).
+STAGES = ("with_coordinators", "scheduled", "delivering", "done", "rejected", "cancelled", "draft")
+
+
+class BoardPages(PageBase):
+    """The board, its state, its server-sent events."""
+
+    async def board(self, request: Request) -> Response:
+        """Messages in progress with their stage and live campaign bar."""
+        viewer = await self.viewer(request)
+        items = await asyncio.to_thread(self.console.board, viewer)
+        lang = self.language(request)
+        stage_texts = {stage: tr(f"stage_{stage}", lang) for stage in STAGES}
+        empty_bar = {"members": 0, **{segment: 0 for segment in BAR}}
+        return self.render(request, "board.html", viewer=viewer, items=items, segments=list(BAR),
+                           stage_texts=stage_texts, empty_bar=empty_bar)
+
+    async def board_state(self, request: Request) -> Response:
+        """The board as JSON (what the live stream sends)."""
+        viewer = await self.viewer(request)
+        return JSONResponse(await asyncio.to_thread(self.console.board, viewer))
+
+    async def board_events(self, request: Request) -> Response:
+        """Server-sent events: the board whenever it changes (a comment every 15 s keeps proxies open).
+
+        The stream is not activity: it ends when the session would idle out (or reach its maximum),
+        and the browser's automatic reconnection then finds no session. The account is checked
+        again on every round: a disabled account or a new password ends the stream, and a change
+        of roles changes what it shows.
+        """
+        viewer = await self.viewer(request, touch=False)
+        console = self.console
+        now = self.now
+        session = request.session
+        ends_at = min(float(session["seen"]) + self.settings.web_session_idle_s,
+                      float(session["since"]) + self.settings.web_session_max_s)
+        account_id, epoch = viewer.account_id, viewer.epoch
+
+        def board_now() -> list[dict[str, Any]] | None:
+            current = console.run(lambda s: load_viewer(s, account_id))
+            if current is None or current.epoch != epoch:
+                return None
+            return console.board(current)
+
+        async def events() -> AsyncIterator[str]:
+            last = None
+            quiet_since = now()
+            yield "retry: 2000\n\n"
+            while not console.closing.is_set() and now() < ends_at:
+                board = await asyncio.to_thread(board_now)
+                if board is None:
+                    return  # signed out everywhere: the reconnection meets the sign-in
+                state = json.dumps(board, sort_keys=True)
+                if state != last:
+                    last = state
+                    quiet_since = now()
+                    yield f"event: board\ndata: {state}\n\n"
+                elif now() - quiet_since > 15:
+                    quiet_since = now()
+                    yield ": still here\n\n"
+                try:
+                    async with asyncio.timeout(1.0):
+                        await console.closing.wait()
+                except TimeoutError:
+                    pass
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
