@@ -1,20 +1,33 @@
-"""Shared fixtures: the real Asterisk (installed by `make test`), private instances and phone labs."""
+"""Shared fixtures: the real Asterisk (installed by `make test`), private instances and phone labs; for
+the fast tests a settable ``clock``, a small directory in SQLite (``world``) and a ``person()`` factory."""
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 import os
 import shutil
 import signal
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
 
 import pytest
+from sqlalchemy import select
 
 from ivr.asterisk.install import AsteriskInstallError, AsteriskRuntime, find_runtime
 from ivr.asterisk.instance import AsteriskInstance, InstanceOptions
 from ivr.config import load_settings
 from ivr.lab.phone_lab import PhoneLab
+from storage.db import session_scope
+from storage.models import Bin, Person, PhoneNumber, PoliceZone, RoleAssignment
+from ivr.domain.vocabulary import Language, PhoneRank, Role
+from storage.pins import hash_pin
+
+if TYPE_CHECKING:
+    from ivr.media.voice import PromptRenderer
+    from tests.world import World
 
 pytest_plugins = ["tests.pg"]
 
@@ -121,3 +134,91 @@ def renderer() -> Iterator["PromptRenderer"]:
         yield rendered
     finally:
         rendered.close()
+
+
+# -- fast tests: time, a directory, people ------------------------------------------------------
+class Clock:
+    """A settable fake UTC clock, passed wherever the code takes ``clock``: ``clock()`` is now.
+
+    Set ``clock.now`` outright, or ``clock.advance(minutes=15)``."""
+
+    #: Monday 23 November 2026, 19:15 UTC: 20:15 in Brussels, 45 minutes before the default quiet hours.
+    START = dt.datetime(2026, 11, 23, 19, 15, tzinfo=dt.timezone.utc)
+
+    def __init__(self, now: dt.datetime = START) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, delta: dt.timedelta | None = None, **parts: float) -> dt.datetime:
+        """Move time forward by ``delta`` or by ``timedelta(**parts)``; returns the new now."""
+        self.now += (delta or dt.timedelta()) + dt.timedelta(**parts)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A fake clock starting at ``Clock.START``."""
+    return Clock()
+
+
+@pytest.fixture
+def world(tmp_path: Path, clock: Clock) -> World:
+    """The flow tests' directory (tests/world.py) in a fresh SQLite database, on the fake ``clock``."""
+    from tests.world import build_world
+
+    return build_world(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "store", clock=clock)
+
+
+@dataclass(frozen=True)
+class Someone:
+    """A person the ``person()`` factory made: what a test dials, types or looks up."""
+
+    id: int
+    name: str
+    phone: str
+    pin: str | None
+
+
+#: People who belong to a BIN; the others belong to a zone.
+BIN_ROLES = (Role.MEMBER, Role.COORDINATOR)
+#: The type of the ``person`` fixture.
+PersonFactory = Callable[..., Someone]
+
+
+@pytest.fixture
+def person(world: World) -> PersonFactory:
+    """Make a person in the test database: ``person(Role.MEMBER, phone=..., pin=..., bin_number=12)``.
+
+    A BIN role (member, coordinator) goes to the BIN numbered ``bin_number`` (default: the world's
+    BIN 12), any other role to the zone coded ``zone_code`` (default: the world's zone). Without
+    ``phone`` each person gets a number of their own; the PIN is stored hashed, as ``binfoon person
+    add`` does."""
+    numbers = itertools.count(1)
+
+    def make(role: Role = Role.MEMBER, *, phone: str | None = None, pin: str | None = None,
+             bin_number: int | None = None, zone_code: str | None = None, name: str | None = None,
+             language: str = "nl", priority: int = 0, second_phone: str | None = None,
+             active: bool = True) -> Someone:
+        number = phone or f"+32496{next(numbers):06d}"
+        with session_scope(world.engine) as s:
+            if role in BIN_ROLES:
+                bin_id = world.bin_id if bin_number is None else s.scalars(
+                    select(Bin.id).where(Bin.number == bin_number)).one()
+                scope: dict[str, int] = {"bin_id": bin_id}
+            else:
+                zone_id = world.zone_id if zone_code is None else s.scalars(
+                    select(PoliceZone.id).where(PoliceZone.code == zone_code)).one()
+                scope = {"zone_id": zone_id}
+            made = Person(name=name or f"{role.value} {number}", language=Language(language),
+                          pin_hash=hash_pin(pin) if pin else None, active=active)
+            made.phones.append(PhoneNumber(rank=PhoneRank.PRIMARY, e164=number))
+            if second_phone:
+                made.phones.append(PhoneNumber(rank=PhoneRank.SECONDARY, e164=second_phone))
+            made.roles.append(RoleAssignment(role=role, priority=priority, **scope))
+            s.add(made)
+            s.flush()
+            return Someone(made.id, made.name, number, pin)
+
+    return make

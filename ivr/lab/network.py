@@ -19,23 +19,36 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import enum
 import hashlib
 import logging
 import math
 import os
 import time
 import uuid
-import wave
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Callable
 
+# The scripts and records live in their own modules; they are re-exported here, where tests import them.
+from ivr.lab.callers import (
+    CALLER_AGI_GRACE_S, DTMF_DURATION_MS, DTMF_QUIET_MS, LISTEN_NOISE_MS, CallerScript, HangUp, Listen,
+    OutgoingCall, Press, Speak, Step, Wait, check_telephone_wav,
+)
+from ivr.lab.phones import (
+    HALLO_TEXT, Behaviour, KeyPress, PhoneScript, SimulatedCall, finished_wav, number_stem, render_hallo,
+    render_machine_audio,
+)
 from ivr.telephony.agi import AgiCall, CallHungUp
-from ivr.telephony.events import AmiEvent, ChannelHungUp, OriginateResult
+from ivr.telephony.events import AmiEvent, ChannelHungUp
 
 if TYPE_CHECKING:
     from ivr.telephony.ami import AmiGateway
+
+__all__ = [
+    "CALLER_AGI_GRACE_S", "DTMF_DURATION_MS", "DTMF_QUIET_MS", "HALLO_TEXT", "LISTEN_NOISE_MS",
+    "LOCAL_INBOUND_TEMPLATE", "TRUNK_INBOUND_TEMPLATE", "Behaviour", "CallerScript", "HangUp", "KeyPress",
+    "Listen", "OutgoingCall", "PhoneNetwork", "PhoneScript", "Press", "SimulatedCall", "Speak", "Step",
+    "Wait", "finished_wav", "number_stem",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,274 +57,6 @@ log = logging.getLogger(__name__)
 #: across the PJSIP trunk from the Asterisk that plays the network.
 LOCAL_INBOUND_TEMPLATE = "Local/${NUMBER}@sim-carrier"
 TRUNK_INBOUND_TEMPLATE = "PJSIP/${NUMBER}@carrier-in"
-
-
-class Behaviour(enum.Enum):
-    """What a simulated phone does when it is called."""
-
-    ANSWER = "answer"                        # rings N times, answers, presses keys, may hang up
-    NO_ANSWER = "no_answer"                  # rings until the caller gives up
-    BUSY = "busy"                            # line busy (Q.850 17, SIP 486)
-    CONGESTION = "congestion"                # network congestion (Q.850 34, SIP 503)
-    UNREACHABLE = "unreachable"              # number not in service (Q.850 1, SIP 404)
-    ANSWERING_MACHINE = "answering_machine"  # greeting, beep, then records the message
-
-
-@dataclass(frozen=True)
-class KeyPress:
-    """Keys pressed ``at_s`` seconds after the phone answered."""
-
-    at_s: float
-    digits: str
-
-
-@dataclass(frozen=True)
-class PhoneScript:
-    """The scripted behaviour of one number."""
-
-    behaviour: Behaviour
-    rings: int = 1
-    keys: tuple[KeyPress, ...] = ()
-    #: Hang up this many seconds after answering (``None``: wait for the caller to hang up).
-    hangup_after_s: float | None = None
-    #: Longest message an answering machine records.
-    record_max_s: int = 180
-    #: Says "Hallo?" right after answering, as people do (so that answering-machine detection
-    #: hears a person). Keys and hang-up stay timed from the answer: one due while "Hallo?" is
-    #: still being said follows right after it.
-    says_hallo: bool = False
-
-    @classmethod
-    def answers(cls, rings: int = 1, keys: tuple[tuple[float, str], ...] = (),
-                hangup_after_s: float | None = None, says_hallo: bool = True) -> "PhoneScript":
-        """Answers after ``rings`` rings, says "Hallo?" (unless ``says_hallo`` is False) and presses
-        ``keys`` as (seconds after answer, digits)."""
-        return cls(Behaviour.ANSWER, rings, tuple(KeyPress(t, d) for t, d in keys), hangup_after_s,
-                   says_hallo=says_hallo)
-
-    @classmethod
-    def silent(cls, rings: int = 1) -> "PhoneScript":
-        """Answers and says nothing, presses nothing, until the caller hangs up."""
-        return cls(Behaviour.ANSWER, rings)
-
-    @classmethod
-    def hangs_up_after(cls, seconds: float, rings: int = 1, says_hallo: bool = True) -> "PhoneScript":
-        """Answers, says "Hallo?", then hangs up ``seconds`` after answering, in the middle of the message."""
-        return cls(Behaviour.ANSWER, rings, hangup_after_s=seconds, says_hallo=says_hallo)
-
-    @classmethod
-    def never_answers(cls) -> "PhoneScript":
-        """Rings until the caller gives up."""
-        return cls(Behaviour.NO_ANSWER)
-
-    @classmethod
-    def busy(cls) -> "PhoneScript":
-        """The line is busy."""
-        return cls(Behaviour.BUSY, rings=0)
-
-    @classmethod
-    def congested(cls) -> "PhoneScript":
-        """The network is congested / the destination unreachable for now."""
-        return cls(Behaviour.CONGESTION, rings=0)
-
-    @classmethod
-    def unreachable(cls) -> "PhoneScript":
-        """The number is not in service."""
-        return cls(Behaviour.UNREACHABLE, rings=0)
-
-    @classmethod
-    def answering_machine(cls, rings: int = 3, record_max_s: int = 180) -> "PhoneScript":
-        """Rings, answers with a greeting and a beep, then records what it hears."""
-        return cls(Behaviour.ANSWERING_MACHINE, rings, record_max_s=record_max_s)
-
-
-@dataclass
-class SimulatedCall:
-    """What happened on one call to a simulated phone."""
-
-    number: str
-    script: PhoneScript
-    channel: str
-    started_at: float
-    answered_at: float | None = None
-    ended_at: float | None = None
-    #: ``phone`` when the simulated phone hung up, ``caller`` when the other side did.
-    ended_by: str | None = None
-    keys_sent: list[tuple[float, str]] = field(default_factory=list)
-    #: The caller ID presented to the phone: number and name, as a member's display shows them.
-    caller_id: str = ""
-    caller_id_name: str = ""
-    #: Host path of the recording of what the phone heard (``None`` if it never answered).
-    heard_path: Path | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-
-    def heard_audio(self, timeout_s: float = 5.0) -> Path:
-        """The finished recording of what the phone heard (waits for Asterisk to close the file)."""
-        if self.heard_path is None:
-            raise ValueError(f"the phone {self.number} never answered: it heard nothing")
-        return finished_wav(self.heard_path, timeout_s)
-
-
-def finished_wav(path: Path, timeout_s: float = 5.0) -> Path:
-    """Wait until Asterisk has finished writing the WAV at ``path`` (blocking; use a thread)."""
-    deadline = time.monotonic() + timeout_s
-    last = -1
-    while time.monotonic() < deadline:
-        if path.exists():
-            size = path.stat().st_size
-            # A finished WAV's RIFF size field equals the file size minus 8.
-            with open(path, "rb") as f:
-                header = f.read(8)
-            if len(header) == 8 and int.from_bytes(header[4:8], "little") == size - 8 and size == last:
-                return path
-            last = size
-        time.sleep(0.1)
-    raise TimeoutError(f"the recording {path} was not finished in {timeout_s} s")
-
-
-# -- simulated callers ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Listen:
-    """Hear the next prompt to its end: wait until something is heard, then until nothing has been
-    heard for ``min_silence_ms``, rounded up to whole seconds (WaitForNoise's timeout unit).
-
-    With the default the step ends about 1 s after the prompt's last sound (measured: 0.96 s, on
-    one Asterisk and across the trunk alike). A pause inside a prompt that long ends it early;
-    sound that ended before the step started is not waited for (a ``Press`` ends as its last key
-    is released, so the prompt that key triggers is heard). ``timeout_s`` bounds the whole step;
-    a step that ran out is logged as ``listen (nothing heard)`` or ``listen (timeout)``.
-    """
-
-    min_silence_ms: int = 900
-    timeout_s: float = 30.0
-
-    @property
-    def label(self) -> str:
-        return "listen"
-
-
-@dataclass(frozen=True)
-class Press:
-    """Press keys (RFC 4733 over the trunk), each held 120 ms, ``gap_ms`` (at least 100) between two.
-
-    The step ends as the last key is released: a prompt it triggers is heard by the next Listen.
-    """
-
-    digits: str
-    gap_ms: int = 250
-
-    def __post_init__(self) -> None:
-        if not self.digits or any(d not in "0123456789*#ABCD" for d in self.digits):
-            raise ValueError(f"Press: {self.digits!r} is not a string of DTMF keys")
-
-    @property
-    def label(self) -> str:
-        return f"press {self.digits}"
-
-
-@dataclass(frozen=True)
-class Speak:
-    """Say something: play an 8 kHz, 16-bit mono WAV into the call (to its end)."""
-
-    wav: Path
-
-    @property
-    def label(self) -> str:
-        return f"speak {self.wav.name}"
-
-
-@dataclass(frozen=True)
-class Wait:
-    """Say and press nothing for ``seconds`` (the line carries silence, as a phone's does)."""
-
-    seconds: float
-
-    @property
-    def label(self) -> str:
-        return f"wait {self.seconds:g}"
-
-
-@dataclass(frozen=True)
-class HangUp:
-    """Hang up (a script that does not end with it hangs up anyway after its last step)."""
-
-    @property
-    def label(self) -> str:
-        return "hang up"
-
-
-Step = Union[Listen, Press, Speak, Wait, HangUp]
-
-
-@dataclass(frozen=True)
-class CallerScript:
-    """What a simulated caller does once the call is answered, step by step."""
-
-    steps: tuple[Step, ...]
-
-    @classmethod
-    def of(cls, *steps: Step) -> "CallerScript":
-        """``CallerScript.of(Listen(), Press("1234#"), Speak(path))``."""
-        return cls(tuple(steps))
-
-
-@dataclass
-class OutgoingCall:
-    """What happened on one call placed by a simulated caller. Times are ``time.monotonic()``."""
-
-    call_id: str
-    #: The number dialled (the DID) and the number presented (the caller's CALLERID(num)).
-    number: str
-    caller_number: str
-    script: CallerScript
-    #: The Originate dial string; Asterisk's name of the caller's channel once answered.
-    channel: str
-    started_at: float
-    answered_at: float | None = None
-    ended_at: float | None = None
-    #: ``caller`` when the script hung up (explicitly or after its last step), ``callee`` when
-    #: BINfoon hung up first or never answered.
-    hung_up_by: str | None = None
-    #: (seconds after answer, step label) for every step that finished, in order.
-    steps_done: list[tuple[float, str]] = field(default_factory=list)
-    #: Steps not played because the callee hung up first (or the call was never answered).
-    steps_skipped: int = 0
-    #: Host paths of the WAVs the caller spoke (or began to speak), in order.
-    spoken: list[Path] = field(default_factory=list)
-    #: Host path of the recording of what the caller heard (``None`` if never answered).
-    heard_path: Path | None = None
-    #: The Originate outcome (Q.850 cause of a refused call in ``result.cause``).
-    result: OriginateResult | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-    _agi_started: bool = field(default=False, init=False, repr=False, compare=False)
-    #: Where the dialplan records what the caller hears, from the moment of answer.
-    _recording: Path | None = field(default=None, init=False, repr=False, compare=False)
-
-    @property
-    def answered(self) -> bool:
-        """True when the callee answered."""
-        return self.answered_at is not None
-
-    async def wait(self, timeout_s: float = 60.0) -> "OutgoingCall":
-        """Wait until the call has ended (script played or cut short); returns the call."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self.done.wait()
-        except asyncio.TimeoutError:
-            raise TimeoutError(
-                f"call {self.caller_number} -> {self.number} not over after {timeout_s:g} s "
-                f"(steps done: {[label for _, label in self.steps_done]})"
-            ) from None
-        return self
-
-    def _step_done(self, label: str) -> None:
-        self.steps_done.append((time.monotonic() - (self.answered_at or self.started_at), label))
-
-    def heard_audio(self, timeout_s: float = 5.0) -> Path:
-        """The finished recording of what the caller heard (blocking; use a thread)."""
-        if self.heard_path is None:
-            raise ValueError(f"the call {self.caller_number} -> {self.number} was never answered")
-        return finished_wav(self.heard_path, timeout_s)
 
 
 class PhoneNetwork:
@@ -380,8 +125,8 @@ class PhoneNetwork:
         loop = asyncio.get_running_loop()
         # Speech synthesis is CPU work: never on the event loop.
         with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
-            await loop.run_in_executor(pool, _render_machine_audio, greeting, beep)
-            await loop.run_in_executor(pool, _render_hallo, hallo)
+            await loop.run_in_executor(pool, render_machine_audio, greeting, beep)
+            await loop.run_in_executor(pool, render_hallo, hallo)
         self._greeting = greeting
         self._hallo = hallo
 
@@ -475,7 +220,7 @@ class PhoneNetwork:
             raise RuntimeError("this phone network has no AMI to place calls with (caller_ami)")
         for step in script.steps:
             if isinstance(step, Speak):
-                _check_telephone_wav(step.wav)
+                check_telephone_wav(step.wav)
         call_id = str(uuid.uuid4())
         out = OutgoingCall(call_id=call_id, number=number, caller_number=caller_number, script=script,
                            channel=self.inbound_template.replace("${NUMBER}", number),
@@ -636,57 +381,3 @@ class PhoneNetwork:
         for task in list(self._watchers):
             task.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
-
-
-#: Consecutive sound that counts as "heard something" for a Listen step (3 frames of 20 ms).
-LISTEN_NOISE_MS = 60
-#: How long each simulated key press lasts.
-DTMF_DURATION_MS = 120
-#: The quiet time Asterisk's SendDTMF keeps before the first key it sends.
-DTMF_QUIET_MS = 100
-#: How long an answered-then-hung-up caller's call waits for its FastAGI session before it is closed.
-CALLER_AGI_GRACE_S = 3.0
-
-
-def _check_telephone_wav(path: Path) -> None:
-    """Asterisk plays a ``.wav`` only as 8 kHz 16-bit mono PCM: refuse anything else up front."""
-    try:
-        with wave.open(str(path), "rb") as w:
-            shape = (w.getframerate(), w.getsampwidth(), w.getnchannels())
-    except (OSError, wave.Error, EOFError) as exc:
-        raise ValueError(f"Speak: cannot read {path} as a WAV: {exc}") from exc
-    if shape != (8000, 2, 1):
-        raise ValueError(f"Speak: {path} must be 8 kHz 16-bit mono PCM, not {shape[0]} Hz, "
-                         f"{8 * shape[1]}-bit, {shape[2]} channel(s)")
-
-
-def number_stem(number: str) -> str:
-    """A file-name-safe form of a phone number."""
-    return "".join(ch for ch in number if ch.isdigit()) or "unknown"
-
-
-def _render_machine_audio(greeting: Path, beep: Path) -> None:
-    from pydub.generators import Sine
-
-    from ivr.media.tts import TELEPHONE_RATE_HZ, synthesize
-
-    if not greeting.exists():
-        synthesize("Hallo, u bent verbonden met het antwoordapparaat. Spreek uw bericht in na de toon.",
-                   "nl", greeting)
-    if not beep.exists():
-        tone = Sine(1000, sample_rate=TELEPHONE_RATE_HZ).to_audio_segment(duration=500, volume=-6.0)
-        tone.set_channels(1).set_sample_width(2).export(beep, format="wav")
-    for path in (greeting, beep):
-        os.chmod(path, 0o644)
-
-
-#: What a simulated person says on answering (PhoneScript.says_hallo).
-HALLO_TEXT = "Hallo?"
-
-
-def _render_hallo(hallo: Path) -> None:
-    from ivr.media.tts import synthesize
-
-    if not hallo.exists():
-        synthesize(HALLO_TEXT, "nl", hallo)
-    os.chmod(hallo, 0o644)

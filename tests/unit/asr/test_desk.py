@@ -17,7 +17,8 @@ from ivr.config import Settings
 from ivr.asr.desk import TranscriptionDesk
 from ivr.asr.models import packaged_model
 from storage.db import open_database, session_scope
-from storage.models import Bin, Message, PoliceZone, Recording, Transcript, Urgency
+from storage.models import Bin, Message, PoliceZone, Recording, Transcript
+from ivr.domain.vocabulary import Urgency
 
 AUDIO = Path(__file__).resolve().parents[4] / "shared" / "audio"
 HUMAN_22K = AUDIO / "human-nl" / "rdh_vl09647.wav"
