@@ -1,5 +1,8 @@
 """The alarm clock: APScheduler with its jobs in the database, so they survive a restart.
 
+It sits below the features (the review's retry alarm, the chain's delivery alarm use it). Its
+module path is part of every stored job (``ivr.scheduler:fire``): keep it, or migrate the jobs.
+
 Rules: the scheduler only wakes the application; the database stays the truth (a job that fires
 for a message no longer due does nothing, and start-up reconciles messages with jobs). Jobs name
 a *kind* and a message id; the running application registers what each kind does.

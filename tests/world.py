@@ -11,10 +11,10 @@ from typing import Callable
 from sqlalchemy import Engine
 
 from ivr.police_line.store import MessageDesk
+from ivr.review.store import ReviewDesk
 from storage.db import open_database, session_scope
-from storage.models import (
-    Bin, Escalation, Person, PhoneNumber, PhoneRank, PoliceZone, ReviewMode, Role, RoleAssignment, utcnow,
-)
+from storage.models import Bin, Person, PhoneNumber, PoliceZone, RoleAssignment, utcnow
+from ivr.domain.vocabulary import Escalation, PhoneRank, ReviewMode, Role
 from storage.pins import hash_pin
 from storage.recordings import RecordingStore
 
@@ -29,6 +29,7 @@ class World:
 
     engine: Engine
     desk: MessageDesk
+    reviews: ReviewDesk
     zone_id: int
     bin_id: int
     bin_number: int
@@ -39,7 +40,7 @@ class World:
 
 def _person(name: str, phone: str, role: Role, *, bin_id: int | None = None, zone_id: int | None = None,
             priority: int = 0, pin: str | None = None, language: str = "nl") -> Person:
-    from storage.models import Language
+    from ivr.domain.vocabulary import Language
 
     person = Person(name=name, language=Language(language), pin_hash=hash_pin(pin) if pin else None)
     person.phones.append(PhoneNumber(rank=PhoneRank.PRIMARY, e164=phone))
@@ -71,7 +72,9 @@ def build_world(db_url: str, store_dir: Path, *, coordinators: int = 2, approver
                 for i, phone in enumerate(approver_list, start=1)]
         s.add_all(people + appr)
         s.flush()
-        world = World(engine, MessageDesk(engine, RecordingStore(store_dir), clock=clock), zone.id, bin_.id,
+        recordings = RecordingStore(store_dir)
+        world = World(engine, MessageDesk(engine, recordings, clock=clock), ReviewDesk(engine, recordings, clock=clock),
+                      zone.id, bin_.id,
                       bin_.number, officer.id,
                       [(p.id, p.phones[0].e164) for p in people], [(p.id, p.phones[0].e164) for p in appr])
     return world

@@ -2,9 +2,10 @@
 
 Each pass rebuilds the plan from the database, asks the pure policy (``ivr.delivery.policy``)
 what each member needs, and dials what is due: urgent campaigns first, at most ``max_channels``
-calls at once (and a zone's own limit), at most ``max_cps`` new calls a second (a token bucket),
-one call per phone number at a time. The attempt is written before it is dialled; its outcome
-as soon as it is known. The scheduler and events only wake the dialer; the database is the truth.
+calls at once (and a zone's own limit), at most ``max_cps`` new calls a second (the trunk's limits,
+shared with review and test calls: ``ivr.telephony.outbound``), one call per phone number at a time.
+The attempt is written before it is dialled; its outcome as soon as it is known, in one place
+(``ivr.delivery.outcome``). The scheduler and events only wake the dialer; the database is the truth.
 """
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from ivr.delivery.policy import Next, RetryPolicy, TokenBucket, Verdict, Window, next_allowed, next_step
+from ivr.delivery.outcome import dialled_outcome
+from ivr.delivery.policy import Next, RetryPolicy, Verdict, Window, next_allowed, next_step
 from ivr.delivery.store import CampaignPlan, DeliveryDesk, Member
 from ivr.media.voice import Voice
-from ivr.telephony.dialer import Dialer
-from ivr.telephony.outcomes import DialOutcome
-from storage.models import AttemptOutcome
+from ivr.telephony.outbound import CallKind, OutboundCalls, answered
 
 if TYPE_CHECKING:
     from ivr.config import Settings
@@ -33,10 +33,8 @@ MEMBER_CONTEXT = "binfoon-member"
 
 @dataclass(frozen=True)
 class DialerLimits:
-    """The trunk's limits and the delivery rules."""
+    """The delivery rules (the trunk's channels and pace are ``OutboundCalls``')."""
 
-    max_channels: int = 30
-    max_cps: float = 5.0
     ring_timeout_s: float = 30.0
     #: Local hours in which preventive messages may be delivered (urgent ones go at any hour).
     allowed_hours: Window = Window(dt.time(8), dt.time(21))
@@ -54,21 +52,19 @@ class DialerLimits:
 
 @dataclass
 class DialerStats:
-    """What the dialer did, for benchmarks and monitoring."""
+    """What the dialer did, for monitoring (counters only: timings are an observer's, ``CallObserver``)."""
 
     originates: int = 0
     peak_concurrent: int = 0
-    first_dial_at: float | None = None
-    ends: list[float] = field(default_factory=list)
 
 
 class CampaignRunner:
     """Dials campaigns until every member has a final outcome."""
 
-    def __init__(self, desk: DeliveryDesk, dialer: Dialer, voice: Voice, limits: DialerLimits,
+    def __init__(self, desk: DeliveryDesk, calls: OutboundCalls, voice: Voice, limits: DialerLimits,
                  policies: dict[bool, RetryPolicy], clock: Callable[[], dt.datetime]) -> None:
         self.desk = desk
-        self.dialer = dialer
+        self.calls = calls
         self.voice = voice
         self.limits = limits
         self.policies = policies
@@ -77,21 +73,15 @@ class CampaignRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._calls: dict[str, asyncio.Task[None]] = {}
-        #: attempt id -> (campaign, zone, number) of every call this process has up.
+        #: attempt id -> (campaign, zone, number) of every member call this process has up.
         self._live: dict[str, tuple[int, int, str]] = {}
-        self._done: dict[str, asyncio.Event] = {}
-        self._in_flow: set[str] = set()
-        #: Calls left up by a previous process (until their hang-up is seen, or the grace ends).
-        self._orphans: dict[str, float] = {}
-        # No burst: a restart never sends more than the pace allows.
-        self._bucket = TokenBucket(limits.max_cps, 1.0, time.monotonic())
         self._sounds: dict[tuple[int, str], dict[str, str]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         """Close what a crash left open, then dial."""
-        for attempt_id in await self.desk.interrupt_in_flight():
-            self._orphans[attempt_id] = time.monotonic() + self.limits.interrupted_grace_s
+        # Calls a crash left up still hold channels until their hang-up is seen (or the grace ends).
+        self.calls.adopt_orphans(await self.desk.interrupt_in_flight(), self.limits.interrupted_grace_s)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="campaign-dialer")
 
     async def stop(self) -> None:
@@ -106,33 +96,6 @@ class CampaignRunner:
     def wake(self) -> None:
         """Something changed (a campaign, a call's end): plan again now."""
         self._wake.set()
-
-    def flow_started(self, attempt_id: str) -> None:
-        """The member flow took the call: its end (not the channel's) says how the call ended."""
-        self._in_flow.add(attempt_id)
-
-    def channel_ended(self, attempt_id: str) -> None:
-        """A channel hung up; it ends the wait only for a call whose flow never ran (app unreachable)."""
-        if attempt_id not in self._in_flow:
-            self.call_finished(attempt_id)
-
-    def call_finished(self, attempt_id: str) -> None:
-        """The member call (its flow, or its channel) ended."""
-        self._in_flow.discard(attempt_id)
-        event = self._done.get(attempt_id)
-        if event is not None:
-            event.set()
-        if self._orphans.pop(attempt_id, None) is not None:
-            self.wake()
-
-    @property
-    def busy(self) -> int:
-        """Calls up now (ours and a previous process's)."""
-        now = time.monotonic()
-        for attempt_id, until in list(self._orphans.items()):
-            if until <= now:
-                del self._orphans[attempt_id]
-        return len(self._live) + len(self._orphans)
 
     # -- the loop -------------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -155,7 +118,7 @@ class CampaignRunner:
 
     async def _pass(self) -> float:
         """Dial what is due; returns how long to sleep when nothing wakes the dialer."""
-        if not self.dialer.ready:
+        if not self.calls.ready:
             return 0.5  # the PBX is away (restarting): dial nothing rather than fail everyone
         now = self.clock()
         plans = await self.desk.plans()
@@ -173,31 +136,32 @@ class CampaignRunner:
             live_numbers = {v[2] for v in self._live.values()}
             zone_live = sum(1 for v in self._live.values() if v[1] == plan.zone_id)
             for member, step in due:
-                if self.busy >= self.limits.max_channels:
+                if not self.calls.has_channel():
                     return min(next_wake, 1.0)
                 if plan.zone_max_channels is not None and zone_live >= plan.zone_max_channels:
                     break
                 if step.e164 in live_numbers:
                     continue  # one call per number at a time (members sharing a line, B4)
-                if not self._bucket.take(time.monotonic()):
+                if not self.calls.take_token():
                     # Wait for the pace's next token on this plan rather than plan again for every
                     # call: rebuilding the plan takes longer than a token at 50 calls/s (measured:
                     # 25-60 ms for 500 members), which held the pace to a third of max_cps. The plan
                     # may go stale meanwhile; begin_attempt refuses a member confirmed since.
-                    wait_s = self._bucket.wait_s(time.monotonic())
+                    wait_s = self.calls.token_wait_s()
                     if time.monotonic() + wait_s - planned_at > self.limits.plan_reuse_s:
                         return min(next_wake, wait_s)
                     await asyncio.sleep(wait_s)
-                    if not self.dialer.ready or not self._bucket.take(time.monotonic()):
-                        return min(next_wake, self._bucket.wait_s(time.monotonic()))
+                    if not self.calls.ready or not self.calls.take_token():
+                        return min(next_wake, self.calls.token_wait_s())
                 attempt_id = await self.desk.begin_attempt(plan.campaign_id, member.view.person_id, step.e164,
                                                            step.rank, step.attempt_no)
                 if attempt_id is None:
                     continue
+                self.calls.hold(attempt_id, CallKind.MEMBER)
                 self._live[attempt_id] = (plan.campaign_id, plan.zone_id, step.e164)
                 live_numbers.add(step.e164)
                 zone_live += 1
-                self.stats.peak_concurrent = max(self.stats.peak_concurrent, self.busy)
+                self.stats.peak_concurrent = max(self.stats.peak_concurrent, self.calls.busy)
                 task = asyncio.get_running_loop().create_task(self._call(plan, member, step, attempt_id))
                 self._calls[attempt_id] = task
         return next_wake
@@ -265,35 +229,26 @@ class CampaignRunner:
         return self._sounds[key]
 
     async def _call(self, plan: CampaignPlan, member: Member, step: Next, attempt_id: str) -> None:
-        done = self._done[attempt_id] = asyncio.Event()
+        """One member call on its held channel: dial, wait for its end, store its outcome once."""
         try:
             variables = {"BINFOON_ATTEMPT": attempt_id, **await self._sounds_for(plan, member.language)}
             self.stats.originates += 1
-            if self.stats.first_dial_at is None:
-                self.stats.first_dial_at = time.monotonic()
-            dialled = await self.dialer.dial(attempt_id, step.e164, context=MEMBER_CONTEXT, variables=variables,
-                                             ring_timeout_s=self.limits.ring_timeout_s)
-            await self.desk.attempt_dialled(attempt_id, "interrupted" if dialled.lost else dialled.outcome.value,
+            dialled = await self.calls.dial(attempt_id, step.e164, context=MEMBER_CONTEXT, variables=variables,
+                                            ring_timeout_s=self.limits.ring_timeout_s)
+            await self.desk.attempt_dialled(attempt_id, dialled_outcome(dialled) or dialled.outcome.value,
                                             dialled.cause)
-            if dialled.outcome is DialOutcome.ANSWERED:
-                try:
-                    async with asyncio.timeout(self.limits.max_call_s):
-                        await done.wait()
-                except asyncio.TimeoutError:
-                    log.warning("member call %s still up after %.0f s", attempt_id, self.limits.max_call_s)
-                # If the flow never ran (app unreachable), the call counts as answered without a key;
-                # a confirmation Asterisk recorded on its own (CEL) still wins when it is read.
-                await self.desk.attempt_ended(attempt_id, AttemptOutcome.ANSWERED_NO_KEY)
+            if answered(dialled):
+                end = await self.calls.ended(attempt_id, self.limits.max_call_s)
+                await self.desk.attempt_ended(attempt_id, end.flow_end)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("member call %s failed", attempt_id)
-            await self.desk.attempt_ended(attempt_id, AttemptOutcome.FAILED)
+            await self.desk.attempt_ended(attempt_id, None, failed=True)
         finally:
+            self.calls.release(attempt_id)
             self._live.pop(attempt_id, None)
-            self._done.pop(attempt_id, None)
             self._calls.pop(attempt_id, None)
-            self.stats.ends.append(time.monotonic())
             self.wake()
 
 

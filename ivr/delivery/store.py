@@ -13,7 +13,6 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
@@ -25,20 +24,23 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ivr.delivery.policy import AttemptView, MemberView
+from ivr.delivery.states import RECEIVED
+from ivr.delivery.outcome import answered_outcome
 from ivr.domain.message import check_transition
+from ivr.domain.schedule import due
 from storage import audit
-from storage.db import session_scope
+from storage.db import Desk
 from storage.models import (
-    AttemptOutcome, AttemptStatus, CallAttempt, Campaign, CampaignStatus, Checkpoint, Confirmation, Message,
-    MessageKind, MessageStatus, Person, PhoneNumber, PhoneRank, Role, RoleAssignment, Urgency, utcnow,
+    CallAttempt, Campaign, Checkpoint, Confirmation, Message, Person, PhoneNumber, RoleAssignment, utcnow,
+)
+from ivr.domain.vocabulary import (
+    AttemptOutcome, AttemptStatus, CampaignStatus, MessageKind, MessageStatus, PhoneRank, Role, Urgency,
 )
 from storage.recordings import RecordingStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Outcomes that mean the member heard the message (follow-ups go only to them).
-RECEIVED = ("confirmed", "answered_no_key", "voicemail")
 
 
 @dataclass(frozen=True)
@@ -83,32 +85,53 @@ class MemberBrief:
     confirmed: bool
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+@dataclass(frozen=True)
+class CampaignStart:
+    """A due message's campaign: its id, and whether this call created it (or found it)."""
+
+    campaign_id: int
+    created: bool
 
 
-class DeliveryDesk:
+class DeliveryDesk(Desk):
     """The database side of campaigns."""
 
     def __init__(self, engine: Engine, store: RecordingStore, clock: Callable[[], dt.datetime] = utcnow) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.store = store
         self.clock = clock
 
-    def run(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in one transaction (blocking)."""
-        with session_scope(self.engine) as session:
-            return work(session)
+    # -- the hand-off from review -----------------------------------------------------------------
+    async def start_campaign(self, message_id: int) -> CampaignStart | None:
+        """An approved message that is due gets its campaign, exactly once; ``None`` if it is not to be
+        delivered (now). Two callers at once get the same campaign: the unique row decides."""
+        def existing(s: Session) -> int | None:
+            return s.scalar(select(Campaign.id).where(Campaign.message_id == message_id))
 
-    async def _tx(self, work: Callable[[Session], T]) -> T:
-        return await asyncio.to_thread(self.run, work)
+        def work(s: Session) -> CampaignStart | None:
+            found = existing(s)
+            if found is not None:
+                return CampaignStart(found, created=False)
+            message = s.get_one(Message, message_id)
+            if message.status is not MessageStatus.APPROVED or not due(message.deliver_at, self.clock()):
+                return None  # not approved, or an alarm woke early: it comes again
+            campaign = Campaign(message_id=message_id, status=CampaignStatus.SCHEDULED, created_at=self.clock())
+            s.add(campaign)
+            check_transition(message.status, MessageStatus.DELIVERING)
+            message.status = MessageStatus.DELIVERING
+            s.flush()
+            audit.record(s, "system", "message.delivering", f"message:{message_id}", campaign=campaign.id)
+            return CampaignStart(campaign.id, created=True)
+        try:
+            return await self.tx(work)
+        except IntegrityError:
+            found = await self.tx(existing)
+            return None if found is None else CampaignStart(found, created=False)
 
     # -- the plan -----------------------------------------------------------------------------
     async def plans(self) -> list[CampaignPlan]:
         """Every campaign to work on (scheduled ones become running), urgent first, oldest first."""
-        return await self._tx(self._plans)
+        return await self.tx(self._plans)
 
     def _plans(self, s: Session) -> list[CampaignPlan]:
         campaigns = s.scalars(select(Campaign).where(
@@ -124,8 +147,8 @@ class DeliveryDesk:
                 log.error("campaign %d: message %d has no recording to deliver", campaign.id, message.id)
                 continue
             plan = CampaignPlan(campaign.id, message.id, message.urgency is Urgency.URGENT, message.bin.zone_id,
-                                message.bin.zone.max_channels, _aware(campaign.created_at) or self.clock(),
-                                _aware(campaign.not_before), Path(take.path), take.sha256)
+                                message.bin.zone.max_channels, campaign.created_at or self.clock(),
+                                campaign.not_before, Path(take.path), take.sha256)
             plan.members.extend(campaign_members(s, campaign, message))
             plans.append(plan)
         plans.sort(key=lambda p: (not p.urgent, p.campaign_id))
@@ -146,7 +169,7 @@ class DeliveryDesk:
             s.flush()
             return attempt.id
         try:
-            return await self._tx(work)
+            return await self.tx(work)
         except IntegrityError:
             return None
 
@@ -163,18 +186,20 @@ class DeliveryDesk:
                 attempt.status = AttemptStatus.ENDED
                 attempt.outcome = AttemptOutcome(dial_outcome)
                 attempt.ended_at = self.clock()
-        await self._tx(work)
+        await self.tx(work)
 
-    async def attempt_ended(self, attempt_id: str, outcome: AttemptOutcome) -> None:
-        """The answered call is over; a confirmed attempt keeps its outcome."""
-        def work(s: Session) -> None:
+    async def attempt_ended(self, attempt_id: str, flow_end: str | None, *, failed: bool = False) -> AttemptOutcome:
+        """The answered call is over: its outcome (``answered_outcome``) is stored once and returned;
+        an attempt that already has one keeps it."""
+        def work(s: Session) -> AttemptOutcome:
             attempt = s.get_one(CallAttempt, attempt_id)
             attempt.status = AttemptStatus.ENDED
             attempt.ended_at = attempt.ended_at or self.clock()
             if attempt.outcome is None:
                 confirmed = s.scalar(select(Confirmation.id).where(Confirmation.attempt_id == attempt_id))
-                attempt.outcome = AttemptOutcome.CONFIRMED if confirmed else outcome
-        await self._tx(work)
+                attempt.outcome = answered_outcome(flow_end, confirmed=confirmed is not None, failed=failed)
+            return attempt.outcome
+        return await self.tx(work)
 
     async def member_brief(self, attempt_id: str, amd_status: str | None = None) -> MemberBrief:
         """The member answered: what they hear (the recording is checked against its checksum)."""
@@ -195,7 +220,7 @@ class DeliveryDesk:
             return MemberBrief(attempt_id, campaign.id, person.id, person.language.value,
                                message.urgency is Urgency.URGENT,
                                self.store.open_verified(Path(take.path), take.sha256), confirmed is not None)
-        return await self._tx(work)
+        return await self.tx(work)
 
     async def confirm(self, attempt_id: str, via: str = "call", at: dt.datetime | None = None) -> bool:
         """Store that the member pressed 1 (and members sharing the number); ``False`` if already stored."""
@@ -228,7 +253,7 @@ class DeliveryDesk:
                 attempt.outcome = AttemptOutcome.CONFIRMED
             return True
         try:
-            return await self._tx(work)
+            return await self.tx(work)
         except IntegrityError:
             return False
 
@@ -242,7 +267,7 @@ class DeliveryDesk:
                                confirmed_at=self.clock(), via="callback"))
             return True
         try:
-            return await self._tx(work)
+            return await self.tx(work)
         except IntegrityError:
             return False
 
@@ -262,7 +287,7 @@ class DeliveryDesk:
             for outcome in finals.values():
                 counts[outcome] = counts.get(outcome, 0) + 1
             audit.record(s, "system", "campaign.done", f"campaign:{campaign_id}", **counts)
-        await self._tx(work)
+        await self.tx(work)
 
     async def interrupt_in_flight(self) -> list[str]:
         """On start: attempts that were up when the app or Asterisk died are over (and retried)."""
@@ -276,7 +301,7 @@ class DeliveryDesk:
                     attempt.outcome = AttemptOutcome.INTERRUPTED
                 ids.append(attempt.id)
             return ids
-        return await self._tx(work)
+        return await self.tx(work)
 
     # -- checkpoints --------------------------------------------------------------------------
     async def checkpoint(self, name: str) -> str | None:
@@ -284,7 +309,7 @@ class DeliveryDesk:
         def work(s: Session) -> str | None:
             row = s.get(Checkpoint, name)
             return row.value if row else None
-        return await self._tx(work)
+        return await self.tx(work)
 
     async def set_checkpoint(self, name: str, value: str) -> None:
         """Store the position of an incremental input."""
@@ -295,7 +320,7 @@ class DeliveryDesk:
             else:
                 row.value = value
                 row.updated_at = self.clock()
-        await self._tx(work)
+        await self.tx(work)
 
     # -- call-back and the report line ---------------------------------------------------------
     async def latest_for_caller(self, caller_e164: str) -> tuple[int, int, str, Path, bool] | None | str:
@@ -311,7 +336,7 @@ class DeliveryDesk:
             audit.record(s, f"caller:{person.id}", "recording.played", f"message:{message.id}", via="callback")
             return (campaign.id, person.id, person.language.value,
                     self.store.open_verified(Path(take.path), take.sha256), message.urgency is Urgency.URGENT)
-        return await self._tx(work)
+        return await self.tx(work)
 
     async def report_for_coordinator(self, caller_e164: str) -> tuple[str, int, int] | None | str:
         """For a coordinator calling in: (language, confirmed, members) of their BIN's latest campaign;
@@ -326,7 +351,7 @@ class DeliveryDesk:
                 Confirmation.campaign_id == campaign.id))))
             audit.record(s, f"person:{person.id}", "campaign.report_heard", f"campaign:{campaign.id}")
             return person.language.value, confirmed, members
-        return await self._tx(work)
+        return await self.tx(work)
 
 
 def _caller_and_latest_campaign(s: Session, caller_e164: str, role: Role) -> tuple[Person, Campaign] | None | str:
@@ -361,8 +386,7 @@ def received(s: Session, campaign_id: int) -> set[int]:
     """Members who heard a campaign's message (confirmed, answered, or on their answering machine)."""
     confirmed = set(s.scalars(select(Confirmation.person_id).where(Confirmation.campaign_id == campaign_id)))
     heard = set(s.scalars(select(CallAttempt.person_id).where(
-        CallAttempt.campaign_id == campaign_id,
-        CallAttempt.outcome.in_((AttemptOutcome.ANSWERED_NO_KEY, AttemptOutcome.VOICEMAIL)))))
+        CallAttempt.campaign_id == campaign_id, CallAttempt.outcome.in_(RECEIVED))))
     return confirmed | heard
 
 
@@ -385,7 +409,7 @@ def campaign_members(s: Session, campaign: Campaign, message: Message) -> list[M
     for person_id, no, rank, outcome, ended, e164 in s.execute(select(
             CallAttempt.person_id, CallAttempt.attempt_no, CallAttempt.rank, CallAttempt.outcome,
             CallAttempt.ended_at, CallAttempt.e164).where(CallAttempt.campaign_id == campaign.id)):
-        view = AttemptView(no, rank.value, outcome.value if outcome else None, _aware(ended))
+        view = AttemptView(no, rank.value, outcome, ended)
         attempts.setdefault(person_id, []).append(view)
         on_number.setdefault(e164, []).append((person_id, view))
     confirmed = set(s.scalars(select(Confirmation.person_id).where(Confirmation.campaign_id == campaign.id)))

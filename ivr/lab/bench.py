@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ivr.asterisk.install import AsteriskInstallError, install
 from ivr.asterisk.instance import AsteriskInstance, InstanceOptions, instances_dir
-from ivr.cli import CommandError
+from ivr.commands.common import CommandError
 from ivr.config import Settings
 
 #: What the project promises for a fresh private instance (issue 3).
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     start.set_defaults(func=cmd_asterisk_start)
     register_review_latency(kinds)
     register_campaign(kinds)
-    from ivr.commands.speech import register_bench
+    from ivr.lab.asr_bench import register_bench
     register_bench(kinds)
 
 
@@ -124,6 +124,7 @@ async def _review_latency(settings: Settings, runtime: object, runs: int, lanes:
     from ivr.media.tts import synthesize
     from ivr.lab.phone_lab import PhoneLab
     from ivr.lab.scenarios import Lane, coordinator_presses, run_alert, seed_directory
+    from ivr.lab.timeline import Timeline
     from storage.db import open_database
 
     target_s = 1.0
@@ -142,14 +143,16 @@ async def _review_latency(settings: Settings, runtime: object, runs: int, lanes:
             speech = await asyncio.to_thread(synthesize, "Opgelet, inbraak in de Kerkstraat. Blijf waakzaam.",
                                              "nl", work / "alert.wav")
             config = dataclasses.replace(settings, data_dir=work)
+            timeline = Timeline()
             app = BinfoonApp.on_instance(config, engine, lab.asterisk, lab.ami, lab.app,
-                                         dial_template=lab.dial_template)
+                                         dial_template=lab.dial_template, observer=timeline)
             await app.start()
             results = []
             try:
                 while len(results) < runs:
                     batch = plan[: min(lanes, runs - len(results))]
-                    results += await asyncio.gather(*(run_alert(lab, app, lane, speech, pin) for lane in batch))
+                    results += await asyncio.gather(*(run_alert(lab, app, timeline, lane, speech, pin)
+                                                      for lane in batch))
                     await asyncio.sleep(1.5)  # let the coordinators' short calls end
             finally:
                 await app.stop()
@@ -247,11 +250,12 @@ async def _campaign(settings: Settings, runtime: object, members: int, channels:
     from ivr.lab.phone_lab import PhoneLab
     from ivr.lab.network import PhoneScript
     from ivr.lab.scenarios import Lane, seed_directory
+    from ivr.lab.timeline import Timeline
     from storage.db import open_database, session_scope
-    from storage.models import (
-        CallAttempt, Campaign, CampaignStatus, Confirmation, Urgency,
-    )
-    from storage.models import Bin, Language, Person, PhoneNumber, PhoneRank, Role, RoleAssignment
+    from storage.models import CallAttempt, Campaign, Confirmation
+    from ivr.domain.vocabulary import CampaignStatus, Urgency
+    from storage.models import Bin, Person, PhoneNumber, RoleAssignment
+    from ivr.domain.vocabulary import Language, PhoneRank, Role
 
     ring_s, rings = 0.5, 1
     cpu_start = time.process_time()
@@ -272,8 +276,11 @@ async def _campaign(settings: Settings, runtime: object, members: int, channels:
                     s.add(person)
             config = dataclasses.replace(settings, data_dir=work, max_channels=channels, max_cps=cps,
                                          member_ring_timeout_s=20.0, key_timeout_s=8.0)
+            # Approval: the moment the decision is stored, whoever decided (the timeline hears it from
+            # the chain right after the decision's transaction).
+            timeline = Timeline()
             app = BinfoonApp.on_instance(config, engine, lab.asterisk, lab.ami, lab.app,
-                                         dial_template=lab.dial_template)
+                                         dial_template=lab.dial_template, observer=timeline)
 
             def seconds(path: Path) -> float:
                 samples, rate = read_wav_mono(path)
@@ -288,16 +295,7 @@ async def _campaign(settings: Settings, runtime: object, members: int, channels:
             # answer, then the "thank you" every confirmation must hear before the line is freed. A
             # slow application makes the real calls longer; it must not make the ideal longer too.
             scripted_call_s = rings * ring_s + key_at + thanks_s
-            # Approval: the moment the decision is stored (MessageDesk.decide calls on_approved right
-            # after its transaction, before it returns), whoever decided.
-            approved_at: dict[int, float] = {}
-            on_approved = app.desk.on_approved
-
-            def approved(message_id: int, deliver_at: object) -> None:
-                approved_at.setdefault(message_id, time.monotonic())
-                on_approved(message_id, deliver_at)  # type: ignore[arg-type]
             await app.start()
-            app.desk.on_approved = approved
             try:
                 with session_scope(engine) as s:
                     officer_id = s.scalars(select(Person.id).join(RoleAssignment).where(
@@ -312,6 +310,7 @@ async def _campaign(settings: Settings, runtime: object, members: int, channels:
                 # Sent: nobody answers the review call, so the urgent message is forwarded by the zone's
                 # policy at once (the review is measured by its own benchmark).
                 await desk.submit(message_id, 1, "bench")
+                app.chain.submitted(message_id)
                 while True:
                     with session_scope(engine) as s:
                         campaign = s.scalars(select(Campaign).where(Campaign.message_id == message_id)).first()
@@ -319,9 +318,11 @@ async def _campaign(settings: Settings, runtime: object, members: int, channels:
                     if status is CampaignStatus.DONE:
                         break
                     await asyncio.sleep(0.05)
-                started = approved_at[message_id]
+                started = timeline.decided_at.get(message_id)
+                assert started is not None, "the message was never approved"
                 total_s = time.monotonic() - started
                 stats = app.campaigns.stats
+                trunk_peak = app.calls.peak
             finally:
                 await app.stop()
             with session_scope(engine) as s:
@@ -355,6 +356,7 @@ async def _campaign(settings: Settings, runtime: object, members: int, channels:
         "first_ring_s": round(first_ring, 3) if first_ring is not None else None,
         "peak_concurrent": peak_overlap(phone_spans),
         "dialer_peak_concurrent": stats.peak_concurrent,
+        "trunk_peak_concurrent": trunk_peak,
         "calls_per_s": round(len(attempts) / total_s, 2) if total_s else None,
         "confirmed": confirmed,
         "duplicates": sum(n - 1 for n in per_person.values() if n > 1),

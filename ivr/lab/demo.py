@@ -21,7 +21,7 @@ from typing import Any
 
 from ivr.asterisk.install import AsteriskInstallError, install
 from ivr.asterisk.instance import instances_dir
-from ivr.cli import CommandError
+from ivr.commands.common import CommandError
 from ivr.config import Settings
 from ivr.media.compare import locate_file, locate_speech_file
 from ivr.media.tts import synthesize
@@ -135,6 +135,7 @@ async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any) -> dict[str, An
     import secrets
 
     from ivr.app import BinfoonApp
+    from ivr.lab.timeline import Timeline
     from ivr.lab.scenarios import (
         Lane, coordinator_presses, member_cases, run_alert, script_members, seed_directory, seed_members,
     )
@@ -159,7 +160,9 @@ async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any) -> dict[str, An
     # Demo pace: retries after 10 s instead of 5 minutes, so the whole chain fits in a few minutes.
     config = dataclasses.replace(settings, data_dir=demo_dir, review_ring_timeout_s=20.0, member_ring_timeout_s=8.0,
                                  urgent_retry_after_s=10.0, no_key_retry_after_s=10.0, max_channels=10)
-    app = BinfoonApp.on_instance(config, engine, lab.asterisk, lab.ami, lab.app, dial_template=lab.dial_template)
+    timeline = Timeline()
+    app = BinfoonApp.on_instance(config, engine, lab.asterisk, lab.ami, lab.app, dial_template=lab.dial_template,
+                                 observer=timeline)
     await app.start()
     web = await _web_console(app, say)
     try:
@@ -167,12 +170,12 @@ async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any) -> dict[str, An
         lab.network.script(lane.coordinator_phone, coordinator_presses("1", 30.0))
         say(f"officer {lane.bin_number and 'Peeters'} calls the police line {lab.police_line}: PIN, BIN 12, urgent, "
             "speaks, 3 to send")
-        run = await run_alert(lab, app, lane, spoken, pin)
+        run = await run_alert(lab, app, timeline, lane, spoken, pin)
         say(f"  officer's call over ({[label for _, label in run.officer.steps_done]})")
         say(f"  coordinator's phone rang {run.hangup_to_ring_s:+.3f} s after the officer hung up "
             f"({run.submit_to_ring_s:.3f} s after the send key was stored)" if run.hangup_to_ring_s is not None
             else "  THE COORDINATOR'S PHONE DID NOT RING")
-        reviews = await app.wait_for_flows("coordinator_review", 1, timeout_s=90)
+        reviews = await timeline.wait_for_flows("coordinator_review", 1, timeout_s=90)
         say(f"  coordinator's call ended: {reviews[0].end}")
         deadline = time.monotonic() + 10
         while True:
@@ -235,7 +238,8 @@ async def _binfoon2(app: Any, engine: Any, message_id: int | None, people: dict[
     from ivr.delivery.report import campaign_report
     from ivr.lab.scenarios import expected_counts
     from storage.db import session_scope
-    from storage.models import Campaign, CampaignStatus
+    from storage.models import Campaign
+    from ivr.domain.vocabulary import CampaignStatus
 
     deadline = time.monotonic() + 600
     last = ""

@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from ivr.app import BinfoonApp
+from ivr.lab.timeline import Timeline
 from ivr.delivery.policy import AttemptView, MemberView, RetryPolicy, Verdict, next_step
 from ivr.lab.phone_lab import PhoneLab
 from ivr.lab.network import (
@@ -22,7 +23,8 @@ from ivr.lab.network import (
 )
 from storage import audit
 from storage.db import session_scope
-from storage.models import Bin, Language, Person, PhoneNumber, PhoneRank, PoliceZone, Role, RoleAssignment
+from storage.models import Bin, Person, PhoneNumber, PoliceZone, RoleAssignment
+from ivr.domain.vocabulary import Language, PhoneRank, Role
 from storage.pins import hash_pin
 
 ZONE = ("5415", "Gent")
@@ -83,7 +85,7 @@ class AlertRun:
     submit_to_ring_s: float | None
 
 
-async def run_alert(lab: PhoneLab, app: BinfoonApp, lane: Lane, speech: Path, pin: str,
+async def run_alert(lab: PhoneLab, app: BinfoonApp, timeline: Timeline, lane: Lane, speech: Path, pin: str,
                     timeout_s: float = 120.0) -> AlertRun:
     """Place one officer alert for ``lane`` and measure until its coordinator's phone rings."""
     before = len(lab.network.calls_to(lane.coordinator_phone))
@@ -98,7 +100,7 @@ async def run_alert(lab: PhoneLab, app: BinfoonApp, lane: Lane, speech: Path, pi
             break
         await asyncio.sleep(0.05)
     message_id = await app.desk.latest_message_of_bin(lane.bin_number)
-    submitted = app.submitted_at.get(message_id) if message_id is not None else None
+    submitted = timeline.submitted_at.get(message_id) if message_id is not None else None
     return AlertRun(
         officer=officer, message_id=message_id,
         hangup_to_ring_s=None if ring is None or officer.ended_at is None else ring - officer.ended_at,

@@ -8,6 +8,7 @@ The conversation:
   system: "Speak after the tone; # when done" *beep* officer speaks (# or 3 s silence ends)
   system: "1 listen, 2 speak again, 3 send, * cancel"                officer: 3
   system: "Sent to the coordinators. Goodbye."
+The PIN and the BIN are the steps every PIN line shares (``ivr.directory.caller``).
 Every recording is stored before the next prompt; a hang-up at any point leaves a draft that is
 never sent; only key 3 submits.
 """
@@ -17,12 +18,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ivr.directory.caller import Unidentified, identify, pick_bin
+from ivr.domain.vocabulary import Urgency
+from ivr.police_line.store import AfterIntake, BinChoice, MessageDesk, Officer
 from ivr.telephony.call import Call, choose
-from ivr.police_line.store import BinChoice, MessageDesk, Officer
-from storage.models import Urgency
 
-#: Questions asked at most this often before the call ends politely.
-TRIES = 3
 #: Takes an officer may record for one message (each is kept).
 MAX_TAKES = 9
 
@@ -47,8 +47,8 @@ class IntakeEnd(enum.Enum):
     NO_MESSAGE = "no_message"          # ended before anything was recorded
 
 
-async def police_intake(call: Call, desk: MessageDesk, rules: IntakeRules) -> IntakeEnd:
-    """The whole police-line conversation."""
+async def police_intake(call: Call, desk: MessageDesk, rules: IntakeRules, after: AfterIntake) -> IntakeEnd:
+    """The whole police-line conversation; kept takes and "send" go on to ``after``."""
     officer = await authenticate(call, desk, rules)
     if not isinstance(officer, Officer):
         return officer
@@ -63,61 +63,35 @@ async def police_intake(call: Call, desk: MessageDesk, rules: IntakeRules) -> In
         return IntakeEnd.NO_MESSAGE
     urgency = Urgency.URGENT if key == "1" else Urgency.PREVENTIVE
     message_id = await desk.create_draft(officer, bin_.bin_id, urgency)
-    return await record_and_send(call, desk, message_id, f"person:{officer.person_id}", rules)
+    return await record_and_send(call, desk, message_id, f"person:{officer.person_id}", rules, after)
 
 
 async def authenticate(call: Call, desk: MessageDesk, rules: IntakeRules) -> Officer | IntakeEnd:
-    """Caller ID and PIN; a locked caller hears so and is not allowed to guess."""
-    if await desk.lock_for(call.caller_id) is not None:
-        await call.say("police_locked")
-        await call.hangup()
-        return IntakeEnd.LOCKED
-    for _ in range(TRIES):
-        pin = await call.read_digits("police_enter_pin", max_digits=8, timeout_s=rules.key_timeout_s)
-        if not pin:
-            continue
-        result = await desk.check_pin(call.caller_id, pin)
-        if result.officer is not None:
-            return result.officer
-        if result.locked_until is not None:
-            await call.say("police_locked")
-            await call.hangup()
-            return IntakeEnd.LOCKED
-        await call.say("police_pin_wrong")
-    await call.say("no_input_goodbye")
-    await call.hangup()
-    return IntakeEnd.NOT_AUTHENTICATED
+    """Caller ID and PIN (``ivr.directory.caller.identify``); a locked caller is not allowed to guess."""
+    officer = await identify(call, desk.lock_for, desk.check_pin, lambda answer: answer.officer,
+                             pin_prompt="police_enter_pin", key_timeout_s=rules.key_timeout_s)
+    if isinstance(officer, Unidentified):
+        return IntakeEnd.LOCKED if officer is Unidentified.LOCKED else IntakeEnd.NOT_AUTHENTICATED
+    return officer
 
 
 async def choose_bin(call: Call, desk: MessageDesk, officer: Officer, rules: IntakeRules) -> BinChoice | None:
-    """The BIN by its number, read back for confirmation."""
-    for _ in range(TRIES):
-        digits = await call.read_digits("police_enter_bin", max_digits=6, timeout_s=rules.key_timeout_s)
-        if not digits:
-            continue
-        choice = await desk.find_bin(officer, digits)
-        if choice.error_prompt is not None:
-            await call.say(choice.error_prompt)
-            continue
-        key = await call.say("police_bin_chosen", number=choice.number, name=choice.name)
-        if key not in ("1", "2"):
-            key = await choose(call, "police_bin_confirm", "12", rules.key_timeout_s)
-        if key == "1":
-            return choice
-        if key is None:
-            return None
-    return None
+    """The BIN by its number, read back for confirmation (``ivr.directory.caller.pick_bin``)."""
+    picked = await pick_bin(call, lambda digits: desk.find_bin(officer, digits),
+                            key_timeout_s=rules.key_timeout_s)
+    return picked.choice
 
 
 async def record_and_send(call: Call, desk: MessageDesk, message_id: int, actor: str,
-                          rules: IntakeRules) -> IntakeEnd:
-    """Record takes until the officer sends or cancels; every take is stored first."""
+                          rules: IntakeRules, after: AfterIntake) -> IntakeEnd:
+    """Record takes until the officer sends or cancels; every take is stored first (then transcribed)."""
     kept_any = False
     for take in range(1, MAX_TAKES + 1):
         await call.say("police_record_after_beep")
         await call.beep()
         recorded = await call.record(rules.record_max_s, rules.record_silence_s)
         stored = await desk.keep_take(message_id, take, recorded, actor)
+        after.take_kept(message_id, stored.recording_id)
         kept_any = kept_any or stored.recording_id is not None
         if recorded.hung_up:
             return IntakeEnd.DRAFT_KEPT if kept_any else IntakeEnd.NO_MESSAGE
@@ -134,6 +108,7 @@ async def record_and_send(call: Call, desk: MessageDesk, message_id: int, actor:
                 continue
             if key == "3":
                 await desk.submit(message_id, take, actor)
+                after.submitted(message_id)
                 await call.say("police_sent")
                 await call.hangup()
                 return IntakeEnd.SENT

@@ -12,15 +12,13 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Protocol, TypeVar
 
 from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ivr.domain.message import check_transition
@@ -30,12 +28,12 @@ from ivr.telephony.call import Recorded
 from ivr.media.compare import read_wav_mono, speech_span
 from ivr.directory.pin_gate import check_pin, lock_in_force, pin_key
 from storage import audit
-from storage.db import session_scope
+from storage.db import Desk
 from storage.models import (
-    AttemptStatus, Bin, Campaign, CampaignStatus, Decision, Escalation, Message, MessageKind, MessageSource,
-    MessageStatus, Person, PhoneNumber, PhoneRank, Recording, ReviewCall, ReviewDecision,
-    ReviewMode, Role, RoleAssignment, Urgency, utcnow,
+    Bin, Campaign, Message, Person, PhoneNumber, Recording, ReviewCall, ReviewDecision, RoleAssignment,
+    utcnow,
 )
+from ivr.domain.vocabulary import MessageKind, MessageSource, MessageStatus, Role, Urgency
 from storage.recordings import RecordingStore
 
 log = logging.getLogger(__name__)
@@ -83,48 +81,19 @@ class Take:
     end_reason: str
 
 
-@dataclass(frozen=True)
-class Contact:
-    """Someone the system calls about a message."""
+class AfterIntake(Protocol):
+    """What follows the police line's steps (the chain): a kept take is transcribed, a submitted
+    message is reviewed."""
 
-    person_id: int
-    e164: str
-    role: Role
+    def take_kept(self, message_id: int, recording_id: int | None) -> None:
+        """A take was stored (``recording_id`` ``None``: nothing was recorded)."""
 
-
-@dataclass(frozen=True)
-class ReviewPlan:
-    """Everything a review round needs to know."""
-
-    message_id: int
-    urgent: bool
-    parallel: bool
-    escalation: Escalation
-    coordinators: tuple[Contact, ...]
-    approvers: tuple[Contact, ...]
-    status: MessageStatus
-    decided: bool
-    next_round: int
+    def submitted(self, message_id: int) -> None:
+        """The officer sent the message."""
 
 
-@dataclass(frozen=True)
-class ReviewBrief:
-    """What a coordinator hears about a message, and whether somebody already decided."""
-
-    review_call_id: str
-    message_id: int
-    person_id: int
-    language: str
-    urgent: bool
-    zone_name: str
-    bin_number: int
-    bin_name: str
-    spoken_at: dt.datetime
-    decided: bool
-
-
-class MessageDesk:
-    """The database side of the police line and of coordinator review."""
+class MessageDesk(Desk):
+    """The database side of the police line: who is calling, the message, its takes, "send"."""
 
     def __init__(
         self,
@@ -134,25 +103,10 @@ class MessageDesk:
         pin_policy: PinPolicy = PinPolicy(),
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.store = store
         self.pin_policy = pin_policy
         self.clock = clock
-        #: Called on the event loop after a take was stored, with its recording id (transcription
-        #: starts then, not at "send": a take never sent is transcribed too).
-        self.on_take_stored: Callable[[int, int], None] = lambda message_id, recording_id: None
-        #: Called on the event loop after a message was submitted (the review starts).
-        self.on_submitted: Callable[[int], None] = lambda message_id: None
-        #: Called on the event loop after a message was approved, with when to deliver it.
-        self.on_approved: Callable[[int, dt.datetime], None] = lambda message_id, at: None
-
-    async def _tx(self, work: Callable[[Session], T]) -> T:
-        return await asyncio.to_thread(self.run, work)
-
-    def run(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in one transaction (blocking)."""
-        with session_scope(self.engine) as session:
-            return work(session)
 
     # -- the police line: who is calling ------------------------------------------------------
     def _officer_by_caller(self, s: Session, key: str) -> Person | None:
@@ -172,7 +126,7 @@ class MessageDesk:
                 audit.record(s, f"caller:{mask(key)}", "police.call_refused_locked",
                              f"person:{person.id if person else '-'}", locked_until=lock.isoformat())
             return lock
-        return await self._tx(work)
+        return await self.tx(work)
 
     async def check_pin(self, caller_id: str, pin: str) -> PinResult:
         """Check a PIN typed from ``caller_id``; every attempt is stored and audited (never the PIN)."""
@@ -186,7 +140,7 @@ class MessageDesk:
             zones = [r.zone_id for r in person.roles if r.role in (Role.POLICE_OFFICER, Role.POLICE_APPROVER)]
             zone_ids = None if any(z is None for z in zones) else frozenset(z for z in zones if z is not None)
             return PinResult(Officer(person.id, person.name, person.language.value, zone_ids))
-        return await self._tx(work)
+        return await self.tx(work)
 
     async def find_bin(self, officer: Officer, digits: str) -> BinChoice:
         """The BIN with this number, if the officer may alert it."""
@@ -199,7 +153,7 @@ class MessageDesk:
             if officer.zone_ids is not None and bin_.zone_id not in officer.zone_ids:
                 return BinChoice(error_prompt="police_bin_other_zone")
             return BinChoice(bin_.id, bin_.number, bin_.name)
-        return await self._tx(work)
+        return await self.tx(work)
 
     # -- the police line: the message ---------------------------------------------------------
     async def create_draft(self, officer: Officer, bin_id: int, urgency: Urgency) -> int:
@@ -212,16 +166,13 @@ class MessageDesk:
             audit.record(s, f"person:{officer.person_id}", "message.draft", f"message:{message.id}",
                          bin_id=bin_id, urgency=urgency.value)
             return message.id
-        return await self._tx(work)
+        return await self.tx(work)
 
     async def keep_take(self, message_id: int, take: int, recorded: Recorded, actor: str) -> Take:
         """Store what was recorded (before anything else) and write its row; the spool copy is removed."""
         def work(s: Session) -> Take:
             return self._keep(s, message_id, take, recorded.path, recorded.end_reason, actor)
-        stored = await self._tx(work)
-        if stored.recording_id is not None:  # committed: the hook may read the row from another thread
-            self.on_take_stored(message_id, stored.recording_id)
-        return stored
+        return await self.tx(work)
 
     def _keep(self, s: Session, message_id: int, take: int, source: Path, end_reason: str, actor: str) -> Take:
         if not source.exists() or source.stat().st_size == 0:
@@ -247,7 +198,7 @@ class MessageDesk:
         return Take(recording.id, take, stored.path, stored.duration_s, speech_s, end_reason)
 
     async def submit(self, message_id: int, take: int, actor: str) -> None:
-        """The officer pressed "send": the message goes to review (``on_submitted``)."""
+        """The officer pressed "send": the message is submitted (its review is the chain's next step)."""
         def work(s: Session) -> None:
             message = s.get_one(Message, message_id)
             check_transition(message.status, MessageStatus.RECORDED)
@@ -255,8 +206,7 @@ class MessageDesk:
             message.submitted_at = self.clock()
             message.submitted_take = take
             audit.record(s, actor, "message.submitted", f"message:{message_id}", take=take)
-        await self._tx(work)
-        self.on_submitted(message_id)
+        await self.tx(work)
 
     async def cancel(self, message_id: int, actor: str) -> None:
         """The officer pressed *: the message is never sent (its recordings are kept)."""
@@ -265,18 +215,21 @@ class MessageDesk:
             check_transition(message.status, MessageStatus.CANCELLED)
             message.status = MessageStatus.CANCELLED
             audit.record(s, actor, "message.cancelled", f"message:{message_id}")
-        await self._tx(work)
+        await self.tx(work)
 
     def submit_text_message(self, bin_number: int, urgency: Urgency, text: str, audio: Path, actor: str,
-                            follow_up_of: int | None = None, kind: MessageKind = MessageKind.ALERT) -> int:
-        """A written message, already spoken into ``audio``: stored and submitted at once (blocking)."""
+                            follow_up_of: int | None = None, kind: MessageKind = MessageKind.ALERT,
+                            author_id: int | None = None) -> int:
+        """A written message, already spoken into ``audio``: stored and submitted in one transaction,
+        its author (``author_id``, a person) included (blocking)."""
         def work(s: Session) -> int:
             bin_ = s.scalars(select(Bin).where(Bin.number == bin_number)).first()
             if bin_ is None:
                 raise LookupError(f"no BIN with number {bin_number}")
             now = self.clock()
             message = Message(bin_id=bin_.id, urgency=urgency, status=MessageStatus.DRAFT, text=text,
-                              source=MessageSource.TEXT, created_at=now, follow_up_of_id=follow_up_of, kind=kind)
+                              source=MessageSource.TEXT, created_at=now, follow_up_of_id=follow_up_of, kind=kind,
+                              created_by_id=author_id)
             s.add(message)
             s.flush()
             self._keep(s, message.id, 1, audio, "text", actor)
@@ -288,161 +241,16 @@ class MessageDesk:
             return message.id
         return self.run(work)
 
-    # -- review -------------------------------------------------------------------------------
-    async def review_plan(self, message_id: int) -> ReviewPlan:
-        """Who to call about ``message_id``, how, and what the zone does if nobody decides."""
-        def work(s: Session) -> ReviewPlan:
-            message = s.get_one(Message, message_id)
-            zone = message.bin.zone
-
-            def contacts(role: Role, **where: int) -> tuple[Contact, ...]:
-                query = (select(Person.id, PhoneNumber.e164).join(RoleAssignment).join(PhoneNumber)
-                         .where(RoleAssignment.role == role, Person.active.is_(True),
-                                PhoneNumber.rank == PhoneRank.PRIMARY)
-                         .order_by(RoleAssignment.priority, Person.id))
-                for column, value in where.items():
-                    query = query.where(getattr(RoleAssignment, column) == value)
-                return tuple(Contact(pid, e164, role) for pid, e164 in s.execute(query).all())
-
-            rounds = s.scalar(select(func.max(ReviewCall.round)).where(ReviewCall.message_id == message_id)) or 0
-            decided = s.scalar(select(ReviewDecision.id).where(ReviewDecision.message_id == message_id))
-            return ReviewPlan(
-                message_id=message_id, urgent=message.urgency is Urgency.URGENT,
-                parallel=zone.review_mode is ReviewMode.PARALLEL, escalation=zone.urgent_escalation,
-                coordinators=contacts(Role.COORDINATOR, bin_id=message.bin_id),
-                approvers=contacts(Role.POLICE_APPROVER, zone_id=zone.id),
-                status=message.status, decided=decided is not None, next_round=rounds + 1)
-        return await self._tx(work)
-
-    async def to_coordinators(self, message_id: int) -> None:
-        """The message is with the coordinators (from recorded; unchanged if already there)."""
-        def work(s: Session) -> None:
-            message = s.get_one(Message, message_id)
-            if message.status is MessageStatus.RECORDED:
-                message.status = MessageStatus.WITH_COORDINATORS
-                audit.record(s, "system", "message.to_coordinators", f"message:{message_id}")
-        await self._tx(work)
-
-    async def new_review_call(self, message_id: int, contact: Contact, round_no: int) -> str:
-        """Write the review call before it is dialled; its id becomes the Originate ChannelId."""
-        def work(s: Session) -> str:
-            call = ReviewCall(message_id=message_id, person_id=contact.person_id, e164=contact.e164,
-                              round=round_no, role=contact.role, status=AttemptStatus.DIALING,
-                              dialled_at=self.clock())
-            s.add(call)
-            s.flush()
-            return call.id
-        return await self._tx(work)
-
-    async def review_call_dialled(self, review_call_id: str, outcome: str, cause: int | None) -> None:
-        """How dialling the coordinator ended."""
-        def work(s: Session) -> None:
-            call = s.get_one(ReviewCall, review_call_id)
-            call.dial_outcome = outcome
-            call.hangup_cause = cause
-            if outcome == "answered":
-                call.status = AttemptStatus.ANSWERED
-                call.answered_at = call.answered_at or self.clock()
-            else:
-                call.status = AttemptStatus.ENDED
-                call.ended_at = self.clock()
-        await self._tx(work)
-
-    async def review_call_ended(self, review_call_id: str) -> None:
-        """The coordinator's call is over."""
-        def work(s: Session) -> None:
-            call = s.get_one(ReviewCall, review_call_id)
-            call.status = AttemptStatus.ENDED
-            call.ended_at = call.ended_at or self.clock()
-        await self._tx(work)
-
-    async def brief(self, review_call_id: str) -> ReviewBrief:
-        """The coordinator answered: what they are told about the message."""
-        def work(s: Session) -> ReviewBrief:
-            call = s.get_one(ReviewCall, review_call_id)
-            if call.answered_at is None:
-                call.answered_at = self.clock()
-                call.status = AttemptStatus.ANSWERED
-            message = s.get_one(Message, call.message_id)
-            person = s.get_one(Person, call.person_id)
-            decided = s.scalar(select(ReviewDecision.id).where(ReviewDecision.message_id == message.id))
-            return ReviewBrief(
-                review_call_id=review_call_id, message_id=message.id, person_id=person.id,
-                language=person.language.value, urgent=message.urgency is Urgency.URGENT,
-                zone_name=message.bin.zone.name, bin_number=message.bin.number, bin_name=message.bin.name,
-                spoken_at=_aware(message.submitted_at or message.created_at), decided=decided is not None)
-        return await self._tx(work)
-
     async def recording_to_play(self, message_id: int, actor: str, take: int | None = None) -> Path:
-        """The message's original recording, checksum verified; the access is audited first."""
-        def work(s: Session) -> Path:
-            message = s.get_one(Message, message_id)
-            wanted = take or message.submitted_take
-            recording = next((r for r in message.recordings if r.take == wanted), None)
-            if recording is None:
-                raise LookupError(f"message {message_id} has no recording take {wanted}")
-            audit.record(s, actor, "recording.played", f"message:{message_id}", take=recording.take)
-            return self.store.open_verified(Path(recording.path), recording.sha256)
-        return await self._tx(work)
-
-    async def decide(self, message_id: int, decision: Decision, *, person_id: int | None,
-                     review_call_id: str | None, deliver_at: dt.datetime | None = None,
-                     via: str = "phone") -> bool:
-        """Store the decision; ``False`` if somebody else decided first (nothing is changed then)."""
-        def work(s: Session) -> dt.datetime | None | bool:
-            message = s.get_one(Message, message_id)
-            if s.scalar(select(ReviewDecision.id).where(ReviewDecision.message_id == message_id)) is not None:
-                return False
-            now = self.clock()
-            at = deliver_at if decision is Decision.FORWARD_LATER else (now if decision is Decision.FORWARD_NOW
-                                                                         else None)
-            s.add(ReviewDecision(message_id=message_id, person_id=person_id, review_call_id=review_call_id,
-                                 decision=decision, deliver_at=at, via=via, decided_at=now))
-            new = MessageStatus.REJECTED if decision is Decision.REJECT else MessageStatus.APPROVED
-            check_transition(message.status, new)
-            message.status = new
-            message.deliver_at = at
-            audit.record(s, f"person:{person_id}" if person_id else "system", f"message.{decision.value}",
-                         f"message:{message_id}", via=via, deliver_at=at.isoformat() if at else None)
-            s.flush()
-            return at
-        try:
-            result = await self._tx(work)
-        except IntegrityError:
-            return False  # two coordinators at once: the unique decision row let only one through
-        if result is False:
-            return False
-        if isinstance(result, dt.datetime):
-            self.on_approved(message_id, result)
-        return True
-
-    # -- delivery hand-off --------------------------------------------------------------------
-    async def start_delivery(self, message_id: int) -> int | None:
-        """An approved, due message gets its campaign (idempotent); ``None`` if it is not to be delivered."""
-        def work(s: Session) -> int | None:
-            message = s.get_one(Message, message_id)
-            existing = s.scalar(select(Campaign.id).where(Campaign.message_id == message_id))
-            if existing is not None:
-                return existing
-            if message.status is not MessageStatus.APPROVED:
-                return None
-            if message.deliver_at is not None and _aware(message.deliver_at) > self.clock() + dt.timedelta(seconds=1):
-                return None  # woken early: the alarm will come again
-            campaign = Campaign(message_id=message_id, status=CampaignStatus.SCHEDULED, created_at=self.clock())
-            s.add(campaign)
-            check_transition(message.status, MessageStatus.DELIVERING)
-            message.status = MessageStatus.DELIVERING
-            s.flush()
-            audit.record(s, "system", "message.delivering", f"message:{message_id}", campaign=campaign.id)
-            return campaign.id
-        return await self._tx(work)
+        """The message's original recording (or ``take``), checksum verified; the access is audited first."""
+        return await self.tx(lambda s: open_take(s, self.store, message_id, actor, take))
 
     async def latest_message_of_bin(self, bin_number: int) -> int | None:
         """The newest message for a BIN (demo and benchmarks follow their own alerts with it)."""
         def work(s: Session) -> int | None:
             return s.scalar(select(Message.id).join(Bin).where(Bin.number == bin_number)
                             .order_by(Message.id.desc()).limit(1))
-        return await self._tx(work)
+        return await self.tx(work)
 
     # -- recovery -----------------------------------------------------------------------------
     async def unfinished(self) -> list[tuple[int, MessageStatus, dt.datetime | None]]:
@@ -451,13 +259,19 @@ class MessageDesk:
             rows = s.execute(select(Message.id, Message.status, Message.deliver_at).where(
                 Message.status.in_((MessageStatus.RECORDED, MessageStatus.WITH_COORDINATORS,
                                     MessageStatus.APPROVED))).order_by(Message.id)).all()
-            return [(mid, status, _aware(at) if at else None) for mid, status, at in rows]
-        return await self._tx(work)
+            return [(mid, status, at) for mid, status, at in rows]
+        return await self.tx(work)
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    """SQLite returns naive datetimes: they are UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+def open_take(s: Session, store: RecordingStore, message_id: int, actor: str, take: int | None = None) -> Path:
+    """The message's submitted take (or ``take``), checksum verified; the access is audited first."""
+    message = s.get_one(Message, message_id)
+    wanted = take or message.submitted_take
+    recording = next((r for r in message.recordings if r.take == wanted), None)
+    if recording is None:
+        raise LookupError(f"message {message_id} has no recording take {wanted}")
+    audit.record(s, actor, "recording.played", f"message:{message_id}", take=recording.take)
+    return store.open_verified(Path(recording.path), recording.sha256)
 
 
 #: How ``binfoon message show`` words each status for the police.
@@ -487,21 +301,21 @@ def describe(session: Session, message_id: int) -> dict[str, object]:
     take = next((r for r in message.recordings if r.take == message.submitted_take), None)
     status = STATUS_TEXT[message.status]
     if message.status is MessageStatus.APPROVED and message.deliver_at is not None:
-        status += f", to be delivered at {_aware(message.deliver_at).isoformat(timespec='seconds')}"
+        status += f", to be delivered at {message.deliver_at.isoformat(timespec='seconds')}"
     report: dict[str, object] = {
         "id": message.id, "bin": message.bin.number, "bin_name": message.bin.name,
         "urgency": message.urgency.value, "source": message.source.value, "status": message.status.value,
         "status_text": status,
-        "created_at": _aware(message.created_at).isoformat(timespec="seconds"),
-        "submitted_at": _aware(message.submitted_at).isoformat(timespec="seconds") if message.submitted_at else None,
+        "created_at": message.created_at.isoformat(timespec="seconds"),
+        "submitted_at": message.submitted_at.isoformat(timespec="seconds") if message.submitted_at else None,
         "recording_seconds": round(take.duration_s, 2) if take else None,
         "takes": len(message.recordings),
         "review_calls": [{"person": c.person_id, "number": mask(c.e164), "round": c.round, "role": c.role.value,
                           "outcome": c.dial_outcome, "answered": c.answered_at is not None} for c in calls],
         "decision": None if decision is None else {
             "decision": decision.decision.value, "by": decision.person.name if decision.person else "zone policy",
-            "via": decision.via, "at": _aware(decision.decided_at).isoformat(timespec="seconds"),
-            "deliver_at": _aware(decision.deliver_at).isoformat(timespec="seconds") if decision.deliver_at else None},
+            "via": decision.via, "at": decision.decided_at.isoformat(timespec="seconds"),
+            "deliver_at": message.deliver_at.isoformat(timespec="seconds") if message.deliver_at else None},
         "delivery": None,
     }
     if campaign is not None:

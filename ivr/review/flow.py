@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from ivr.review.policy import parse_later
 from ivr.telephony.call import Call, choose
-from ivr.police_line.store import MessageDesk, ReviewBrief
+from ivr.review.store import AfterDecision, ReviewBrief, ReviewDesk
 from ivr.media.prompts import text
-from storage.models import Decision
+from ivr.domain.vocabulary import Decision
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,9 @@ class ReviewEnd(enum.Enum):
     NO_DECISION = "no_decision"
 
 
-async def coordinator_review(call: Call, desk: MessageDesk, review_call_id: str, rules: ReviewRules) -> ReviewEnd:
-    """The whole review conversation."""
+async def coordinator_review(call: Call, desk: ReviewDesk, review_call_id: str, rules: ReviewRules,
+                             after: AfterDecision) -> ReviewEnd:
+    """The whole review conversation; a decision goes on to ``after`` before "thank you"."""
     brief = await desk.brief(review_call_id)
     call.language = brief.language
     if brief.decided:
@@ -80,10 +81,12 @@ async def coordinator_review(call: Call, desk: MessageDesk, review_call_id: str,
             if deliver_at is None:
                 continue  # back to the menu
         decision = {"1": Decision.FORWARD_NOW, "2": Decision.FORWARD_LATER, "9": Decision.REJECT}[key]
-        if not await desk.decide(brief.message_id, decision, person_id=brief.person_id,
-                                 review_call_id=review_call_id, deliver_at=deliver_at):
+        decided = await desk.decide(brief.message_id, decision, person_id=brief.person_id,
+                                    review_call_id=review_call_id, deliver_at=deliver_at)
+        if decided is None:
             await call.say("review_already_decided")
             return ReviewEnd.ALREADY_DECIDED
+        after.decided(decided)
         if decision is Decision.FORWARD_NOW:
             await call.say("review_forwarded_now")
         elif decision is Decision.REJECT:
@@ -95,7 +98,7 @@ async def coordinator_review(call: Call, desk: MessageDesk, review_call_id: str,
         return ReviewEnd(decision.value)
 
 
-async def play_message(call: Call, desk: MessageDesk, brief: ReviewBrief, rules: ReviewRules) -> str | None:
+async def play_message(call: Call, desk: ReviewDesk, brief: ReviewBrief, rules: ReviewRules) -> str | None:
     """The short header, then the original recording (its playing is audited); a key stops them."""
     spoken = brief.spoken_at.astimezone(rules.tz)
     word = text("word_urgent" if brief.urgent else "word_preventive", call.language)

@@ -1,13 +1,16 @@
 """Review rounds: call a message's coordinators until one decides, else apply the zone's policy.
 
 Rules:
-- each review call is written before it is dialled (its id is the Originate ChannelId);
+- each review call is written before it is dialled (its id is the Originate ChannelId), and placed
+  through the one outbound-call life cycle (``ivr.telephony.outbound``): it counts against the
+  trunk's channels and ends exactly once;
 - sequential zones call one coordinator after another in priority order, parallel zones all at
   once; a round stops at the first decision;
 - a round without a decision: urgent messages escalate as the zone says (auto-forward, or the
   police approvers), preventive ones wait and are reviewed again after ``retry_after_s`` (a
   persistent alarm, so a restart does not forget them);
-- one round at a time per message, in this process.
+- one round at a time per message, in this process;
+- a decision made here (the zone's policy) goes on like a coordinator's: to ``AfterDecision``.
 """
 
 from __future__ import annotations
@@ -17,12 +20,11 @@ import datetime as dt
 import logging
 from typing import Callable
 
+from ivr.scheduler import AlarmClock
 from ivr.review.policy import NextStep, RoundResult, after_undecided_round, waves
-from ivr.police_line.store import Contact, MessageDesk, ReviewPlan
-from ivr.chain.alarms import AlarmClock
-from ivr.telephony.dialer import Dialer
-from ivr.telephony.outcomes import DialOutcome
-from storage.models import Decision, MessageStatus
+from ivr.review.store import AfterDecision, Contact, ReviewDesk, ReviewPlan
+from ivr.telephony.outbound import CallKind, OutboundCalls, answered
+from ivr.domain.vocabulary import Decision, MessageStatus
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +39,16 @@ class ReviewDispatcher:
     #: The longest a review conversation may take before the round stops waiting for it.
     MAX_CALL_S = 900.0
 
-    def __init__(self, desk: MessageDesk, dialer: Dialer, alarms: AlarmClock, *, ring_timeout_s: float,
-                 retry_after_s: float, clock: Callable[[], dt.datetime]) -> None:
+    def __init__(self, desk: ReviewDesk, calls: OutboundCalls, alarms: AlarmClock, after: AfterDecision, *,
+                 ring_timeout_s: float, retry_after_s: float, clock: Callable[[], dt.datetime]) -> None:
         self.desk = desk
-        self.dialer = dialer
+        self.calls = calls
         self.alarms = alarms
+        self.after = after
         self.ring_timeout_s = ring_timeout_s
         self.retry_after_s = retry_after_s
         self.clock = clock
         self._rounds: dict[int, asyncio.Task[None]] = {}
-        self._calls_done: dict[str, asyncio.Event] = {}
-        #: Monotonic time each review call was handed to Asterisk (for benchmarks and logs).
-        self.dial_started: dict[str, float] = {}
 
     def busy_with(self, message_id: int) -> bool:
         """True while a round for ``message_id`` runs."""
@@ -65,12 +65,6 @@ class ReviewDispatcher:
     async def wake(self, message_id: int) -> None:
         """The alarm of a waiting message: review it again."""
         self.start(message_id)
-
-    def call_finished(self, review_call_id: str) -> None:
-        """The review conversation (or the channel) ended."""
-        event = self._calls_done.get(review_call_id)
-        if event is not None:
-            event.set()
 
     async def stop(self) -> None:
         """Cancel running rounds (their calls are in the database; start-up resumes them)."""
@@ -108,8 +102,10 @@ class ReviewDispatcher:
                     return
                 continue
             if step is NextStep.AUTO_FORWARD:
-                await self.desk.decide(message_id, Decision.FORWARD_NOW, person_id=None, review_call_id=None,
-                                       via="escalation")
+                decided = await self.desk.decide(message_id, Decision.FORWARD_NOW, person_id=None,
+                                                 review_call_id=None, via="escalation")
+                if decided is not None:
+                    self.after.decided(decided)
                 return
             at = self.clock() + dt.timedelta(seconds=self.retry_after_s)
             self.alarms.wake_at(REVIEW_RETRY, message_id, at)
@@ -124,20 +120,14 @@ class ReviewDispatcher:
 
     async def _call(self, plan: ReviewPlan, contact: Contact) -> None:
         call_id = await self.desk.new_review_call(plan.message_id, contact, plan.next_round)
-        done = self._calls_done[call_id] = asyncio.Event()
+        await self.calls.acquire(call_id, CallKind.REVIEW)
         try:
-            self.dial_started[call_id] = asyncio.get_running_loop().time()
-            dialled = await self.dialer.dial(call_id, contact.e164, context=REVIEW_CONTEXT,
-                                             variables={"BINFOON_REVIEW": call_id},
-                                             ring_timeout_s=self.ring_timeout_s)
+            dialled = await self.calls.dial(call_id, contact.e164, context=REVIEW_CONTEXT,
+                                            variables={"BINFOON_REVIEW": call_id},
+                                            ring_timeout_s=self.ring_timeout_s)
             await self.desk.review_call_dialled(call_id, dialled.outcome.value, dialled.cause)
-            if dialled.outcome is DialOutcome.ANSWERED:
-                try:
-                    async with asyncio.timeout(self.MAX_CALL_S):
-                        await done.wait()
-                except asyncio.TimeoutError:
-                    log.warning("review call %s still going after %.0f s; the round goes on", call_id,
-                                self.MAX_CALL_S)
+            if answered(dialled):
+                await self.calls.ended(call_id, self.MAX_CALL_S)
                 await self.desk.review_call_ended(call_id)
         finally:
-            self._calls_done.pop(call_id, None)
+            self.calls.release(call_id)

@@ -26,8 +26,8 @@ class Dialer(Protocol):
     """What the review and campaign logic need to place a call."""
 
     async def dial(self, call_id: str, number: str, *, context: str, variables: Mapping[str, str],
-                   ring_timeout_s: float) -> Dialled:
-        """Dial ``number``; when answered, run ``context``. ``call_id`` was persisted before."""
+                   ring_timeout_s: float, exten: str = "s") -> Dialled:
+        """Dial ``number``; when answered, run ``context,exten``. ``call_id`` was persisted before."""
 
     @property
     def ready(self) -> bool:
@@ -49,11 +49,11 @@ class AmiDialer:
         return self.ami.connected
 
     async def dial(self, call_id: str, number: str, *, context: str, variables: Mapping[str, str],
-                   ring_timeout_s: float) -> Dialled:
+                   ring_timeout_s: float, exten: str = "s") -> Dialled:
         """Originate and classify; a lost outcome counts as failed (never re-sent blindly)."""
         try:
             result = await self.ami.originate(
-                call_id, self.dial_template.replace("${NUMBER}", number), context=context,
+                call_id, self.dial_template.replace("${NUMBER}", number), context=context, exten=exten,
                 variables=dict(variables), caller_id=self.caller_id, timeout_s=ring_timeout_s)
         except AmiUnavailable:
             log.warning("call %s not placed: AMI is down", call_id)

@@ -15,9 +15,11 @@ from ivr.config import Settings
 from ivr.media.compare import read_wav_mono
 from ivr.media.voice import PromptRenderer
 from ivr.lab.phone_lab import PhoneLab
+from ivr.lab.timeline import Timeline
 from ivr.lab.network import CallerScript, HangUp, Listen, Press, Speak
 from storage.db import session_scope
-from storage.models import Campaign, CampaignStatus, Urgency
+from storage.models import Campaign
+from ivr.domain.vocabulary import CampaignStatus, Urgency
 from tests.world import OFFICER_PIN, World, build_world
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -31,6 +33,8 @@ class Binfoon:
     lab: PhoneLab
     world: World
     settings: Settings
+    #: What the application did and when (its observer).
+    timeline: Timeline
 
 
 def test_settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -45,10 +49,11 @@ async def start_binfoon(lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer,
     """Build the directory (unless given) and start the application on ``lab``."""
     config = test_settings(tmp_path, **settings)
     world = world or build_world(f"sqlite:///{tmp_path / 'binfoon.db'}", config.data_dir / "recordings")
+    timeline = Timeline()
     app = BinfoonApp.on_instance(config, world.engine, lab.asterisk, lab.ami, lab.app,
-                                 dial_template=lab.dial_template, renderer=renderer)
+                                 dial_template=lab.dial_template, renderer=renderer, observer=timeline)
     await app.start()
-    return Binfoon(app, lab, world, config)
+    return Binfoon(app, lab, world, config, timeline)
 
 
 def officer_script(speech: Path, *, pin: str = OFFICER_PIN, bin_number: int = 12, urgency: str = "1",
@@ -72,11 +77,13 @@ def utc(value: dt.datetime | None) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
-async def submit_recorded(binfoon: Binfoon, clip: Path, urgency: Urgency | None = None) -> int:
-    """A message for BIN 12 with ``clip`` as its recording, submitted as if the officer pressed 3."""
+async def submit_recorded(binfoon: Binfoon, clip: Path, urgency: Urgency | None = None, *, chain: bool = True) -> int:
+    """A message for BIN 12 with ``clip`` as its recording, submitted as if the officer pressed 3: the
+    take and the submission go on to the chain's next steps (transcript, review) as the police line's
+    do, unless ``chain`` is false (the application is stopped: another process picks them up)."""
     from ivr.telephony.call import Recorded
     from ivr.police_line.store import Officer
-    from storage.models import Urgency
+    from ivr.domain.vocabulary import Urgency
 
     desk = binfoon.app.desk
     world = binfoon.world
@@ -85,8 +92,11 @@ async def submit_recorded(binfoon: Binfoon, clip: Path, urgency: Urgency | None 
     spool = binfoon.settings.data_dir / f"spool-{message_id}.wav"
     spool.parent.mkdir(parents=True, exist_ok=True)
     spool.write_bytes(clip.read_bytes())
-    await desk.keep_take(message_id, 1, Recorded(spool, "dtmf"), "test")
+    take = await desk.keep_take(message_id, 1, Recorded(spool, "dtmf"), "test")
     await desk.submit(message_id, 1, "test")
+    if chain:
+        binfoon.app.chain.take_kept(message_id, take.recording_id)
+        binfoon.app.chain.submitted(message_id)
     return message_id
 
 

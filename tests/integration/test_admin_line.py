@@ -18,10 +18,8 @@ from ivr.police_line.store import Officer
 from ivr.lab.phone_lab import PhoneLab
 from ivr.lab.network import CallerScript, Listen, Press, Wait
 from storage.db import session_scope
-from storage.models import (
-    AuditEntry, Campaign, CampaignStatus, Confirmation, Language, Message, MessageStatus, Person, PhoneNumber,
-    PhoneRank, Role, RoleAssignment, Urgency,
-)
+from storage.models import AuditEntry, Campaign, Confirmation, Message, Person, PhoneNumber, RoleAssignment
+from ivr.domain.vocabulary import CampaignStatus, Language, MessageStatus, PhoneRank, Role, Urgency
 from storage.pins import hash_pin
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import Binfoon, start_binfoon
@@ -121,7 +119,7 @@ async def test_an_admin_hears_the_latest_messages_with_their_counts(lab: PhoneLa
             Listen(timeout_s=10),                 # "tot ziens"
         )
         call = await (await lab.call_in(ADMIN_PHONE, script, ADMIN_LINE)).wait(120)
-        [flow] = await binfoon.app.wait_for_flows("admin_replay", 1, timeout_s=10)
+        [flow] = await binfoon.timeline.wait_for_flows("admin_replay", 1, timeout_s=10)
         assert flow.end == "done", call.steps_done
 
         # Both replays are in the audit log, newest first, by the admin, on the admin line.

@@ -13,15 +13,15 @@ from sqlalchemy import select, text
 from ivr.media.compare import hear, hear_file, locate_speech_file, read_wav_mono, speech_span
 from ivr.media.voice import PromptRenderer
 from ivr.police_line.store import describe
-from ivr.chain.alarms import AlarmClock
+from ivr.scheduler import AlarmClock
 from ivr.lab.phone_lab import PhoneLab
 from ivr.lab.network import CallerScript, Listen, PhoneScript, Press, Speak
 from ivr.asr.models import packaged_model
 from storage.db import session_scope
 from storage.models import (
-    AuditEntry, Campaign, Decision, Escalation, Message, MessageStatus, Person, PinAttempt, Recording, ReviewCall,
-    ReviewDecision, ReviewMode, Transcript, Urgency,
+    AuditEntry, Campaign, Message, Person, PinAttempt, Recording, ReviewCall, ReviewDecision, Transcript,
 )
+from ivr.domain.vocabulary import Decision, Escalation, MessageStatus, ReviewMode, Urgency
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import officer_script, start_binfoon, utc
 from tests.integration.conftest import eventually
@@ -73,9 +73,9 @@ async def test_officer_alert_reaches_the_coordinator_who_forwards_it(
     try:
         officer = await lab.call_in(OFFICER_PHONE, officer_script(CLIP))
         await officer.wait(timeout_s=90)
-        [intake] = await binfoon.app.wait_for_flows("police_intake", 1, timeout_s=10)
+        [intake] = await binfoon.timeline.wait_for_flows("police_intake", 1, timeout_s=10)
         assert intake.end == "sent", officer.steps_done
-        [review] = await binfoon.app.wait_for_flows("coordinator_review", 1, timeout_s=60)
+        [review] = await binfoon.timeline.wait_for_flows("coordinator_review", 1, timeout_s=60)
         assert review.end == "forward_now"
         with session_scope(world.engine) as s:
             message = s.scalars(select(Message)).one()
@@ -110,7 +110,7 @@ async def test_three_wrong_pins_lock_the_caller_on_the_phone(lab: PhoneLab, tmp_
         # Calling back with the right PIN: refused before any PIN is asked.
         again = await (await lab.call_in(OFFICER_PHONE, officer_script(CLIP))).wait(60)
         assert again.hung_up_by == "callee"
-        ends = [f.end for f in await binfoon.app.wait_for_flows("police_intake", 2)]
+        ends = [f.end for f in await binfoon.timeline.wait_for_flows("police_intake", 2)]
         assert ends == ["locked", "locked"]
         with session_scope(binfoon.world.engine) as s:
             outcomes = [a.outcome.value for a in s.scalars(select(PinAttempt).order_by(PinAttempt.id))]
@@ -130,7 +130,7 @@ async def test_hang_up_while_speaking_keeps_a_draft_that_is_never_sent(lab: Phon
         script = CallerScript.of(Listen(), Press("4321#"), Listen(), Press("12#"), Listen(), Press("1"),
                                  Listen(), Press("2"), Listen(), Speak(CLIP))  # then hangs up mid-message
         await (await lab.call_in(OFFICER_PHONE, script)).wait(90)
-        [intake] = await binfoon.app.wait_for_flows("police_intake", 1, timeout_s=15)
+        [intake] = await binfoon.timeline.wait_for_flows("police_intake", 1, timeout_s=15)
         assert intake.end == "draft_kept"
         await asyncio.sleep(1.5)  # a poll later: still nothing goes to review
         with session_scope(binfoon.world.engine) as s:
@@ -154,7 +154,7 @@ async def test_silence_only_is_refused_and_spoken_again(lab: PhoneLab, tmp_path:
                                  Listen(),  # ..."nothing was recorded; speak after the tone" *beep*
                                  Speak(CLIP), Press("#"), Listen(), Press("3"), Listen())
         await (await lab.call_in(OFFICER_PHONE, script)).wait(120)
-        [intake] = await binfoon.app.wait_for_flows("police_intake", 1, timeout_s=15)
+        [intake] = await binfoon.timeline.wait_for_flows("police_intake", 1, timeout_s=15)
         assert intake.end == "sent"
         with session_scope(binfoon.world.engine) as s:
             takes = s.scalars(select(Recording).order_by(Recording.take)).all()
@@ -175,8 +175,10 @@ async def _submit(binfoon: object, urgency: Urgency = Urgency.URGENT) -> int:
     spool = binfoon.settings.data_dir / "spool.wav"  # type: ignore[attr-defined]
     spool.parent.mkdir(parents=True, exist_ok=True)
     spool.write_bytes(CLIP.read_bytes())
-    await desk.keep_take(message_id, 1, Recorded(spool, "dtmf"), "test")
+    take = await desk.keep_take(message_id, 1, Recorded(spool, "dtmf"), "test")
     await desk.submit(message_id, 1, "test")
+    binfoon.app.chain.take_kept(message_id, take.recording_id)  # type: ignore[attr-defined]
+    binfoon.app.chain.submitted(message_id)  # type: ignore[attr-defined]
     return message_id
 
 
@@ -195,7 +197,7 @@ async def test_coordinator_keys_end_in_the_right_state(
     try:
         before = dt.datetime.now(dt.timezone.utc)
         message_id = await _submit(binfoon)
-        [review] = await binfoon.app.wait_for_flows("coordinator_review", 1, timeout_s=60)
+        [review] = await binfoon.timeline.wait_for_flows("coordinator_review", 1, timeout_s=60)
         assert review.end == end
         message = await _wait_status(binfoon.world.engine, message_id, status)
         with session_scope(binfoon.world.engine) as s:
@@ -233,7 +235,7 @@ async def test_3_plays_the_recording_again_before_1_forwards(lab: PhoneLab, tmp_
     lab.network.script(coordinator, PhoneScript.answers(keys=((press_3_at, "3"), (press_1_at, "1"))))
     try:
         message_id = await _submit(binfoon)
-        [review] = await binfoon.app.wait_for_flows("coordinator_review", 1, timeout_s=90)
+        [review] = await binfoon.timeline.wait_for_flows("coordinator_review", 1, timeout_s=90)
         assert review.end == "forward_now"
         await _wait_status(binfoon.world.engine, message_id, MessageStatus.DELIVERING)
         [call] = await lab.network.wait_for_calls(coordinator, 1)
@@ -262,7 +264,7 @@ async def test_no_key_then_hang_up_goes_to_the_next_coordinator(lab: PhoneLab, t
     lab.network.script(second, PhoneScript.answers(keys=((1.0, "1"),)))
     try:
         message_id = await _submit(binfoon)
-        reviews = await binfoon.app.wait_for_flows("coordinator_review", 2, timeout_s=60)
+        reviews = await binfoon.timeline.wait_for_flows("coordinator_review", 2, timeout_s=60)
         assert [r.end for r in reviews] == ["hung_up", "forward_now"]
         await _wait_status(binfoon.world.engine, message_id, MessageStatus.DELIVERING)
         with session_scope(binfoon.world.engine) as s:
@@ -329,8 +331,11 @@ async def test_forward_later_survives_a_restart_and_fires_on_time(lab: PhoneLab,
     lab.network.script(binfoon.world.coordinators[0][1], PhoneScript.never_answers())
     message_id = await _submit(binfoon, Urgency.PREVENTIVE)
     deliver_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=6)
-    assert await binfoon.app.desk.decide(message_id, Decision.FORWARD_LATER, person_id=binfoon.world.coordinators[0][0],
-                                         review_call_id=None, deliver_at=deliver_at)
+    decided = await binfoon.app.review_desk.decide(message_id, Decision.FORWARD_LATER,
+                                                   person_id=binfoon.world.coordinators[0][0],
+                                                   review_call_id=None, deliver_at=deliver_at)
+    assert decided is not None
+    binfoon.app.chain.decided(decided)
     assert binfoon.app.alarms.when("deliver", message_id) is not None
     await binfoon.app.stop()  # the application goes down with the alarm pending
 
@@ -374,7 +379,7 @@ async def test_a_written_message_from_another_process_is_reviewed(lab: PhoneLab,
                             RecordingStore(binfoon.settings.data_dir / "recordings"))
         message_id = await asyncio.to_thread(other.submit_text_message, 12, Urgency.URGENT,
                                              "Opgelet, inbraak in de Kerkstraat.", audio, "cli:test")
-        [review] = await binfoon.app.wait_for_flows("coordinator_review", 1, timeout_s=30)
+        [review] = await binfoon.timeline.wait_for_flows("coordinator_review", 1, timeout_s=30)
         assert review.end == "forward_now"
         await _wait_status(binfoon.world.engine, message_id, MessageStatus.DELIVERING)
         # The service transcribes what another process stored, without waiting for its backlog sweep.

@@ -17,7 +17,8 @@ from ivr.delivery.report import campaign_report
 from ivr.lab.phone_lab import PhoneLab
 from ivr.lab.scenarios import MemberCase, expected_counts, member_cases, script_members, seed_members
 from storage.db import session_scope
-from storage.models import CallAttempt, Confirmation, Message, MessageStatus, PhoneNumber, PhoneRank
+from storage.models import CallAttempt, Confirmation, Message, PhoneNumber
+from ivr.domain.vocabulary import MessageStatus, PhoneRank
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import campaign_done, message_seconds, start_binfoon, submit_recorded, utc
 
@@ -189,8 +190,8 @@ async def test_call_back_and_report_lines(lab: PhoneLab, tmp_path: Path, rendere
         coordinator = binfoon.world.coordinators[0][1]
         await (await lab.call_in(coordinator, CallerScript.of(Listen(), Listen(timeout_s=5)), "+3250000200")).wait(60)
         await (await lab.call_in("+32470999888", CallerScript.of(Listen()), bin_line)).wait(60)
-        ends = {f.flow: f.end for f in binfoon.app.flow_ends if f.flow in ("member_callback", "coordinator_report")}
-        callbacks = [f.end for f in binfoon.app.flow_ends if f.flow == "member_callback"]
+        ends = {f.flow: f.end for f in binfoon.timeline.flow_ends if f.flow in ("member_callback", "coordinator_report")}
+        callbacks = [f.end for f in binfoon.timeline.flow_ends if f.flow == "member_callback"]
         assert callbacks == ["confirmed", "unknown_caller"]
         assert ends["coordinator_report"] == "3/3"  # the call-back confirmation counts
         with session_scope(binfoon.world.engine) as s:

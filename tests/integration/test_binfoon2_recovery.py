@@ -25,10 +25,8 @@ from ivr.lab.network import PhoneScript
 from ivr.lab.scenarios import MemberCase, script_members, seed_members
 from ivr.telephony.cel import cel_csv_path, read_confirmations
 from storage.db import session_scope
-from storage.models import (
-    AttemptOutcome, Bin, CallAttempt, CampaignStatus, Confirmation, Decision, Language, Person, PhoneNumber,
-    PhoneRank, Role, RoleAssignment,
-)
+from storage.models import Bin, CallAttempt, Confirmation, Person, PhoneNumber, RoleAssignment
+from ivr.domain.vocabulary import AttemptOutcome, CampaignStatus, Decision, Language, PhoneRank, Role
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import campaign_done, message_seconds, start_binfoon, submit_recorded, utc
 from tests.integration.conftest import until
@@ -72,13 +70,12 @@ async def test_a_key_pressed_while_the_app_is_down_is_taken_from_cel_and_never_a
 
     # The application stops before it dials anyone; the message is approved and its campaign made.
     await binfoon.app.stop()
-    desk = binfoon.app.desk
-    desk.on_submitted = lambda message_id: None
-    desk.on_approved = lambda message_id, at: None
-    message_id = await submit_recorded(binfoon, CLIP)
-    assert await desk.decide(message_id, Decision.FORWARD_NOW, person_id=None, review_call_id=None)
-    campaign_id = await desk.start_delivery(message_id)
-    assert campaign_id is not None
+    message_id = await submit_recorded(binfoon, CLIP, chain=False)
+    assert await binfoon.app.review_desk.decide(message_id, Decision.FORWARD_NOW, person_id=None,
+                                                review_call_id=None)
+    started = await binfoon.app.delivery.start_campaign(message_id)
+    assert started is not None and started.created
+    campaign_id = started.campaign_id
     # What the application did just before it died: the attempt written, the Originate sent with
     # the campaign's sounds. Then nothing of the application answers any more (its FastAGI port is
     # closed), so the answered call runs the dialplan's own conversation.

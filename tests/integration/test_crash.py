@@ -23,9 +23,8 @@ from ivr.lab.phone_lab import PhoneLab
 from ivr.lab.network import PhoneScript
 from ivr.lab.scenarios import MemberCase, script_members, seed_members
 from storage.db import session_scope
-from storage.models import (
-    AttemptOutcome, CallAttempt, Campaign, CampaignStatus, Confirmation, Message, MessageStatus, PhoneNumber,
-)
+from storage.models import CallAttempt, Campaign, Confirmation, Message, PhoneNumber
+from ivr.domain.vocabulary import AttemptOutcome, CampaignStatus, MessageStatus
 from tests.conftest import PROJECT_DIR, SHARED_DIR
 from tests.integration.binfoon import start_binfoon, submit_recorded, utc
 from tests.integration.conftest import until
@@ -73,8 +72,7 @@ async def test_sigkill_mid_campaign_loses_nobody_and_calls_no_confirmed_member_a
     first = _serve(lab, db_url, binfoon.settings.data_dir, log)
     try:
         # The stopped in-test app only writes the message; the serving process picks it up.
-        binfoon.app.desk.on_submitted = lambda message_id: None
-        message_id = await submit_recorded(binfoon, CLIP)
+        message_id = await submit_recorded(binfoon, CLIP, chain=False)
         await until(lambda: confirmed() >= MEMBERS // 2, 300, "half the members confirmed", poll_s=0.2)
         first.send_signal(signal.SIGKILL)
         first.wait(10)

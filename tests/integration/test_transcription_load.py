@@ -39,7 +39,8 @@ from ivr.lab.phone_lab import PhoneLab
 from ivr.lab.scenarios import member_cases, script_members, seed_members
 from ivr.asr.models import packaged_model
 from storage.db import session_scope
-from storage.models import Campaign, CallAttempt, Recording, Transcript, Urgency
+from storage.models import Campaign, CallAttempt, Recording, Transcript
+from ivr.domain.vocabulary import Urgency
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import (
     Binfoon, campaign_done, message_seconds, start_binfoon, submit_recorded, utc, wav_seconds,
@@ -245,6 +246,7 @@ async def test_transcription_during_a_50_member_campaign_never_stalls_the_loop_n
         await asyncio.to_thread(spool.write_bytes, long_take.read_bytes())
         take_ended = utc(dt.datetime.now(dt.timezone.utc))  # the officer pressed #: the file is complete
         take = await binfoon.app.desk.keep_take(draft_id, 1, Recorded(spool, "dtmf"), "test")
+        binfoon.app.chain.take_kept(draft_id, take.recording_id)  # as the police line does
         recording_id = take.recording_id
         assert recording_id is not None
         then = await _until(binfoon, lambda now: recording_id in now.transcribed,

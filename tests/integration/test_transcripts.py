@@ -23,7 +23,8 @@ from ivr.lab.phone_lab import PhoneLab
 from ivr.asr.models import packaged_model
 from ivr.asr.wer import normalise_words
 from storage.db import session_scope
-from storage.models import AuditEntry, Recording, Transcript, Urgency
+from storage.models import AuditEntry, Recording, Transcript
+from ivr.domain.vocabulary import Urgency
 from storage.recordings import RecordingStore
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import start_binfoon, submit_recorded

@@ -18,12 +18,11 @@ from ivr.delivery.policy import RetryPolicy, Window
 from ivr.telephony.call import Recorded
 from ivr.police_line.store import Officer
 from ivr.telephony.dialer import Dialled
+from ivr.telephony.outbound import OutboundCalls
 from ivr.telephony.outcomes import DialOutcome
 from storage.db import session_scope
-from storage.models import (
-    AttemptOutcome, CallAttempt, Campaign, CampaignStatus, Confirmation, Decision, Language, Message, MessageKind,
-    Person, PhoneNumber, PhoneRank, Role, RoleAssignment, Urgency,
-)
+from storage.models import CallAttempt, Campaign, Confirmation, Message, Person, PhoneNumber, RoleAssignment
+from ivr.domain.vocabulary import CampaignStatus, Decision, Language, MessageKind, PhoneRank, Role, Urgency
 from tests.conftest import SHARED_DIR
 from tests.world import World, build_world
 
@@ -40,20 +39,21 @@ class FakeVoice:
 
 
 class FakeDialer:
-    """Numbers answer (and confirm) or fail as scripted; counts concurrency and pace."""
+    """Numbers answer (and confirm) or fail as scripted; counts concurrency and pace. An answered
+    call's fake flow signals its start and end to the outbound-call life cycle, as the AGI route does."""
 
     def __init__(self, desk: DeliveryDesk, outcomes: Mapping[str, str], call_s: float = 0.05) -> None:
         self.desk = desk
         self.outcomes = outcomes
         self.call_s = call_s
-        self.runner: CampaignRunner | None = None
+        self.calls: OutboundCalls | None = None
         self.active = 0
         self.peak = 0
         self.dialled: list[tuple[float, str]] = []
         self.ready = True
 
     async def dial(self, call_id: str, number: str, *, context: str, variables: Mapping[str, str],
-                   ring_timeout_s: float) -> Dialled:
+                   ring_timeout_s: float, exten: str = "s") -> Dialled:
         assert variables["BINFOON_ATTEMPT"] == call_id and variables["BINFOON_SOUND"].startswith("sound:")
         self.dialled.append((time.monotonic(), number))
         self.active += 1
@@ -63,7 +63,7 @@ class FakeDialer:
             outcome = self.outcomes.get(number, "confirm")
             if outcome not in ("confirm", "no_key"):
                 return Dialled(DialOutcome(outcome))
-            assert self.runner is not None
+            assert self.calls is not None
             asyncio.get_running_loop().call_soon(self._flow, call_id, outcome)
             return Dialled(DialOutcome.ANSWERED)
         finally:
@@ -71,15 +71,15 @@ class FakeDialer:
 
     def _flow(self, call_id: str, outcome: str) -> None:
         async def run() -> None:
+            assert self.calls is not None
+            self.calls.flow_started(call_id)
             self.active += 1
             self.peak = max(self.peak, self.active)
             await asyncio.sleep(self.call_s)
             if outcome == "confirm":
                 await self.desk.confirm(call_id)
-            await self.desk.attempt_ended(call_id, AttemptOutcome.ANSWERED_NO_KEY)
             self.active -= 1
-            assert self.runner is not None
-            self.runner.call_finished(call_id)
+            self.calls.flow_ended(call_id, "confirmed" if outcome == "confirm" else "answered_no_key")
         asyncio.ensure_future(run())
 
 
@@ -110,18 +110,20 @@ async def _approved(world: World, tmp_path: Path, urgency: Urgency = Urgency.URG
             message.follow_up_of_id = follow_up_of
             message.kind = MessageKind.UPDATE
     await desk.submit(message_id, 1, "test")
-    assert await desk.decide(message_id, Decision.FORWARD_NOW, person_id=None, review_call_id=None)
-    assert await desk.start_delivery(message_id) is not None
+    assert await world.reviews.decide(message_id, Decision.FORWARD_NOW, person_id=None, review_call_id=None)
+    assert await DeliveryDesk(world.engine, desk.store, clock=desk.clock).start_campaign(message_id) is not None
     return message_id
 
 
-def _runner(world: World, dialer: FakeDialer, clock: object = None, **limits: object) -> CampaignRunner:
+def _runner(world: World, dialer: FakeDialer, clock: object = None, max_channels: int = 30, max_cps: float = 5.0,
+            **limits: object) -> CampaignRunner:
     delivery = DeliveryDesk(world.engine, world.desk.store, clock=clock or world.desk.clock)  # type: ignore[arg-type]
     dialer.desk = delivery
     policy = RetryPolicy(retries=1, retry_after_s=0.2, no_key_retries=1, no_key_retry_after_s=0.2)
-    runner = CampaignRunner(delivery, dialer, FakeVoice(), DialerLimits(**limits),  # type: ignore[arg-type]
+    calls = OutboundCalls(dialer, max_channels=max_channels, max_cps=max_cps)  # type: ignore[arg-type]
+    runner = CampaignRunner(delivery, calls, FakeVoice(), DialerLimits(**limits),  # type: ignore[arg-type]
                             {True: policy, False: policy}, clock or world.desk.clock)  # type: ignore[arg-type]
-    dialer.runner = runner
+    dialer.calls = calls
     return runner
 
 

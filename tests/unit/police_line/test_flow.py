@@ -11,8 +11,10 @@ from sqlalchemy import func, select
 from ivr.police_line.flow import IntakeEnd, IntakeRules, police_intake
 from storage.audit import verify_chain
 from storage.db import session_scope
-from storage.models import AuditEntry, Message, MessageStatus, PinAttempt, Recording, Urgency
+from storage.models import AuditEntry, Message, PinAttempt, Recording
+from ivr.domain.vocabulary import MessageStatus, Urgency
 from tests.conftest import SHARED_DIR
+from tests.steps import StepLog
 from tests.fakes import HANG_UP, FakeCall, Speak
 from tests.world import OFFICER_PHONE, OFFICER_PIN, OTHER_ZONE_BIN, World, build_world, silence_wav
 
@@ -50,17 +52,17 @@ def _recordings(world: World) -> list[Recording]:
         return list(s.scalars(select(Recording).order_by(Recording.id)))
 
 
-async def _run(world: World, script: list[object], tmp_path: Path, caller: str = OFFICER_PHONE) -> tuple[IntakeEnd, FakeCall]:
+async def _run(world: World, script: list[object], tmp_path: Path, caller: str = OFFICER_PHONE,
+               after: StepLog | None = None) -> tuple[IntakeEnd, FakeCall]:
     call = FakeCall(script, tmp_path, caller_id=caller)
-    submitted: list[int] = []
-    world.desk.on_submitted = submitted.append
+    after = after or StepLog()
     try:
-        end = await police_intake(call, world.desk, RULES)
+        end = await police_intake(call, world.desk, RULES, after)
     except Exception as exc:  # a hang-up mid-way propagates as CallHungUp, like on a real call
         if type(exc).__name__ != "CallHungUp":
             raise
         end = None  # type: ignore[assignment]
-    call.submitted = submitted  # type: ignore[attr-defined]
+    call.submitted = after.submissions  # type: ignore[attr-defined]
     return end, call
 
 
@@ -98,19 +100,21 @@ async def test_listen_then_speak_again_keeps_every_take_and_sends_the_last(world
 
 
 async def test_every_take_is_announced_as_soon_as_it_is_stored_sent_or_not(world: World, tmp_path: Path) -> None:
-    # Transcription starts from this hook (issue 6): when a take is stored, not when it is sent.
+    # Transcription starts from this step (issue 6): when a take is stored, not when it is sent.
     other = SHARED_DIR / "audio" / "espeak-nl" / "02.wav"
     announced: list[tuple[int, int, bool]] = []
 
-    def on_take_stored(message_id: int, recording_id: int) -> None:
-        with session_scope(world.engine) as s:  # committed: a worker thread can read it already
-            assert s.get(Recording, recording_id) is not None
-            sent = s.get_one(Message, message_id).submitted_at is not None
-        announced.append((message_id, recording_id, sent))
+    class Chain(StepLog):
+        def take_kept(self, message_id: int, recording_id: int | None) -> None:
+            assert recording_id is not None
+            with session_scope(world.engine) as s:  # committed: a worker thread can read it already
+                assert s.get(Recording, recording_id) is not None
+                sent = s.get_one(Message, message_id).submitted_at is not None
+            announced.append((message_id, recording_id, sent))
 
-    world.desk.on_take_stored = on_take_stored
-    await _run(world, [OFFICER_PIN, "12", "1", "1", Speak(SPEECH), "2", Speak(other), "3"], tmp_path)
-    await _run(world, [OFFICER_PIN, "12", "1", "1", Speak(SPEECH, "hangup")], tmp_path)  # a draft, never sent
+    chain = Chain()
+    await _run(world, [OFFICER_PIN, "12", "1", "1", Speak(SPEECH), "2", Speak(other), "3"], tmp_path, after=chain)
+    await _run(world, [OFFICER_PIN, "12", "1", "1", Speak(SPEECH, "hangup")], tmp_path, after=chain)  # never sent
     assert announced == [(r.message_id, r.id, False) for r in _recordings(world)]
     assert len(announced) == 3
 

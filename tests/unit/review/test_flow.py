@@ -6,39 +6,23 @@ import datetime as dt
 import zoneinfo
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from ivr.telephony.call import Recorded
 from ivr.review.flow import ReviewEnd, ReviewRules, coordinator_review
-from ivr.police_line.store import Contact, Officer
+from ivr.police_line.store import Officer
+from ivr.review.store import Contact
 from storage.db import session_scope
-from storage.models import AuditEntry, Decision, Message, MessageStatus, ReviewDecision, Role, Urgency
-from tests.conftest import SHARED_DIR
+from storage.models import AuditEntry, Message, ReviewDecision
+from ivr.domain.vocabulary import Decision, MessageStatus, Role, Urgency
+from tests.conftest import SHARED_DIR, Clock
 from tests.fakes import FakeCall
-from tests.world import World, build_world
+from tests.steps import StepLog
+from tests.world import World
 
 BRUSSELS = zoneinfo.ZoneInfo("Europe/Brussels")
-RULES = ReviewRules(key_timeout_s=1.0, tz=BRUSSELS)
+RULES = ReviewRules(key_timeout_s=1.0, tz=BRUSSELS)  # the shared ``clock`` starts at 20:15 in Brussels
 SPEECH = SHARED_DIR / "audio" / "espeak-nl" / "01.wav"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = dt.datetime(2026, 11, 23, 19, 15, tzinfo=dt.timezone.utc)  # 20:15 in Brussels
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world(tmp_path: Path, clock: Clock) -> World:
-    return build_world(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "store", clock=clock)
 
 
 async def _submitted_message(world: World, tmp_path: Path, urgency: Urgency = Urgency.URGENT) -> int:
@@ -49,16 +33,16 @@ async def _submitted_message(world: World, tmp_path: Path, urgency: Urgency = Ur
     spool.write_bytes(SPEECH.read_bytes())
     await desk.keep_take(message_id, 1, Recorded(spool, "dtmf"), "test")
     await desk.submit(message_id, 1, "test")
-    await desk.to_coordinators(message_id)
+    await world.reviews.to_coordinators(message_id)
     return message_id
 
 
 async def _review(world: World, tmp_path: Path, script: list[object], message_id: int,
-                  coordinator: int = 0) -> tuple[ReviewEnd, FakeCall, str]:
+                  coordinator: int = 0, after: StepLog | None = None) -> tuple[ReviewEnd, FakeCall, str]:
     person_id, phone = world.coordinators[coordinator]
-    call_id = await world.desk.new_review_call(message_id, Contact(person_id, phone, Role.COORDINATOR), 1)
+    call_id = await world.reviews.new_review_call(message_id, Contact(person_id, phone, Role.COORDINATOR), 1)
     call = FakeCall(script, tmp_path, caller_id="")
-    return await coordinator_review(call, world.desk, call_id, RULES), call, call_id
+    return await coordinator_review(call, world.reviews, call_id, RULES, after or StepLog()), call, call_id
 
 
 def _decision(world: World, message_id: int) -> tuple[Message, ReviewDecision | None]:
@@ -68,10 +52,9 @@ def _decision(world: World, message_id: int) -> tuple[Message, ReviewDecision | 
 
 
 async def test_1_forwards_now(world: World, tmp_path: Path, clock: Clock) -> None:
-    approved: list[tuple[int, dt.datetime]] = []
-    world.desk.on_approved = lambda m, at: approved.append((m, at))
+    after = StepLog()
     message_id = await _submitted_message(world, tmp_path)
-    end, call, call_id = await _review(world, tmp_path, ["1"], message_id)
+    end, call, call_id = await _review(world, tmp_path, ["1"], message_id, after=after)
     assert end is ReviewEnd.FORWARD_NOW
     assert call.said == ["review_intro", "review_header", "review_menu", "review_forwarded_now"]
     # The header says what, from where, when (local time) and for which BIN; then the original plays.
@@ -81,7 +64,9 @@ async def test_1_forwards_now(world: World, tmp_path: Path, clock: Clock) -> Non
     assert message.status is MessageStatus.APPROVED
     assert decision is not None and decision.decision is Decision.FORWARD_NOW
     assert decision.person_id == world.coordinators[0][0] and decision.review_call_id == call_id
-    assert approved == [(message_id, clock.now)]
+    # The decision goes on to the chain (delivery now) exactly once.
+    assert [(d.message_id, d.decision, d.deliver_at) for d in after.decisions] == \
+        [(message_id, Decision.FORWARD_NOW, clock.now)]
 
 
 async def test_2_with_minutes_forwards_later(world: World, tmp_path: Path, clock: Clock) -> None:

@@ -1,0 +1,183 @@
+"""The chain's steps: what follows what, decided here and nowhere else.
+
+    a take is kept         -> its transcript is made (worker processes)
+    a message is submitted -> its review round starts
+    a decision is stored   -> delivery starts when due (now, or at its persistent alarm)
+    delivery is due        -> the campaign is created (exactly once) and the dialer woken
+
+Rules:
+- the stores (``MessageDesk``, ``ReviewDesk``, ``DeliveryDesk``) return what happened; their
+  callers (the flows, the review rounds, the web console) hand it to the step here;
+- each step is idempotent: a review round runs once at a time per message, a delivery once at a
+  time per message, and the database lets one campaign exist per message;
+- ``reconcile`` is crash recovery and work from other processes (the command line), read from
+  the database alone: it never consults what this process remembers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any, Callable, Coroutine, Protocol
+
+from ivr.asr.desk import TranscriptionDesk
+from ivr.scheduler import AlarmClock
+from ivr.delivery.dialer import CampaignRunner
+from ivr.delivery.store import DeliveryDesk
+from ivr.domain.schedule import due
+from ivr.police_line.store import MessageDesk
+from ivr.review.rounds import REVIEW_RETRY, ReviewDispatcher
+from ivr.review.store import Decided
+from storage.models import utcnow
+from ivr.domain.vocabulary import MessageStatus
+
+log = logging.getLogger(__name__)
+
+#: The persistent alarm that delivers a "later" message.
+DELIVER = "deliver"
+
+
+class ChainObserver(Protocol):
+    """Who wants to know when the chain moves (benchmarks, the lab's timeline); decides nothing."""
+
+    def submitted(self, message_id: int) -> None:
+        """``message_id`` was submitted by this process."""
+
+    def decided(self, decided: Decided) -> None:
+        """A decision on a message was stored by this process."""
+
+    def campaign_created(self, message_id: int, campaign_id: int) -> None:
+        """The message's campaign was created."""
+
+
+class Chain:
+    """The steps between the police line, the review and the delivery."""
+
+    def __init__(self, messages: MessageDesk, delivery: DeliveryDesk, transcripts: TranscriptionDesk,
+                 alarms: AlarmClock, *, clock: Callable[[], dt.datetime] = utcnow,
+                 observer: ChainObserver | None = None) -> None:
+        self.messages = messages
+        self.delivery = delivery
+        self.transcripts = transcripts
+        self.alarms = alarms
+        self.clock = clock
+        self.observer = observer
+        #: Set by the composition root (the rounds need the chain for their own decisions).
+        self.reviews: ReviewDispatcher | None = None
+        self.dialer: CampaignRunner | None = None
+        self._delivering: dict[int, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- the steps ------------------------------------------------------------------------------
+    def take_kept(self, message_id: int, recording_id: int | None) -> None:
+        """A take was stored (sent or not): it is transcribed now, the calls go on meanwhile."""
+        if recording_id is not None:
+            self._spawn(self._transcribe(recording_id), f"transcribe-{recording_id}")
+
+    def submitted(self, message_id: int) -> None:
+        """A message was submitted: its review starts."""
+        if self.observer is not None:
+            self.observer.submitted(message_id)
+        self._require_reviews().start(message_id)
+
+    def written_submitted(self, message_id: int) -> None:
+        """A typed message was submitted with its spoken take: that take waits to be transcribed, and
+        the review starts."""
+        self._spawn(self.transcribe_backlog(), f"transcribe-written-{message_id}")
+        self.submitted(message_id)
+
+    def decided(self, decided: Decided) -> None:
+        """A decision was stored: delivery now if due, else its alarm; a rejection ends the chain."""
+        if self.observer is not None:
+            self.observer.decided(decided)
+        if decided.deliver_at is None:
+            return
+        if due(decided.deliver_at, self.clock()):
+            self.deliver_soon(decided.message_id)
+        else:
+            self.alarms.wake_at(DELIVER, decided.message_id, decided.deliver_at)
+
+    def deliver_soon(self, message_id: int) -> None:
+        """Start delivering ``message_id`` unless this process already is."""
+        if message_id in self._delivering:
+            return
+        task = self._delivering[message_id] = self._spawn(self.deliver(message_id), f"deliver-{message_id}")
+        task.add_done_callback(lambda _: self._delivering.pop(message_id, None))
+
+    async def deliver(self, message_id: int) -> None:
+        """Hand a due, approved message to delivery: its campaign (created once), then the dialer."""
+        started = await self.delivery.start_campaign(message_id)
+        if started is None:
+            return
+        if self.dialer is not None:
+            self.dialer.wake()
+        if started.created:
+            log.info("message %d: delivery starts (campaign %d)", message_id, started.campaign_id)
+            if self.observer is not None:
+                self.observer.campaign_created(message_id, started.campaign_id)
+
+    async def transcribe_backlog(self) -> None:
+        """Transcribe every recording that has no transcript yet (a model installed since, a failure)."""
+        try:
+            await self.transcripts.transcribe_pending()
+        except Exception:
+            log.exception("transcription of the backlog failed; the recordings are kept and tried again later")
+
+    # -- recovery -------------------------------------------------------------------------------
+    async def reconcile(self, at_start: bool = False) -> None:
+        """Act on every message the database says needs it (idempotent)."""
+        reviews = self._require_reviews()
+        now = self.clock()
+        for message_id, status, deliver_at in await self.messages.unfinished():
+            if status is MessageStatus.RECORDED:
+                if not reviews.busy_with(message_id):
+                    # Submitted by another process (the command line): its take needs a transcript too.
+                    self._spawn(self.transcribe_backlog(), "transcribe-submitted-elsewhere")
+                    reviews.start(message_id)
+            elif status is MessageStatus.WITH_COORDINATORS and at_start:
+                # A round cut short by a crash starts again, unless the message waits for its alarm.
+                if self.alarms.when(REVIEW_RETRY, message_id) is None:
+                    reviews.start(message_id)
+            elif status is MessageStatus.APPROVED:
+                if due(deliver_at, now):
+                    self.deliver_soon(message_id)
+                elif self.alarms.when(DELIVER, message_id) is None:
+                    self.alarms.wake_at(DELIVER, message_id, deliver_at)  # type: ignore[arg-type]
+
+    async def alarm(self, message_id: int) -> None:
+        """The persistent "deliver later" alarm fired."""
+        self.deliver_soon(message_id)
+
+    async def stop(self) -> None:
+        """Cancel the steps under way (their state is in the database; start-up resumes them)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _require_reviews(self) -> ReviewDispatcher:
+        if self.reviews is None:
+            raise RuntimeError("the chain has no review rounds wired")
+        return self.reviews
+
+    async def _transcribe(self, recording_id: int) -> None:
+        try:
+            await self.transcripts.transcribe_recording(recording_id)
+        except Exception:
+            log.exception("transcription of recording %d failed; it is kept and tried again later", recording_id)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._logged(coro, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @staticmethod
+    async def _logged(coro: Coroutine[Any, Any, None], name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; the reconciliation tries it again", name)

@@ -1,0 +1,204 @@
+"""One life cycle for every call BINfoon places: review calls, member calls and test calls.
+
+Rules:
+- the caller writes the call's row (or audit line) before ``dial``: its id is the Originate
+  ChannelId, so every event about the call matches what was persisted;
+- every call counts against the trunk's channels, ours and those a previous process left up,
+  from the moment it is held (before it is dialled) until it has ended;
+- every call takes a token of the trunk's pace (calls per second); a review call, which an
+  officer's alert waits on, borrows its token instead of waiting for one (the debt slows the
+  next member calls, so the average pace still holds);
+- a call ends exactly once: ``ended()`` resolves from whichever signal comes first, the flow's end
+  or the channel's hang-up; once a flow has taken the call only the flow's end counts (it may still
+  be storing a key as the channel goes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol
+
+from ivr.domain.pace import TokenBucket
+from ivr.telephony.dialer import Dialer, Dialled
+from ivr.telephony.outcomes import DialOutcome
+
+log = logging.getLogger(__name__)
+
+
+class CallKind(enum.Enum):
+    """Why a call is placed."""
+
+    REVIEW = "review"
+    MEMBER = "member"
+    TEST = "test"
+
+
+@dataclass(frozen=True)
+class CallEnd:
+    """How an answered call ended: the flow's end (``None``: no flow ran), or the wait timed out."""
+
+    flow_end: str | None
+    timed_out: bool = False
+
+
+class CallObserver(Protocol):
+    """Who wants to know when calls start and end (benchmarks, the lab); never decides anything."""
+
+    def call_dialling(self, kind: CallKind, call_id: str) -> None:
+        """``call_id`` is handed to the PBX now."""
+
+    def call_ended(self, kind: CallKind, call_id: str) -> None:
+        """``call_id`` is over (failed to connect, or ended after the answer)."""
+
+
+@dataclass
+class _Call:
+    kind: CallKind
+    ended: asyncio.Future[CallEnd] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    in_flow: bool = False
+
+
+class OutboundCalls:
+    """Counts, paces, dials and ends every outbound call."""
+
+    def __init__(self, dialer: Dialer, *, max_channels: int, max_cps: float,
+                 observer: CallObserver | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.dialer = dialer
+        self.max_channels = max_channels
+        self.observer = observer
+        self._monotonic = monotonic
+        # No burst: a restart never sends more than the pace allows.
+        self._bucket = TokenBucket(max_cps, 1.0, monotonic())
+        self._calls: dict[str, _Call] = {}
+        #: Calls left up by a previous process, until their hang-up is seen or their grace ends.
+        self._orphans: dict[str, float] = {}
+        self._waiting = 0
+        self._freed = asyncio.Event()
+        #: The most calls up at once (ours and orphans), for monitoring and benchmarks.
+        self.peak = 0
+
+    # -- room on the trunk ------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """True when calls can be placed now (the PBX is connected)."""
+        return self.dialer.ready
+
+    @property
+    def busy(self) -> int:
+        """Calls up now: held or dialling or answered, ours and a previous process's."""
+        now = self._monotonic()
+        for call_id, until in list(self._orphans.items()):
+            if until <= now:
+                del self._orphans[call_id]
+        return len(self._calls) + len(self._orphans)
+
+    def has_channel(self) -> bool:
+        """True if a call could be held now without waiting (callers who wait go first)."""
+        return self.busy + self._waiting < self.max_channels
+
+    def take_token(self) -> bool:
+        """Take a token of the pace if there is one."""
+        return self._bucket.take(self._monotonic())
+
+    def token_wait_s(self) -> float:
+        """Seconds until the pace has a token."""
+        return self._bucket.wait_s(self._monotonic())
+
+    def adopt_orphans(self, call_ids: list[str], grace_s: float) -> None:
+        """Calls a previous process left up count until their hang-up is seen, or for ``grace_s``."""
+        until = self._monotonic() + grace_s
+        for call_id in call_ids:
+            self._orphans[call_id] = until
+
+    def hold(self, call_id: str, kind: CallKind) -> None:
+        """Count ``call_id`` against the channels from now (the caller checked ``has_channel``)."""
+        self._calls[call_id] = _Call(kind)
+        self.peak = max(self.peak, self.busy)
+
+    async def acquire(self, call_id: str, kind: CallKind) -> None:
+        """Wait for a channel (and, but for review calls, a token of the pace), then hold it."""
+        self._waiting += 1
+        try:
+            while self.busy >= self.max_channels:
+                self._freed.clear()
+                try:
+                    async with asyncio.timeout(1.0):  # orphans expire without an event
+                        await self._freed.wait()
+                except TimeoutError:
+                    pass
+            if kind is CallKind.REVIEW:
+                self._bucket.borrow(self._monotonic())
+            else:
+                while not self.take_token():
+                    await asyncio.sleep(self.token_wait_s())
+            self.hold(call_id, kind)
+        finally:
+            self._waiting -= 1
+
+    # -- one call -----------------------------------------------------------------------------------
+    async def dial(self, call_id: str, number: str, *, context: str, variables: Mapping[str, str],
+                   ring_timeout_s: float, exten: str = "s") -> Dialled:
+        """Dial a held call; when answered, Asterisk runs ``context,exten`` on it."""
+        call = self._calls[call_id]
+        if self.observer is not None:
+            self.observer.call_dialling(call.kind, call_id)
+        return await self.dialer.dial(call_id, number, context=context, exten=exten, variables=variables,
+                                      ring_timeout_s=ring_timeout_s)
+
+    async def ended(self, call_id: str, timeout_s: float) -> CallEnd:
+        """Wait for the answered call's end (its flow's, or the hang-up if no flow took it)."""
+        call = self._calls.get(call_id)
+        if call is None:
+            raise KeyError(f"call {call_id} is not held")
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.shield(call.ended)
+        except TimeoutError:
+            log.warning("%s call %s still up after %.0f s; no longer waited for", call.kind.value, call_id, timeout_s)
+            return CallEnd(None, timed_out=True)
+
+    def release(self, call_id: str) -> None:
+        """The call is over for its owner: its channel is free."""
+        call = self._calls.pop(call_id, None)
+        if call is not None:
+            if not call.ended.done():
+                call.ended.cancel()
+            if self.observer is not None:
+                self.observer.call_ended(call.kind, call_id)
+        self._freed.set()
+
+    # -- signals from the PBX -------------------------------------------------------------------
+    def flow_started(self, call_id: str) -> None:
+        """A flow took the call: from now on only its end ends the call."""
+        call = self._calls.get(call_id)
+        if call is not None:
+            call.in_flow = True
+
+    def flow_ended(self, call_id: str, end: str) -> None:
+        """The flow on ``call_id`` ended with ``end``."""
+        self._end(call_id, CallEnd(end))
+
+    def hung_up(self, channel_id: str) -> bool:
+        """A channel hung up; it ends a call no flow took (the application was unreachable). Returns
+        True if it freed a channel a previous process had left up."""
+        call = self._calls.get(channel_id)
+        if call is not None and not call.in_flow:
+            self._end(channel_id, CallEnd(None))
+        if self._orphans.pop(channel_id, None) is not None:
+            self._freed.set()
+            return True
+        return False
+
+    def _end(self, call_id: str, end: CallEnd) -> None:
+        call = self._calls.get(call_id)
+        if call is not None and not call.ended.done():
+            call.ended.set_result(end)
+
+
+def answered(dialled: Dialled) -> bool:
+    """True if the call was answered (a flow runs or will run on it)."""
+    return dialled.outcome is DialOutcome.ANSWERED
