@@ -40,6 +40,7 @@ demo: asterisk
 # wait on real calls in real time, so they run side by side, each on its own private Asterisk.
 # (Exit 5 is pytest's "nothing selected", when PYTEST_ARGS picks tests of one kind only.)
 test: asterisk
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m serial $(PYTEST_ARGS) || test $$? -eq 5
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not serial" $(PYTEST_ARGS) || test $$? -eq 5
 
