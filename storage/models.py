@@ -249,25 +249,54 @@ class Recording(Base):
     message: Mapped[Message] = relationship(back_populates="recordings")
 
 
-class ReviewCall(Base):
-    """One call to a coordinator (or approver) about a message; written before it is dialled."""
+class OutboundCallRow:
+    """What every outbound call's row holds, review call or member attempt: one shape, one life.
 
-    __tablename__ = "review_calls"
+    QUEUED/DIALING (written before it is dialled; its id is the Originate ChannelId) -> ANSWERED
+    -> ENDED, or DIALING -> ENDED when dialling failed. Times are set once."""
+
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
-    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
     e164: Mapped[str] = mapped_column(String(20))
-    #: Review rounds: 1 for the first, higher when a waiting message is tried again.
-    round: Mapped[int] = mapped_column(Integer, default=1)
-    role: Mapped[Role] = mapped_column(_enum(Role), default=Role.COORDINATOR)
     status: Mapped[AttemptStatus] = mapped_column(_enum(AttemptStatus), default=AttemptStatus.QUEUED)
-    #: How the dialling ended (answered, busy, no_answer...) once known.
+    #: How the dialling ended (answered, busy, no_answer, rejected, congestion, invalid_number, failed).
     dial_outcome: Mapped[str | None] = mapped_column(String(20))
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     dialled_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     answered_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     ended_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     hangup_cause: Mapped[int | None] = mapped_column(Integer)
+
+    def mark_dialled(self, dial_outcome: str, cause: int | None, now: dt.datetime) -> bool:
+        """Dialling ended: answered (returns True) or not (the call is over)."""
+        self.dial_outcome = dial_outcome
+        self.hangup_cause = cause
+        if dial_outcome == "answered":
+            self.mark_answered(now)
+            return True
+        self.mark_ended(now)
+        return False
+
+    def mark_answered(self, now: dt.datetime) -> None:
+        """Somebody (or something) answered."""
+        self.answered_at = self.answered_at or now
+        if self.status in (AttemptStatus.QUEUED, AttemptStatus.DIALING):
+            self.status = AttemptStatus.ANSWERED
+
+    def mark_ended(self, now: dt.datetime) -> None:
+        """The call is over."""
+        self.status = AttemptStatus.ENDED
+        self.ended_at = self.ended_at or now
+
+
+class ReviewCall(OutboundCallRow, Base):
+    """One call to a coordinator (or approver) about a message; written before it is dialled."""
+
+    __tablename__ = "review_calls"
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    #: Review rounds: 1 for the first, higher when a waiting message is tried again.
+    round: Mapped[int] = mapped_column(Integer, default=1)
+    role: Mapped[Role] = mapped_column(_enum(Role), default=Role.COORDINATOR)
 
 
 class ReviewDecision(Base):
@@ -312,26 +341,16 @@ class Campaign(Base):
     message: Mapped[Message] = relationship()
 
 
-class CallAttempt(Base):
+class CallAttempt(OutboundCallRow, Base):
     """One call to one number; written before it is dialled, its id is the Originate ChannelId."""
 
     __tablename__ = "call_attempts"
     __table_args__ = (UniqueConstraint("campaign_id", "person_id", "attempt_no"),)
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
-    e164: Mapped[str] = mapped_column(String(20))
     attempt_no: Mapped[int] = mapped_column(Integer)
-    status: Mapped[AttemptStatus] = mapped_column(_enum(AttemptStatus), default=AttemptStatus.QUEUED)
     outcome: Mapped[AttemptOutcome | None] = mapped_column(_enum(AttemptOutcome))
-    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
-    dialled_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
-    ended_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
-    hangup_cause: Mapped[int | None] = mapped_column(Integer)
     rank: Mapped[PhoneRank] = mapped_column(_enum(PhoneRank), default=PhoneRank.PRIMARY)
-    answered_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
-    #: How dialling ended (answered, busy, no_answer, rejected, congestion, invalid_number, failed).
-    dial_outcome: Mapped[str | None] = mapped_column(String(20))
     #: The answering machine detector's verdict (HUMAN, MACHINE, NOTSURE) on answered calls.
     amd_status: Mapped[str | None] = mapped_column(String(16))
 

@@ -177,15 +177,8 @@ class DeliveryDesk(Desk):
         """How dialling ended: answered (the member call runs) or a final outcome for this attempt."""
         def work(s: Session) -> None:
             attempt = s.get_one(CallAttempt, attempt_id)
-            attempt.dial_outcome = dial_outcome
-            attempt.hangup_cause = cause
-            if dial_outcome == "answered":
-                attempt.status = AttemptStatus.ANSWERED
-                attempt.answered_at = attempt.answered_at or self.clock()
-            elif attempt.outcome is None:
-                attempt.status = AttemptStatus.ENDED
+            if not attempt.mark_dialled(dial_outcome, cause, self.clock()) and attempt.outcome is None:
                 attempt.outcome = AttemptOutcome(dial_outcome)
-                attempt.ended_at = self.clock()
         await self.tx(work)
 
     async def attempt_ended(self, attempt_id: str, flow_end: str | None, *, failed: bool = False) -> AttemptOutcome:
@@ -193,8 +186,7 @@ class DeliveryDesk(Desk):
         an attempt that already has one keeps it."""
         def work(s: Session) -> AttemptOutcome:
             attempt = s.get_one(CallAttempt, attempt_id)
-            attempt.status = AttemptStatus.ENDED
-            attempt.ended_at = attempt.ended_at or self.clock()
+            attempt.mark_ended(self.clock())
             if attempt.outcome is None:
                 confirmed = s.scalar(select(Confirmation.id).where(Confirmation.attempt_id == attempt_id))
                 attempt.outcome = answered_outcome(flow_end, confirmed=confirmed is not None, failed=failed)
@@ -205,10 +197,8 @@ class DeliveryDesk(Desk):
         """The member answered: what they hear (the recording is checked against its checksum)."""
         def work(s: Session) -> MemberBrief:
             attempt = s.get_one(CallAttempt, attempt_id)
-            attempt.answered_at = attempt.answered_at or self.clock()
+            attempt.mark_answered(self.clock())
             attempt.amd_status = amd_status or attempt.amd_status
-            if attempt.status is AttemptStatus.DIALING:
-                attempt.status = AttemptStatus.ANSWERED
             campaign = s.get_one(Campaign, attempt.campaign_id)
             message = campaign.message
             take = next(r for r in message.recordings if r.take == message.submitted_take)

@@ -143,32 +143,20 @@ class ReviewDesk(Desk):
     async def review_call_dialled(self, review_call_id: str, outcome: str, cause: int | None) -> None:
         """How dialling the coordinator ended."""
         def work(s: Session) -> None:
-            call = s.get_one(ReviewCall, review_call_id)
-            call.dial_outcome = outcome
-            call.hangup_cause = cause
-            if outcome == "answered":
-                call.status = AttemptStatus.ANSWERED
-                call.answered_at = call.answered_at or self.clock()
-            else:
-                call.status = AttemptStatus.ENDED
-                call.ended_at = self.clock()
+            s.get_one(ReviewCall, review_call_id).mark_dialled(outcome, cause, self.clock())
         await self.tx(work)
 
     async def review_call_ended(self, review_call_id: str) -> None:
         """The coordinator's call is over."""
         def work(s: Session) -> None:
-            call = s.get_one(ReviewCall, review_call_id)
-            call.status = AttemptStatus.ENDED
-            call.ended_at = call.ended_at or self.clock()
+            s.get_one(ReviewCall, review_call_id).mark_ended(self.clock())
         await self.tx(work)
 
     async def brief(self, review_call_id: str) -> ReviewBrief:
         """The coordinator answered: what they are told about the message."""
         def work(s: Session) -> ReviewBrief:
             call = s.get_one(ReviewCall, review_call_id)
-            if call.answered_at is None:
-                call.answered_at = self.clock()
-                call.status = AttemptStatus.ANSWERED
+            call.mark_answered(self.clock())
             message = s.get_one(Message, call.message_id)
             person = s.get_one(Person, call.person_id)
             decided = s.scalar(select(ReviewDecision.id).where(ReviewDecision.message_id == message.id))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from ivr.police_line.flow import IntakeEnd, IntakeRules, police_intake
@@ -16,30 +15,11 @@ from ivr.domain.vocabulary import MessageStatus, Urgency
 from tests.conftest import SHARED_DIR
 from tests.steps import StepLog
 from tests.fakes import HANG_UP, FakeCall, Speak
-from tests.world import OFFICER_PHONE, OFFICER_PIN, OTHER_ZONE_BIN, World, build_world, silence_wav
+from tests.conftest import Clock
+from tests.world import OFFICER_PHONE, OFFICER_PIN, OTHER_ZONE_BIN, World, silence_wav
 
 SPEECH = SHARED_DIR / "audio" / "espeak-nl" / "01.wav"
 RULES = IntakeRules(key_timeout_s=1.0)
-
-
-class Clock:
-    """A settable clock."""
-
-    def __init__(self) -> None:
-        self.now = dt.datetime(2026, 11, 23, 20, 0, tzinfo=dt.timezone.utc)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world(tmp_path: Path, clock: Clock) -> World:
-    return build_world(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "store", clock=clock)
 
 
 def _messages(world: World) -> list[Message]:

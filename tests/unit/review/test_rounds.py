@@ -128,9 +128,9 @@ async def test_sequential_round_calls_in_order_and_stops_at_the_first_decision(t
     assert dialer.dialled == [first, second]      # the third is never called
     assert dialer.peak == 1                       # one at a time
     assert [d.decision for d in after.decisions] == [Decision.FORWARD_NOW]
-    calls = _calls(world, message_id)
-    assert [(c.e164, c.dial_outcome, c.status) for c in calls] == [
-        (first, "no_answer", AttemptStatus.ENDED), (second, "answered", AttemptStatus.ENDED)]
+    calls = _calls(world, message_id)  # the fake clock stands still: the dial order is the dialer's
+    assert {(c.e164, c.dial_outcome, c.status) for c in calls} == {
+        (first, "no_answer", AttemptStatus.ENDED), (second, "answered", AttemptStatus.ENDED)}
     assert all(c.ended_at is not None for c in calls)
 
 
@@ -170,8 +170,9 @@ async def test_nobody_decides_the_police_approvers_are_called_next(tmp_path: Pat
     message_id, dialer, after, _, _ = await _round(world, tmp_path, clock, {approver_2: ["9"]})
     assert dialer.dialled == [coordinator, approver_1, approver_2]
     assert [d.decision for d in after.decisions] == [Decision.REJECT]
-    assert [c.role for c in _calls(world, message_id)] == [Role.COORDINATOR, Role.POLICE_APPROVER,
-                                                           Role.POLICE_APPROVER]
+    assert sorted((c.e164, c.role.value) for c in _calls(world, message_id)) == sorted([
+        (coordinator, Role.COORDINATOR.value), (approver_1, Role.POLICE_APPROVER.value),
+        (approver_2, Role.POLICE_APPROVER.value)])
 
 
 async def test_nobody_decides_a_preventive_message_waits_for_its_alarm(tmp_path: Path, clock: Clock) -> None:
