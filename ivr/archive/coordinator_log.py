@@ -27,11 +27,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from ivr.archive.store import Archive
 from ivr.delivery.policy import RetryPolicy
 from ivr.delivery.report import CampaignReport, campaign_report
 from ivr.delivery.states import DELIVERED_STATES
+from storage import audit
 from storage.db import session_scope
 from storage.models import Bin, Campaign, Message, Recording, ReviewDecision, Transcript
 from ivr.domain.vocabulary import Decision, MessageKind, MessageStatus, Urgency
@@ -345,3 +347,10 @@ def to_text(log: CoordinatorLog, tz: dt.tzinfo) -> str:
             f"confirmed {entry.confirmed}/{entry.members}  "
             f"95%: {duration_nl(entry.time_to_target) if entry.campaign_id else '-'}")
     return "\n".join(lines) + "\n"
+
+
+def record_report(s: Session, log: CoordinatorLog, bin_number: int, since: dt.datetime, until: dt.datetime,
+                  outputs: list[str], actor: str) -> None:
+    """Audit a coordinator's log before it is written: it lists what the police sent and who confirmed."""
+    audit.record(s, actor, "report.created", f"bin:{bin_number}", since=since.isoformat(),
+                 until=until.isoformat(), messages=[e.message_id for e in log.entries], outputs=outputs)

@@ -12,8 +12,7 @@ from pathlib import Path
 from ivr.commands.common import CommandError, actor
 from ivr.config import Settings
 from ivr.delivery.dialer import retry_policies
-from ivr.delivery.report import campaign_report, render_progress
-from storage import audit
+from ivr.delivery.report import campaign_report, record_export, render_progress
 from storage.db import open_database, session_scope
 
 
@@ -67,8 +66,7 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
         attempts_csv = attempts_csv_path(args.csv)
         # Audited before the bytes are written (C3): the export names households.
         with session_scope(engine) as s:
-            audit.record(s, actor(), "campaign.export", f"campaign:{args.id}", rows=len(report.members),
-                         attempt_rows=len(report.attempt_lines))
+            record_export(s, report, actor())
         args.csv.write_text(report.to_csv(), encoding="utf-8")
         attempts_csv.write_text(report.attempts_to_csv(), encoding="utf-8")
     if args.json:

@@ -11,12 +11,11 @@ import argparse
 import os
 from pathlib import Path
 
-from ivr.archive.coordinator_log import UnknownBin, collect, to_csv, to_html, to_text
+from ivr.archive.coordinator_log import UnknownBin, collect, record_report, to_csv, to_html, to_text
 from ivr.archive.store import Archive
 from ivr.commands.common import CommandError, actor, parse_when
 from ivr.config import Settings
 from ivr.delivery.dialer import retry_policies
-from storage import audit
 from storage.db import open_database, session_scope
 from storage.models import utcnow
 from storage.recordings import RecordingStore
@@ -70,9 +69,7 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(f"{exc} (see `binfoon bin list`)") from None
     outputs = [name for name, path in (("html", args.html), ("csv", args.csv)) if path is not None]
     with session_scope(engine) as s:
-        audit.record(s, actor(), "report.created", f"bin:{args.bin}", since=since.isoformat(),
-                     until=until.isoformat(), messages=[e.message_id for e in log.entries],
-                     outputs=outputs or ["terminal"])
+        record_report(s, log, args.bin, since, until, outputs or ["terminal"], actor())
     if args.html is not None:
         _write(args.html, to_html(log, settings.tz))
     if args.csv is not None:

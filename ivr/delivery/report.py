@@ -13,11 +13,13 @@ import io
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from ivr.delivery.policy import RetryPolicy, Verdict, next_step
 from ivr.delivery.states import FINAL_STATES, LIVE_STATES, category
 from ivr.delivery.store import Member, campaign_members
 from ivr.domain.phone import mask
+from storage import audit
 from storage.db import session_scope
 from storage.models import CallAttempt, Campaign, Confirmation, Person
 from ivr.domain.vocabulary import AttemptStatus
@@ -176,3 +178,9 @@ def _state(member: Member, attempts: list[CallAttempt], policy: RetryPolicy, now
     if step.verdict is Verdict.DONE:
         return category(step.final)
     return "waiting_retry" if attempts else "queued"
+
+
+def record_export(s: Session, report: CampaignReport, actor: str) -> None:
+    """Audit a campaign's export before its bytes are written (C3): it names households."""
+    audit.record(s, actor, "campaign.export", f"campaign:{report.campaign_id}", rows=len(report.members),
+                 attempt_rows=len(report.attempt_lines))
