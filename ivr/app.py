@@ -145,6 +145,7 @@ class BinfoonApp:
             clock)
         self.chain.reviews = self.reviews
         self.chain.dialer = self.campaigns
+        self.calls.on_free = self.campaigns.wake  # a freed channel (any kind of call) is dialled at once
         self.member_rules = MemberRules(max(settings.key_timeout_s, 6.0), settings.member_reminders)
         self.intake_rules = IntakeRules(settings.key_timeout_s, settings.record_max_s, settings.record_silence_s)
         self.review_rules = ReviewRules(settings.key_timeout_s, settings.tz)
@@ -192,6 +193,8 @@ class BinfoonApp:
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
+        # No alarm may start a round or a delivery while the rest stops (stored alarms stay).
+        self.alarms.shutdown()
         await self.reviews.stop()
         await self.campaigns.stop()
         await self.chain.stop()
@@ -199,7 +202,6 @@ class BinfoonApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transcripts.aclose()
-        self.alarms.shutdown()
         if self._unsubscribe is not None:
             self._unsubscribe()
         for route in self.ROUTES:

@@ -30,7 +30,7 @@ from ivr.police_line.store import MessageDesk
 from ivr.review.rounds import REVIEW_RETRY, ReviewDispatcher
 from ivr.review.store import Decided
 from storage.models import utcnow
-from ivr.domain.vocabulary import MessageStatus
+from ivr.domain.vocabulary import Decision, MessageStatus
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +82,20 @@ class Chain:
         self._require_reviews().start(message_id)
 
     def written_submitted(self, message_id: int) -> None:
-        """A typed message was submitted with its spoken take: that take waits to be transcribed, and
-        the review starts."""
-        self._spawn(self.transcribe_backlog(), f"transcribe-written-{message_id}")
+        """A typed message was submitted with its spoken take: the take is transcribed, the review starts."""
+        self._spawn(self._transcribe_submitted(message_id), f"transcribe-written-{message_id}")
         self.submitted(message_id)
 
     def decided(self, decided: Decided) -> None:
         """A decision was stored: delivery now if due, else its alarm; a rejection ends the chain."""
         if self.observer is not None:
             self.observer.decided(decided)
-        if decided.deliver_at is None:
+        if decided.decision is Decision.REJECT:
             return
         if due(decided.deliver_at, self.clock()):
             self.deliver_soon(decided.message_id)
         else:
-            self.alarms.wake_at(DELIVER, decided.message_id, decided.deliver_at)
+            self.alarms.wake_at(DELIVER, decided.message_id, decided.deliver_at)  # type: ignore[arg-type]
 
     def deliver_soon(self, message_id: int) -> None:
         """Start delivering ``message_id`` unless this process already is."""
@@ -132,8 +131,9 @@ class Chain:
         for message_id, status, deliver_at in await self.messages.unfinished():
             if status is MessageStatus.RECORDED:
                 if not reviews.busy_with(message_id):
-                    # Submitted by another process (the command line): its take needs a transcript too.
-                    self._spawn(self.transcribe_backlog(), "transcribe-submitted-elsewhere")
+                    # Submitted by another process (the command line): its take needs a transcript too
+                    # (a no-op for a take transcribed already).
+                    self._spawn(self._transcribe_submitted(message_id), f"transcribe-submitted-{message_id}")
                     reviews.start(message_id)
             elif status is MessageStatus.WITH_COORDINATORS and at_start:
                 # A round cut short by a crash starts again, unless the message waits for its alarm.
@@ -160,6 +160,11 @@ class Chain:
         if self.reviews is None:
             raise RuntimeError("the chain has no review rounds wired")
         return self.reviews
+
+    async def _transcribe_submitted(self, message_id: int) -> None:
+        recording_id = await self.messages.submitted_recording(message_id)
+        if recording_id is not None:
+            await self._transcribe(recording_id)
 
     async def _transcribe(self, recording_id: int) -> None:
         try:

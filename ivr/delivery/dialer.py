@@ -153,11 +153,18 @@ class CampaignRunner:
                     await asyncio.sleep(wait_s)
                     if not self.calls.ready or not self.calls.take_token():
                         return min(next_wake, self.calls.token_wait_s())
-                attempt_id = await self.desk.begin_attempt(plan.campaign_id, member.view.person_id, step.e164,
-                                                           step.rank, step.attempt_no)
+                # The channel is the call's from now: a review call asking meanwhile waits for another.
+                reservation = self.calls.reserve()
+                try:
+                    attempt_id = await self.desk.begin_attempt(plan.campaign_id, member.view.person_id, step.e164,
+                                                               step.rank, step.attempt_no)
+                except BaseException:
+                    self.calls.release(reservation)
+                    raise
                 if attempt_id is None:
+                    self.calls.release(reservation)
                     continue
-                self.calls.hold(attempt_id, CallKind.MEMBER)
+                self.calls.claim(reservation, attempt_id, CallKind.MEMBER)
                 self._live[attempt_id] = (plan.campaign_id, plan.zone_id, step.e164)
                 live_numbers.add(step.e164)
                 zone_live += 1
@@ -241,6 +248,11 @@ class CampaignRunner:
                 end = await self.calls.ended(attempt_id, self.limits.max_call_s)
                 await self.desk.attempt_ended(attempt_id, end.flow_end)
         except asyncio.CancelledError:
+            # Stopping: a call whose conversation already ended keeps its outcome (else the restart
+            # would close it as interrupted and call the member again).
+            end = self.calls.known_end(attempt_id)
+            if end is not None:
+                await asyncio.shield(self.desk.attempt_ended(attempt_id, end.flow_end))
             raise
         except Exception:
             log.exception("member call %s failed", attempt_id)

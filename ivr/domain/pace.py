@@ -29,8 +29,9 @@ class TokenBucket:
     def borrow(self, now: float) -> None:
         """Take one token now, into debt if there is none: the calls after it wait the longer.
 
-        For a call somebody waits on (a coordinator's review call): the average pace still holds,
-        at most one token a call of debt."""
+        For a call somebody waits on (a coordinator's review call): it goes at once, and the average
+        pace still holds because later calls repay the debt (a parallel review wave of N coordinators
+        does go out at once, as N review calls always did)."""
         self._refill(now)
         self._tokens -= 1.0
 

@@ -79,6 +79,7 @@ class Timeline:
         #: Finished conversations, oldest first.
         self.flow_ends: deque[FlowEnded] = deque(maxlen=limit)
         self._changed = asyncio.Condition()
+        self._notifying: set[asyncio.Task[None]] = set()
 
     # -- the application's observer ------------------------------------------------------------
     def submitted(self, message_id: int) -> None:
@@ -103,7 +104,9 @@ class Timeline:
 
     def flow_ended(self, flow: str, call_id: str, end: str) -> None:
         self.flow_ends.append(FlowEnded(flow, call_id, end, self._now()))
-        asyncio.get_running_loop().create_task(self._notify())
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._notifying.add(task)  # referenced until done: a bare task may be collected before it runs
+        task.add_done_callback(self._notifying.discard)
 
     async def _notify(self) -> None:
         async with self._changed:

@@ -245,6 +245,13 @@ class MessageDesk(Desk):
         """The message's original recording (or ``take``), checksum verified; the access is audited first."""
         return await self.tx(lambda s: open_take(s, self.store, message_id, actor, take))
 
+    async def submitted_recording(self, message_id: int) -> int | None:
+        """The id of the take the message was submitted with (``None``: not submitted)."""
+        def work(s: Session) -> int | None:
+            return s.scalar(select(Recording.id).join(Message, Message.id == Recording.message_id).where(
+                Message.id == message_id, Recording.take == Message.submitted_take))
+        return await self.tx(work)
+
     async def latest_message_of_bin(self, bin_number: int) -> int | None:
         """The newest message for a BIN (demo and benchmarks follow their own alerts with it)."""
         def work(s: Session) -> int | None:

@@ -38,6 +38,8 @@ class ReviewDispatcher:
 
     #: The longest a review conversation may take before the round stops waiting for it.
     MAX_CALL_S = 900.0
+    #: A round that failed (the database, the PBX) is tried again after this (or ``retry_after_s``).
+    FAILED_ROUND_RETRY_S = 60.0
 
     def __init__(self, desk: ReviewDesk, calls: OutboundCalls, alarms: AlarmClock, after: AfterDecision, *,
                  ring_timeout_s: float, retry_after_s: float, clock: Callable[[], dt.datetime]) -> None:
@@ -79,7 +81,14 @@ class ReviewDispatcher:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("review of message %d failed; it is retried by the next reconciliation", message_id)
+            # Not at once (a round that fails after calling people must not call them every second):
+            # at its retry alarm, within a minute.
+            retry_s = min(self.retry_after_s, self.FAILED_ROUND_RETRY_S)
+            log.exception("review of message %d failed; it is tried again in %.0f s", message_id, retry_s)
+            try:
+                self.alarms.wake_at(REVIEW_RETRY, message_id, self.clock() + dt.timedelta(seconds=retry_s))
+            except Exception:
+                log.exception("no retry alarm for message %d; the next start reviews it again", message_id)
 
     async def run_round(self, message_id: int) -> None:
         """One review round, then the policy if nobody decided."""

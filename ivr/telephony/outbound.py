@@ -60,6 +60,7 @@ class _Call:
     kind: CallKind
     ended: asyncio.Future[CallEnd] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     in_flow: bool = False
+    dialled: bool = False
 
 
 class OutboundCalls:
@@ -77,7 +78,10 @@ class OutboundCalls:
         #: Calls left up by a previous process, until their hang-up is seen or their grace ends.
         self._orphans: dict[str, float] = {}
         self._waiting = 0
+        self._reserved = 0
         self._freed = asyncio.Event()
+        #: Called when a channel is freed (the campaign dialer is woken: it may dial at once).
+        self.on_free: Callable[[], None] | None = None
         #: The most calls up at once (ours and orphans), for monitoring and benchmarks.
         self.peak = 0
 
@@ -115,26 +119,46 @@ class OutboundCalls:
             self._orphans[call_id] = until
 
     def hold(self, call_id: str, kind: CallKind) -> None:
-        """Count ``call_id`` against the channels from now (the caller checked ``has_channel``)."""
+        """Count ``call_id`` against the channels from now (the caller checked ``has_channel`` with no
+        await since, or reserved the channel)."""
         self._calls[call_id] = _Call(kind)
         self.peak = max(self.peak, self.busy)
 
+    def reserve(self) -> str:
+        """Hold a channel for a call whose id is not known yet (its row is being written); ``claim``
+        gives it the call's id, ``release`` gives it back."""
+        self._reserved += 1
+        key = f"reserved-{self._reserved}"
+        self.hold(key, CallKind.MEMBER)
+        return key
+
+    def claim(self, reservation: str, call_id: str, kind: CallKind) -> None:
+        """The reserved channel is ``call_id``'s now."""
+        del self._calls[reservation]
+        self._calls[call_id] = _Call(kind)
+
     async def acquire(self, call_id: str, kind: CallKind) -> None:
-        """Wait for a channel (and, but for review calls, a token of the pace), then hold it."""
+        """Wait for a channel (and, but for review calls, a token of the pace), then hold it.
+
+        The channel and the token are checked and taken with no await in between: nobody else can take
+        the channel meanwhile."""
         self._waiting += 1
         try:
-            while self.busy >= self.max_channels:
+            while True:
+                if self.busy < self.max_channels:
+                    if kind is CallKind.REVIEW:
+                        self._bucket.borrow(self._monotonic())
+                        break
+                    if self.take_token():
+                        break
+                    await asyncio.sleep(self.token_wait_s())
+                    continue
                 self._freed.clear()
                 try:
                     async with asyncio.timeout(1.0):  # orphans expire without an event
                         await self._freed.wait()
                 except TimeoutError:
                     pass
-            if kind is CallKind.REVIEW:
-                self._bucket.borrow(self._monotonic())
-            else:
-                while not self.take_token():
-                    await asyncio.sleep(self.token_wait_s())
             self.hold(call_id, kind)
         finally:
             self._waiting -= 1
@@ -144,6 +168,7 @@ class OutboundCalls:
                    ring_timeout_s: float, exten: str = "s") -> Dialled:
         """Dial a held call; when answered, Asterisk runs ``context,exten`` on it."""
         call = self._calls[call_id]
+        call.dialled = True
         if self.observer is not None:
             self.observer.call_dialling(call.kind, call_id)
         return await self.dialer.dial(call_id, number, context=context, exten=exten, variables=variables,
@@ -161,15 +186,24 @@ class OutboundCalls:
             log.warning("%s call %s still up after %.0f s; no longer waited for", call.kind.value, call_id, timeout_s)
             return CallEnd(None, timed_out=True)
 
+    def known_end(self, call_id: str) -> CallEnd | None:
+        """How the call ended, if that is known already (its owner may be stopping)."""
+        call = self._calls.get(call_id)
+        if call is None or not call.ended.done() or call.ended.cancelled():
+            return None
+        return call.ended.result()
+
     def release(self, call_id: str) -> None:
-        """The call is over for its owner: its channel is free."""
+        """The call is over for its owner (or was never placed): its channel is free."""
         call = self._calls.pop(call_id, None)
         if call is not None:
             if not call.ended.done():
                 call.ended.cancel()
-            if self.observer is not None:
+            if call.dialled and self.observer is not None:
                 self.observer.call_ended(call.kind, call_id)
         self._freed.set()
+        if self.on_free is not None:
+            self.on_free()
 
     # -- signals from the PBX -------------------------------------------------------------------
     def flow_started(self, call_id: str) -> None:

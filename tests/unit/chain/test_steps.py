@@ -182,9 +182,10 @@ async def test_a_rejection_ends_the_chain(chain: Chain, world: World, tmp_path: 
 
 async def test_the_sweep_reviews_a_message_another_process_submitted_once(chain: Chain, world: World,
                                                                         tmp_path: Path) -> None:
-    message_id, _ = await _submitted(world, tmp_path)
+    message_id, recording_id = await _submitted(world, tmp_path)
     await chain.reconcile()
     await chain.reconcile()  # the review runs: the sweep does not start it again
     await _settle(chain)
     assert chain.reviews.started == [message_id]  # type: ignore[union-attr]
-    assert chain.transcripts.backlogs == 1  # type: ignore[attr-defined]
+    # Its submitted take is transcribed (another process could not): that one recording, once.
+    assert chain.transcripts.recordings == [recording_id]  # type: ignore[attr-defined]

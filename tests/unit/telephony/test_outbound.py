@@ -121,3 +121,51 @@ async def test_the_observer_hears_every_call_start_and_end() -> None:
     calls.release("t")
     assert dialer.dialled == [("t", "binfoon-member", "voicemail")]
     assert recorder.events == [("dialling", CallKind.TEST, "t"), ("ended", CallKind.TEST, "t")]
+
+
+async def test_a_call_waiting_for_the_pace_does_not_take_a_channel_taken_meanwhile() -> None:
+    # Seen in review: the channel was checked, the pace was waited for, and the channel was held
+    # without looking again, so a review call that came in between made two calls on one channel.
+    clock = Clock()
+    calls = OutboundCalls(Dialer(), max_channels=1, max_cps=1, monotonic=clock)
+    assert calls.take_token()
+    test_call = asyncio.ensure_future(calls.acquire("test", CallKind.TEST))
+    await asyncio.sleep(0.01)                     # waiting for a token, the channel free
+    await asyncio.wait_for(calls.acquire("review", CallKind.REVIEW), 1)
+    clock.t += 2.0                                # tokens come (the review's debt repaid), the channel is gone
+    await asyncio.sleep(1.1)
+    assert not test_call.done() and calls.busy == 1
+    calls.release("review")
+    clock.t += 2.0                                # the review call's borrowed token is repaid
+    await asyncio.wait_for(test_call, 3)
+    assert calls.busy == 1 and calls.peak == 1
+
+
+async def test_a_reserved_channel_is_not_given_to_a_review_call_while_the_attempt_is_written() -> None:
+    calls = OutboundCalls(Dialer(), max_channels=1, max_cps=100)
+    reservation = calls.reserve()                 # the dialer writes the attempt row now
+    review = asyncio.ensure_future(calls.acquire("review", CallKind.REVIEW))
+    await asyncio.sleep(0.01)
+    assert not review.done()
+    calls.claim(reservation, "attempt-1", CallKind.MEMBER)
+    calls.release("attempt-1")
+    await asyncio.wait_for(review, 2)
+    assert calls.peak == 1
+
+
+async def test_an_unused_reservation_is_no_call_for_the_observer() -> None:
+    recorder = Recorder()
+    calls = OutboundCalls(Dialer(), max_channels=1, max_cps=100, observer=recorder)
+    freed: list[int] = []
+    calls.on_free = lambda: freed.append(1)
+    calls.release(calls.reserve())                # the member confirmed meanwhile: no call placed
+    assert recorder.events == [] and calls.busy == 0 and freed == [1]
+
+
+async def test_the_end_of_a_call_is_known_to_its_owner_while_it_stops() -> None:
+    calls = OutboundCalls(Dialer(), max_channels=1, max_cps=100)
+    calls.hold("a", CallKind.MEMBER)
+    assert calls.known_end("a") is None
+    calls.flow_started("a")
+    calls.flow_ended("a", "voicemail")
+    assert calls.known_end("a") == CallEnd("voicemail")
