@@ -14,7 +14,8 @@ Rules:
 - SQL and audio work run in worker threads, speech in the service's rendering processes (the
   event loop keeps serving calls);
 - an upload reaches ffmpeg only if it starts like an audio file (a playlist or anything else
-  ffmpeg would follow to other files never does);
+  ffmpeg would follow to other files never does), and is then decoded only as that container,
+  with plain files as the only protocol (``convert_upload``);
 - the console runs inside ``binfoon serve`` (``Console.from_app``) or, for tests and tools, on a
   database alone (``Console.standalone``: no calls can be placed then).
 """
@@ -24,8 +25,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import json
 import logging
+import re
 import shutil
+import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
@@ -44,7 +48,7 @@ from ivr.delivery.progress import confirmation_times
 from ivr.delivery.report import CampaignReport, campaign_report
 from ivr.delivery.states import BAR
 from ivr.directory.accounts import Viewer
-from ivr.media.tts import synthesize, to_telephone_wav
+from ivr.media.tts import TELEPHONE_RATE_HZ, synthesize
 from ivr.police_line.store import MessageDesk, Officer
 from ivr.directory.store import record_test_call
 from ivr.telephony.call import Recorded
@@ -302,7 +306,7 @@ def audio_container(head: bytes) -> str | None:
 
     ffmpeg guesses a format from the content and follows what it finds: a playlist (HLS, concat,
     ...) makes it open other files, such as another zone's recordings. Only files that start
-    like one of these audio containers are given to it.
+    like one of these audio containers are given to it, and then only as that container.
     """
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         return "wav"
@@ -312,8 +316,10 @@ def audio_container(head: bytes) -> str | None:
         return "ogg"
     if head[:4] == b"fLaC":
         return "flac"
+    if len(head) > 1 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0:
+        return "aac"  # ADTS: the MPEG sync word with layer 0
     if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
-        return "mp3"  # MPEG audio frames (ADTS AAC starts the same way)
+        return "mp3"
     if head[4:8] == b"ftyp":
         return "mp4"  # m4a, 3gp
     if head[:4] == b"\x1a\x45\xdf\xa3":
@@ -323,19 +329,117 @@ def audio_container(head: bytes) -> str | None:
     return None
 
 
-def convert_upload(source: Path, target: Path, max_s: float) -> float:
-    """Convert an audio file to telephone WAV; its length in seconds (blocking)."""
-    with source.open("rb") as f:
-        head = f.read(16)
-    if audio_container(head) is None:
-        raise NotAudio("not an audio file: WAV, MP3, OGG, FLAC, M4A, WebM, AIFF or AMR")
+#: ffmpeg's demuxer for each container, and the names ffmpeg may report for it.
+_DEMUXERS: dict[str, tuple[str, frozenset[str]]] = {
+    "wav": ("wav", frozenset({"wav"})),
+    "aiff": ("aiff", frozenset({"aiff"})),
+    "ogg": ("ogg", frozenset({"ogg"})),
+    "flac": ("flac", frozenset({"flac"})),
+    "aac": ("aac", frozenset({"aac"})),
+    "mp3": ("mp3", frozenset({"mp3"})),
+    "mp4": ("mov", frozenset({"mov,mp4,m4a,3gp,3g2,mj2"})),
+    "webm": ("matroska", frozenset({"matroska,webm"})),
+    "amr": ("amr", frozenset({"amr"})),
+}
+_NOT_AUDIO = "not an audio file: WAV, MP3, OGG, FLAC, M4A, WebM, AIFF or AMR"
+_FFMPEG_TIMEOUT_S = 60
+
+
+def _after_id3(data: bytes) -> bytes:
+    """``data`` without its leading ID3v2 tags (and the zero padding some writers leave after them)."""
+    while data[:3] == b"ID3" and len(data) >= 10:
+        size = (data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7 | data[9] & 0x7F
+        data = data[10 + size + (10 if data[5] & 0x10 else 0):]  # flag 0x10: a 10-byte footer
+    return data.lstrip(b"\0")
+
+
+def _mpeg_frames_follow(path: Path) -> bool:
+    """Whether an "mp3" really continues with MPEG audio frames after its tags (not a playlist behind a tag)."""
+    with path.open("rb") as f:
+        head = f.read(10)
+        if head[:3] == b"ID3" and len(head) == 10:
+            size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | head[9] & 0x7F
+            head += f.read(size + 10 + 4096)  # the tag, a possible footer or second tag, then the first frame
+        rest = _after_id3(head)
+    return len(rest) >= 2 and rest[0] == 0xFF and rest[1] & 0xE0 == 0xE0
+
+
+def _ffmpeg_guess(path: Path) -> str | None:
+    """The demuxer ffmpeg would pick by itself, learnt with only a pipe allowed (it can open no other file)."""
+    with path.open("rb") as f:
+        done = subprocess.run(["ffprobe", "-hide_banner", "-v", "debug", "-protocol_whitelist", "pipe",
+                               "-i", "pipe:0"], stdin=f, capture_output=True, timeout=_FFMPEG_TIMEOUT_S, check=False)
+    found = re.search(rb"Format (\S+) probed with size=", done.stderr)
+    return found.group(1).decode() if found else None
+
+
+def _declared(path: Path, demuxer: str) -> tuple[str, float | None]:
+    """(format name, duration) ffprobe reads from the file opened as ``demuxer`` alone."""
+    done = subprocess.run(["ffprobe", "-v", "error", "-protocol_whitelist", "file", "-f", demuxer,
+                           "-show_entries", "format=format_name,duration", "-of", "json", str(path)],
+                          capture_output=True, timeout=_FFMPEG_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        raise NotAudio("undecodable")
+    facts = json.loads(done.stdout or b"{}").get("format", {})
     try:
-        to_telephone_wav(source, target)
-    except Exception as exc:  # noqa: BLE001 - pydub raises CouldntDecodeError, IndexError, or ffmpeg's errors
-        raise NotAudio(str(exc).splitlines()[0] if str(exc) else "undecodable") from None
-    seconds, _rate = wav_facts(target)
-    if seconds < 0.5:
-        raise NotAudio("no sound in it")
-    if seconds > max_s:
-        raise NotAudio(f"{seconds:.0f} s")
+        duration: float | None = float(facts.get("duration", ""))
+    except ValueError:
+        duration = None  # raw streams (AMR, ADTS) may not say
+    return str(facts.get("format_name", "")), duration
+
+
+def _decode(source: Path, target: Path, demuxer: str) -> None:
+    """Decode ``source`` as ``demuxer`` only, to 8 kHz mono 16-bit PCM WAV; no protocol but plain files."""
+    done = subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-protocol_whitelist", "file",
+                           "-f", demuxer, "-i", str(source), "-map", "0:a:0", "-map_metadata", "-1",
+                           "-ac", "1", "-ar", str(TELEPHONE_RATE_HZ), "-c:a", "pcm_s16le", "-fflags", "+bitexact",
+                           "-f", "wav", "-y", str(target)], capture_output=True, timeout=_FFMPEG_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        # ffmpeg's words name our temp paths: they go to the log, the officer reads a plain reason.
+        log.info("upload refused by ffmpeg: %s", done.stderr.decode(errors="replace").strip()[-500:])
+        raise NotAudio("undecodable")
+
+
+def convert_upload(source: Path, target: Path, max_s: float) -> float:
+    """Convert an uploaded audio file to telephone WAV; its length in seconds (blocking).
+
+    The file is decoded as the container its first bytes announce, never as what ffmpeg guesses,
+    from a copy in a private directory, with plain files as the only protocol; anything ffmpeg
+    itself would read as another format (a playlist behind an ID3 tag, ...) is refused.
+    """
+    with source.open("rb") as f:
+        container = audio_container(f.read(16))
+    if container is None:
+        raise NotAudio(_NOT_AUDIO)
+    try:
+        return _convert_as(source, target, max_s, container)
+    except subprocess.TimeoutExpired:
+        raise NotAudio("too slow to decode") from None
+
+
+def _convert_as(source: Path, target: Path, max_s: float, container: str) -> float:
+    """``convert_upload`` once the container is known."""
+    demuxer, names = _DEMUXERS[container]
+    with tempfile.TemporaryDirectory(prefix="binfoon-upload-") as tmp:  # mode 0700
+        work = Path(tmp)
+        copy = work / "upload"  # no extension: nothing for a demuxer to key on
+        shutil.copyfile(source, copy)
+        if container == "mp3" and not _mpeg_frames_follow(copy):
+            raise NotAudio(_NOT_AUDIO)
+        if _ffmpeg_guess(copy) not in names:
+            raise NotAudio(_NOT_AUDIO)  # a polyglot: ffmpeg alone would read it as something else
+        format_name, declared_s = _declared(copy, demuxer)
+        if format_name not in names:
+            raise NotAudio(_NOT_AUDIO)
+        decoded = work / "decoded.wav"
+        _decode(copy, decoded, demuxer)
+        seconds, _rate = wav_facts(decoded)
+        if declared_s is not None and abs(seconds - declared_s) > max(2.0, 0.25 * declared_s):
+            raise NotAudio(f"{seconds:.1f} s decoded, {declared_s:.1f} s declared")
+        if seconds < 0.5:
+            raise NotAudio("no sound in it")
+        if seconds > max_s:
+            raise NotAudio(f"{seconds:.0f} s")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(decoded, target)
     return seconds

@@ -6,12 +6,15 @@ import asyncio
 import dataclasses
 import datetime as dt
 import re
+import subprocess
 import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
@@ -185,7 +188,8 @@ async def test_an_endless_upload_is_read_no_further_than_its_limit(site: Site) -
 
 def test_a_playlist_upload_never_reaches_ffmpeg(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     converted: list[Path] = []
-    monkeypatch.setattr(web_console, "to_telephone_wav", lambda source, target: converted.append(source))
+    for step in ("_ffmpeg_guess", "_declared", "_decode"):  # every way into ffmpeg
+        monkeypatch.setattr(web_console, step, lambda source, *args: converted.append(source))
     client = site.signed_in("police")
     token = csrf_of(client.get("/send").text)
     playlist = (b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n"
@@ -283,3 +287,102 @@ async def test_in_the_service_speech_runs_in_the_renderers_processes(site: Site,
     console = dataclasses.replace(site.console, app=app)  # type: ignore[arg-type]
     assert await console.spoken("Dit is een proef.", "nl") == CLIP.read_bytes()
     assert asked == [("Dit is een proef.", "nl")]
+
+
+# -- polyglot uploads -----------------------------------------------------------------------------
+_ID3_EMPTY = b"ID3\x04\x00\x00\x00\x00\x00\x00"  # an ID3v2.4 header announcing a tag of 0 bytes
+_TONE_HZ = 1000
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def _tone_mp3(folder: Path) -> Path:
+    """Another zone's recording, as the attacker would name it: a 2.7 s tone anyone can recognise."""
+    other = folder / "other-zone.mp3"
+    _ffmpeg("-f", "lavfi", "-i", f"sine=frequency={_TONE_HZ}:duration=2.7", "-ar", "8000", "-ac", "1", str(other))
+    return other
+
+
+def _has_tone(path: Path) -> bool:
+    """Whether a WAV is mostly the attacker's tone (its strongest frequency is ``_TONE_HZ``)."""
+    with wave.open(str(path), "rb") as w:
+        rate, frames = w.getframerate(), w.readframes(w.getnframes())
+        width = w.getsampwidth()
+    if width != 2 or len(frames) < rate:
+        return False
+    samples = np.frombuffer(frames, dtype="<i2").astype(float)
+    spectrum = np.abs(np.fft.rfft(samples))
+    peak = float(np.fft.rfftfreq(len(samples), 1 / rate)[int(np.argmax(spectrum[1:])) + 1])
+    return abs(peak - _TONE_HZ) < 20
+
+
+def _polyglots(other: Path) -> dict[str, bytes]:
+    """Files that start like an mp3 (an ID3 tag) but are playlists naming ``other`` by absolute path."""
+    hls = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1,\n{other}\n#EXT-X-ENDLIST\n".encode()
+    return {
+        "id3+m3u": _ID3_EMPTY + f"#EXTM3U\n#EXTINF:1,\n{other}\n".encode(),
+        "id3+hls": _ID3_EMPTY + hls,
+        "id3+hls file url": _ID3_EMPTY + hls.replace(str(other).encode(), f"file://{other}".encode()),
+        "id3+ffconcat": _ID3_EMPTY + f"ffconcat version 1.0\nfile '{other}'\n".encode(),
+        # The playlist followed by real mp3 frames: decodable as mp3, yet ffmpeg's own guess is HLS.
+        "id3+hls+frames": _ID3_EMPTY + hls + other.read_bytes(),
+    }
+
+
+@pytest.mark.parametrize("kind", ["id3+m3u", "id3+hls", "id3+hls file url", "id3+ffconcat", "id3+hls+frames"])
+def test_an_id3_prefixed_playlist_upload_is_refused_and_pulls_in_no_other_file(site: Site, kind: str) -> None:
+    other = _tone_mp3(site.tmp)
+    polyglot = _polyglots(other)[kind]
+    client = site.signed_in("police")
+    token = csrf_of(client.get("/send").text)
+    before = dump(site.engine)
+    response = client.post("/send", data={"csrf": token, "bins": "12", "urgency": "urgent", "text": ""},
+                           files={"audio": ("alert.mp3", polyglot, "audio/mpeg")})
+    assert response.status_code == 400 and "Het bestand is geen bruikbare audio" in response.text
+    assert dump(site.engine) == before
+    with session_scope(site.engine) as s:
+        assert s.scalar(select(func.count()).select_from(Message)) == 0
+    # Stronger: the other zone's audio is in no file the console left behind.
+    stored = [p for p in site.tmp.rglob("*") if p.is_file() and p.suffix == ".wav"]
+    assert not [p for p in stored if _has_tone(p)]
+    # And the converter itself refuses it, whoever calls it.
+    with pytest.raises(web_console.NotAudio):
+        web_console.convert_upload(_write(site.tmp / "poly.bin", polyglot), site.tmp / "out.wav", 120.0)
+    assert not (site.tmp / "out.wav").exists()
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_an_id3_tagged_mp3_is_still_accepted(site: Site) -> None:
+    tagged = site.tmp / "tagged.mp3"
+    _ffmpeg("-i", str(CLIP), "-metadata", "title=Inbraken Kerkstraat", "-id3v2_version", "3", str(tagged))
+    assert tagged.read_bytes()[:3] == b"ID3"
+    client = site.signed_in("police")
+    token = csrf_of(client.get("/send").text)
+    response = client.post("/send", data={"csrf": token, "bins": "12", "urgency": "urgent", "text": ""},
+                           files={"audio": ("bericht.mp3", tagged.read_bytes(), "audio/mpeg")})
+    assert response.status_code == 303, response.text
+    with session_scope(site.engine) as s:
+        assert s.scalar(select(func.count()).select_from(Message)) == 1
+    with wave.open(str(CLIP), "rb") as w:
+        original = w.getnframes() / w.getframerate()
+    converted = web_console.convert_upload(tagged, site.tmp / "again.wav", 120.0)
+    assert abs(converted - original) < 0.2
+
+
+def test_a_file_ffmpeg_alone_would_read_as_a_playlist_is_refused_even_past_the_frame_check(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each defence holds by itself: here the byte check is waved through, ffmpeg's own guess (HLS) refuses it.
+    other = _tone_mp3(site.tmp)
+    monkeypatch.setattr(web_console, "_mpeg_frames_follow", lambda path: True)
+    decoded: list[Path] = []
+    monkeypatch.setattr(web_console, "_decode", lambda source, *args: decoded.append(source))
+    for kind in ("id3+hls", "id3+hls+frames"):
+        with pytest.raises(web_console.NotAudio):
+            web_console.convert_upload(_write(site.tmp / "poly.bin", _polyglots(other)[kind]), site.tmp / "o.wav", 9.0)
+    assert decoded == []
