@@ -11,6 +11,9 @@ Rules of this module:
   the same header. Times carry their offset (CAP forbids "Z"); local time of the zone.
 * Police messages are never public: scope Restricted (the BIN's members and the zone's police),
   or Private with ``<addresses>`` when the recipients are named.
+* Control characters never reach the document: XML 1.0 forbids the C0 controls other than tab, newline
+  and carriage return (one would make the whole file unreadable), and DEL or an escape sequence in a
+  transcript or a name is noise or an attack on the terminal that shows it. Every text is cleaned.
 * The original recording travels as ``<resource>``: audio/x-wav, its size, its SHA-1 ``<digest>``
   (CAP 1.2 names SHA-1), and either the base64 content in ``<derefUri>`` with a relative ``<uri>``
   naming it, or an absolute ``<uri>``.
@@ -43,6 +46,16 @@ IMPACT: dict[Urgency, tuple[str, str, str]] = {
 _URGENCY_NL = {Urgency.URGENT: "Dringend", Urgency.PREVENTIVE: "Preventief"}
 _KIND_NL = {MessageKind.ALERT: "", MessageKind.UPDATE: " (opvolging)",
             MessageKind.CANCELLATION: " (annulering)"}
+
+
+#: What ``clean_text`` deletes: C0 controls except tab, newline and carriage return; DEL; and the two
+#: non-characters XML 1.0 also forbids (U+FFFE, U+FFFF).
+_CONTROLS = dict.fromkeys([*(c for c in range(0x20) if chr(c) not in "\t\n\r"), 0x7F, 0xFFFE, 0xFFFF])
+
+
+def clean_text(text: str) -> str:
+    """``text`` without the control characters a CAP document may not (or should not) hold."""
+    return text.translate(_CONTROLS)
 
 
 class CapError(ValueError):
@@ -144,7 +157,7 @@ def alert_element(msg: CapMessage, tz: dt.tzinfo, *, audio_uri: str | None = Non
     def add(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:
         child = ET.SubElement(parent, f"{{{CAP_NS}}}{tag}")
         if text is not None:
-            child.text = text
+            child.text = clean_text(text)  # every text of the document passes here
         return child
 
     alert = ET.Element(f"{{{CAP_NS}}}alert")

@@ -33,6 +33,7 @@ from ivr.archive.store import Archive
 from ivr.delivery.policy import RetryPolicy
 from ivr.delivery.report import CampaignReport, campaign_report
 from ivr.delivery.states import DELIVERED_STATES
+from ivr.domain.csvsafe import safe_cell
 from storage import audit
 from storage.db import session_scope
 from storage.models import Bin, Campaign, Message, Recording, ReviewDecision, Transcript
@@ -221,16 +222,19 @@ def _rate(value: float | None) -> str:
 
 
 def to_csv(log: CoordinatorLog, tz: dt.tzinfo) -> str:
-    """One row per message; times local with their offset, rates 0..1, empty where there is no value."""
+    """One row per message; times local with their offset, rates 0..1, empty where there is no value.
+
+    The text and the coordinator's name are people's words: escaped so a spreadsheet never runs them.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     for e in log.entries:
         writer.writerow([
             e.message_id, _iso(e.created_at, tz), e.urgency.value, e.kind.value, e.status.value,
-            e.follow_up_of or "", e.text or "", e.text_source or "",
+            e.follow_up_of or "", safe_cell(e.text), e.text_source or "",
             e.decision.value if e.decision else "",
-            e.decided_by or ("zone_policy" if e.decision is not None else ""), e.decided_via or "",
+            safe_cell(e.decided_by) or ("zone_policy" if e.decision is not None else ""), e.decided_via or "",
             _iso(e.decided_at, tz), e.campaign_id or "", _iso(e.campaign_start, tz), e.members, e.delivered,
             e.confirmed, _rate(e.delivery_rate), _rate(e.confirmation_rate),
             int(e.time_to_target.total_seconds()) if e.time_to_target is not None else "",

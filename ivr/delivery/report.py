@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from ivr.delivery.policy import RetryPolicy, Verdict, next_step
 from ivr.delivery.states import FINAL_STATES, LIVE_STATES, category
 from ivr.delivery.store import Member, campaign_members
+from ivr.domain.csvsafe import safe_cell
 from ivr.domain.phone import mask
 from storage import audit
 from storage.db import session_scope
@@ -88,23 +89,23 @@ class CampaignReport:
         return out
 
     def to_csv(self) -> str:
-        """One line per member (numbers masked)."""
+        """One line per member (numbers masked; names escaped against formula injection)."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["person_id", "name", "number", "state", "attempts", "confirmed_at"])
         for line in self.members:
-            writer.writerow([line.person_id, line.name, line.number, line.state, line.attempts,
+            writer.writerow([line.person_id, safe_cell(line.name), line.number, line.state, line.attempts,
                              line.confirmed_at.isoformat(timespec="seconds") if line.confirmed_at else ""])
         return buffer.getvalue()
 
     def attempts_to_csv(self) -> str:
-        """One line per call attempt (numbers masked): every attempt, as the final report must list."""
+        """One line per call attempt (numbers masked, names escaped): every attempt the report must list."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(ATTEMPT_COLUMNS)
         for a in self.attempt_lines:
-            writer.writerow([a.person_id, a.name, a.number, a.attempt_no, a.rank, _iso(a.started), _iso(a.answered),
-                             _iso(a.ended), a.outcome, a.dial_outcome,
+            writer.writerow([a.person_id, safe_cell(a.name), a.number, a.attempt_no, a.rank, _iso(a.started),
+                             _iso(a.answered), _iso(a.ended), a.outcome, a.dial_outcome,
                              "" if a.hangup_cause is None else a.hangup_cause, a.amd])
         return buffer.getvalue()
 
