@@ -50,12 +50,13 @@ class DialerLimits:
     plan_reuse_s: float = 1.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class DialerStats:
     """What the dialer did, for monitoring (counters only: timings are an observer's, ``CallObserver``)."""
 
-    originates: int = 0
-    peak_concurrent: int = 0
+    originates: int
+    #: The most calls up at once on the trunk (``OutboundCalls.peak``).
+    peak_concurrent: int
 
 
 class CampaignRunner:
@@ -69,7 +70,7 @@ class CampaignRunner:
         self.limits = limits
         self.policies = policies
         self.clock = clock
-        self.stats = DialerStats()
+        self._originates = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._calls: dict[str, asyncio.Task[None]] = {}
@@ -92,6 +93,11 @@ class CampaignRunner:
         for task in list(self._calls.values()):
             task.cancel()
         await asyncio.gather(*self._calls.values(), return_exceptions=True)
+
+    @property
+    def stats(self) -> DialerStats:
+        """What the dialer did so far."""
+        return DialerStats(self._originates, self.calls.peak)
 
     def wake(self) -> None:
         """Something changed (a campaign, a call's end): plan again now."""
@@ -168,7 +174,6 @@ class CampaignRunner:
                 self._live[attempt_id] = (plan.campaign_id, plan.zone_id, step.e164)
                 live_numbers.add(step.e164)
                 zone_live += 1
-                self.stats.peak_concurrent = max(self.stats.peak_concurrent, self.calls.busy)
                 task = asyncio.get_running_loop().create_task(self._call(plan, member, step, attempt_id))
                 self._calls[attempt_id] = task
         return next_wake
@@ -239,7 +244,7 @@ class CampaignRunner:
         """One member call on its held channel: dial, wait for its end, store its outcome once."""
         try:
             variables = {"BINFOON_ATTEMPT": attempt_id, **await self._sounds_for(plan, member.language)}
-            self.stats.originates += 1
+            self._originates += 1
             dialled = await self.calls.dial(attempt_id, step.e164, context=MEMBER_CONTEXT, variables=variables,
                                             ring_timeout_s=self.limits.ring_timeout_s)
             await self.desk.attempt_dialled(attempt_id, dialled_outcome(dialled) or dialled.outcome.value,

@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
@@ -39,7 +39,6 @@ from ivr.domain.vocabulary import (
 from storage.recordings import RecordingStore
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 

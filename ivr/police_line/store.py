@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, Protocol
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
@@ -37,7 +37,6 @@ from ivr.domain.vocabulary import MessageKind, MessageSource, MessageStatus, Rol
 from storage.recordings import RecordingStore
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from ivr.police_line.store import MessageDesk, Officer
 from ivr.directory.store import record_test_call
 from ivr.telephony.call import Recorded
 from ivr.telephony.outbound import CallKind, answered
-from storage.db import session_scope
+from storage.db import Desk
 from storage.models import new_id, utcnow
 from ivr.domain.vocabulary import Urgency
 from storage.recordings import RecordingStore, wav_facts
@@ -125,6 +125,7 @@ class Console:
     #: The latest test call per member: person id -> call id.
     test_call_of: dict[int, str] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _store: Desk = field(init=False, repr=False)
 
     @classmethod
     def from_app(cls, app: BinfoonApp) -> Console:
@@ -141,14 +142,16 @@ class Console:
         """The retry policies, as the dialer uses them."""
         return self.app.campaigns.policies if self.app is not None else retry_policies(self.settings)
 
+    def __post_init__(self) -> None:
+        self._store = Desk(self.engine)
+
     def run(self, work: Callable[[Session], T]) -> T:
         """One transaction (blocking)."""
-        with session_scope(self.engine) as s:
-            return work(s)
+        return self._store.run(work)
 
     async def tx(self, work: Callable[[Session], T]) -> T:
         """One transaction in a worker thread."""
-        return await asyncio.to_thread(self.run, work)
+        return await self._store.tx(work)
 
     # -- the live board ------------------------------------------------------------------------
     def board(self, viewer: Viewer) -> list[dict[str, Any]]:
@@ -345,10 +348,15 @@ _NOT_AUDIO = "not an audio file: WAV, MP3, OGG, FLAC, M4A, WebM, AIFF or AMR"
 _FFMPEG_TIMEOUT_S = 60
 
 
+def _id3_size(header: bytes) -> int:
+    """The size of an ID3v2 tag's body, from its 10-byte header (a "synchsafe" integer: 7 bits a byte)."""
+    return (header[6] & 0x7F) << 21 | (header[7] & 0x7F) << 14 | (header[8] & 0x7F) << 7 | header[9] & 0x7F
+
+
 def _after_id3(data: bytes) -> bytes:
     """``data`` without its leading ID3v2 tags (and the zero padding some writers leave after them)."""
     while data[:3] == b"ID3" and len(data) >= 10:
-        size = (data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7 | data[9] & 0x7F
+        size = _id3_size(data)
         data = data[10 + size + (10 if data[5] & 0x10 else 0):]  # flag 0x10: a 10-byte footer
     return data.lstrip(b"\0")
 
@@ -358,8 +366,7 @@ def _mpeg_frames_follow(path: Path) -> bool:
     with path.open("rb") as f:
         head = f.read(10)
         if head[:3] == b"ID3" and len(head) == 10:
-            size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | head[9] & 0x7F
-            head += f.read(size + 10 + 4096)  # the tag, a possible footer or second tag, then the first frame
+            head += f.read(_id3_size(head) + 10 + 4096)  # the tag, a possible footer or second tag, then the first frame
         rest = _after_id3(head)
     return len(rest) >= 2 and rest[0] == 0xFF and rest[1] & 0xE0 == 0xE0
 
