@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # ffmpeg convert audio (pydub); postgresql serves the PostgreSQL half of the tests; iproute2 for ss;
 # chromium is the headless browser the web console's end-to-end tests drive (Playwright, never its own download).
 DEB_PACKAGES := python3 python3-venv python3-dev debootstrap espeak-ng libespeak-ng1 sox ffmpeg \
-	postgresql util-linux iproute2 ca-certificates git chromium
+	postgresql util-linux iproute2 ca-certificates git chromium baresip-core
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 4
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import gc
+import hashlib
 import logging
 import os
 import time
@@ -27,15 +28,17 @@ from ivr.archive.retention import RetentionSweep
 from ivr.archive.store import Archive
 from ivr.asr.desk import TranscriptionDesk
 from ivr.asterisk.instance import AsteriskInstance
+from ivr.asterisk.officers import ReloadError, endpoint_of_channel
 from ivr.scheduler import AlarmClock
 from ivr.chain.steps import DELIVER, Chain, ChainObserver
 from ivr.config import Settings
 from ivr.delivery.dialer import CampaignRunner, DialerLimits, retry_policies
 from ivr.delivery.member_call import MemberRules, member_call
 from ivr.delivery.member_callback import member_callback
-from ivr.delivery.policy import Window
+from ivr.delivery.policy import TrunkRules, Window
 from ivr.delivery.report_line import coordinator_report
 from ivr.delivery.store import DeliveryDesk
+from ivr.directory.sip_accounts import publish_officers
 from ivr.domain.pin import PinPolicy
 from ivr.media.voice import PromptRenderer, Voice
 from ivr.police_line.flow import IntakeRules, police_intake
@@ -48,7 +51,7 @@ from ivr.telephony.ami import AmiGateway
 from ivr.telephony.cel import cel_csv_path, read_confirmations
 from ivr.telephony.channel import AsteriskCall
 from ivr.telephony.dialer import AmiDialer
-from ivr.telephony.events import AmiEvent, ChannelHungUp, UserEventReceived
+from ivr.telephony.events import AmiEvent, ChannelHungUp, TrunkRegistration, UserEventReceived
 from ivr.telephony.outbound import CallObserver, OutboundCalls
 from storage.models import utcnow
 from storage.recordings import RecordingStore
@@ -98,7 +101,7 @@ class BinfoonApp:
     TRANSCRIBE_EVERY_S = 300.0
     #: The AGI routes, each a conversation.
     ROUTES = ("police_intake", "coordinator_review", "member_call", "member_callback", "coordinator_report",
-              "admin_replay")
+              "admin_replay", "officer_intake")
 
     def __init__(self, settings: Settings, engine: Engine, ami: AmiGateway, agi: AgiServer, media: MediaPaths,
                  *, dial_template: str | None = None, renderer: PromptRenderer | None = None,
@@ -140,7 +143,9 @@ class BinfoonApp:
         self.campaigns = CampaignRunner(
             self.delivery, self.calls, self.voice,
             DialerLimits(ring_timeout_s=settings.member_ring_timeout_s,
-                         allowed_hours=Window.parse(f"{quiet_end}-{quiet_start}"), tz=settings.tz),
+                         allowed_hours=Window.parse(f"{quiet_end}-{quiet_start}"), tz=settings.tz,
+                         trunk=TrunkRules(settings.outage_congestion_streak, settings.outage_probe_after_s,
+                                          settings.outage_probe_max_s)),
             retry_policies(settings),
             clock)
         self.chain.reviews = self.reviews
@@ -156,6 +161,8 @@ class BinfoonApp:
         self._tasks: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        #: The Asterisk run directory (and its group) that gets the officers' SIP accounts, if any.
+        self.officers_at: tuple[Path, int | None] | None = None
 
     @classmethod
     def on_instance(cls, settings: Settings, engine: Engine, instance: AsteriskInstance, ami: AmiGateway,
@@ -165,7 +172,9 @@ class BinfoonApp:
         owner = runtime.asterisk_user() if runtime.root is not None else None
         media = MediaPaths(instance.spool_dir / "binfoon-sounds", instance.spool_dir / "binfoon-recordings",
                            runtime.inner_path, owner, cel_csv_path(instance))
-        return cls(settings, engine, ami, agi, media, **kwargs)  # type: ignore[arg-type]
+        app = cls(settings, engine, ami, agi, media, **kwargs)  # type: ignore[arg-type]
+        app.officers_at = (instance.run_dir, owner[1] if owner else None)
+        return app
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -175,9 +184,11 @@ class BinfoonApp:
         routes: dict[str, Callable[[AgiCall], Awaitable[None]]] = {
             "police_intake": self._police_route, "coordinator_review": self._review_route,
             "member_call": self._member_route, "member_callback": self._callback_route,
-            "coordinator_report": self._report_route, "admin_replay": self._admin_route}
+            "coordinator_report": self._report_route, "admin_replay": self._admin_route,
+            "officer_intake": self._officer_route}
         for name, route in routes.items():
             self.agi.add_route(name, route)
+        await self._publish_officers()
         self._unsubscribe = self.ami.subscribe(self._on_event)
         self.alarms.start({DELIVER: self.chain.alarm, REVIEW_RETRY: self.reviews.wake})
         # Confirmations Asterisk recorded while we were down count before anything is dialled again.
@@ -217,6 +228,18 @@ class BinfoonApp:
         if self.media.owner is not None and os.geteuid() == 0:
             os.chown(path, *self.media.owner)
 
+    async def _publish_officers(self) -> None:
+        # The officers' SIP accounts as the database has them now (a change made while we were down counts).
+        if self.officers_at is None:
+            return
+        run_dir, group = self.officers_at
+        # Unprivileged (production), the service writes the file only: its group-readable include is the
+        # service's, while Asterisk's control socket is not; systemd's binfoon-officers.path has root reload it.
+        try:
+            await asyncio.to_thread(publish_officers, self.engine, run_dir, group, reload=os.geteuid() == 0)
+        except (OSError, ReloadError) as exc:
+            log.error("officers' SIP accounts not published to Asterisk: %s", exc)
+
     # -- work the database asks for ---------------------------------------------------------------
     async def _poll(self) -> None:
         last_transcribe = time.monotonic()
@@ -246,6 +269,10 @@ class BinfoonApp:
         if path is None:
             return 0
         name = f"cel:{path}"
+        if len(name) > 100:
+            # The checkpoint's key is VARCHAR(100), which PostgreSQL enforces (SQLite does not): a
+            # long instance path is named by its digest, or the service could not start on PostgreSQL.
+            name = f"cel:sha256:{hashlib.sha256(str(path).encode()).hexdigest()}"
         offset = int(await self.delivery.checkpoint(name) or 0)
         found, new_offset = await asyncio.to_thread(read_confirmations, path, offset)
         taken = 0
@@ -268,11 +295,12 @@ class BinfoonApp:
     def _call(self, agi: AgiCall) -> AsteriskCall:
         return AsteriskCall(agi, self.voice, self.media.record_dir, self.media.inner_path)
 
-    async def _police_route(self, agi: AgiCall) -> None:
+    async def _police_route(self, agi: AgiCall, sip_account: str | None = None) -> None:
         end = "hung_up"
         call = self._call(agi)
         try:
-            end = (await police_intake(call, self.desk, self.intake_rules, self.chain)).value
+            end = (await police_intake(call, self.desk, self.intake_rules, self.chain,
+                                       sip_account=sip_account)).value
         except CallHungUp:
             pass
         except Exception:
@@ -286,6 +314,16 @@ class BinfoonApp:
                 pass
         finally:
             self._ended("police_intake", agi.unique_id, end)
+
+    async def _officer_route(self, agi: AgiCall) -> None:
+        # From an officer's SIP endpoint (``binfoon-officer``): Asterisk names the channel after the
+        # endpoint it authenticated, so that name, never a caller ID, says whose account this is.
+        account = endpoint_of_channel(agi.channel)
+        if account is None:
+            log.warning("officer line reached from a non-SIP channel %s: refused", agi.channel)
+            await agi.hangup()
+            return
+        await self._police_route(agi, sip_account=account)
 
     async def _review_route(self, agi: AgiCall) -> None:
         review_call_id = agi.args[0] if agi.args else agi.unique_id
@@ -358,6 +396,9 @@ class BinfoonApp:
             attempt_id = event.fields.get("Attempt", "")
             if attempt_id:
                 self._spawn(self._confirmed_by_asterisk(attempt_id))
+        # The trunk's registration refused or lost pauses delivery; registered again resumes it.
+        if isinstance(event, TrunkRegistration):
+            self.campaigns.trunk_registration(event.status)
         # A channel that hung up before (or without) reaching its flow ends the wait for it too.
         if isinstance(event, ChannelHungUp):
             if self.calls.hung_up(event.channel_id):

@@ -17,8 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The full parser; each area module adds its own sub-commands."""
     from ivr.commands import archive as archive_cmd
     from ivr.commands import asterisk as asterisk_cmd
+    from ivr.commands import backup as backup_cmd
     from ivr.commands import campaign as campaign_cmd
     from ivr.commands import db as db_cmd
+    from ivr.commands import deploy as deploy_cmd
     from ivr.commands import directory as directory_cmd
     from ivr.commands import message as message_cmd
     from ivr.commands import prompts as prompts_cmd
@@ -33,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
     sub = parser.add_subparsers(dest="area", required=True)
     for module in (asterisk_cmd, directory_cmd, db_cmd, prompts_cmd, message_cmd, campaign_cmd, serve_cmd, demo_cmd, bench_cmd,
-                   speech_cmd, archive_cmd, report_cmd, web_cmd):
+                   speech_cmd, archive_cmd, report_cmd, web_cmd, backup_cmd):
         module.register(sub)
+    deploy_cmd.register(sub)
     return parser
 
 

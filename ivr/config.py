@@ -101,6 +101,48 @@ class Settings:
     #: Recordings and transcripts older than this many days are purged (0 = kept for ever).
     retention_days: int = 365
 
+    # -- the carrier trunk and the SIP edge (issue 13 items 1-2; checked in ``ivr.asterisk.trunk``) ---
+    #: The address and port Asterisk's SIP transport binds; port 0: a free random port on loopback,
+    #: chosen at first start and kept (lab and tests). Production: the trunk interface, 5060.
+    sip_bind_address: str = "127.0.0.1"
+    sip_port: int = 0
+    #: RTP ports (inclusive); 0: a free random block of 200. Production e.g. 20000-20199.
+    rtp_port_start: int = 0
+    rtp_port_end: int = 0
+    #: Behind NAT: the public addresses put in SIP headers and SDP, and the networks that are local.
+    sip_external_signaling_address: str = ""
+    sip_external_media_address: str = ""
+    sip_local_net: str = ""
+    #: Codecs offered, in order of preference (G.711 A-law is Belgium's).
+    sip_codecs: str = "alaw,ulaw"
+    #: The carrier: host (empty: no trunk, the lab's simulated phones), port, transport (udp|tcp|tls).
+    trunk_host: str = ""
+    trunk_port: int = 5060
+    trunk_transport: str = "udp"
+    #: With tls: our certificate and key, and the CAs that sign the carrier's certificate (PEM files).
+    trunk_tls_cert_file: str = ""
+    trunk_tls_key_file: str = ""
+    trunk_tls_ca_file: str = ""
+    #: Digest account for REGISTER and INVITEs; the secret is read from a 0600 file, never from here.
+    trunk_username: str = ""
+    trunk_secret_file: str = ""
+    #: Register with the carrier (needs ``trunk_username``); the carrier delivers calls to that contact.
+    trunk_register: bool = True
+    #: From header of outbound calls (user: default ``caller_id_number``; domain: default our address).
+    trunk_from_user: str = ""
+    trunk_from_domain: str = ""
+    #: Addresses/CIDRs (comma list) whose requests are the carrier's; default ``trunk_host``. Nothing
+    #: else identifies the trunk.
+    trunk_match: str = ""
+
+    # -- outages: a trunk that is down pauses delivery (issue 13 item 3, ``ivr.delivery.policy``) ----
+    #: This many member calls in a row failing with congestion / SIP 503, none reaching a phone: the
+    #: trunk counts as down, campaigns pause and those calls cost their members nothing.
+    outage_congestion_streak: int = 5
+    #: While paused, one probe call after this long, the wait doubling up to ``outage_probe_max_s``.
+    outage_probe_after_s: float = 5.0
+    outage_probe_max_s: float = 60.0
+
     # -- the web console (ivr/web), served by ``binfoon serve`` on the same loop -------------------
     #: Loopback only by default: put a TLS reverse proxy in front to reach it from elsewhere.
     web_host: str = "127.0.0.1"
@@ -117,6 +159,13 @@ class Settings:
     web_upload_max_bytes: int = 10_000_000
     #: Behind the TLS reverse proxy: the session cookie goes over HTTPS only, and browsers are told HSTS.
     web_secure_cookies: bool = False
+
+    # -- least privilege: host accounts (issue 13 item 5, issue 14 item 0; ``binfoon deploy``) -----
+    #: ``binfoon serve`` started as root starts Asterisk, then runs as this user ("root": stays root,
+    #: for a development lab only). A missing user is refused with how to create it.
+    service_user: str = "binfoon"
+    #: The host account the embedded root's ``asterisk`` user is mapped to (its own uid/gid).
+    asterisk_host_user: str = "binfoon-asterisk"
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -206,6 +255,8 @@ def load_settings(
         raise ConfigError(f"quiet_hours must look like 21:00-08:00, not {settings.quiet_hours!r}") from None
     if settings.max_channels < 1 or settings.max_cps <= 0:
         raise ConfigError("max_channels must be >= 1 and max_cps > 0")
+    if settings.outage_congestion_streak < 2 or not 0 < settings.outage_probe_after_s <= settings.outage_probe_max_s:
+        raise ConfigError("outage_congestion_streak must be >= 2, and 0 < outage_probe_after_s <= outage_probe_max_s")
     if not 0 <= settings.web_port <= 65535 or settings.web_signin_max_failures < 1 or settings.web_ip_max_failures < 1:
         raise ConfigError("web_port must be 0..65535 (0: off); web_signin_max_failures and web_ip_max_failures >= 1")
     if settings.pin_max_failures < 1 or settings.record_max_s < 5 or settings.record_silence_s < 1:

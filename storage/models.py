@@ -434,3 +434,20 @@ class WebSignInAttempt(Base):
     account_id: Mapped[int | None] = mapped_column(ForeignKey("web_accounts.id", ondelete="CASCADE"))
     #: ok, wrong, or locked (refused unchecked), as on the police line.
     outcome: Mapped[PinOutcome] = mapped_column(_enum(PinOutcome))
+
+
+class OfficerSipAccount(Base):
+    """A police officer's own SIP account (optional): the username and the digest HA1 only, never the
+    password; the authenticated identity replaces caller ID as the police line's first factor."""
+
+    __tablename__ = "officer_sip_accounts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"), unique=True)
+    #: Also the PJSIP endpoint's name (``ivr.asterisk.officers``).
+    username: Mapped[str] = mapped_column(String(32), unique=True)
+    #: md5(username:realm:password) in hex.
+    ha1: Mapped[str] = mapped_column(String(32))
+    realm: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    rotated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    person: Mapped[Person] = relationship()

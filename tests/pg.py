@@ -73,3 +73,27 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'binfoon.db'}"
     return _create_database(request.getfixturevalue("postgres_server"))
+
+
+#: Run a real-Asterisk test on both databases: ``@ON_BOTH_DATABASES`` and a ``database`` argument.
+ON_BOTH_DATABASES = pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of the empty database a test runs on: SQLite in ``tmp_path/binfoon.db`` unless the test is
+    parametrized (``ON_BOTH_DATABASES``) with ``postgresql``: then its own database on the session's cluster."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'binfoon.db'}"
+    if kind == "postgresql":
+        return _create_database(request.getfixturevalue("postgres_server"))
+    raise ValueError(f"unknown database kind {kind!r}")
+
+
+def another_database(like: str, request: pytest.FixtureRequest, folder: Path) -> str:
+    """A second empty database of the same kind as the URL ``like`` (SQLite: ``folder/binfoon.db``)."""
+    if like.startswith("sqlite"):
+        folder.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{folder / 'binfoon.db'}"
+    return _create_database(request.getfixturevalue("postgres_server"))

@@ -8,8 +8,10 @@ cache directory and is reused when present: it is only ever built once per machi
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -22,6 +24,10 @@ from ivr.config import Settings
 log = logging.getLogger(__name__)
 
 MIN_MAJOR_VERSION = 22
+#: The account Debian's asterisk package creates inside the root.
+ROOT_ASTERISK_USER = "asterisk"
+#: System ids are drawn from here (Debian's range for dynamically allocated system accounts).
+SYSTEM_IDS = range(100, 1000)
 #: Written last into a finished root: a root without it is a broken, interrupted install.
 COMPLETE_MARKER = ".binfoon-complete"
 
@@ -57,13 +63,16 @@ class AsteriskRuntime:
         return "/" + str(host.resolve().relative_to(self.root.resolve()))
 
     def asterisk_user(self) -> tuple[int, int]:
-        """(uid, gid) of the unprivileged ``asterisk`` user Asterisk runs as."""
+        """(uid, gid) of the unprivileged ``asterisk`` user Asterisk runs as (a system Asterisk:
+        the package's ``asterisk`` user; without one, whoever runs us)."""
+        if self.root is None:
+            account = host_account(ROOT_ASTERISK_USER)
+            return (account.uid, account.gid) if account is not None else (os.getuid(), os.getgid())
         passwd = self.host_path("/etc/passwd").read_text(encoding="utf-8")
-        for line in passwd.splitlines():
-            fields = line.split(":")
-            if fields[0] == "asterisk":
-                return int(fields[2]), int(fields[3])
-        raise AsteriskInstallError("no 'asterisk' user in the Asterisk root's /etc/passwd")
+        found = _ids_in(passwd, ROOT_ASTERISK_USER)
+        if found is None:
+            raise AsteriskInstallError("no 'asterisk' user in the Asterisk root's /etc/passwd")
+        return found
 
 
 def _version_of(command: list[str]) -> str:
@@ -167,11 +176,17 @@ def install(settings: Settings) -> AsteriskRuntime:
             return runtime
         if settings.asterisk_mode == "system":
             raise AsteriskInstallError("asterisk_mode = system, but no Asterisk 22+ is installed")
-    existing = embedded_runtime(settings)
-    if existing is not None:
-        log.info("using the embedded Asterisk %s in %s", existing.version, existing.root)
-        return existing
-    return _debootstrap(settings)
+    runtime = embedded_runtime(settings)
+    if runtime is not None:
+        log.info("using the embedded Asterisk %s in %s", runtime.version, runtime.root)
+    else:
+        runtime = _debootstrap(settings)
+    if os.geteuid() == 0:
+        map_asterisk_account(runtime, settings.asterisk_host_user)
+    else:
+        log.warning("not root: Asterisk's user in %s is not mapped to host user %s",
+                    runtime.root, settings.asterisk_host_user)
+    return runtime
 
 
 def _debootstrap(settings: Settings) -> AsteriskRuntime:
@@ -210,3 +225,165 @@ def _debootstrap(settings: Settings) -> AsteriskRuntime:
     partial.rename(root)
     log.info("Asterisk %s installed in %.0f s", version, time.monotonic() - started)
     return AsteriskRuntime(root=root, version=version, module_dir=_module_dir(root))
+
+
+# -- accounts: Asterisk's own host uid/gid, and the service user ---------------------------------
+@dataclass(frozen=True)
+class SystemAccount:
+    """A host system account (user and its group of the same name)."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def _ids_in(passwd: str, name: str) -> tuple[int, int] | None:
+    """(uid, gid) of ``name`` in a passwd file's text, or ``None``."""
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 4 and fields[0] == name:
+            return int(fields[2]), int(fields[3])
+    return None
+
+
+def _ids_of(text: str, column: int) -> set[int]:
+    """The numeric ids in column ``column`` of a passwd or group file's text."""
+    ids = set()
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) > column and fields[column].isdigit():
+            ids.add(int(fields[column]))
+    return ids
+
+
+def free_system_id(taken: set[int]) -> int:
+    """The highest system id in none of ``taken`` (useradd's own choice, made against the host AND
+    the Asterisk root, so that one number means one account on both sides)."""
+    for candidate in reversed(SYSTEM_IDS):
+        if candidate not in taken:
+            return candidate
+    raise AsteriskInstallError("no free system uid/gid left between 100 and 999")
+
+
+def remap_account(passwd: str, group: str, name: str, uid: int, gid: int) -> tuple[str, str]:
+    """passwd and group texts with ``name``'s user and group renumbered to ``uid``/``gid``."""
+    def rewrite(text: str, number_at: int, value: int, also_gid: bool) -> str:
+        lines = []
+        for line in text.splitlines():
+            fields = line.split(":")
+            if fields[0] == name and len(fields) > number_at:
+                fields[number_at] = str(value)
+                if also_gid:
+                    fields[3] = str(gid)
+            lines.append(":".join(fields))
+        return "\n".join(lines) + "\n"
+
+    return rewrite(passwd, 2, uid, True), rewrite(group, 2, gid, False)
+
+
+def host_account(name: str) -> SystemAccount | None:
+    """The host account ``name`` (user and primary group), or ``None``."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return SystemAccount(name, entry.pw_uid, entry.pw_gid)
+
+
+def ensure_system_account(name: str, *, also_free_in: Path | None = None,
+                          extra_groups: tuple[str, ...] = ()) -> SystemAccount:
+    """The host system user ``name`` with its own group, created if missing (needs root): no home,
+    no shell, no password. ``also_free_in`` is a Debian root whose passwd/group must not know the
+    chosen number either; ``extra_groups`` are supplementary groups the user is added to."""
+    account = host_account(name)
+    if account is None:
+        if os.geteuid() != 0:
+            raise AsteriskInstallError(
+                f"the system user {name!r} does not exist; create it as root: `sudo binfoon deploy users` or "
+                f"`sudo useradd --system --user-group --no-create-home --home-dir /nonexistent "
+                f"--shell /usr/sbin/nologin {name}`")
+        taken = {e.pw_uid for e in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+        if also_free_in is not None:
+            taken |= _ids_of((also_free_in / "etc/passwd").read_text(encoding="utf-8"), 2)
+            taken |= _ids_of((also_free_in / "etc/group").read_text(encoding="utf-8"), 2)
+        number = free_system_id(taken)
+        if not _has_group(name):
+            subprocess.run(["groupadd", "--system", "--gid", str(number), name], check=True)
+        subprocess.run(["useradd", "--system", "--uid", str(number), "--gid", name, "--no-create-home",
+                        "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name], check=True)
+        log.info("created the system user %s (uid %d)", name, number)
+        account = host_account(name)
+        assert account is not None
+    for group in extra_groups:
+        if name not in grp.getgrnam(group).gr_mem and os.geteuid() == 0:
+            subprocess.run(["usermod", "--append", "--groups", group, name], check=True)
+    return account
+
+
+def _has_group(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def map_asterisk_account(runtime: AsteriskRuntime, host_name: str) -> SystemAccount:
+    """Give the root's ``asterisk`` user the uid/gid of the dedicated host account ``host_name``
+    (created if missing), so no other host account (say ``postgres``) shares Asterisk's identity.
+
+    Idempotent. Files of the root owned by the old ids follow; instance run directories under
+    ``srv/`` are left alone (instances running now keep their files; the next render re-owns them).
+    """
+    if runtime.root is None:
+        raise AsteriskInstallError("only an embedded Asterisk root is mapped; a system Asterisk has its own user")
+    root = runtime.root
+    account = ensure_system_account(host_name, also_free_in=root)
+    old_uid, old_gid = runtime.asterisk_user()
+    group_text = (root / "etc/group").read_text(encoding="utf-8")
+    old_group = next((int(f[2]) for f in (line.split(":") for line in group_text.splitlines())
+                      if f[0] == ROOT_ASTERISK_USER), old_gid)
+    if (old_uid, old_gid, old_group) == (account.uid, account.gid, account.gid):
+        return account
+    passwd_text = (root / "etc/passwd").read_text(encoding="utf-8")
+    clash = (_ids_of(passwd_text, 2) - {old_uid}) & {account.uid} or (_ids_of(group_text, 2) - {old_group}) & {account.gid}
+    if clash:
+        raise AsteriskInstallError(f"uid/gid {account.uid} of {host_name} is taken inside {root}: "
+                                   "remove the root and run `binfoon asterisk install` again")
+    passwd_new, group_new = remap_account(passwd_text, group_text, ROOT_ASTERISK_USER, account.uid, account.gid)
+    uids, gids = {old_uid: account.uid}, {old_gid: account.gid, old_group: account.gid}
+    _chown_tree(root, uids, gids)
+    # Stopped instances follow too (a running one keeps its files until it stops and renders again).
+    for state in sorted((root / "srv").glob("**/instance.json")):
+        if not _instance_alive(state.parent):
+            _chown_tree(state.parent, uids, gids)
+    for name, text in (("passwd", passwd_new), ("group", group_new)):
+        target = root / "etc" / name
+        tmp = target.with_name(name + ".binfoon-new")
+        tmp.write_text(text, encoding="utf-8")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    log.info("Asterisk's user in %s is now host user %s (uid %d, gid %d)", root, host_name, account.uid, account.gid)
+    return account
+
+
+def _instance_alive(run_dir: Path) -> bool:
+    """True while the instance in ``run_dir`` has a live Asterisk (its pid file names a process)."""
+    try:
+        pid = int((run_dir / "run" / "asterisk.pid").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return Path(f"/proc/{pid}").exists()
+
+
+def _chown_tree(root: Path, uids: dict[int, int], gids: dict[int, int]) -> None:
+    """Re-own files under ``root`` by the id maps; never below its srv/ (instances), proc, sys, dev."""
+    skip = {root / "srv", root / "proc", root / "sys", root / "dev"}
+    for current, dirs, files in os.walk(root):
+        here = Path(current)
+        dirs[:] = [d for d in dirs if here / d not in skip]
+        for entry in [here, *(here / f for f in files)]:
+            st = entry.lstat()
+            uid, gid = uids.get(st.st_uid, -1), gids.get(st.st_gid, -1)
+            if uid != -1 or gid != -1:
+                os.lchown(entry, uid, gid)

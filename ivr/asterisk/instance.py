@@ -25,6 +25,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ivr.asterisk.install import AsteriskRuntime
+from ivr.asterisk.trunk import (
+    DEFAULT_RTP_PORTS,
+    RegistrationReport,
+    SipEdge,
+    Trunk,
+    TrunkError,
+    check_edge,
+    check_ports,
+    check_secret,
+    check_trunk,
+    registration_report,
+    secret_mode_problem,
+    transport_sections,
+    trunk_sections,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +76,24 @@ class InstanceOptions:
     agi_port: int = 4573
     #: The simulated phone network's FastAGI server; 0 when the instance hosts no simulated phones.
     sim_agi_port: int = 0
-    #: Outbound SIP trunk ``(host, port)``; ``None`` for no trunk.
-    trunk: tuple[str, int] | None = None
+    #: The carrier trunk (a ``(host, port)`` pair is a trunk without auth); ``None`` for no trunk.
+    trunk: Trunk | tuple[str, int] | None = None
+    #: Bind address, NAT and codecs of the SIP edge.
+    edge: SipEdge = field(default_factory=SipEdge)
     #: Act as the public phone network: accept calls from this address into the simulated phones.
     carrier_match: str | None = None
-    #: As the public phone network: where calls placed by simulated callers are delivered
-    #: (``PJSIP/<number>@carrier-in``), i.e. the BINfoon instance's SIP ``(host, port)``.
+    #: As the public phone network: a static contact for calls placed by simulated callers
+    #: (``PJSIP/<number>@carrier-in``), i.e. the BINfoon instance's SIP ``(host, port)``. Without it
+    #: calls go to the contact BINfoon registered (with ``carrier_username``) or nowhere.
     carrier_contact: tuple[str, int] | None = None
+    #: As the public phone network: BINfoon's account, which must REGISTER and answer a digest
+    #: challenge on every INVITE; its secret is read from ``carrier_secret_file`` (0600).
+    carrier_username: str = ""
+    carrier_secret_file: str = ""
+    #: As the public phone network: the transport BINfoon reaches it with (udp, tcp, tls), and for
+    #: tls its certificate, key and CA list (PEM paths).
+    carrier_transport: str = "udp"
+    carrier_tls_files: tuple[str, ...] = ()
     #: The number presented on outbound calls (E.164).
     caller_id_number: str = ""
     #: The police line's DID (E.164): inbound calls to it reach the police intake (``POLICE_LINE``).
@@ -79,6 +105,37 @@ class InstanceOptions:
     ami_port: int = 0
     sip_port: int = 0
     rtp_start: int = 0
+    #: Last RTP port (inclusive); 0: ``rtp_start`` + 199.
+    rtp_end: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.trunk, tuple):
+            host, port = self.trunk
+            self.trunk = Trunk(host=host, port=int(port))
+
+    @property
+    def the_trunk(self) -> Trunk | None:
+        """The trunk, as a ``Trunk``."""
+        return self.trunk if isinstance(self.trunk, Trunk) else None
+
+
+def read_secret_file(setting: str, path: str) -> str:
+    """The secret in ``path``; refuses a missing, empty or group/world-accessible file (naming ``setting``)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise TrunkError(f"{setting}: {path} does not exist") from None
+    except OSError as exc:
+        raise TrunkError(f"{setting}: {path} cannot be read ({exc.strerror})") from None
+    problem = secret_mode_problem(setting, info.st_mode)
+    if problem is not None:
+        raise TrunkError(f"{problem} ({path})")
+    try:
+        secret = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrunkError(f"{setting}: {path} cannot be read ({exc})") from None
+    check_secret(setting, secret)
+    return secret
 
 
 def _free_port(kind: int) -> int:
@@ -104,7 +161,7 @@ def _free_rtp_block(size: int = 200) -> int:
 class AsteriskInstance:
     """One private Asterisk: render its configuration, start it, wait for it, stop it."""
 
-    RTP_PORTS = 200
+    RTP_PORTS = DEFAULT_RTP_PORTS
 
     def __init__(self, runtime: AsteriskRuntime, options: InstanceOptions, base_dir: Path) -> None:
         self.runtime = runtime
@@ -157,8 +214,10 @@ class AsteriskInstance:
             self.options.sip_port = _free_port(socket.SOCK_DGRAM)
         if not self.options.rtp_start:
             self.options.rtp_start = _free_rtp_block(self.RTP_PORTS)
-        data = asdict(self.options)
-        state.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(asdict(self.options), indent=2, default=str) + "\n"
+        # Written only when it changes: the unprivileged service reads it but may not rewrite it.
+        if not state.exists() or state.read_text(encoding="utf-8") != text:
+            state.write_text(text, encoding="utf-8")
 
     def _secret(self) -> str:
         path = self.run_dir / "ami.secret"
@@ -174,12 +233,54 @@ class AsteriskInstance:
         self._load_or_allocate()
         return AmiCredentials("127.0.0.1", self.options.ami_port, AMI_USER, self._secret())
 
+    def check(self) -> dict[str, str]:
+        """Validate the SIP settings and read the secrets; returns the pjsip values. Raises ``TrunkError``
+        (naming the setting) before anything is written."""
+        o = self.options
+        check_ports(o.sip_port, o.rtp_start, o.rtp_end)
+        check_edge(o.edge)
+        trunk = o.the_trunk
+        values: dict[str, str] = {}
+        if trunk is not None:
+            check_trunk(trunk)
+            secret = read_secret_file("trunk_secret_file", trunk.secret_file) if trunk.authenticates else ""
+            for setting, path in (("trunk_tls_cert_file", trunk.tls_cert_file), ("trunk_tls_key_file", trunk.tls_key_file),
+                                  ("trunk_tls_ca_file", trunk.tls_ca_file)):
+                if path and not Path(path).is_file():
+                    raise TrunkError(f"{setting}: {path} does not exist")
+            values.update(trunk_sections(trunk, secret=secret, caller_id_number=o.caller_id_number,
+                                         codecs=o.edge.codecs))
+        values.update(self._carrier_values())
+        return values
+
+    def _carrier_values(self) -> dict[str, str]:
+        """The lab carrier's side (``pjsip-network.conf.tmpl``)."""
+        o = self.options
+        contact = (f"contact = sip:{o.carrier_contact[0]}:{o.carrier_contact[1]}" if o.carrier_contact
+                   else "; no static contact: calls go to the contact BINfoon registered\nmax_contacts = 1\n"
+                        "remove_existing = yes")
+        values = {"carrier_match": o.carrier_match or "", "carrier_contact": contact,
+                  "carrier_transport": f"transport-{o.carrier_transport}",
+                  "carrier_aor": "carrier-in", "carrier_endpoint_extra": "", "carrier_sections": ""}
+        if o.carrier_username:
+            secret = read_secret_file("carrier_secret_file", o.carrier_secret_file)
+            values.update({
+                "carrier_aor": o.carrier_username,
+                # Challenge every request from BINfoon (REGISTER and INVITE), as a carrier does.
+                "carrier_endpoint_extra": "auth = carrier-in-auth",
+                "carrier_sections": "\n".join(["[carrier-in-auth]", "type = auth", "auth_type = userpass",
+                                                f"username = {o.carrier_username}", f"password = {secret}", ""]),
+            })
+        return values
+
     def render(self) -> None:
         """Write the whole configuration into the run directory (overwriting the previous one)."""
+        sip_values = self.check()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o755)
         self._load_or_allocate()
-        uid, gid = self.runtime.asterisk_user() if self.runtime.root is not None else (os.getuid(), os.getgid())
+        # Root renders for Asterisk's own user (embedded root or system package); others for themselves.
+        uid, gid = self.runtime.asterisk_user() if os.geteuid() == 0 else (os.getuid(), os.getgid())
         inner = self.inner_dir
         dirs = {name: f"{inner}/{name}" for name in ("etc", "lib", "spool", "run", "log", "cache")}
         for name in dirs:
@@ -188,23 +289,38 @@ class AsteriskInstance:
             if os.geteuid() == 0:
                 os.chown(path, 0 if name == "etc" else uid, gid)
         os.chmod(self.run_dir / "etc", 0o750)
+        # The spool is shared with the service (a member of Asterisk's group, ``binfoon serve``):
+        # it writes the sounds Asterisk plays and reads the recordings Asterisk makes; setgid keeps
+        # what either side creates in that group.
+        os.chmod(self.run_dir / "spool", 0o2770)
         (self.run_dir / "lib" / "agi-bin").mkdir(exist_ok=True)
 
         o = self.options
+        trunk = o.the_trunk
+        tls_files: dict[str, str] = {}
+        keys = self.run_dir / "etc" / "keys"
+        shutil.rmtree(keys, ignore_errors=True)
+        protocols = tuple(p for p in (trunk.transport if trunk else "", o.carrier_transport if o.carrier_match else "")
+                          if p)
+        pem = ((trunk.tls_cert_file, trunk.tls_key_file, trunk.tls_ca_file) if trunk is not None
+               else tuple(o.carrier_tls_files))
+        if "tls" in protocols:
+            # Asterisk may live in a chroot: it reads copies inside its own run directory.
+            keys.mkdir()
+            for kind, path in zip(("cert", "key", "ca"), pem, strict=True):
+                self._write_private(keys / f"trunk-{kind}.pem", Path(path).read_text(encoding="utf-8"), gid)
+                tls_files[kind] = f"{dirs['etc']}/keys/trunk-{kind}.pem"
         includes = list(CORE_DIALPLAN) + (list(SIMULATOR_DIALPLAN) if o.sim_agi_port else [])
         values = {
             "etc_dir": dirs["etc"], "lib_dir": dirs["lib"], "spool_dir": dirs["spool"],
             "run_dir": dirs["run"], "log_dir": dirs["log"], "cache_dir": dirs["cache"],
             "module_dir": self.runtime.module_dir,
             "ami_port": str(o.ami_port), "ami_user": AMI_USER, "ami_secret": self._secret(),
-            "sip_bind": "127.0.0.1", "sip_port": str(o.sip_port),
-            "rtp_start": str(o.rtp_start), "rtp_end": str(o.rtp_start + self.RTP_PORTS - 1),
+            "sip_transports": transport_sections(o.edge, sip_port=o.sip_port, protocols=protocols, tls_files=tls_files),
+            "rtp_start": str(o.rtp_start), "rtp_end": str(o.rtp_end or o.rtp_start + self.RTP_PORTS - 1),
             "agi_port": str(o.agi_port), "sim_agi_port": str(o.sim_agi_port or o.agi_port),
             "caller_id_number": o.caller_id_number or "anonymous",
-            "trunk_host": o.trunk[0] if o.trunk else "", "trunk_port": str(o.trunk[1]) if o.trunk else "",
-            "carrier_match": o.carrier_match or "",
-            "carrier_contact": (f"contact = sip:{o.carrier_contact[0]}:{o.carrier_contact[1]}"
-                                if o.carrier_contact else "; no contact: calls no BINfoon instance"),
+            **sip_values,
             "police_line": o.police_line, "report_line": o.report_line, "admin_line": o.admin_line,
             "dialplan_includes": "\n".join(f"#include dialplan/{name}" for name in includes),
         }
@@ -271,6 +387,8 @@ class AsteriskInstance:
             os.kill(pid, 0)
         except ProcessLookupError:
             return None
+        except PermissionError:
+            pass  # alive, another user's (the service looks at Asterisk's pid without root)
         # A recycled PID is not ours: check that it is an Asterisk.
         try:
             if b"asterisk" not in Path(f"/proc/{pid}/cmdline").read_bytes():
@@ -319,6 +437,17 @@ class AsteriskInstance:
                 last_error = exc
             time.sleep(0.05)
         raise AsteriskStartError(f"Asterisk not fully booted after {timeout_s:.0f} s ({last_error})\n{self.log_tail()}")
+
+    def registration(self, timeout_s: float = 5.0) -> RegistrationReport | None:
+        """The trunk's registration (state and last SIP response), from AMI and the instance's log;
+        ``None`` when the instance has no trunk."""
+        if self.options.the_trunk is None:
+            return None
+        details = _ami_list(self.ami, "PJSIPShowRegistrationsOutbound", "OutboundRegistrationDetail", timeout_s)
+        detail = next((d for d in details if d.get("ObjectName") == "trunk"), None)
+        lines = (self.log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+                 if self.log_file.exists() else [])
+        return registration_report(detail, lines)
 
     def log_tail(self, lines: int = 25) -> str:
         """The end of the instance's console and message logs, for error messages."""
@@ -372,6 +501,40 @@ def instances_dir(runtime: AsteriskRuntime, data_dir: Path) -> Path:
     if runtime.root is not None:
         return runtime.root / "srv" / "binfoon"
     return data_dir / "asterisk"
+
+
+def _ami_list(creds: AmiCredentials, action: str, event: str, timeout_s: float) -> list[dict[str, str]]:
+    """Run a list action over a short AMI session (no event stream) and return its ``event`` blocks."""
+    with socket.create_connection((creds.host, creds.port), timeout=timeout_s) as sock:
+        sock.settimeout(timeout_s)
+        reader = sock.makefile("rb")
+        reader.readline()  # banner
+        sock.sendall((f"Action: Login\r\nActionID: login\r\nUsername: {creds.username}\r\n"
+                      f"Secret: {creds.secret}\r\nEvents: off\r\n\r\n"
+                      f"Action: {action}\r\nActionID: list\r\n\r\n").encode())
+        found: list[dict[str, str]] = []
+        block: dict[str, str] = {}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = reader.readline()
+            if not line:
+                break
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            if text:
+                key, _, value = text.partition(":")
+                block[key.strip()] = value.strip()
+                continue
+            if block.get("Response") == "Error":
+                if block.get("ActionID") == "login":
+                    raise AsteriskStartError(f"AMI login refused: {block.get('Message')}")
+                return found  # e.g. the module is not loaded: no registrations
+            if block.get("Event") == event:
+                found.append(block)
+            elif block.get("EventList") == "Complete":
+                sock.sendall(b"Action: Logoff\r\n\r\n")
+                return found
+            block = {}
+        return found
 
 
 def _ami_fully_booted(creds: AmiCredentials, timeout_s: float) -> bool:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from ivr.asterisk.install import AsteriskInstallError, find_runtime, install
 from ivr.asterisk.instance import AsteriskInstance, AsteriskStartError, InstanceOptions, instances_dir
+from ivr.asterisk.trunk import RegistrationReport, TrunkError, from_settings
 from ivr.commands.common import CommandError
 from ivr.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,14 +25,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     for name, func, text in (("render", cmd_render, "write an instance's configuration without starting it"),
                              ("start", cmd_start, "start an instance in the background"),
                              ("stop", cmd_stop, "stop an instance"),
-                             ("status", cmd_status, "show an instance's state")):
+                             ("status", cmd_status, "show an instance's state"),
+                             ("run", cmd_run, "render and run an instance in the foreground (systemd)"),
+                             ("reload-pjsip", cmd_reload_pjsip, "re-read the officers' SIP accounts (systemd's path unit)")):
         p = actions.add_parser(name, help=text)
         p.add_argument("--name", default="default", help="instance name (default: default)")
         p.set_defaults(func=func)
 
 
 def instance_for(settings: Settings, name: str, base_dir: Path | None = None) -> AsteriskInstance:
-    """The named instance, configured from the settings (under ``base_dir`` if given)."""
+    """The named instance, configured from the settings (under ``base_dir`` if given): its trunk, SIP
+    bind address and port, RTP ports, NAT and codecs. Invalid trunk settings are refused here, naming
+    the setting, before anything is written or started."""
+    try:
+        trunk, edge = from_settings(settings)
+    except TrunkError as exc:
+        raise CommandError(f"invalid setting {exc}") from exc
     try:
         runtime = find_runtime(settings)
     except AsteriskInstallError as exc:
@@ -41,6 +53,11 @@ def instance_for(settings: Settings, name: str, base_dir: Path | None = None) ->
         police_line=settings.police_line_number,
         report_line=settings.report_line_number,
         admin_line=settings.admin_line_number,
+        trunk=trunk,
+        edge=edge,
+        sip_port=settings.sip_port,
+        rtp_start=settings.rtp_port_start,
+        rtp_end=settings.rtp_port_end,
     )
     return AsteriskInstance(runtime, options, base_dir or instances_dir(runtime, settings.data_dir))
 
@@ -59,7 +76,10 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
     """Render the configuration (for an Asterisk started by something else, e.g. a container)."""
     instance = instance_for(settings, args.name)
-    instance.render()
+    try:
+        instance.render()
+    except TrunkError as exc:
+        raise CommandError(f"invalid setting {exc}") from exc
     print(f"configuration of instance {args.name!r} written to {instance.run_dir / 'etc'}")
     return 0
 
@@ -69,10 +89,13 @@ def cmd_start(settings: Settings, args: argparse.Namespace) -> int:
     instance = instance_for(settings, args.name)
     try:
         instance.start()
+    except TrunkError as exc:
+        raise CommandError(f"invalid setting {exc}") from exc
     except AsteriskStartError as exc:
         raise CommandError(str(exc)) from exc
     print(f"Asterisk instance {args.name!r} running (pid {instance.pid}); "
-          f"AMI on 127.0.0.1:{instance.options.ami_port}, SIP on 127.0.0.1:{instance.options.sip_port}")
+          f"AMI on 127.0.0.1:{instance.options.ami_port}, "
+          f"SIP on {instance.options.edge.bind_address}:{instance.options.sip_port}")
     return 0
 
 
@@ -86,7 +109,8 @@ def cmd_stop(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    """Print the instance's state as JSON (never the AMI secret); exit 1 when stopped."""
+    """Print the instance's state as JSON (never a secret): with a trunk, its registration state and
+    the last SIP response the carrier gave (a refusal is also logged); exit 1 when stopped."""
     instance = instance_for(settings, args.name)
     running = instance.is_running()
     state = {
@@ -99,5 +123,52 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     if (instance.run_dir / "instance.json").exists():
         o = instance.ami
         state.update({"ami": f"{o.host}:{o.port}", "sip_port": instance.options.sip_port})
+    trunk = instance.options.the_trunk
+    if trunk is not None:
+        try:
+            report = instance.registration() if running else None
+        except (OSError, AsteriskStartError) as exc:
+            report = RegistrationReport("unknown", message=f"AMI did not answer: {exc}")
+        state["trunk"] = {"host": trunk.host, "port": trunk.port, "transport": trunk.transport,
+                          "username": trunk.username or None,
+                          "registration": report.as_json() if report is not None else None}
+        if report is not None and report.state in ("refused", "failing"):
+            log.warning("trunk %s: %s", trunk.host, report.message)
     print(json.dumps(state, indent=2))
     return 0 if running else 1
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    """Render the instance and become its Asterisk in the foreground (systemd's main process; root
+    only to enter the chroot and mount namespace). The service user is given what it shares with
+    Asterisk first (AMI secret, spool, data directory), since the service starts unprivileged."""
+    import os
+
+    from ivr.commands.deploy import apply_ownership, service_account
+
+    instance = instance_for(settings, args.name)
+    if instance.is_running():
+        raise CommandError(f"Asterisk instance {args.name!r} is already running (pid {instance.pid})")
+    account = service_account(settings) if os.geteuid() == 0 else None
+    instance.render()
+    if account is not None:
+        apply_ownership(settings, instance, account)
+    (instance.run_dir / "run" / "asterisk.pid").unlink(missing_ok=True)
+    command = instance.command()
+    os.execvp(command[0], command)
+
+
+
+def cmd_reload_pjsip(settings: Settings, args: argparse.Namespace) -> int:
+    """Have the running instance re-read its PJSIP configuration (the officers' SIP accounts the service
+    wrote). Root's (or Asterisk's) job: systemd's ``binfoon-officers.path`` runs it when the file changes."""
+    from ivr.asterisk.officers import ReloadError, reload_pjsip
+
+    instance = instance_for(settings, args.name)
+    if not instance.is_running():
+        raise CommandError(f"Asterisk instance {args.name!r} is not running")
+    try:
+        print(reload_pjsip(instance.run_dir).strip())
+    except ReloadError as exc:
+        raise CommandError(str(exc)) from exc
+    return 0

@@ -45,7 +45,8 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
             report = campaign_report(engine, args.id, retry_policies(settings), dt.datetime.now(dt.timezone.utc))
         except LookupError as exc:
             raise CommandError(str(exc)) from None
-        line = render_progress(report.campaign_id, report.status, report.counts(), len(report.members))
+        line = render_progress(report.campaign_id, report.status, report.counts(), len(report.members),
+                               paused=report.paused)
         end = "\n" if args.once or report.status == "done" or not sys.stdout.isatty() else "\r"
         # Padded: a shorter line must blank out the end of the longer one it overwrites.
         print(line.ljust(120) if end == "\r" else line, end=end, flush=True)
@@ -72,10 +73,13 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"campaign": report.campaign_id, "message": report.message_id, "status": report.status,
                           "members": len(report.members), "attempts": report.attempts, **counts,
-                          "calls_after_confirming": report.calls_after_confirming}, indent=2))
+                          "calls_after_confirming": report.calls_after_confirming,
+                          "not_placed": report.not_placed, "paused": report.paused}, indent=2))
         return 0
     print(f"campaign {report.campaign_id} for message {report.message_id}: {report.status}; "
           f"{counts.get('confirmed', 0)} of {len(report.members)} members confirmed, {report.attempts} calls")
+    if report.paused:
+        print(f"  delivery PAUSED: {report.paused}")
     for line in report.members:
         print(f"  {line.name:<24} {line.number:<14} {line.state:<18} {line.attempts} call(s)")
     if args.csv:

@@ -1,4 +1,5 @@
-"""Directory commands: ``zone add``, ``bin add|list``, ``person add``, ``members import|list``.
+"""Directory commands: ``zone add``, ``bin add|list``, ``person add``, ``person sip-account add|rotate|
+remove|list``, ``members import|list``.
 
 Every change is audited; every error is a clear message and writes nothing.
 """
@@ -6,11 +7,14 @@ Every change is audited; every error is a clear message and writes nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import datetime as dt
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,6 +36,16 @@ from ivr.directory.store import (
     record_numbers_shown,
     set_member_preferences,
     zone_by_code,
+)
+from ivr.directory.sip_accounts import (
+    SipAccountError,
+    add_sip_account,
+    generate_password,
+    publish_officers,
+    read_password_file,
+    remove_sip_account,
+    rotate_sip_account,
+    sip_accounts,
 )
 from ivr.domain.phone import InvalidPhoneNumber, mask, normalize_phone
 from storage.db import open_database, session_scope
@@ -77,6 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pin.add_argument("--pin-file", type=Path, help="read the PIN from this file (never give it on the command line)")
     pin.add_argument("--pin-stdin", action="store_true", help="read the PIN from standard input")
     p.set_defaults(func=cmd_person_add)
+    _register_sip_accounts(person)
 
     members = sub.add_parser("members", help="a BIN's member households").add_subparsers(dest="action", required=True)
     p = members.add_parser("import", help="replace a BIN's members with a CSV file (name, phone, second phone, "
@@ -94,6 +109,38 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--pause", help="no preventive calls between two dates, e.g. 2026-12-20..2027-01-05 "
                                    "('none' to clear)")
     p.set_defaults(func=cmd_members_preferences)
+
+
+def _register_sip_accounts(person: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    sip = person.add_parser(
+        "sip-account", help="an officer's own SIP account (optional): the police line from a softphone, "
+                            "the account instead of caller ID as the first factor (the PIN is still asked)",
+    ).add_subparsers(dest="sip_action", required=True)
+    for action, text, func in (
+        ("add", "give a police officer a SIP account", cmd_sip_account_add),
+        ("rotate", "give an officer's SIP account a new password", cmd_sip_account_rotate),
+        ("remove", "delete an officer's SIP account", cmd_sip_account_remove),
+    ):
+        p = sip.add_parser(action, help=text)
+        p.add_argument("person", type=int, metavar="PERSON", help="person id (see `binfoon person add`)")
+        if action == "add":
+            p.add_argument("--username", help="SIP username (default: officer-PERSON)")
+        if action != "remove":
+            source = p.add_mutually_exclusive_group()
+            source.add_argument("--password-file", type=Path,
+                                help="read the password from this file (first line; mode 0600). "
+                                     "Default: a password is generated and shown once")
+            source.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+        _instance_arguments(p)
+        p.set_defaults(func=func)
+    p = sip.add_parser("list", help="list the officers' SIP accounts (never a password)")
+    p.add_argument("person", type=int, nargs="?", metavar="PERSON", help="only this person's account")
+    p.set_defaults(func=cmd_sip_account_list)
+
+
+def _instance_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default="default", help="the Asterisk instance to update (default: default)")
+    p.add_argument("--instance-dir", type=Path, help="where the instance lives (default: the standard place)")
 
 
 def _zone(session: Session, code: str) -> PoliceZone:
@@ -260,3 +307,100 @@ def cmd_members_preferences(settings: Settings, args: argparse.Namespace) -> int
         print(f"{person.name}: window {person.call_window_start or '-'}-{person.call_window_end or '-'}, "
               f"pause {person.pause_from or '-'}..{person.pause_until or '-'}")
     return 0
+
+
+def _sip_password(args: argparse.Namespace) -> tuple[str, bool]:
+    """The password given (file or stdin), or a generated one; and whether it was generated."""
+    if args.password_file:
+        try:
+            return read_password_file(args.password_file), False
+        except SipAccountError as exc:
+            raise CommandError(f"--password-file: {exc}") from None
+    if args.password_stdin:
+        return sys.stdin.readline().strip(), False
+    return generate_password(), True
+
+
+def _publish(settings: Settings, args: argparse.Namespace, engine: Engine) -> None:
+    """Write the officers' file of the instance and, if it runs, make PJSIP reload it. The database
+    is the truth and is already committed: a failure here is reported, and the service writes the
+    file again when it starts."""
+    from ivr.asterisk.officers import ReloadError
+    from ivr.commands.asterisk import instance_for
+
+    try:
+        instance = instance_for(settings, args.name, args.instance_dir)
+        runtime = instance.runtime
+        group = runtime.asterisk_user()[1] if runtime.root is not None else None
+        running = instance.is_running() and os.geteuid() == 0
+        publish_officers(engine, instance.run_dir, group, reload=running)
+    except (CommandError, OSError, ReloadError) as exc:
+        print(f"binfoon: stored, but Asterisk was not updated ({exc}); "
+              "it takes effect when `binfoon serve` starts", file=sys.stderr)
+        return
+    print("Asterisk reloaded its SIP accounts" if running else
+          "written: a running Asterisk reloads it (systemd's binfoon-officers.path, or "
+          "`binfoon asterisk reload-pjsip` as root); a stopped one reads it when it starts")
+
+
+def _sip_change(settings: Settings, args: argparse.Namespace, change: Callable[[Session], str]) -> int:
+    engine = open_database(settings.resolved_database_url)
+    try:
+        with session_scope(engine) as session:
+            said = change(session)
+    except SipAccountError as exc:
+        raise CommandError(str(exc)) from None
+    print(said)
+    _publish(settings, args, engine)
+    return 0
+
+
+def cmd_sip_account_add(settings: Settings, args: argparse.Namespace) -> int:
+    """Give a police officer a SIP account; a generated password is shown once and never stored."""
+    password, generated = _sip_password(args)
+
+    def change(session: Session) -> str:
+        account = add_sip_account(session, args.person, password, actor(), username=args.username)
+        return _account_text(f"SIP account {account.username!r} added for person {args.person}", account.username,
+                             password if generated else None)
+    return _sip_change(settings, args, change)
+
+
+def cmd_sip_account_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    """Give an officer's SIP account a new password (the old one stops working at once)."""
+    password, generated = _sip_password(args)
+
+    def change(session: Session) -> str:
+        account = rotate_sip_account(session, args.person, password, actor())
+        return _account_text(f"SIP account {account.username!r} of person {args.person} has a new password",
+                             account.username, password if generated else None)
+    return _sip_change(settings, args, change)
+
+
+def cmd_sip_account_remove(settings: Settings, args: argparse.Namespace) -> int:
+    """Delete an officer's SIP account (its endpoint disappears from Asterisk)."""
+    def change(session: Session) -> str:
+        return f"SIP account {remove_sip_account(session, args.person, actor())!r} of person {args.person} removed"
+    return _sip_change(settings, args, change)
+
+
+def cmd_sip_account_list(settings: Settings, args: argparse.Namespace) -> int:
+    """List the SIP accounts: username, person, and whether the person may still use it."""
+    engine = open_database(settings.resolved_database_url)
+    with session_scope(engine) as session:
+        rows = [(a, live) for a, live in sip_accounts(session) if args.person is None or a.person_id == args.person]
+        if args.person is not None and not rows:
+            raise CommandError(f"person {args.person} has no SIP account")
+        for account, live in rows:
+            state = "active" if live else "inactive (no active police role)"
+            changed = (account.rotated_at or account.created_at).strftime("%Y-%m-%d %H:%M")
+            print(f"{account.username:<28} person {account.person_id:<6} {account.person.name}  "
+                  f"({state}; password set {changed} UTC)")
+    return 0
+
+
+def _account_text(head: str, username: str, generated: str | None) -> str:
+    if generated is None:
+        return head
+    # Shown once: only its digest is stored, so nobody can show it again.
+    return f"{head}\nSIP username: {username}\nSIP password (shown once, not stored): {generated}"

@@ -6,6 +6,17 @@ calls at once (and a zone's own limit), at most ``max_cps`` new calls a second (
 shared with review and test calls: ``ivr.telephony.outbound``), one call per phone number at a time.
 The attempt is written before it is dialled; its outcome as soon as it is known, in one place
 (``ivr.delivery.outcome``). The scheduler and events only wake the dialer; the database is the truth.
+
+An outage is never a member's failure, and a number never has two calls at once:
+- a call Asterisk refused (shutting down) or that AMI never sent is no attempt against the member
+  (``not_placed``, outcome ``interrupted``), and nothing is dialled for a moment;
+- on start, calls a previous process left up in Asterisk (``CoreShowChannels``: their channel id is
+  the attempt's id) are waited for, not dialled over; only when Asterisk cannot tell does a fixed
+  grace stand in;
+- a trunk that is down (registration refused, or the carrier answering congestion/503 to every call:
+  ``ivr.delivery.policy.observe_dial``) pauses every campaign, gives the failed calls back to their
+  members, is shown in the database (``campaign watch``, the web board) and the log, and is tried
+  again with one probe call after a back-off (or a ``Registered`` event ends the pause).
 """
 
 from __future__ import annotations
@@ -14,14 +25,18 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
-from ivr.delivery.outcome import dialled_outcome
-from ivr.delivery.policy import Next, RetryPolicy, Verdict, Window, next_allowed, next_step
-from ivr.delivery.store import CampaignPlan, DeliveryDesk, Member
+from ivr.delivery.outcome import NOT_PLACED, dial_record, dialled_outcome
+from ivr.delivery.policy import (
+    Next, RetryPolicy, TrunkRules, TrunkWatch, Verdict, Window, may_dial, next_allowed, next_step, observe_dial,
+    observe_registration, probe_started,
+)
+from ivr.delivery.store import CampaignPlan, DeliveryDesk, Member, OpenCall
+from ivr.domain.vocabulary import AttemptOutcome
 from ivr.media.voice import Voice
-from ivr.telephony.outbound import CallKind, OutboundCalls, answered
+from ivr.telephony.outbound import CallEnd, CallKind, OutboundCalls, answered
 
 if TYPE_CHECKING:
     from ivr.config import Settings
@@ -41,8 +56,18 @@ class DialerLimits:
     tz: dt.tzinfo = dt.timezone.utc
     #: A preventive member not reached within this time after the campaign started is given up.
     preventive_expire_s: float = 3 * 24 * 3600.0
-    #: A call cut by a crash is retried after this grace (a durable confirmation may still come in).
+    #: Only when Asterisk cannot list its channels: a call cut by a crash is retried after this grace
+    #: (it may still be up, and a durable confirmation may still come in).
     interrupted_grace_s: float = 20.0
+    #: After a call left up (by a crash, or a lost AMI link) ends, its member waits this long before a
+    #: new call: a key pressed on it reaches the database (AMI event, CEL poll) first.
+    settle_s: float = 2.0
+    #: After Asterisk refused an Originate (it is shutting down), nothing is dialled for this long,
+    #: doubled at each refusal in a row up to ``refused_pause_max_s``.
+    refused_pause_s: float = 1.0
+    refused_pause_max_s: float = 5.0
+    #: When the trunk counts as down, and how it is probed.
+    trunk: TrunkRules = TrunkRules()
     #: The longest an answered member call may last before the dialer stops waiting for it.
     max_call_s: float = 600.0
     #: How long one pass may keep dialling from the plan it read (waiting for the pace's tokens)
@@ -77,13 +102,56 @@ class CampaignRunner:
         #: attempt id -> (campaign, zone, number) of every member call this process has up.
         self._live: dict[str, tuple[int, int, str]] = {}
         self._sounds: dict[tuple[int, str], dict[str, str]] = {}
+        #: What is known of the trunk (pure state, moved by ``ivr.delivery.policy``).
+        self.trunk = TrunkWatch()
+        #: Attempts given back to their members (the trunk was down), in case their own outcome is
+        #: written after the give-back.
+        self._given_back: set[str] = set()
+        #: Asterisk refused an Originate: no call before this (monotonic) time; the current pause.
+        self._refused_until = 0.0
+        self._refused_s = 0.0
+        #: Asterisk could not list its channels at start: interrupted calls wait a fixed grace.
+        self._fallback_grace = False
+        self._pause_writes: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Close what a crash left open, then dial."""
-        # Calls a crash left up still hold channels until their hang-up is seen (or the grace ends).
-        self.calls.adopt_orphans(await self.desk.interrupt_in_flight(), self.limits.interrupted_grace_s)
+        """Close what a crash left open (waiting for calls still up in Asterisk), then dial."""
+        live = await self.calls.live_call_ids()
+        closed, still_up = await self.desk.interrupt_in_flight(live)
+        if live is None:
+            # Asterisk cannot tell which calls are up: they hold their channels, and their members
+            # wait, for a fixed grace.
+            self._fallback_grace = True
+            self.calls.adopt_orphans(closed, self.limits.interrupted_grace_s)
+            if closed:
+                log.warning("Asterisk cannot list its channels: %d interrupted call(s) wait %.0f s", len(closed),
+                            self.limits.interrupted_grace_s)
+        for call in still_up:
+            self._adopt(call)
+        if still_up:
+            log.info("%d member call(s) left up by the previous process: waited for, not dialled over",
+                     len(still_up))
+            # A call that ended between the listing and now sent its hang-up before it was held.
+            again = await self.calls.live_call_ids()
+            for call in still_up:
+                if again is not None and not _up(call.attempt_id, again):
+                    self.calls.hung_up(call.attempt_id)
+        stored = await self.desk.pause()
+        if stored is not None:
+            # Paused when the last process stopped: one probe call tells at once whether it is back.
+            now = self.clock()
+            self.trunk = TrunkWatch(down_since=now, reason=stored.reason, probe_at=now,
+                                    probe_s=self.limits.trunk.probe_after_s)
+            log.warning("delivery paused since the last run (%s): probing the trunk", stored.reason)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="campaign-dialer")
+
+    def _adopt(self, call: OpenCall) -> None:
+        """A call a previous process left up: it holds its channel and its number until it ends."""
+        self.calls.hold(call.attempt_id, CallKind.MEMBER)
+        self._live[call.attempt_id] = (call.campaign_id, call.zone_id, call.e164)
+        task = asyncio.get_running_loop().create_task(self._outlive(call.attempt_id, adopted=True))
+        self._calls[call.attempt_id] = task
 
     async def stop(self) -> None:
         """Stop dialling; calls in progress are left to Asterisk (their state is in the database)."""
@@ -102,6 +170,31 @@ class CampaignRunner:
     def wake(self) -> None:
         """Something changed (a campaign, a call's end): plan again now."""
         self._wake.set()
+
+    def trunk_registration(self, status: str) -> None:
+        """The trunk's registration changed (AMI ``Registry``): pause or resume delivery."""
+        self._set_trunk(observe_registration(self.trunk, status, self.limits.trunk, self.clock()))
+
+    def _set_trunk(self, watch: TrunkWatch) -> None:
+        """Take the new trunk state; a pause that starts or ends is logged and stored (in order)."""
+        old, self.trunk = self.trunk, watch
+        if old.down == watch.down and old.reason == watch.reason:
+            return
+        if watch.down:
+            log.warning("delivery PAUSED: %s (next probe call in %.0f s)", watch.reason, watch.probe_s)
+        else:
+            log.warning("delivery resumed: the trunk carries calls again (paused since %s: %s)",
+                        old.down_since, old.reason)
+            self.wake()
+        previous = list(self._pause_writes)
+        reason = watch.reason if watch.down else None
+
+        async def write() -> None:
+            await asyncio.gather(*previous, return_exceptions=True)  # stored in the order they happened
+            await self.desk.set_pause(reason)
+        task = asyncio.get_running_loop().create_task(write())
+        self._pause_writes.add(task)
+        task.add_done_callback(self._pause_writes.discard)
 
     # -- the loop -------------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -126,6 +219,9 @@ class CampaignRunner:
         """Dial what is due; returns how long to sleep when nothing wakes the dialer."""
         if not self.calls.ready:
             return 0.5  # the PBX is away (restarting): dial nothing rather than fail everyone
+        refused_s = self._refused_until - time.monotonic()
+        if refused_s > 0:
+            return refused_s  # the PBX refused a call (shutting down): nothing is dialled meanwhile
         now = self.clock()
         plans = await self.desk.plans()
         planned_at = time.monotonic()
@@ -142,6 +238,10 @@ class CampaignRunner:
             live_numbers = {v[2] for v in self._live.values()}
             zone_live = sum(1 for v in self._live.values() if v[1] == plan.zone_id)
             for member, step in due:
+                if not may_dial(self.trunk, now):
+                    # The trunk is down: nobody is dialled but the probe, when it is due.
+                    probe_at = self.trunk.probe_at
+                    return min(next_wake, 1.0 if probe_at is None else max(0.05, (probe_at - now).total_seconds()))
                 if not self.calls.has_channel():
                     return min(next_wake, 1.0)
                 if plan.zone_max_channels is not None and zone_live >= plan.zone_max_channels:
@@ -171,6 +271,9 @@ class CampaignRunner:
                     self.calls.release(reservation)
                     continue
                 self.calls.claim(reservation, attempt_id, CallKind.MEMBER)
+                if self.trunk.down:
+                    self.trunk = probe_started(self.trunk, attempt_id)
+                    log.info("probing the trunk with member call %s", attempt_id)
                 self._live[attempt_id] = (plan.campaign_id, plan.zone_id, step.e164)
                 live_numbers.add(step.e164)
                 zone_live += 1
@@ -202,7 +305,7 @@ class CampaignRunner:
                 if at - plan.created_at > dt.timedelta(seconds=self.limits.preventive_expire_s):
                     finals[member.view.person_id] = "expired"
                     continue
-            if any(a.outcome == "interrupted" for a in member.view.attempts[-1:]):
+            if self._fallback_grace and any(a.outcome == "interrupted" for a in member.view.attempts[-1:]):
                 ended = member.view.attempts[-1].ended_at or now
                 at = max(at, ended + dt.timedelta(seconds=self.limits.interrupted_grace_s))
             if at <= now:
@@ -247,8 +350,29 @@ class CampaignRunner:
             self._originates += 1
             dialled = await self.calls.dial(attempt_id, step.e164, context=MEMBER_CONTEXT, variables=variables,
                                             ring_timeout_s=self.limits.ring_timeout_s)
-            await self.desk.attempt_dialled(attempt_id, dialled_outcome(dialled) or dialled.outcome.value,
-                                            dialled.cause)
+            if dialled.refused:
+                # No channel was made, no phone called: no attempt against the member. Stored first,
+                # then nothing is dialled for a moment (the PBX is going away or not ready).
+                await self.desk.attempt_dialled(attempt_id, NOT_PLACED, None, AttemptOutcome.INTERRUPTED.value)
+                self._refused_s = min(self.limits.refused_pause_max_s,
+                                      max(self.limits.refused_pause_s, 2 * self._refused_s))
+                self._refused_until = time.monotonic() + self._refused_s
+                return
+            self._refused_s = 0.0
+            if dialled.lost:
+                # The call may be up: its number waits until Asterisk says it is gone.
+                await self._outlive(attempt_id, adopted=False)
+                return
+            verdict = observe_dial(self.trunk, attempt_id, dial_record(dialled), self.limits.trunk, self.clock())
+            self._set_trunk(verdict.watch)
+            outcome = dialled_outcome(dialled) if verdict.charge else AttemptOutcome.INTERRUPTED.value
+            await self.desk.attempt_dialled(attempt_id, dial_record(dialled), dialled.cause, outcome)
+            if verdict.uncharge:
+                self._given_back.update(verdict.uncharge)
+                given = await self.desk.uncharge(list(verdict.uncharge))
+                log.warning("%d call(s) that failed on the trunk given back to their members", given)
+            elif attempt_id in self._given_back:
+                await self.desk.uncharge([attempt_id])  # its outcome was written after the give-back
             if answered(dialled):
                 end = await self.calls.ended(attempt_id, self.limits.max_call_s)
                 await self.desk.attempt_ended(attempt_id, end.flow_end)
@@ -263,10 +387,53 @@ class CampaignRunner:
             log.exception("member call %s failed", attempt_id)
             await self.desk.attempt_ended(attempt_id, None, failed=True)
         finally:
+            if self.trunk.probing == attempt_id:
+                # A probe that told nothing (refused, lost, failed on our side): the next one may go.
+                self.trunk = replace(self.trunk, probing=None)
             self.calls.release(attempt_id)
             self._live.pop(attempt_id, None)
             self._calls.pop(attempt_id, None)
             self.wake()
+
+    async def _outlive(self, attempt_id: str, *, adopted: bool) -> None:
+        """A call that may still be up (left by a previous process, or its outcome lost with AMI): wait
+        until Asterisk says it is gone, let a key pressed on it arrive, then close it. Runs as the
+        call's own task (it holds the call's channel and number)."""
+        try:
+            end = await self._gone(attempt_id)
+            await asyncio.sleep(self.limits.settle_s)
+            outcome = await self.desk.open_call_ended(attempt_id, end.flow_end if end is not None else None)
+            log.info("call %s (left up) ended: %s", attempt_id, outcome.value)
+        finally:
+            if adopted:  # the call's own task: nobody else releases it
+                self.calls.release(attempt_id)
+                self._live.pop(attempt_id, None)
+                self._calls.pop(attempt_id, None)
+                self.wake()
+
+    async def _gone(self, attempt_id: str) -> CallEnd | None:
+        """Wait until the call is no longer up in Asterisk; its end if this process saw it."""
+        deadline = time.monotonic() + self.limits.max_call_s
+        while time.monotonic() < deadline:
+            if not self.calls.ready:
+                await asyncio.sleep(0.5)
+                continue
+            live = await self.calls.live_call_ids()
+            if live is None:
+                await asyncio.sleep(self.limits.interrupted_grace_s)  # Asterisk cannot tell
+                return self.calls.known_end(attempt_id)
+            if not _up(attempt_id, live):
+                return self.calls.known_end(attempt_id)
+            end = await self.calls.ended(attempt_id, 5.0)  # its hang-up, or its flow's end
+            if not end.timed_out:
+                return end
+        log.warning("call %s still up after %.0f s; no longer waited for", attempt_id, self.limits.max_call_s)
+        return None
+
+
+def _up(attempt_id: str, live: set[str]) -> bool:
+    """True if the call's channel (or, for a Local channel, its other half) is in ``live``."""
+    return attempt_id in live or f"{attempt_id}-2" in live
 
 
 def retry_policies(settings: "Settings") -> dict[bool, RetryPolicy]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ivr.domain.vocabulary import AttemptOutcome as O
 
@@ -196,3 +196,116 @@ def next_allowed(now_local: dt.datetime, windows: list[Window], pause: tuple[dt.
         # Jump to the next minute boundary, then walk minute by minute (windows are minute-precise).
         t = (t + dt.timedelta(minutes=step_min)).replace(second=0, microsecond=0)
     raise ValueError("the windows never overlap: no time is allowed")
+
+
+# -- the trunk: is it down? --------------------------------------------------------------------
+#: Dial outcomes that show the trunk carried the call to a phone (or the network knew the number).
+REACHED = frozenset({"answered", "busy", "no_answer", "invalid_number"})
+#: Dial outcomes a carrier that is down answers to every call (503 Service Unavailable, no circuit).
+TRUNK_TROUBLE = frozenset({"congestion"})
+#: Registration states (Asterisk's ``Registry`` event) in which the trunk carries no call.
+REGISTRATION_DOWN = frozenset({"rejected", "unregistered", "failed"})
+
+
+@dataclass(frozen=True)
+class TrunkRules:
+    """When the trunk counts as down, and how soon a probe call tries it again."""
+
+    #: This many calls in a row failing with congestion / 503, none reaching a phone: the trunk is down.
+    congestion_streak: int = 5
+    #: The first probe after a pause, then doubled up to ``probe_max_s``.
+    probe_after_s: float = 5.0
+    probe_max_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class TrunkWatch:
+    """What the dialer knows of the trunk (pure state; ``observe_dial``/``observe_registration`` move it).
+
+    Up: ``down_since`` is ``None``; ``streak`` holds the attempts failing with congestion in a row.
+    Down: nothing is dialled but one probe call at ``probe_at``; ``reason`` says why (shown to people).
+    """
+
+    streak: tuple[str, ...] = ()
+    down_since: dt.datetime | None = None
+    reason: str = ""
+    #: The registration is refused: only a ``Registered`` event (or a probe that reaches a phone) ends it.
+    unregistered: bool = False
+    probe_at: dt.datetime | None = None
+    probe_s: float = 0.0
+    #: The probe call in flight (its attempt id), if any.
+    probing: str | None = None
+
+    @property
+    def down(self) -> bool:
+        """True while the trunk is down (the campaigns are paused)."""
+        return self.down_since is not None
+
+
+@dataclass(frozen=True)
+class DialVerdict:
+    """What to do after a dialled call's outcome: the new watch, whether this attempt costs the member a
+    try, and earlier attempts that must be given back (the streak that showed the trunk was down)."""
+
+    watch: TrunkWatch
+    charge: bool
+    uncharge: tuple[str, ...] = ()
+
+
+def _down(watch: TrunkWatch, reason: str, rules: TrunkRules, now: dt.datetime, *,
+          unregistered: bool = False) -> TrunkWatch:
+    probe_s = rules.probe_after_s if not watch.down else min(rules.probe_max_s, max(watch.probe_s, 1.0) * 2)
+    return TrunkWatch(streak=(), down_since=watch.down_since or now, reason=reason,
+                      unregistered=unregistered or watch.unregistered,
+                      probe_at=now + dt.timedelta(seconds=probe_s), probe_s=probe_s, probing=None)
+
+
+def observe_dial(watch: TrunkWatch, attempt_id: str, dial_outcome: str, rules: TrunkRules,
+                 now: dt.datetime) -> DialVerdict:
+    """A member call's dialling ended with ``dial_outcome``: is the trunk down or up again, and does this
+    call count against the member?
+
+    A call that reached a phone ends a pause (the trunk is back) and any streak. Congestion counts
+    towards the streak; at ``congestion_streak`` in a row the trunk is down and the whole streak is
+    given back to its members. While down, a failing call (the probe, or a call that was already
+    ringing out) costs nobody a try. Other outcomes (``failed`` without a cause) decide nothing."""
+    if dial_outcome in REACHED:
+        if watch.down:
+            return DialVerdict(TrunkWatch(), charge=True)
+        return DialVerdict(replace(watch, streak=()), charge=True)
+    probing = None if watch.probing == attempt_id else watch.probing
+    if watch.down:
+        if watch.probing == attempt_id:
+            # The probe failed too: still down, the next probe later.
+            return DialVerdict(_down(watch, watch.reason, rules, now), charge=False)
+        return DialVerdict(replace(watch, probing=probing), charge=False)
+    if dial_outcome in TRUNK_TROUBLE:
+        streak = watch.streak + (attempt_id,)
+        if len(streak) >= rules.congestion_streak:
+            reason = f"carrier refuses every call: {len(streak)} calls in a row congestion/503"
+            return DialVerdict(_down(watch, reason, rules, now), charge=False, uncharge=streak[:-1])
+        return DialVerdict(replace(watch, streak=streak), charge=True)
+    return DialVerdict(watch, charge=True)
+
+
+def observe_registration(watch: TrunkWatch, status: str, rules: TrunkRules, now: dt.datetime) -> TrunkWatch:
+    """The trunk's registration changed: refused or lost is down; registered ends a pause it caused."""
+    state = status.strip().lower()
+    if state in REGISTRATION_DOWN:
+        return _down(watch, f"trunk registration {state}", rules, now, unregistered=True) \
+            if not watch.down else replace(watch, unregistered=True, reason=f"trunk registration {state}")
+    if state == "registered" and watch.down:
+        return TrunkWatch()
+    return watch
+
+
+def may_dial(watch: TrunkWatch, now: dt.datetime) -> bool:
+    """True if a member call may be placed now: the trunk is up, or a probe is due and none is out."""
+    if not watch.down:
+        return True
+    return watch.probing is None and watch.probe_at is not None and now >= watch.probe_at
+
+
+def probe_started(watch: TrunkWatch, attempt_id: str) -> TrunkWatch:
+    """The call ``attempt_id`` is the probe of a down trunk (placed because ``may_dial`` allowed it)."""
+    return replace(watch, probing=attempt_id) if watch.down else watch

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from ivr.delivery.outcome import placed
 from ivr.delivery.policy import RetryPolicy, Verdict, next_step
 from ivr.delivery.states import FINAL_STATES, LIVE_STATES, category
-from ivr.delivery.store import Member, campaign_members
+from ivr.delivery.store import Member, campaign_members, delivery_pause
 from ivr.domain.csvsafe import safe_cell
 from ivr.domain.phone import mask
 from storage import audit
@@ -75,7 +76,12 @@ class CampaignReport:
     message_id: int
     status: str
     members: list[MemberLine] = field(default_factory=list)
+    #: Calls placed (attempts that never reached Asterisk, ``not_placed``, are no call and not counted).
     attempts: int = 0
+    #: Attempts Asterisk never got (it was shutting down, AMI was away): at no member's cost.
+    not_placed: int = 0
+    #: Why delivery is paused now (the trunk is down), with since when; ``None`` while it runs.
+    paused: str | None = None
     #: Every call placed, by member then attempt number.
     attempt_lines: list[AttemptLine] = field(default_factory=list)
     #: Calls placed to members after they had confirmed (must stay 0).
@@ -114,15 +120,18 @@ def _iso(value: dt.datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value is not None else ""
 
 
-def render_progress(campaign_id: int, status: str, counts: dict[str, int], total: int, width: int = 40) -> str:
+def render_progress(campaign_id: int, status: str, counts: dict[str, int], total: int, width: int = 40,
+                    paused: str | None = None) -> str:
     """The ``campaign watch`` line: a bar of members whose delivery is over, then every live state
-    that has members, in ``LIVE_STATES`` order (pure: counts in, text out)."""
+    that has members, in ``LIVE_STATES`` order, and why delivery is paused if it is (pure: counts in,
+    text out)."""
     done = sum(counts.get(state, 0) for state in FINAL_STATES)
     filled = min(width, int(width * done / total)) if total else width
     bar = "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
     states = "  ".join(f"{STATE_LABELS.get(state, state.replace('_', ' '))} {counts[state]}"
                        for state in LIVE_STATES if counts.get(state))
-    return f"campaign {campaign_id} ({status}) {bar}" + (f"  {states}" if states else "")
+    pause = f"  PAUSED: {paused}" if paused else ""
+    return f"campaign {campaign_id} ({status}) {bar}" + (f"  {states}" if states else "") + pause
 
 
 def campaign_report(engine: Engine, campaign_id: int, policies: dict[bool, RetryPolicy],
@@ -139,7 +148,13 @@ def campaign_report(engine: Engine, campaign_id: int, policies: dict[bool, Retry
             select(Confirmation).where(Confirmation.campaign_id == campaign_id))}
         names = {p.id: p.name for p in s.scalars(select(Person).where(
             Person.id.in_([m.view.person_id for m in members])))}
-        report = CampaignReport(campaign_id, message.id, campaign.status.value, attempts=len(attempts))
+        not_placed = [a for a in attempts if not placed(a.dial_outcome)]
+        attempts = [a for a in attempts if placed(a.dial_outcome)]
+        report = CampaignReport(campaign_id, message.id, campaign.status.value, attempts=len(attempts),
+                                not_placed=len(not_placed))
+        pause = delivery_pause(s)
+        if pause is not None and campaign.status.value != "done":
+            report.paused = f"{pause.reason} (since {pause.since:%Y-%m-%d %H:%M:%S} UTC)"
         by_person: dict[int, list[CallAttempt]] = {}
         for a in sorted(attempts, key=lambda a: (a.person_id, a.attempt_no)):
             report.attempt_lines.append(AttemptLine(

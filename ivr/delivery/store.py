@@ -8,7 +8,9 @@ Rules:
 - members who share a phone number are called once; a confirmation on it counts for all of them;
   the same primary number makes one member stand in for the other (``covered_by``), any other shared
   number (a secondary) has one history for all who list it (``MemberView.shared``);
-- the plan is always rebuilt from the database: the dialer keeps no state it could lose.
+- the plan is always rebuilt from the database: the dialer keeps no state it could lose;
+- a pause of all delivery (the trunk is down) is stored too, so ``campaign watch`` and the web
+  board (other processes) show it: one row, ``PAUSE_KEY``, present while paused.
 """
 
 from __future__ import annotations
@@ -40,6 +42,32 @@ from storage.recordings import RecordingStore
 
 log = logging.getLogger(__name__)
 
+#: The row (in ``checkpoints``: a small named value with its time) that says delivery is paused and why.
+PAUSE_KEY = "delivery.paused"
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Delivery is paused (the trunk is down): why, and since when."""
+
+    reason: str
+    since: dt.datetime
+
+
+def delivery_pause(s: Session) -> Pause | None:
+    """The stored pause of all delivery, if any."""
+    row = s.get(Checkpoint, PAUSE_KEY)
+    return None if row is None else Pause(row.value, row.updated_at)
+
+
+@dataclass(frozen=True)
+class OpenCall:
+    """A member call a previous process left up in Asterisk: it is waited for, never dialled over."""
+
+    attempt_id: str
+    campaign_id: int
+    zone_id: int
+    e164: str
 
 
 @dataclass(frozen=True)
@@ -172,13 +200,61 @@ class DeliveryDesk(Desk):
         except IntegrityError:
             return None
 
-    async def attempt_dialled(self, attempt_id: str, dial_outcome: str, cause: int | None) -> None:
-        """How dialling ended: answered (the member call runs) or a final outcome for this attempt."""
+    async def attempt_dialled(self, attempt_id: str, dial_outcome: str, cause: int | None,
+                              outcome: str | None = None) -> None:
+        """How dialling ended: answered (the member call runs) or a final outcome for this attempt
+        (``outcome``, by default the dial outcome itself)."""
         def work(s: Session) -> None:
             attempt = s.get_one(CallAttempt, attempt_id)
             if not attempt.mark_dialled(dial_outcome, cause, self.clock()) and attempt.outcome is None:
-                attempt.outcome = AttemptOutcome(dial_outcome)
+                attempt.outcome = AttemptOutcome(outcome or dial_outcome)
         await self.tx(work)
+
+    async def uncharge(self, attempt_ids: list[str]) -> int:
+        """These failed attempts were the trunk's failure, not the member's: they cost no try
+        (``interrupted``; the dial outcome and cause stay as Asterisk reported them). Returns how many."""
+        def work(s: Session) -> int:
+            changed = 0
+            for attempt in s.scalars(select(CallAttempt).where(CallAttempt.id.in_(attempt_ids))):
+                if attempt.outcome in _CHARGED_FAILURES:
+                    attempt.outcome = AttemptOutcome.INTERRUPTED
+                    changed += 1
+            return changed
+        return await self.tx(work) if attempt_ids else 0
+
+    async def open_call_ended(self, attempt_id: str, flow_end: str | None) -> AttemptOutcome:
+        """A call a previous process left up has ended: confirmed if a key is stored for it, the flow's
+        end if this process's flow ran it, else ``interrupted`` (dialled again, at no cost)."""
+        def work(s: Session) -> AttemptOutcome:
+            attempt = s.get_one(CallAttempt, attempt_id)
+            attempt.mark_ended(self.clock())
+            if attempt.outcome is None:
+                confirmed = s.scalar(select(Confirmation.id).where(Confirmation.attempt_id == attempt_id))
+                attempt.outcome = (answered_outcome(flow_end, confirmed=confirmed is not None)
+                                   if flow_end is not None or confirmed is not None else AttemptOutcome.INTERRUPTED)
+            return attempt.outcome
+        return await self.tx(work)
+
+    async def set_pause(self, reason: str | None) -> None:
+        """Store that all delivery is paused (``reason``), or that it runs again (``None``); the start
+        and the end of a pause are audited."""
+        def work(s: Session) -> None:
+            row = s.get(Checkpoint, PAUSE_KEY)
+            if reason is None:
+                if row is not None:
+                    s.delete(row)
+                    audit.record(s, "system", "delivery.resumed", "trunk", paused_for=row.value)
+                return
+            if row is None:
+                s.add(Checkpoint(name=PAUSE_KEY, value=reason[:200], updated_at=self.clock()))
+                audit.record(s, "system", "delivery.paused", "trunk", reason=reason[:200])
+            else:
+                row.value = reason[:200]
+        await self.tx(work)
+
+    async def pause(self) -> Pause | None:
+        """The stored pause of all delivery, if any."""
+        return await self.tx(delivery_pause)
 
     async def attempt_ended(self, attempt_id: str, flow_end: str | None, *, failed: bool = False) -> AttemptOutcome:
         """The answered call is over: its outcome (``answered_outcome``) is stored once and returned;
@@ -278,18 +354,27 @@ class DeliveryDesk(Desk):
             audit.record(s, "system", "campaign.done", f"campaign:{campaign_id}", **counts)
         await self.tx(work)
 
-    async def interrupt_in_flight(self) -> list[str]:
-        """On start: attempts that were up when the app or Asterisk died are over (and retried)."""
-        def work(s: Session) -> list[str]:
-            ids = []
+    async def interrupt_in_flight(self, still_up: set[str] | None = None) -> tuple[list[str], list[OpenCall]]:
+        """On start: attempts that were open when the app or Asterisk died. Those whose channel is still
+        up in Asterisk (``still_up``: channel ids) stay open, to be waited for; the others are over
+        (``interrupted``: dialled again at no cost). Returns (ids closed, calls still up)."""
+        up = still_up or set()
+
+        def work(s: Session) -> tuple[list[str], list[OpenCall]]:
+            closed: list[str] = []
+            kept: list[OpenCall] = []
             for attempt in s.scalars(select(CallAttempt).where(
                     CallAttempt.status.in_((AttemptStatus.QUEUED, AttemptStatus.DIALING, AttemptStatus.ANSWERED)))):
+                if attempt.id in up or f"{attempt.id}-2" in up:
+                    campaign = s.get_one(Campaign, attempt.campaign_id)
+                    kept.append(OpenCall(attempt.id, attempt.campaign_id, campaign.message.bin.zone_id, attempt.e164))
+                    continue
                 attempt.status = AttemptStatus.ENDED
                 attempt.ended_at = self.clock()
                 if attempt.outcome is None:
                     attempt.outcome = AttemptOutcome.INTERRUPTED
-                ids.append(attempt.id)
-            return ids
+                closed.append(attempt.id)
+            return closed, kept
         return await self.tx(work)
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -341,6 +426,10 @@ class DeliveryDesk(Desk):
             audit.record(s, f"person:{person.id}", "campaign.report_heard", f"campaign:{campaign.id}")
             return person.language.value, confirmed, members
         return await self.tx(work)
+
+
+#: Failures that cost a member a try (``uncharge`` gives it back when the trunk was to blame).
+_CHARGED_FAILURES = (AttemptOutcome.CONGESTION, AttemptOutcome.FAILED, AttemptOutcome.REJECTED)
 
 
 def _caller_and_latest_campaign(s: Session, caller_e164: str, role: Role) -> tuple[Person, Campaign] | None | str:

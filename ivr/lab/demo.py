@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--report", type=Path, help="write the measured figures as JSON to this file")
     parser.add_argument("--over-pjsip", action="store_true",
                         help="reach the phones through a real PJSIP trunk to a second Asterisk")
+    parser.add_argument("--database", metavar="URL",
+                        help="an empty database to run on (postgresql+psycopg://...); default: a new SQLite "
+                             "file under data_dir/demo")
     parser.set_defaults(func=cmd_demo)
 
 
@@ -57,7 +60,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         runtime = install(settings)
     except AsteriskInstallError as exc:
         raise CommandError(str(exc)) from exc
-    report = asyncio.run(_demo(settings, runtime, args.over_pjsip))
+    if args.database:
+        _check_empty(args.database)
+    report = asyncio.run(_demo(settings, runtime, args.over_pjsip, args.database))
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -65,7 +70,27 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report["all_as_expected"] else 1
 
 
-async def _demo(settings: Settings, runtime: Any, over_pjsip: bool) -> dict[str, Any]:
+def _check_empty(url: str) -> None:
+    """The demo seeds its own directory: the database given must hold no tables yet."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage.db import make_engine
+
+    try:
+        engine = make_engine(url)
+        try:
+            names = inspect(engine).get_table_names()
+        finally:
+            engine.dispose()
+    except (SQLAlchemyError, ValueError) as exc:
+        raise CommandError(f"--database: cannot open {url.split('@')[-1]}: {exc.__class__.__name__}") from None
+    if names:
+        raise CommandError(f"--database: {url.split('@')[-1]} already holds {len(names)} tables; "
+                           "the demo needs an empty database")
+
+
+async def _demo(settings: Settings, runtime: Any, over_pjsip: bool, database: str | None = None) -> dict[str, Any]:
     started = time.monotonic()
 
     def say(text: str) -> None:
@@ -80,10 +105,11 @@ async def _demo(settings: Settings, runtime: Any, over_pjsip: bool) -> dict[str,
         say(f"private Asterisk up: AMI on 127.0.0.1:{lab.asterisk.options.ami_port} (loopback only), "
             f"phones reached through {lab.dial_template}")
         calls, calls_ok = await _phone_network_check(lab, settings, say)
-        chain = await _binfoon1(lab, settings, say)
+        chain = await _binfoon1(lab, settings, say, database)
         ok = calls_ok and chain["ok"]
         say("the demo ran as scripted" if ok else "SOMETHING DID NOT GO AS SCRIPTED")
         return {"asterisk": {"version": runtime.version, "over_pjsip": over_pjsip},
+                "database": chain["database"],
                 "message": chain["message"], "review": chain["review"], "campaign": chain["campaign"],
                 "expected": chain["expected"], "calls": calls,
                 "all_as_expected": ok, "seconds": round(time.monotonic() - started, 2)}
@@ -130,7 +156,7 @@ async def _phone_network_check(lab: PhoneLab, settings: Settings, say: Any) -> t
     return results, ok
 
 
-async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any) -> dict[str, Any]:
+async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any, database: str | None = None) -> dict[str, Any]:
     """BINFOON 1: an officer phones in an alert, the coordinator hears it and forwards it."""
     import secrets
 
@@ -145,14 +171,15 @@ async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any) -> dict[str, An
     demo_dir = settings.data_dir / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
     db_path = demo_dir / f"binfoon-{time.strftime('%Y%m%d-%H%M%S')}.db"
-    engine = open_database(f"sqlite:///{db_path}")
+    engine = await asyncio.to_thread(open_database, database or f"sqlite:///{db_path}")
+    where = engine.url.render_as_string(hide_password=True) if database else str(db_path)
     pin = f"{secrets.randbelow(10**4):04d}"  # a fresh PIN each run: no default PIN exists anywhere
     lane = Lane(12, "Kerkwijk", "+3292100001")
     seed_directory(engine, pin, [lane])
     cases = member_cases(25, message_s=4.0 + 3.5 + 13.0)  # answering check + header + the alert
     people = seed_members(engine, lane.bin_number, cases)
     script_members(lab, engine, people)
-    say(f"directory in {db_path}: zone Gent, BIN 12 Kerkwijk with {len(people)} member households, an officer "
+    say(f"directory in {where} ({engine.dialect.name}): zone Gent, BIN 12 Kerkwijk with {len(people)} member households, an officer "
         "(PIN drawn for this run), a coordinator")
     spoken_text = text("demo_police_alert")
     spoken = await asyncio.to_thread(synthesize, spoken_text, "nl", demo_dir / "officer-alert.wav")
@@ -212,7 +239,8 @@ async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any) -> dict[str, An
         ok = ok and all(campaign.get(k) == v for k, v in expected.items())
         with session_scope(engine) as s:
             report_message["status"] = s.get_one(Message, run.message_id).status.value
-        return {"ok": ok, "message": report_message, "review": review, "campaign": campaign, "expected": expected}
+        return {"ok": ok, "message": report_message, "review": review, "campaign": campaign, "expected": expected,
+                "database": engine.dialect.name}
     finally:
         if web is not None:
             await web.stop()

@@ -8,17 +8,24 @@ Two shapes:
   loopback (G.711 RTP media, RFC 4733 DTMF); phones are reached with ``PJSIP/${NUMBER}@trunk``,
   exactly as in production, and simulated callers call in from that Asterisk with
   ``PJSIP/<DID>@carrier-in``, arriving on BINfoon's ``trunk`` endpoint like a carrier's calls.
+  That carrier behaves like a real one: BINfoon must REGISTER with a digest secret (generated per
+  lab, a 0600 file), every INVITE from BINfoon is challenged, calls in go only to the contact
+  BINfoon registered, and requests from any other address are refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from ivr.asterisk.install import AsteriskRuntime
 from ivr.asterisk.instance import AsteriskInstance, InstanceOptions
+from ivr.asterisk.trunk import Trunk
 from ivr.lab.network import (
     LOCAL_INBOUND_TEMPLATE,
     TRUNK_INBOUND_TEMPLATE,
@@ -32,6 +39,28 @@ from ivr.telephony.events import OriginateResult
 
 LOCAL_TEMPLATE = "Local/${NUMBER}@sim-phone"
 TRUNK_TEMPLATE = "PJSIP/${NUMBER}@trunk"
+#: BINfoon's account at the lab carrier.
+LAB_TRUNK_USERNAME = "binfoon-lab"
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """Write a secret to a new file only its owner can read (0600 from the start, never wider)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
+
+
+def wait_registered(instance: AsteriskInstance, timeout_s: float) -> None:
+    """Block until the instance's trunk registration is accepted (calls in need its contact)."""
+    deadline = time.monotonic() + timeout_s
+    report = None
+    while time.monotonic() < deadline:
+        report = instance.registration()
+        if report is not None and report.state == "registered":
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the trunk did not register within {timeout_s:.0f} s: {report}")
 
 
 @dataclass
@@ -62,8 +91,14 @@ class PhoneLab:
         ring_s: float = 0.5,
         caller_id_number: str = "+3250000000",
         police_line: str = "+3250000100",
+        trunk_secret: str | None = None,
     ) -> "PhoneLab":
-        """Start the lab's servers and Asterisk instance(s); returns once AMI is logged in."""
+        """Start the lab's servers and Asterisk instance(s); returns once AMI is logged in (and, over
+        PJSIP, once BINfoon's trunk is registered at the carrier).
+
+        ``trunk_secret``: the secret BINfoon presents to the carrier instead of the right one (a
+        wrong secret: the lab then does not wait for the registration, which the carrier refuses).
+        """
         name = name or f"lab-{uuid.uuid4().hex[:8]}"
         app = AgiServer(port=0)
         await app.start()
@@ -77,20 +112,25 @@ class PhoneLab:
                 network_asterisk = AsteriskInstance(
                     runtime,
                     InstanceOptions(name=f"{name}-net", agi_port=app.port, sim_agi_port=sim.port,
-                                    carrier_match="127.0.0.1"),
+                                    carrier_match="127.0.0.1", carrier_username=LAB_TRUNK_USERNAME),
                     base_dir,
                 )
                 created.append(network_asterisk)
                 net_sip = network_asterisk.allocate_ports().sip_port
-                asterisk = AsteriskInstance(
-                    runtime,
-                    InstanceOptions(name=name, agi_port=app.port, caller_id_number=caller_id_number,
-                                    police_line=police_line, trunk=("127.0.0.1", net_sip)),
-                    base_dir,
-                )
+                # The carrier's copy of the account's secret, and BINfoon's (the same unless a test says otherwise).
+                carrier_secret = network_asterisk.run_dir / "carrier.secret"
+                write_secret(carrier_secret, secrets.token_urlsafe(24))
+                network_asterisk.options.carrier_secret_file = str(carrier_secret)
+                asterisk = AsteriskInstance(runtime, InstanceOptions(name=name), base_dir)
                 created.append(asterisk)
-                # The network delivers callers' calls to BINfoon's SIP port: chosen before the network starts.
-                network_asterisk.options.carrier_contact = ("127.0.0.1", asterisk.allocate_ports().sip_port)
+                asterisk.run_dir.mkdir(parents=True, exist_ok=True)
+                trunk_secret_file = asterisk.run_dir / "trunk.secret"
+                write_secret(trunk_secret_file, trunk_secret or carrier_secret.read_text().strip())
+                asterisk.options = InstanceOptions(
+                    name=name, agi_port=app.port, caller_id_number=caller_id_number, police_line=police_line,
+                    trunk=Trunk(host="127.0.0.1", port=net_sip, username=LAB_TRUNK_USERNAME,
+                                secret_file=str(trunk_secret_file)),
+                )
                 await asyncio.to_thread(network_asterisk.start)
             else:
                 asterisk = AsteriskInstance(
@@ -101,6 +141,8 @@ class PhoneLab:
                 )
                 created.append(asterisk)
             await asyncio.to_thread(asterisk.start)
+            if network_asterisk is not None and trunk_secret is None:
+                await asyncio.to_thread(wait_registered, asterisk, 20.0)
             ami = AmiGateway(asterisk.ami)
             gateways.append(ami)
             await ami.connect()

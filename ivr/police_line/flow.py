@@ -9,18 +9,21 @@ The conversation:
   system: "1 listen, 2 speak again, 3 send, * cancel"                officer: 3
   system: "Sent to the coordinators. Goodbye."
 The PIN and the BIN are the steps every PIN line shares (``ivr.directory.caller``).
+The first factor is the caller ID, or, on a call from an officer's own SIP account, that account
+(authenticated by Asterisk's digest check; the softphone's caller ID is then never looked at).
 Every recording is stored before the next prompt; a hang-up at any point leaves a draft that is
 never sent; only key 3 submits.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from dataclasses import dataclass
 
 from ivr.directory.caller import Unidentified, identify, pick_bin
 from ivr.domain.vocabulary import Urgency
-from ivr.police_line.store import AfterIntake, BinChoice, MessageDesk, Officer
+from ivr.police_line.store import AfterIntake, BinChoice, MessageDesk, Officer, PinResult
 from ivr.telephony.call import Call, choose
 
 #: Takes an officer may record for one message (each is kept).
@@ -47,9 +50,13 @@ class IntakeEnd(enum.Enum):
     NO_MESSAGE = "no_message"          # ended before anything was recorded
 
 
-async def police_intake(call: Call, desk: MessageDesk, rules: IntakeRules, after: AfterIntake) -> IntakeEnd:
-    """The whole police-line conversation; kept takes and "send" go on to ``after``."""
-    officer = await authenticate(call, desk, rules)
+async def police_intake(call: Call, desk: MessageDesk, rules: IntakeRules, after: AfterIntake,
+                        *, sip_account: str | None = None) -> IntakeEnd:
+    """The whole police-line conversation; kept takes and "send" go on to ``after``.
+
+    ``sip_account``: the officer's SIP username when the call comes from that account's endpoint.
+    """
+    officer = await authenticate(call, desk, rules, sip_account)
     if not isinstance(officer, Officer):
         return officer
     call.language = officer.language
@@ -66,9 +73,20 @@ async def police_intake(call: Call, desk: MessageDesk, rules: IntakeRules, after
     return await record_and_send(call, desk, message_id, f"person:{officer.person_id}", rules, after)
 
 
-async def authenticate(call: Call, desk: MessageDesk, rules: IntakeRules) -> Officer | IntakeEnd:
-    """Caller ID and PIN (``ivr.directory.caller.identify``); a locked caller is not allowed to guess."""
-    officer = await identify(call, desk.lock_for, desk.check_pin, lambda answer: answer.officer,
+async def authenticate(call: Call, desk: MessageDesk, rules: IntakeRules,
+                       sip_account: str | None = None) -> Officer | IntakeEnd:
+    """Caller ID (or the SIP account) and PIN (``ivr.directory.caller.identify``); a locked caller is
+    not allowed to guess."""
+    if sip_account is None:
+        lock_for, check_pin = desk.lock_for, desk.check_pin
+    else:
+        # The account Asterisk authenticated is the first factor: the caller ID a softphone sends is its own claim.
+        async def lock_for(_caller_id: str) -> dt.datetime | None:
+            return await desk.lock_for_sip(sip_account)
+
+        async def check_pin(_caller_id: str, pin: str) -> PinResult:
+            return await desk.check_sip_pin(sip_account, pin)
+    officer = await identify(call, lock_for, check_pin, lambda answer: answer.officer,
                              pin_prompt="police_enter_pin", key_timeout_s=rules.key_timeout_s)
     if isinstance(officer, Unidentified):
         return IntakeEnd.LOCKED if officer is Unidentified.LOCKED else IntakeEnd.NOT_AUTHENTICATED

@@ -27,6 +27,7 @@ from ivr.domain.pin import PinPolicy
 from ivr.telephony.call import Recorded
 from ivr.media.compare import read_wav_mono, speech_span
 from ivr.directory.pin_gate import check_pin, lock_in_force, pin_key
+from ivr.directory.sip_accounts import officer_by_sip
 from storage import audit
 from storage.db import Desk
 from storage.models import (
@@ -48,6 +49,11 @@ class Officer:
     language: str
     #: The zones whose BINs the officer may alert; ``None`` means every zone.
     zone_ids: frozenset[int] | None
+
+
+def sip_key(username: str) -> str:
+    """How lockouts and the audit log name a call from an officer's SIP account (fits ``PinAttempt.caller_id``)."""
+    return f"sip:{username}"[:32]
 
 
 @dataclass(frozen=True)
@@ -117,29 +123,39 @@ class MessageDesk(Desk):
 
     async def lock_for(self, caller_id: str) -> dt.datetime | None:
         """The lock in force for this caller ID (or the account it belongs to), if any."""
-        def work(s: Session) -> dt.datetime | None:
-            key = pin_key(caller_id)
-            person = self._officer_by_caller(s, key)
-            lock = lock_in_force(s, self.pin_policy, key, person.id if person else None, self.clock())
-            if lock is not None:
-                audit.record(s, f"caller:{mask(key)}", "police.call_refused_locked",
-                             f"person:{person.id if person else '-'}", locked_until=lock.isoformat())
-            return lock
-        return await self.tx(work)
+        key = pin_key(caller_id)
+        return await self.tx(lambda s: self._lock(s, key, f"caller:{mask(key)}", self._officer_by_caller(s, key)))
+
+    async def lock_for_sip(self, username: str) -> dt.datetime | None:
+        """The lock in force for an officer's SIP account (or the person it belongs to), if any."""
+        key = sip_key(username)
+        return await self.tx(lambda s: self._lock(s, key, key, officer_by_sip(s, username)))
+
+    def _lock(self, s: Session, key: str, subject: str, person: Person | None) -> dt.datetime | None:
+        lock = lock_in_force(s, self.pin_policy, key, person.id if person else None, self.clock())
+        if lock is not None:
+            audit.record(s, subject, "police.call_refused_locked",
+                         f"person:{person.id if person else '-'}", locked_until=lock.isoformat())
+        return lock
 
     async def check_pin(self, caller_id: str, pin: str) -> PinResult:
         """Check a PIN typed from ``caller_id``; every attempt is stored and audited (never the PIN)."""
-        def work(s: Session) -> PinResult:
-            key = pin_key(caller_id)
-            verdict = check_pin(s, self.pin_policy, key, self._officer_by_caller(s, key), pin, self.clock(),
-                                line="police")
-            person = verdict.person
-            if person is None:
-                return PinResult(None, verdict.locked_until)
-            zones = [r.zone_id for r in person.roles if r.role in (Role.POLICE_OFFICER, Role.POLICE_APPROVER)]
-            zone_ids = None if any(z is None for z in zones) else frozenset(z for z in zones if z is not None)
-            return PinResult(Officer(person.id, person.name, person.language.value, zone_ids))
-        return await self.tx(work)
+        key = pin_key(caller_id)
+        return await self.tx(lambda s: self._check(s, key, self._officer_by_caller(s, key), pin))
+
+    async def check_sip_pin(self, username: str, pin: str) -> PinResult:
+        """Check a PIN typed on a call from an officer's SIP account (the endpoint Asterisk
+        authenticated): the account, not the caller ID the softphone claims, says who should be calling."""
+        return await self.tx(lambda s: self._check(s, sip_key(username), officer_by_sip(s, username), pin))
+
+    def _check(self, s: Session, key: str, person: Person | None, pin: str) -> PinResult:
+        verdict = check_pin(s, self.pin_policy, key, person, pin, self.clock(), line="police")
+        person = verdict.person
+        if person is None:
+            return PinResult(None, verdict.locked_until)
+        zones = [r.zone_id for r in person.roles if r.role in (Role.POLICE_OFFICER, Role.POLICE_APPROVER)]
+        zone_ids = None if any(z is None for z in zones) else frozenset(z for z in zones if z is not None)
+        return PinResult(Officer(person.id, person.name, person.language.value, zone_ids))
 
     async def find_bin(self, officer: Officer, digits: str) -> BinChoice:
         """The BIN with this number, if the officer may alert it."""

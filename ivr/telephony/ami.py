@@ -38,6 +38,11 @@ class AmiUnavailable(RuntimeError):
     """AMI is not connected and logged in right now: nothing was sent."""
 
 
+class OriginateRefused(RuntimeError):
+    """Asterisk refused the Originate (``Response: Error``, e.g. "Asterisk is shutting down"): no
+    channel was made, so no phone was called. Nothing was placed: never a member's attempt."""
+
+
 class OriginateOutcomeUnknown(RuntimeError):
     """The Originate was sent but the connection broke before its outcome arrived.
 
@@ -295,7 +300,8 @@ class AmiGateway:
         ``channel_id`` (our call-attempt id) becomes the channel's Uniqueid and the ActionID, so
         every event about this call can be matched to the attempt that was persisted before it.
         Returns when the call is answered or has failed. Raises ``AmiUnavailable`` if nothing
-        was sent, ``OriginateOutcomeUnknown`` if the outcome was lost with the connection.
+        was sent, ``OriginateRefused`` if Asterisk refused it (no channel was made),
+        ``OriginateOutcomeUnknown`` if the outcome was lost with the connection.
         """
         manager = self._require_login()
         headers: dict[str, Any] = {
@@ -327,9 +333,24 @@ class AmiGateway:
         messages = result if isinstance(result, list) else [result]
         first = messages[0]
         if str(first.get("Response")) == "Error":
-            raise PermissionError(f"Originate refused: {first.get('Message')}")
+            raise OriginateRefused(f"Originate refused: {first.get('Message')}")
         final = next((m for m in messages if str(m.get("Event")) == "OriginateResponse"), messages[-1])
         success = str(final.get("Response")) == "Success"
         reason = int(str(final.get("Reason", "0")) or 0)
         cause = None if success else await self._cause_of(channel_id, self.CAUSE_GRACE_S)
         return OriginateResult(channel_id=channel_id, success=success, reason=reason, cause=cause)
+
+    async def live_channel_ids(self, timeout_s: float = 10.0) -> set[str]:
+        """The Uniqueid of every channel up in Asterisk now (``CoreShowChannels``).
+
+        Our calls' channels carry the call's id (Originate ``ChannelId``), so this tells which calls
+        a previous process placed are still up. Raises ``AmiUnavailable`` when AMI is down, and
+        ``TimeoutError`` if the list does not come in time: then the PBX cannot tell."""
+        manager = self._require_login()
+        async with asyncio.timeout(timeout_s):
+            result = await manager.send_action(Action({"Action": "CoreShowChannels"}))
+        messages = result if isinstance(result, list) else [result]
+        if messages and str(messages[0].get("Response")) == "Error":
+            raise AmiUnavailable(f"CoreShowChannels refused: {messages[0].get('Message')}")
+        return {str(m.get("Uniqueid")) for m in messages
+                if str(m.get("Event")) == "CoreShowChannel" and m.get("Uniqueid")}

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Mapping, Protocol
 
-from ivr.telephony.ami import AmiGateway, AmiUnavailable, OriginateOutcomeUnknown
+from ivr.telephony.ami import AmiGateway, AmiUnavailable, OriginateOutcomeUnknown, OriginateRefused
 from ivr.telephony.outcomes import DialOutcome, classify_dial
 
 log = logging.getLogger(__name__)
@@ -18,8 +18,12 @@ class Dialled:
 
     outcome: DialOutcome
     cause: int | None = None
-    #: The call's fate is unknown or it never left (AMI went down): retry it, at no cost to the member.
+    #: The call's fate is unknown (AMI went down after the Originate): it may still be up.
     lost: bool = False
+    #: Nothing was placed (AMI down before the Originate, or Asterisk refused it): no phone was called.
+    refused: bool = False
+    #: Why nothing was placed (Asterisk's words), for the log.
+    why: str = ""
 
 
 class Dialer(Protocol):
@@ -32,6 +36,9 @@ class Dialer(Protocol):
     @property
     def ready(self) -> bool:
         """True when calls can be placed now (the PBX is connected)."""
+
+    async def live_call_ids(self) -> set[str] | None:
+        """The ids of the calls (channels) up in the PBX now; ``None`` if the PBX cannot tell."""
 
 
 class AmiDialer:
@@ -57,8 +64,19 @@ class AmiDialer:
                 variables=dict(variables), caller_id=self.caller_id, timeout_s=ring_timeout_s)
         except AmiUnavailable:
             log.warning("call %s not placed: AMI is down", call_id)
-            return Dialled(DialOutcome.FAILED, lost=True)
+            return Dialled(DialOutcome.FAILED, refused=True, why="AMI is down")
+        except OriginateRefused as exc:
+            log.warning("call %s not placed: %s", call_id, exc)
+            return Dialled(DialOutcome.FAILED, refused=True, why=str(exc))
         except OriginateOutcomeUnknown as exc:
             log.warning("call %s: outcome lost with the AMI connection (%s)", call_id, exc)
             return Dialled(DialOutcome.FAILED, lost=True)
         return Dialled(classify_dial(result.success, result.reason, result.cause), result.cause)
+
+    async def live_call_ids(self) -> set[str] | None:
+        """Uniqueids of the channels up in Asterisk; ``None`` if AMI is down or does not answer."""
+        try:
+            return await self.ami.live_channel_ids()
+        except (AmiUnavailable, TimeoutError, OriginateOutcomeUnknown) as exc:
+            log.warning("cannot list Asterisk's channels: %s", exc)
+            return None

@@ -42,6 +42,22 @@ class UserEventReceived:
 
 
 @dataclass(frozen=True)
+class TrunkRegistration:
+    """An outbound SIP registration changed state (``Registry`` event): ``status`` is Registered,
+    Unregistered, Rejected or Failed (Asterisk's words); ``cause`` the SIP response, if it says one."""
+
+    domain: str
+    username: str
+    status: str
+    cause: str = ""
+
+    @property
+    def registered(self) -> bool:
+        """True when the carrier accepted the registration."""
+        return self.status.lower() == "registered"
+
+
+@dataclass(frozen=True)
 class OriginateResult:
     """The outcome of an asynchronous Originate.
 
@@ -56,7 +72,7 @@ class OriginateResult:
     cause: int | None = None
 
 
-AmiEvent = Union[FullyBooted, ChannelHungUp, DtmfReceived, UserEventReceived]
+AmiEvent = Union[FullyBooted, ChannelHungUp, DtmfReceived, UserEventReceived, TrunkRegistration]
 
 
 def _int(value: object, default: int = 0) -> int:
@@ -88,6 +104,13 @@ def parse_event(headers: Mapping[str, str]) -> AmiEvent | None:
             digit=str(headers.get("Digit", "")),
             direction=str(headers.get("Direction", "")),
             duration_ms=_int(headers.get("DurationMs")),
+        )
+    if name == "Registry":
+        return TrunkRegistration(
+            domain=str(headers.get("Domain", "")),
+            username=str(headers.get("Username", "")),
+            status=str(headers.get("Status", "")),
+            cause=str(headers.get("Cause", "")),
         )
     if name == "UserEvent":
         skip = {"event", "userevent", "uniqueid", "privilege", "timestamp"}

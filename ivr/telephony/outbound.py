@@ -112,6 +112,11 @@ class OutboundCalls:
         """Seconds until the pace has a token."""
         return self._bucket.wait_s(self._monotonic())
 
+    async def live_call_ids(self) -> set[str] | None:
+        """The ids of the calls up in the PBX now (ours and a previous process's); ``None`` if it
+        cannot tell."""
+        return await self.dialer.live_call_ids()
+
     def adopt_orphans(self, call_ids: list[str], grace_s: float) -> None:
         """Calls a previous process left up count until their hang-up is seen, or for ``grace_s``."""
         until = self._monotonic() + grace_s

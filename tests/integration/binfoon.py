@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass
@@ -45,10 +49,14 @@ def test_settings(tmp_path: Path, **overrides: object) -> Settings:
 
 
 async def start_binfoon(lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer, *, world: World | None = None,
-                        **settings: object) -> Binfoon:
-    """Build the directory (unless given) and start the application on ``lab``."""
-    config = test_settings(tmp_path, **settings)
-    world = world or build_world(f"sqlite:///{tmp_path / 'binfoon.db'}", config.data_dir / "recordings")
+                        database: str | None = None, **settings: object) -> Binfoon:
+    """Build the directory (unless given) in ``database`` (the ``database`` fixture's URL; SQLite in
+    ``tmp_path`` by default) and start the application on ``lab``."""
+    if database is None:
+        database = world.engine.url.render_as_string(hide_password=False) if world \
+            else f"sqlite:///{tmp_path / 'binfoon.db'}"
+    config = test_settings(tmp_path, database_url=database, **settings)
+    world = world or build_world(config.database_url, config.data_dir / "recordings")
     timeline = Timeline()
     app = BinfoonApp.on_instance(config, world.engine, lab.asterisk, lab.ami, lab.app,
                                  dial_template=lab.dial_template, renderer=renderer, observer=timeline)
@@ -132,3 +140,31 @@ async def campaign_done(binfoon: Binfoon, timeout_s: float) -> Campaign:
             counts = report.counts() if report else None
             raise AssertionError(f"campaign not done after {timeout_s} s: {counts}")
         await asyncio.sleep(0.25)
+
+
+def serve_process(lab: PhoneLab, db_url: str, data_dir: Path, log: Path, **settings: str) -> "subprocess.Popen[bytes]":
+    """``binfoon serve`` in its own process on ``lab``'s Asterisk, its output appended to ``log``;
+    ``settings`` are extra ``BINFOON_*`` values (``max_channels="20"`` ...). It runs as root: these tests
+    pull the plug on it, and their folders are pytest's 0700 ones; running as the service user is
+    tests/integration/test_privileges.py's."""
+    env = {**os.environ, "BINFOON_DATABASE_URL": db_url, "BINFOON_DATA_DIR": str(data_dir),
+           "BINFOON_AGI_PORT": str(lab.app.port), "BINFOON_DIAL_TEMPLATE": lab.dial_template,
+           "BINFOON_CALLER_ID_NUMBER": "+3250000000", "BINFOON_CONFIG": str(data_dir / "absent.toml"),
+           "BINFOON_MEMBER_RING_TIMEOUT_S": "5", "BINFOON_REVIEW_RING_TIMEOUT_S": "1",
+           "BINFOON_URGENT_RETRY_AFTER_S": "1", "BINFOON_NO_KEY_RETRY_AFTER_S": "1", "BINFOON_KEY_TIMEOUT_S": "6",
+           "BINFOON_SERVICE_USER": "root",
+           **{f"BINFOON_{key.upper()}": value for key, value in settings.items()}}
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ivr", "serve", "--name", lab.asterisk.options.name,
+             "--instance-dir", str(lab.asterisk.run_dir.parent)],
+            cwd=PROJECT_DIR, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_process(process: "subprocess.Popen[bytes]") -> None:
+    """SIGTERM, then SIGKILL after 20 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()

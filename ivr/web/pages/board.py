@@ -12,11 +12,22 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ivr.directory.accounts import load_viewer
 from ivr.delivery.states import BAR
+from ivr.delivery.store import delivery_pause
 from ivr.web.i18n import tr
 from ivr.web.pages.base import PageBase
 
 #: Every stage ``ivr.delivery.board.stage_of`` gives (the live board's script words them).
 STAGES = ("with_coordinators", "scheduled", "delivering", "done", "rejected", "cancelled", "draft")
+
+
+def with_pause(console: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark the messages being delivered with why delivery is paused (the trunk is down), if it is:
+    ``paused`` is the dialer's reason and since when, or ``None`` (blocking)."""
+    pause = console.run(delivery_pause)
+    text = None if pause is None else f"{pause.reason} ({pause.since:%H:%M:%S} UTC)"
+    for item in items:
+        item["paused"] = text if item.get("stage") == "delivering" else None
+    return items
 
 
 class BoardPages(PageBase):
@@ -25,7 +36,7 @@ class BoardPages(PageBase):
     async def board(self, request: Request) -> Response:
         """Messages in progress with their stage and live campaign bar."""
         viewer = await self.viewer(request)
-        items = await asyncio.to_thread(self.console.board, viewer)
+        items = await asyncio.to_thread(lambda: with_pause(self.console, self.console.board(viewer)))
         lang = self.language(request)
         stage_texts = {stage: tr(f"stage_{stage}", lang) for stage in STAGES}
         empty_bar = {"members": 0, **{segment: 0 for segment in BAR}}
@@ -35,7 +46,7 @@ class BoardPages(PageBase):
     async def board_state(self, request: Request) -> Response:
         """The board as JSON (what the live stream sends)."""
         viewer = await self.viewer(request)
-        return JSONResponse(await asyncio.to_thread(self.console.board, viewer))
+        return JSONResponse(await asyncio.to_thread(lambda: with_pause(self.console, self.console.board(viewer))))
 
     async def board_events(self, request: Request) -> Response:
         """Server-sent events: the board whenever it changes (a comment every 15 s keeps proxies open).
@@ -57,7 +68,7 @@ class BoardPages(PageBase):
             current = console.run(lambda s: load_viewer(s, account_id))
             if current is None or current.epoch != epoch:
                 return None
-            return console.board(current)
+            return with_pause(console, console.board(current))
 
         async def events() -> AsyncIterator[str]:
             last = None

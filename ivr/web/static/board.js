@@ -10,6 +10,8 @@
       const row = document.querySelector('#board tr[data-id="' + item.id + '"]');
       if (!row) continue;
       row.querySelector('[data-stage]').textContent = stages[item.stage] || item.stage;
+      const paused = row.querySelector('[data-paused]');  // the trunk is down: delivery waits
+      if (paused) { paused.hidden = !item.paused; paused.querySelector('[data-paused-why]').textContent = item.paused || ''; }
       const cell = row.querySelector('[data-progress]');
       cell.querySelector('[data-barbox]').hidden = !item.progress;
       cell.querySelector('[data-none]').hidden = !!item.progress;

@@ -51,6 +51,11 @@ class FakeDialer:
         self.peak = 0
         self.dialled: list[tuple[float, str]] = []
         self.ready = True
+        #: The channels the fake PBX says are up (``None``: it cannot tell).
+        self.live: set[str] | None = set()
+
+    async def live_call_ids(self) -> set[str] | None:
+        return None if self.live is None else set(self.live)
 
     async def dial(self, call_id: str, number: str, *, context: str, variables: Mapping[str, str],
                    ring_timeout_s: float, exten: str = "s") -> Dialled:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from ivr.asterisk.instance import AmiCredentials
-from ivr.telephony.ami import AmiGateway, AmiUnavailable, OriginateOutcomeUnknown
+from ivr.telephony.ami import AmiGateway, AmiUnavailable, OriginateOutcomeUnknown, OriginateRefused
 
 
 class ScriptedAmi:
@@ -138,3 +138,30 @@ async def test_wrong_secret_is_a_clear_error_and_nothing_is_sent() -> None:
         await gateway.originate("attempt-3", "Local/1@x", context="c")
     assert not _originates(ami)
     await ami.stop()
+
+
+async def test_an_originate_asterisk_refuses_raises_refused_and_lists_channels() -> None:
+    def shutting_down(ami: ScriptedAmi, action: dict[str, str], writer: asyncio.StreamWriter) -> None:
+        if action["Action"] == "Originate":
+            # What Asterisk answers every action while it stops gracefully (manager.c).
+            ami.send(writer, Response="Error", ActionID=action["ActionID"], Message="Asterisk is shutting down")
+        elif action["Action"] == "CoreShowChannels":
+            ami.send(writer, Response="Success", ActionID=action["ActionID"], EventList="start",
+                     Message="Channels will follow")
+            for unique_id in ("attempt-7", "attempt-8-2"):
+                ami.send(writer, Event="CoreShowChannel", ActionID=action["ActionID"], Uniqueid=unique_id,
+                         Channel=f"Local/1@sim-phone-{unique_id}")
+            ami.send(writer, Event="CoreShowChannelsComplete", ActionID=action["ActionID"], EventList="Complete",
+                     ListItems="2")
+
+    ami = ScriptedAmi(shutting_down)
+    await ami.start()
+    gateway = _gateway(ami.port)
+    await gateway.connect()
+    with pytest.raises(OriginateRefused, match="Asterisk is shutting down"):
+        await gateway.originate("attempt-6", "Local/1@sim-phone", context="binfoon-member")
+    assert await gateway.live_channel_ids() == {"attempt-7", "attempt-8-2"}
+    await gateway.close()
+    await ami.stop()
+    with pytest.raises(AmiUnavailable):
+        await gateway.live_channel_ids()

@@ -42,3 +42,15 @@ def test_fully_booted_and_unused_events() -> None:
 def test_bad_numbers_do_not_raise() -> None:
     event = parse_event(_msg("Event: Hangup\nUniqueid: u\nCause: \nChannel: X"))
     assert isinstance(event, ChannelHungUp) and event.cause == 0
+
+
+def test_registry_is_the_trunks_registration_state() -> None:
+    from ivr.telephony.events import TrunkRegistration
+
+    event = parse_event(_msg(
+        "Event: Registry\nPrivilege: system,all\nChannelType: PJSIP\nUsername: sip:binfoon@127.0.0.1:5070\n"
+        "Domain: sip:127.0.0.1:5070\nStatus: Rejected\nCause: 403 Forbidden"
+    ))
+    assert event == TrunkRegistration("sip:127.0.0.1:5070", "sip:binfoon@127.0.0.1:5070", "Rejected", "403 Forbidden")
+    assert not event.registered
+    assert parse_event(_msg("Event: Registry\nStatus: Registered")).registered  # type: ignore[union-attr]
