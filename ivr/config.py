@@ -128,7 +128,7 @@ class Settings:
     trunk_secret_file: str = ""
     #: Register with the carrier (needs ``trunk_username``); the carrier delivers calls to that contact.
     trunk_register: bool = True
-    #: From header of outbound calls (user: default ``caller_id_number``; domain: default our address).
+    #: From header of outbound calls: user empty = each call's caller ID (number and name); domain empty = our address.
     trunk_from_user: str = ""
     trunk_from_domain: str = ""
     #: Addresses/CIDRs (comma list) whose requests are the carrier's; default ``trunk_host``. Nothing

@@ -51,6 +51,8 @@ AMI_USER = "binfoon"
 #: Dialplan files every instance loads; the simulator's only where the instance hosts simulated phones.
 CORE_DIALPLAN = ("binfoon-member.conf", "binfoon-inbound.conf", "binfoon-review.conf")
 SIMULATOR_DIALPLAN = ("binfoon-simulator.conf",)
+#: Rendered files that hold a digest secret (the carrier's, the lab carrier's): Asterisk's user's alone.
+SECRET_CONFIG = frozenset({"pjsip-trunk.conf", "pjsip-network.conf"})
 
 
 class AsteriskStartError(RuntimeError):
@@ -308,7 +310,8 @@ class AsteriskInstance:
             # Asterisk may live in a chroot: it reads copies inside its own run directory.
             keys.mkdir()
             for kind, path in zip(("cert", "key", "ca"), pem, strict=True):
-                self._write_private(keys / f"trunk-{kind}.pem", Path(path).read_text(encoding="utf-8"), gid)
+                self._write_private(keys / f"trunk-{kind}.pem", Path(path).read_text(encoding="utf-8"), gid,
+                                    secret_of=uid if kind == "key" else None)
                 tls_files[kind] = f"{dirs['etc']}/keys/trunk-{kind}.pem"
         includes = list(CORE_DIALPLAN) + (list(SIMULATOR_DIALPLAN) if o.sim_agi_port else [])
         values = {
@@ -339,7 +342,7 @@ class AsteriskInstance:
             else:
                 continue
             text = string.Template(template.read_text(encoding="utf-8")).substitute(values)
-            self._write_private(target, text, gid)
+            self._write_private(target, text, gid, secret_of=uid if target.name in SECRET_CONFIG else None)
         dialplan = etc / "dialplan"
         dialplan.mkdir(exist_ok=True)
         for name in includes:
@@ -347,12 +350,14 @@ class AsteriskInstance:
             self._write_private(dialplan / name, (DIALPLAN_DIR / name).read_text(encoding="utf-8"), gid)
 
     @staticmethod
-    def _write_private(path: Path, text: str, gid: int) -> None:
+    def _write_private(path: Path, text: str, gid: int, secret_of: int | None = None) -> None:
+        """Readable by Asterisk's group, writable by nobody but root: Asterisk cannot rewrite its config.
+        A file holding a secret (``secret_of``: Asterisk's uid) is that user's alone, 0400: the service is a
+        member of Asterisk's group (the spool is shared through it) and must not read the carrier's secret."""
         path.write_text(text, encoding="utf-8")
-        # Readable by the asterisk group, writable by nobody but root: Asterisk cannot rewrite its config.
-        os.chmod(path, 0o640)
+        os.chmod(path, 0o400 if secret_of is not None else 0o640)
         if os.geteuid() == 0:
-            os.chown(path, 0, gid)
+            os.chown(path, *((secret_of, 0) if secret_of is not None else (0, gid)))
 
     # -- process ----------------------------------------------------------------------------
     def command(self) -> list[str]:

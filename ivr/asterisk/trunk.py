@@ -234,7 +234,9 @@ def trunk_sections(trunk: Trunk, *, secret: str, caller_id_number: str, codecs: 
     """The values ``pjsip-trunk.conf.tmpl`` is filled with (``secret``: the content of ``trunk.secret_file``,
     empty without a username)."""
     transport = transport_name(trunk.transport)
-    endpoint: list[str] = [f"from_user = {trunk.from_user or caller_id_number or 'anonymous'}"]
+    # Without from_user, Asterisk builds From from each call's caller ID: the zone's number *and* the
+    # name members save ("BIN"). A fixed from_user (a carrier that demands one) makes Asterisk drop both.
+    endpoint: list[str] = [f"from_user = {trunk.from_user}"] if trunk.from_user else []
     if trunk.from_domain:
         endpoint.append(f"from_domain = {trunk.from_domain}")
     extra: list[str] = []

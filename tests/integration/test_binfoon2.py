@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sqlalchemy import Engine, select
 
+from ivr.asterisk.install import AsteriskRuntime
 from ivr.media.compare import Hearing, hear, hear_twice, locate, read_wav_mono
 from ivr.media.voice import PromptRenderer
 from ivr.delivery.report import campaign_report
@@ -40,9 +42,23 @@ def whole_inside(reference: np.ndarray, heard: np.ndarray, rate: int) -> tuple[b
     return hearing.whole and inside, hearing
 
 
+@pytest.fixture
+async def campaign_lab(database: str, asterisk_runtime: AsteriskRuntime, instances_dir: Path
+                       ) -> AsyncIterator[PhoneLab]:
+    """On PostgreSQL, production's shape: the calls leave through the authenticated carrier trunk
+    (registered with a digest secret, every INVITE challenged); on SQLite, Local channels."""
+    lab = await PhoneLab.start(asterisk_runtime, instances_dir, over_pjsip=database.startswith("postgresql"),
+                               ring_s=0.3)
+    try:
+        yield lab
+    finally:
+        await lab.stop()
+
+
 @ON_BOTH_DATABASES
-async def test_forty_members_each_end_as_scripted(lab: PhoneLab, database: str, tmp_path: Path,
+async def test_forty_members_each_end_as_scripted(campaign_lab: PhoneLab, database: str, tmp_path: Path,
                                                   renderer: PromptRenderer) -> None:
+    lab = campaign_lab
     binfoon = await start_binfoon(
         lab, tmp_path, renderer, database=database, max_channels=40, max_cps=50.0, member_ring_timeout_s=3.0, review_ring_timeout_s=1.0,
         urgent_retry_after_s=1.0, no_key_retry_after_s=1.0, key_timeout_s=4.0, member_reminders=1)
@@ -60,6 +76,8 @@ async def test_forty_members_each_end_as_scripted(lab: PhoneLab, database: str, 
         counts = {k: v for k, v in report.counts().items() if v}
         assert {"members": len(report.members), **counts} == expected_counts(people)
         assert report.calls_after_confirming == 0
+        print(f"campaign via {lab.dial_template} on {database.split(':')[0]}: {counts}, "
+              f"{report.attempts} calls, {report.calls_after_confirming} after confirming")
         with session_scope(binfoon.world.engine) as s:
             assert s.get_one(Message, message_id).status is MessageStatus.DONE
             attempts = s.scalars(select(CallAttempt)).all()

@@ -106,7 +106,11 @@ def test_registration_and_invite_auth_are_rendered_with_the_secret() -> None:
     values = trunk_sections(trunk, secret="s3cr3t", caller_id_number="+3250000000", codecs=("alaw", "ulaw"))
     assert values["trunk_codecs"] == "alaw,ulaw" and values["trunk_transport"] == "transport-udp"
     assert "outbound_auth = trunk-auth" in values["trunk_endpoint_extra"]
-    assert "from_user = +3250000000" in values["trunk_endpoint_extra"]
+    # From carries each call's caller ID (number and the name "BIN"): no fixed from_user unless asked for.
+    assert "from_user" not in values["trunk_endpoint_extra"]
+    fixed = trunk_sections(Trunk(host="sip.example", from_user="zone5415"), secret="", caller_id_number="+3250000000",
+                           codecs=("alaw",))
+    assert "from_user = zone5415" in fixed["trunk_endpoint_extra"]
     assert "from_domain = example.be" in values["trunk_endpoint_extra"]
     sections = values["trunk_sections"]
     assert "username = zone5415\npassword = s3cr3t" in sections
@@ -180,9 +184,12 @@ def test_the_trunk_is_identified_by_address_only(tmp_path: Path) -> None:
     assert identify["match"] == "192.0.2.0/28"
     [registration] = [s for s in sections if s.get("type") == "registration"]
     assert registration["server_uri"] == "sip:sip.example:5060"
-    # The secret is in the rendered config only (0640, Asterisk's group), never in instance.json.
+    # The secret is in the rendered config only, never in instance.json; that file is Asterisk's user's
+    # alone (0400): the service, a member of Asterisk's group for the shared spool, cannot read it.
     assert "password = s3cr3t-abc" in (etc / "pjsip-trunk.conf").read_text()
-    assert stat.S_IMODE((etc / "pjsip-trunk.conf").stat().st_mode) == 0o640
+    trunk_conf = (etc / "pjsip-trunk.conf").stat()
+    assert (stat.S_IMODE(trunk_conf.st_mode), trunk_conf.st_uid) == (0o400, instance.runtime.asterisk_user()[0])
+    assert stat.S_IMODE((etc / "pjsip.conf").stat().st_mode) == 0o640   # no secret: the group reads it
     assert "s3cr3t-abc" not in (instance.run_dir / "instance.json").read_text()
 
 
@@ -219,7 +226,9 @@ def test_tls_files_are_copied_where_asterisk_can_read_them(tmp_path: Path) -> No
     assert tls["bind"] == "127.0.0.1:5061" and tls["verify_server"] == "yes"
     assert tls["cert_file"] == "/srv/binfoon/unit/etc/keys/trunk-cert.pem"  # as Asterisk sees it (chroot)
     assert (etc / "keys" / "trunk-key.pem").read_text() == "-----BEGIN key-----\n"
-    assert stat.S_IMODE((etc / "keys" / "trunk-key.pem").stat().st_mode) == 0o640
+    key = (etc / "keys" / "trunk-key.pem").stat()
+    assert (stat.S_IMODE(key.st_mode), key.st_uid) == (0o400, instance.runtime.asterisk_user()[0])  # private key
+    assert stat.S_IMODE((etc / "keys" / "trunk-cert.pem").stat().st_mode) == 0o640
     # UDP stays for the officers' phones and the lab.
     assert [s["name"] for s in sections if s.get("type") == "transport"] == ["transport-udp", "transport-tls"]
     [endpoint] = [s for s in _sections((etc / "pjsip-trunk.conf").read_text()) if s.get("type") == "endpoint"]
