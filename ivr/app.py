@@ -47,7 +47,7 @@ from ivr.review.flow import ReviewRules, coordinator_review
 from ivr.review.rounds import REVIEW_RETRY, ReviewDispatcher
 from ivr.review.store import ReviewDesk
 from ivr.telephony.agi import AgiCall, AgiServer, CallHungUp
-from ivr.telephony.ami import AmiGateway
+from ivr.telephony.ami import AmiGateway, AmiUnavailable
 from ivr.telephony.cel import cel_csv_path, read_confirmations
 from ivr.telephony.channel import AsteriskCall
 from ivr.telephony.dialer import AmiDialer
@@ -193,6 +193,14 @@ class BinfoonApp:
         self.alarms.start({DELIVER: self.chain.alarm, REVIEW_RETRY: self.reviews.wake})
         # Confirmations Asterisk recorded while we were down count before anything is dialled again.
         await self.ingest_cel()
+        # A refusal Asterisk met before we subscribed sent its Registry event to nobody (and a refused
+        # secret is final: no later event): ask for the trunk's state before the dialer's first pass.
+        try:
+            status = (await self.ami.outbound_registrations()).get("trunk")
+        except (AmiUnavailable, TimeoutError):  # AMI away: the Registry events will tell
+            status = None
+        if status:
+            self.campaigns.trunk_registration(status)
         await self.campaigns.start()
         await self.chain.reconcile(at_start=True)
         self._poller = asyncio.get_running_loop().create_task(self._poll(), name="binfoon-poll")

@@ -340,6 +340,17 @@ class AmiGateway:
         cause = None if success else await self._cause_of(channel_id, self.CAUSE_GRACE_S)
         return OriginateResult(channel_id=channel_id, success=success, reason=reason, cause=cause)
 
+    async def outbound_registrations(self, timeout_s: float = 10.0) -> dict[str, str]:
+        """Every outbound registration's state now (``PJSIPShowRegistrationsOutbound``): its name ->
+        its status in the ``Registry`` event's words (Registered, Unregistered, Rejected, ...).
+        Raises ``AmiUnavailable`` when AMI is down."""
+        manager = self._require_login()
+        async with asyncio.timeout(timeout_s):
+            result = await manager.send_action(Action({"Action": "PJSIPShowRegistrationsOutbound"}))
+        messages = result if isinstance(result, list) else [result]
+        return {str(m.get("ObjectName")): str(m.get("Status", "")) for m in messages
+                if str(m.get("Event")) == "OutboundRegistrationDetail"}
+
     async def live_channel_ids(self, timeout_s: float = 10.0) -> set[str]:
         """The Uniqueid of every channel up in Asterisk now (``CoreShowChannels``).
 
