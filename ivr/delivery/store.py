@@ -141,7 +141,11 @@ class DeliveryDesk(Desk):
                 return CampaignStart(found, created=False)
             message = s.get_one(Message, message_id)
             if message.status is not MessageStatus.APPROVED or not due(message.deliver_at, self.clock()):
-                return None  # not approved, or an alarm woke early: it comes again
+                # Another caller may have made the campaign between the two reads (SQLite reads outside a
+                # write transaction see each commit): theirs is the one. Else not approved, or an alarm
+                # woke early: it comes again.
+                found = existing(s)
+                return None if found is None else CampaignStart(found, created=False)
             campaign = Campaign(message_id=message_id, status=CampaignStatus.SCHEDULED, created_at=self.clock())
             s.add(campaign)
             check_transition(message.status, MessageStatus.DELIVERING)

@@ -12,6 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from ivr.app import BinfoonApp
@@ -168,3 +169,17 @@ def stop_process(process: "subprocess.Popen[bytes]") -> None:
         process.wait(20)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+
+def watch_once(binfoon: Binfoon, campaign_id: int, monkeypatch: pytest.MonkeyPatch,
+               capsys: pytest.CaptureFixture[str]) -> str:
+    """What the real ``binfoon campaign watch ID --once`` prints for ``binfoon``'s database."""
+    from ivr.cli import main
+
+    monkeypatch.setenv("BINFOON_DATABASE_URL", binfoon.settings.resolved_database_url)
+    monkeypatch.setenv("BINFOON_DATA_DIR", str(binfoon.settings.data_dir))
+    monkeypatch.setenv("BINFOON_CONFIG", str(binfoon.settings.data_dir / "absent.toml"))
+    capsys.readouterr()
+    assert main(["campaign", "watch", str(campaign_id), "--once"]) == 0
+    return capsys.readouterr().out

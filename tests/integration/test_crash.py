@@ -21,10 +21,10 @@ from ivr.lab.phone_lab import PhoneLab
 from ivr.lab.network import PhoneScript
 from ivr.lab.scenarios import MemberCase, script_members, seed_members
 from storage.db import session_scope
-from storage.models import CallAttempt, Campaign, Confirmation, Message, PhoneNumber
-from ivr.domain.vocabulary import AttemptOutcome, CampaignStatus, MessageStatus
+from storage.models import CallAttempt, Confirmation, Message, PhoneNumber
+from ivr.domain.vocabulary import AttemptOutcome, MessageStatus
 from tests.conftest import SHARED_DIR
-from tests.integration.binfoon import serve_process, start_binfoon, stop_process, submit_recorded, utc
+from tests.integration.binfoon import campaign_done, serve_process, start_binfoon, stop_process, submit_recorded, utc
 from tests.integration.conftest import until
 from tests.pg import ON_BOTH_DATABASES
 
@@ -74,11 +74,7 @@ async def test_sigkill_mid_campaign_loses_nobody_and_calls_no_confirmed_member_a
             first.kill()
     second = _serve(lab, db_url, binfoon.settings.data_dir, log)
     try:
-        def done() -> bool:
-            with session_scope(engine) as s:
-                campaign = s.scalars(select(Campaign)).first()
-                return campaign is not None and campaign.status is CampaignStatus.DONE
-        await until(done, 400, "the campaign done after the restart", poll_s=0.2)
+        await campaign_done(binfoon, timeout_s=400)  # the service's process writes it; read from the database
     finally:
         stop_process(second)
     with session_scope(engine) as s:

@@ -42,7 +42,7 @@ from ivr.lab.scenarios import MemberCase, script_members, seed_members
 from ivr.media.voice import PromptRenderer
 from storage.db import session_scope
 from storage.models import AuditEntry, CallAttempt, Campaign, Checkpoint, Confirmation, PhoneNumber
-from ivr.domain.vocabulary import AttemptOutcome, AttemptStatus, CampaignStatus, Decision
+from ivr.domain.vocabulary import AttemptOutcome, AttemptStatus, Decision
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import (
     Binfoon,
@@ -52,6 +52,7 @@ from tests.integration.binfoon import (
     start_binfoon,
     stop_process,
     submit_recorded,
+    watch_once,
 )
 from tests.integration.conftest import until
 
@@ -233,11 +234,7 @@ async def test_after_a_sigkill_no_number_gets_a_second_call_while_the_first_is_u
     left_up = [a.id for a in attempts_of(engine) if a.status is not AttemptStatus.ENDED]
     second = _serve(lab, db_url, binfoon.settings.data_dir, log)
     try:
-        def done() -> bool:
-            with session_scope(engine) as s:
-                campaign = s.scalars(select(Campaign)).first()
-                return campaign is not None and campaign.status is CampaignStatus.DONE
-        await until(done, 180, "the campaign done after the restart", poll_s=0.2)
+        await campaign_done(binfoon, timeout_s=180)  # the service's process writes it; read from the database
     finally:
         stop_process(second)
 
@@ -303,13 +300,7 @@ async def test_a_carrier_refusing_every_call_pauses_the_campaign_at_no_members_c
         assert paused()
         with session_scope(engine) as s:
             campaign_id = s.scalars(select(Campaign.id)).one()
-        monkeypatch.setenv("BINFOON_DATABASE_URL", binfoon.settings.database_url)
-        monkeypatch.setenv("BINFOON_DATA_DIR", str(binfoon.settings.data_dir))
-        monkeypatch.setenv("BINFOON_CONFIG", str(tmp_path / "absent.toml"))
-        from ivr.cli import main
-        capsys.readouterr()
-        assert main(["campaign", "watch", str(campaign_id), "--once"]) == 0
-        watched = capsys.readouterr().out
+        watched = watch_once(binfoon, campaign_id, monkeypatch, capsys)
         assert "PAUSED: carrier refuses every call" in watched, watched
         assert lab.network.calls == []  # no phone was reached
         await _network_down(lab, False)

@@ -32,7 +32,7 @@ from ivr.lab.scenarios import MemberCase, script_members, seed_members
 from ivr.media.voice import PromptRenderer
 from storage.db import session_scope
 from storage.models import Campaign, Checkpoint
-from tests.integration.binfoon import campaign_done, message_seconds, start_binfoon
+from tests.integration.binfoon import campaign_done, message_seconds, start_binfoon, watch_once
 from tests.integration.conftest import eventually, until
 from tests.integration.test_outage import (
     CLIP,
@@ -116,13 +116,7 @@ async def test_a_refused_registration_pauses_the_campaign_until_the_right_secret
         paused_report = campaign_report(engine, campaign_id, binfoon.app.campaigns.policies,
                                         dt.datetime.now(dt.UTC))
         assert paused_report.paused is not None and "registration" in paused_report.paused, paused_report.paused
-        monkeypatch.setenv("BINFOON_DATABASE_URL", binfoon.settings.database_url)
-        monkeypatch.setenv("BINFOON_DATA_DIR", str(binfoon.settings.data_dir))
-        monkeypatch.setenv("BINFOON_CONFIG", str(tmp_path / "absent.toml"))
-        from ivr.cli import main
-        capsys.readouterr()
-        assert main(["campaign", "watch", str(campaign_id), "--once"]) == 0
-        watched = capsys.readouterr().out
+        watched = watch_once(binfoon, campaign_id, monkeypatch, capsys)
         assert "PAUSED: trunk registration" in watched, watched
 
         # The operator fixes the secret: BINfoon's Asterisk re-reads it and registers again.
