@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from ivr.asterisk.install import AsteriskRuntime
 from ivr.asterisk.instance import AsteriskInstance, InstanceOptions
 from ivr.asterisk.trunk import (
     SipEdge,
@@ -25,6 +24,7 @@ from ivr.asterisk.trunk import (
     trunk_sections,
 )
 from ivr.config import Settings
+from tests.unit.asterisk.test_instance_render import _fake_root, _sections
 
 
 def _settings(**values: object) -> Settings:
@@ -132,25 +132,6 @@ def test_tcp_uses_its_own_transport_and_uri() -> None:
     assert values["trunk_transport"] == "transport-tcp"
     # Escaped: an unescaped ';' starts a comment in pjsip.conf (measured: the transport was dropped).
     assert values["trunk_contact"] == "sip:sip.example:5060\\;transport=tcp"
-
-
-def _fake_root(tmp_path: Path) -> AsteriskRuntime:
-    root = tmp_path / "root"
-    (root / "etc").mkdir(parents=True)
-    (root / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\nasterisk:x:101:101::/var/lib/asterisk:/x\n")
-    return AsteriskRuntime(root=root, version="22.10.1", module_dir="/usr/lib/x86_64-linux-gnu/asterisk/modules")
-
-
-def _sections(text: str) -> list[dict[str, str]]:
-    out: list[dict[str, str]] = []
-    for line in text.splitlines():
-        line = line.split(";", 1)[0].strip()
-        if line.startswith("["):
-            out.append({"name": line.strip("[]")})
-        elif "=" in line and out:
-            key, _, value = line.partition("=")
-            out[-1][key.strip()] = value.strip()
-    return out
 
 
 def _secret(tmp_path: Path, text: str = "s3cr3t-abc", mode: int = 0o600) -> Path:
