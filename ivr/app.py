@@ -23,27 +23,30 @@ from typing import Any, Awaitable, Callable, Coroutine, Protocol
 from sqlalchemy import Engine
 
 from ivr.archive.admin_line import ReplayRules, admin_replay
+from ivr.archive.at_rest import MediaCopies, seal_legacy
 from ivr.archive.replay import ReplayDesk
 from ivr.archive.retention import RetentionSweep
 from ivr.archive.store import Archive
 from ivr.asr.desk import TranscriptionDesk
-from ivr.asterisk.instance import AsteriskInstance
+from ivr.asterisk.instance import AmiCredentials, AsteriskInstance
 from ivr.asterisk.officers import ReloadError, endpoint_of_channel
 from ivr.scheduler import AlarmClock
 from ivr.chain.steps import DELIVER, Chain, ChainObserver
 from ivr.config import Settings
 from ivr.delivery.dialer import CampaignRunner, DialerLimits, retry_policies
-from ivr.delivery.member_call import MemberRules, member_call
+from ivr.delivery.member_call import MemberRules, member_call, member_call_start
+from ivr.delivery.line_limits import LineLimits
 from ivr.delivery.member_callback import member_callback
 from ivr.delivery.policy import TrunkRules, Window
 from ivr.delivery.report_line import coordinator_report
 from ivr.delivery.store import DeliveryDesk
+from ivr.directory.pin_gate import rules_from_settings
 from ivr.directory.sip_accounts import publish_officers
 from ivr.domain.pin import PinPolicy
 from ivr.media.voice import PromptRenderer, Voice
 from ivr.police_line.flow import IntakeRules, police_intake
 from ivr.police_line.store import MessageDesk
-from ivr.review.flow import ReviewRules, coordinator_review
+from ivr.review.flow import ReviewRules, coordinator_review, review_call_start
 from ivr.review.rounds import REVIEW_RETRY, ReviewDispatcher
 from ivr.review.store import ReviewDesk
 from ivr.telephony.agi import AgiCall, AgiServer, CallHungUp
@@ -53,6 +56,8 @@ from ivr.telephony.channel import AsteriskCall
 from ivr.telephony.dialer import AmiDialer
 from ivr.telephony.events import AmiEvent, ChannelHungUp, TrunkRegistration, UserEventReceived
 from ivr.telephony.outbound import CallObserver, OutboundCalls
+from ivr.telephony.security import SipGuard, ban_rules
+from storage import audit as audit_log
 from storage.models import utcnow
 from storage.recordings import RecordingStore
 
@@ -98,6 +103,8 @@ class BinfoonApp:
 
     #: How often the database is checked for work given by other processes (the command line).
     POLL_S = 1.0
+    #: The service verifies the whole audit chain this often (before it anchors the head).
+    AUDIT_VERIFY_EVERY_S = 86400.0
     TRANSCRIBE_EVERY_S = 300.0
     #: The AGI routes, each a conversation.
     ROUTES = ("police_intake", "coordinator_review", "member_call", "member_callback", "coordinator_report",
@@ -121,17 +128,19 @@ class BinfoonApp:
         self.desk = MessageDesk(engine, recordings,
                                 pin_policy=PinPolicy(settings.pin_max_failures, settings.pin_lock_s,
                                                      settings.pin_lock_s),
+                                pin_rules=rules_from_settings(settings),  # per account and line; the pepper
                                 clock=clock)
         self.review_desk = ReviewDesk(engine, recordings, clock=clock)
         self.delivery = DeliveryDesk(engine, recordings, clock=clock)
         #: The admin line: the police line's PIN policy, the same recording store.
-        self.replays = ReplayDesk(engine, recordings, pin_policy=self.desk.pin_policy, clock=clock)
+        self.replays = ReplayDesk(engine, recordings, pin_policy=self.desk.pin_policy, clock=clock,
+                                  pin_rules=self.desk.pin_rules)
         #: Offline transcripts of every recording, made in worker processes (never on this loop).
         self.transcripts = TranscriptionDesk.from_settings(engine, settings)
         self.alarms = AlarmClock(engine)
         # Every outbound call (review, member, test) on the trunk's channels and pace.
         self.dialer = AmiDialer(ami, dial_template or settings.dial_template, settings.caller_id_number,
-                                settings.caller_id_name)
+                                settings.caller_id_name, settings.destinations)
         self.calls = OutboundCalls(self.dialer, max_channels=settings.max_channels, max_cps=settings.max_cps,
                                    observer=observer)
         # What follows what: police line -> review -> delivery.
@@ -156,13 +165,24 @@ class BinfoonApp:
         self.review_rules = ReviewRules(settings.key_timeout_s, settings.tz)
         self.replay_rules = ReplayRules(settings.key_timeout_s, settings.tz)
         #: Recordings and transcripts past ``retention_days`` are purged at start and once a day.
-        self.retention = RetentionSweep(Archive(engine, recordings, operator="service"),
-                                        settings.retention_days, clock)
+        self.retention = RetentionSweep(Archive(engine, recordings, operator="service",
+                                                copies=MediaCopies((media.sounds_dir,), self.renderer.cache_dir)),
+                                        settings.retention_days, clock, sounds_dirs=(media.sounds_dir,))
+        # The audit chain's key and anchors files (issue 14 item 8); its head is anchored every
+        # ``audit_anchor_every_s`` when it moved (the last anchored head, and when).
+        audit_log.configure(engine.url, settings.data_dir, settings.audit_key_file, settings.audit_anchor_file)
+        self._audit_anchored: tuple[float, tuple[int, str] | None] = (time.monotonic(), None)
+        #: When the whole chain was last verified (``None``: not yet; the first anchoring round does).
+        self._audit_verified: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         #: The Asterisk run directory (and its group) that gets the officers' SIP accounts, if any.
         self.officers_at: tuple[Path, int | None] | None = None
+        #: Failed SIP authentications -> bans of their address (RELIABILITY A10), and the AMI
+        #: credentials of its own security-event session; set on an instance with bans on.
+        self.sip_guard: SipGuard | None = None
+        self.security_ami: AmiCredentials | None = None
 
     @classmethod
     def on_instance(cls, settings: Settings, engine: Engine, instance: AsteriskInstance, ami: AmiGateway,
@@ -174,6 +194,13 @@ class BinfoonApp:
                            runtime.inner_path, owner, cel_csv_path(instance))
         app = cls(settings, engine, ami, agi, media, **kwargs)  # type: ignore[arg-type]
         app.officers_at = (instance.run_dir, owner[1] if owner else None)
+        # Only the instance's dialplan knows this secret: no other local process can run a flow (issue 14 item 4).
+        agi.require_secret(instance.agi_secret)
+        if settings.sip_ban_max_failures > 0:
+            # Unprivileged (production) the guard only writes the ban list; root's path unit reloads it.
+            app.sip_guard = SipGuard(engine, instance.run_dir, owner[1] if owner else None, ban_rules(settings),
+                                     reload=os.geteuid() == 0, clock=app.clock)
+            app.security_ami = instance.ami
         return app
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -181,14 +208,20 @@ class BinfoonApp:
         """Serve the flows, start the alarm clock, and resume whatever the database says is pending."""
         freeze_startup_objects()
         self._prepare_record_dir()
+        # Recordings stored before sealing existed are sealed now (C1); an unusable key file stops the start.
+        await asyncio.to_thread(seal_legacy, self.engine, self.desk.store)
         routes: dict[str, Callable[[AgiCall], Awaitable[None]]] = {
             "police_intake": self._police_route, "coordinator_review": self._review_route,
             "member_call": self._member_route, "member_callback": self._callback_route,
             "coordinator_report": self._report_route, "admin_replay": self._admin_route,
             "officer_intake": self._officer_route}
+        if not self.agi.requires_secret:  # never serve the flows to any local process (issue 14 item 4)
+            raise RuntimeError("the FastAGI server has no secret: build the application with BinfoonApp.on_instance")
         for name, route in routes.items():
             self.agi.add_route(name, route)
         await self._publish_officers()
+        if self.sip_guard is not None:
+            await self.sip_guard.start(self.security_ami)
         self._unsubscribe = self.ami.subscribe(self._on_event)
         self.alarms.start({DELIVER: self.chain.alarm, REVIEW_RETRY: self.reviews.wake})
         # Confirmations Asterisk recorded while we were down count before anything is dialled again.
@@ -221,6 +254,8 @@ class BinfoonApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transcripts.aclose()
+        if self.sip_guard is not None:
+            await self.sip_guard.stop()
         if self._unsubscribe is not None:
             self._unsubscribe()
         for route in self.ROUTES:
@@ -264,6 +299,40 @@ class BinfoonApp:
                 self._spawn(self.chain.transcribe_backlog())
             if self.retention.due():
                 self._spawn(self.retention.run())
+            if time.monotonic() - self._audit_anchored[0] >= self.settings.audit_anchor_every_s:
+                self._audit_anchored = (time.monotonic(), self._audit_anchored[1])
+                self._spawn(self.anchor_audit())
+
+    async def anchor_audit(self) -> None:
+        """Anchor the audit chain's head outside the database (when it moved since the last anchor).
+
+        On the first round and once a day the whole chain is verified first: a broken chain is never
+        anchored (an anchor would vouch for it), and admins get a ``security.alert`` and a WARNING."""
+        unless = self._audit_anchored[1]
+        verify = self._audit_verified is None or time.monotonic() - self._audit_verified >= self.AUDIT_VERIFY_EVERY_S
+
+        def work() -> tuple[audit_log.ChainCheck | None, audit_log.Anchor | None]:
+            if verify:
+                result = self.delivery.run(audit_log.check)
+                if not result.intact:
+                    self.delivery.run(lambda s: audit_log.record(
+                        s, "system", "security.alert", "audit_log", kind="audit_chain_broken",
+                        problem=str(result.first), problems=len(result.problems)))
+                    return result, None
+            return None, self.delivery.run(lambda s: audit_log.anchor(s, unless))
+
+        try:
+            broken, anchored = await asyncio.to_thread(work)
+        except Exception:
+            log.exception("audit chain not anchored; trying again later")
+            return
+        if verify:
+            self._audit_verified = time.monotonic()
+        if broken is not None:
+            log.warning("audit log BROKEN (%d problem(s)), not anchored: %s; see `binfoon audit verify --all`",
+                        len(broken.problems), broken.first)
+        if anchored is not None:
+            self._audit_anchored = (self._audit_anchored[0], (anchored.row_id, anchored.row_hash))
 
     async def _transcripts_start(self) -> None:
         try:
@@ -334,7 +403,10 @@ class BinfoonApp:
         await self._police_route(agi, sip_account=account)
 
     async def _review_route(self, agi: AgiCall) -> None:
-        review_call_id = agi.args[0] if agi.args else agi.unique_id
+        review_call_id = review_call_start(agi.args, agi.unique_id)
+        if review_call_id is None:
+            await self._refuse_foreign_channel(agi, "coordinator_review")
+            return
         end = "hung_up"
         self.calls.flow_started(review_call_id)
         try:
@@ -347,9 +419,11 @@ class BinfoonApp:
             self._ended("coordinator_review", review_call_id, end)
 
     async def _member_route(self, agi: AgiCall) -> None:
-        args = agi.args
-        attempt_id = args[0] if args else agi.unique_id
-        amd_status = args[1] if len(args) > 1 else ""
+        start = member_call_start(agi.args, agi.unique_id)
+        if start is None:
+            await self._refuse_foreign_channel(agi, "member_call")
+            return
+        attempt_id, amd_status = start.attempt_id, start.amd_status
         end = "hung_up"
         call = self._call(agi)
         self.calls.flow_started(attempt_id)
@@ -365,7 +439,8 @@ class BinfoonApp:
     async def _callback_route(self, agi: AgiCall) -> None:
         end: object = "hung_up"
         try:
-            end = await member_callback(self._call(agi), self.delivery, self.member_rules.key_timeout_s)
+            end = await member_callback(self._call(agi), self.delivery, self.member_rules.key_timeout_s,
+                                        LineLimits.from_settings(self.settings))
         except CallHungUp:
             pass
         finally:
@@ -374,7 +449,7 @@ class BinfoonApp:
     async def _report_route(self, agi: AgiCall) -> None:
         end: object = "hung_up"
         try:
-            end = await coordinator_report(self._call(agi), self.delivery)
+            end = await coordinator_report(self._call(agi), self.delivery, LineLimits.from_settings(self.settings))
         except CallHungUp:
             pass
         finally:
@@ -388,6 +463,17 @@ class BinfoonApp:
             pass
         finally:
             self._ended("admin_replay", agi.unique_id, end)
+
+    async def _refuse_foreign_channel(self, agi: AgiCall, flow: str) -> None:
+        """An outbound call's flow asked for on a channel we did not originate for that call (a leaked
+        id): hung up before anything is played or stored (so the dialplan's own fallback does not
+        play it either), and the admins told. The ids are the request's own: cut short, never a number."""
+        claimed = (agi.args[0] if agi.args else "")[:64]
+        unique_id = agi.unique_id[:64]
+        log.warning("SECURITY: %s refused: channel %r is not the one originated for call %r", flow, unique_id, claimed)
+        await agi.hangup()
+        await self.delivery.tx(lambda s: audit_log.record(s, "system", "security.alert", f"call:{claimed}",
+                                                          kind="agi-foreign-channel", flow=flow, unique_id=unique_id))
 
     def _ended(self, flow: str, call_id: str, end: str) -> None:
         log.info("%s on %s ended: %s", flow, call_id, end)

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                    speech_cmd, archive_cmd, report_cmd, web_cmd, backup_cmd):
         module.register(sub)
     deploy_cmd.register(sub)
+    from ivr.commands import audit as audit_cmd
+
+    audit_cmd.register(sub)
     return parser
 
 
@@ -53,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("ivr").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         settings = load_settings()
+        from ivr.commands.audit import use_settings as audit_files
+
+        audit_files(settings)  # every command's audit rows are keyed with the configured key
         return int(args.func(settings, args) or 0)
     except (CommandError, ConfigError) as exc:
         print(f"binfoon: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ secrets are never stored here (they live in files, see ``ivr.asterisk.instance``
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import zoneinfo
@@ -14,6 +15,8 @@ from datetime import time as dt_time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
+
+from ivr.domain.destinations import DIAL_OUT_COUNTRY_CODES, DestinationPolicy
 
 
 class ConfigError(ValueError):
@@ -60,6 +63,29 @@ class Settings:
     #: Wrong PINs that lock an officer account and the caller ID, and for how long.
     pin_max_failures: int = 3
     pin_lock_s: float = 900.0
+    # -- PINs under attack (issue 14 item 3, RELIABILITY D2; ``ivr.directory.pin_gate``) ---------
+    #: Wrong PINs against one account, from any number of caller IDs, that lock it (and alert admins).
+    pin_account_max_failures: int = 5
+    #: Each further lock of the same caller ID or account lasts this many times longer, up to the cap.
+    pin_lock_growth: float = 2.0
+    pin_max_lock_s: float = 86400.0
+    #: Wrong PINs on one line (police, admin) from everyone within the window that close its PIN
+    #: checks for ``pin_line_lock_s`` (and alert admins): guessing across many officers at once.
+    pin_line_max_failures: int = 30
+    pin_line_window_s: float = 900.0
+    pin_line_lock_s: float = 900.0
+    #: The PIN pepper key (an HMAC key applied before scrypt; 0600, never in the database or git);
+    #: made on first use. Empty: ``<data_dir>/pin-pepper.key``.
+    pin_pepper_file: str = ""
+    # -- the caller-ID lines (BIN call-back, report line; issue 14 item 2, ``ivr.delivery.line_limits``)
+    #: Calls one caller ID may make to such a line within the window before it hears "no message".
+    line_caller_max_calls: int = 5
+    line_caller_window_s: float = 3600.0
+    #: Calls from numbers that are nobody's on a line within the window before the whole line
+    #: answers "no message" to everyone for ``line_lock_s`` (an enumeration; admins alerted).
+    line_unknown_max_calls: int = 50
+    line_window_s: float = 3600.0
+    line_lock_s: float = 3600.0
     #: The police recording: longest message, and the silence that ends it.
     record_max_s: int = 120
     record_silence_s: int = 3
@@ -159,6 +185,28 @@ class Settings:
     web_upload_max_bytes: int = 10_000_000
     #: Behind the TLS reverse proxy: the session cookie goes over HTTPS only, and browsers are told HSTS.
     web_secure_cookies: bool = False
+    #: The TLS reverse proxies in front (comma list of addresses or CIDRs). Only when the peer is one
+    #: of them is X-Forwarded-For read: the client is its right-most address that is not a proxy (the
+    #: sign-in limit counts per client). Empty: X-Forwarded-For is ignored, the peer is the client.
+    web_trusted_proxies: str = ""
+    #: Threads that check passwords (argon2), apart from the call flows' database steps; sign-ins
+    #: beyond ``web_signin_queue`` waiting for one are refused at once (busy, try again).
+    web_hash_workers: int = 2
+    web_signin_queue: int = 16
+    #: Threads that poll the database for the live board's streams, and the most streams at once
+    #: (one per session: a second stream of the same session replaces the first).
+    web_stream_workers: int = 2
+    web_max_streams: int = 64
+
+    # -- the audit chain (issue 14 item 8, ``storage.audit``) ---------------------------------------
+    #: Its HMAC key (0600, made on first use, never in the database) and its append-only anchors file.
+    #: Empty: ``audit.key`` and ``<file>.anchors`` next to a SQLite file (``data_dir`` by default),
+    #: else ``<data_dir>/audit.key`` and ``<data_dir>/audit.anchors``.
+    #: Several nodes on one database must share the same key file.
+    audit_key_file: str = ""
+    audit_anchor_file: str = ""
+    #: The service anchors the chain's head this often (when it moved); ``binfoon audit verify`` too.
+    audit_anchor_every_s: float = 300.0
 
     # -- least privilege: host accounts (issue 13 item 5, issue 14 item 0; ``binfoon deploy``) -----
     #: ``binfoon serve`` started as root starts Asterisk, then runs as this user ("root": stays root,
@@ -166,6 +214,26 @@ class Settings:
     service_user: str = "binfoon"
     #: The host account the embedded root's ``asterisk`` user is mapped to (its own uid/gid).
     asterisk_host_user: str = "binfoon-asterisk"
+
+    # -- where calls may go, and test calls (issue 14 items 5-6, ``ivr.domain.destinations``) -------
+    #: Country codes BINfoon calls (comma list): Belgium and its neighbours. Premium, shared-cost,
+    #: personal and satellite ranges are refused inside them too.
+    allowed_country_codes: str = "32,31,33,49,352"
+    #: More E.164 prefixes to refuse (comma list, e.g. "+3245"), on top of the built-in ranges.
+    refused_number_prefixes: str = ""
+    #: Test calls from the web console: at most this many per member, and per signed-in person, an hour.
+    test_calls_per_member_hour: int = 3
+    test_calls_per_person_hour: int = 10
+
+    # -- the SIP port under attack (RELIABILITY A10, ``ivr.domain.sip_bans``, ``ivr.telephony.security``) --
+    #: This many failed SIP authentications from one address within ``sip_ban_window_s`` ban that
+    #: address (a PJSIP ACL) for ``sip_ban_s``; 0 turns banning off.
+    sip_ban_max_failures: int = 5
+    sip_ban_window_s: float = 60.0
+    sip_ban_s: float = 3600.0
+    #: Addresses/CIDRs never banned (comma list), besides the carrier's (``trunk_match``/``trunk_host``):
+    #: the loopback the lab's carrier and the local tools use.
+    sip_ban_exempt: str = "127.0.0.1,::1"
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -178,11 +246,27 @@ class Settings:
         return "@sim-phone" in self.dial_template
 
     @property
+    def destinations(self) -> DestinationPolicy:
+        """Where calls may go (``allowed_country_codes`` and ``refused_number_prefixes``)."""
+        return DestinationPolicy.parse(self.allowed_country_codes, self.refused_number_prefixes)
+
+    @property
+    def trusted_proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``web_trusted_proxies`` as networks (``ValueError`` for an entry that is none)."""
+        return tuple(ipaddress.ip_network(part.strip(), strict=False)
+                     for part in self.web_trusted_proxies.split(",") if part.strip())
+
+    @property
     def resolved_database_url(self) -> str:
         """The database URL, with the SQLite default filled in."""
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'binfoon.db'}"
+
+    @property
+    def pin_pepper_path(self) -> Path:
+        """The PIN pepper key file (``pin_pepper_file``, else under ``data_dir``)."""
+        return Path(self.pin_pepper_file) if self.pin_pepper_file else self.data_dir / "pin-pepper.key"
 
 
 _ENV_PREFIX = "BINFOON_"
@@ -261,4 +345,38 @@ def load_settings(
         raise ConfigError("web_port must be 0..65535 (0: off); web_signin_max_failures and web_ip_max_failures >= 1")
     if settings.pin_max_failures < 1 or settings.record_max_s < 5 or settings.record_silence_s < 1:
         raise ConfigError("pin_max_failures >= 1, record_max_s >= 5 and record_silence_s >= 1 are required")
+    if settings.pin_account_max_failures < 1 or settings.pin_line_max_failures < 1 or settings.pin_lock_growth < 1:
+        raise ConfigError("pin_account_max_failures and pin_line_max_failures must be >= 1, pin_lock_growth >= 1")
+    if min(settings.pin_max_lock_s, settings.pin_line_window_s, settings.pin_line_lock_s) <= 0:
+        raise ConfigError("pin_max_lock_s, pin_line_window_s and pin_line_lock_s must be > 0")
+    if settings.line_caller_max_calls < 1 or settings.line_unknown_max_calls < 1:
+        raise ConfigError("line_caller_max_calls and line_unknown_max_calls must be >= 1")
+    if min(settings.line_caller_window_s, settings.line_window_s, settings.line_lock_s) <= 0:
+        raise ConfigError("line_caller_window_s, line_window_s and line_lock_s must be > 0")
+    try:
+        destinations = DestinationPolicy.parse(settings.allowed_country_codes, settings.refused_number_prefixes)
+    except ValueError as exc:
+        raise ConfigError(f"allowed_country_codes / refused_number_prefixes: {exc}") from None
+    wider = set(destinations.country_codes) - set(DIAL_OUT_COUNTRY_CODES)
+    if "@binfoon-dial-out" in settings.dial_template and wider:
+        # The dialplan's own check (dialplan/binfoon-member.conf) would refuse those countries' calls.
+        raise ConfigError(f"allowed_country_codes: +{', +'.join(sorted(wider))} is not in binfoon-dial-out's "
+                          "patterns (dialplan/binfoon-member.conf): add the country there first")
+    if settings.test_calls_per_member_hour < 1 or settings.test_calls_per_person_hour < 1:
+        raise ConfigError("test_calls_per_member_hour and test_calls_per_person_hour must be >= 1")
+    try:
+        settings.trusted_proxies
+    except ValueError as exc:
+        raise ConfigError(f"web_trusted_proxies: {exc} (a comma list of addresses or CIDRs)") from None
+    if min(settings.web_hash_workers, settings.web_signin_queue, settings.web_stream_workers,
+           settings.web_max_streams) < 1 or settings.audit_anchor_every_s <= 0:
+        raise ConfigError("web_hash_workers, web_signin_queue, web_stream_workers and web_max_streams must be >= 1, "
+                          "audit_anchor_every_s > 0")
+    if settings.sip_ban_max_failures < 0 or settings.sip_ban_window_s <= 0 or settings.sip_ban_s <= 0:
+        raise ConfigError("sip_ban_max_failures must be >= 0 (0: off), sip_ban_window_s and sip_ban_s > 0")
+    for entry in (part.strip() for part in settings.sip_ban_exempt.split(",") if part.strip()):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"sip_ban_exempt: {entry!r} is not an IP address or CIDR") from None
     return settings

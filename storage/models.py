@@ -324,6 +324,23 @@ class PinAttempt(Base):
     caller_id: Mapped[str] = mapped_column(String(32), index=True)
     person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"), index=True)
     outcome: Mapped[PinOutcome] = mapped_column(_enum(PinOutcome))
+    #: The line it was typed on (police, admin_line; ``None``: before migration 0008, the police line);
+    #: ``unlock`` marks an admin's ``binfoon person unlock`` (``ivr.directory.pin_gate``).
+    line: Mapped[str | None] = mapped_column(String(20), index=True)
+
+
+class LineCall(Base):
+    """One call to a line that knows its callers by caller ID only (the BIN call-back line, the report
+    line): the rate limits per caller ID and per line read these, so a restart does not reset them."""
+
+    __tablename__ = "line_calls"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+    line: Mapped[str] = mapped_column(String(20), index=True)
+    #: The caller ID as lockouts count it (``ivr.directory.pin_gate.pin_key``).
+    caller_id: Mapped[str] = mapped_column(String(32), index=True)
+    #: Whether the number was someone's on that line (never told to the caller).
+    known: Mapped[bool] = mapped_column(Boolean)
 
 
 class Campaign(Base):

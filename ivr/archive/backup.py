@@ -11,6 +11,11 @@ A backup is a folder (0700, every file 0600)::
     keys/...          the secret files the service keeps in ``data_dir`` (the web session key, ...), and
                       the configured secret files kept elsewhere (``trunk.secret``: ``trunk_secret_file``)
 
+The recordings are sealed at rest (``storage.sealed``) and a backup never carries their key
+(``recordings.key``): a stolen backup is no police audio. The operator keeps a copy of that key
+apart (offline); the manifest names it by fingerprint (``recordings_key_id``), and restore refuses,
+before writing anything, an installation whose ``data_dir/recordings.key`` is missing or another.
+
 Why it is consistent: the database is copied first, from one snapshot, and the recordings copied
 are exactly those that snapshot refers to. A recording is written once, fsynced and renamed into
 place under its checksum before its row is committed, so every row visible in the snapshot has its
@@ -49,6 +54,10 @@ from typing import Any
 
 from sqlalchemy import URL, make_url, text
 
+from storage.recordings import KEY_FILE as RECORDINGS_KEY_FILE
+from storage.recordings import RecordingCorrupted, RecordingStore
+from storage.sealed import KeyFileError, file_is_sealed, key_id, load_or_create_key
+
 FORMAT = "binfoon-backup/1"
 MANIFEST = "manifest.json"
 SQLITE_FILE = "database.sqlite"
@@ -56,8 +65,12 @@ PG_FILE = "database.pgdump"
 RECORDINGS = "recordings"
 KEYS = "keys"
 #: The secret files the service keeps at the top of ``data_dir``: the web console's session key
-#: (``web-session.key``), and any other key, secret or certificate kept there.
-KEY_PATTERNS = ("*.key", "*.secret", "*.pem")
+#: (``web-session.key``), the PIN pepper and the audit chain's key (``*.key``), any other secret or
+#: certificate kept there, and the audit chain's anchors (``*.anchors``: without them a restored,
+#: keyed chain no longer verifies).
+KEY_PATTERNS = ("*.key", "*.secret", "*.pem", "*.anchors")
+#: Keys a backup never carries: the recordings' sealing key is kept apart by the operator.
+KEPT_APART = (RECORDINGS_KEY_FILE,)
 
 
 class BackupError(RuntimeError):
@@ -86,6 +99,8 @@ class Manifest:
     keys: tuple[str, ...] = ()
     #: (the path a recording row holds, where its file is in the backup): what restore points each row to.
     moves: tuple[tuple[str, str], ...] = ()
+    #: The fingerprint of the key the recordings are sealed with (``None``: none is sealed).
+    recordings_key_id: str | None = None
 
     @property
     def database_file(self) -> str:
@@ -100,6 +115,7 @@ class Manifest:
             "recordings_root": self.recordings_root, "recordings": self.recordings, "keys": list(self.keys),
             "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in self.files],
             "moves": [{"row": row, "file": file} for row, file in self.moves],
+            "recordings_key_id": self.recordings_key_id,
         }, indent=2) + "\n"
 
     @classmethod
@@ -115,7 +131,8 @@ class Manifest:
             manifest = cls(str(data["created_at"]), str(database["kind"]), database.get("revision"),
                            str(data["recordings_root"]), files, int(data.get("recordings", 0)),
                            tuple(str(k) for k in data.get("keys", ())),
-                           tuple((str(m["row"]), str(m["file"])) for m in data.get("moves", ())))
+                           tuple((str(m["row"]), str(m["file"])) for m in data.get("moves", ())),
+                           data.get("recordings_key_id"))
         except BackupError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -215,8 +232,9 @@ def _private_tree(root: Path) -> None:
 
 
 def key_files(data_dir: Path) -> list[Path]:
-    """The secret files the service keeps at the top of ``data_dir``."""
-    found = {p for pattern in KEY_PATTERNS for p in data_dir.glob(pattern) if p.is_file()}
+    """The secret files the service keeps at the top of ``data_dir`` (not the recordings' key: kept apart)."""
+    found = {p for pattern in KEY_PATTERNS for p in data_dir.glob(pattern)
+             if p.is_file() and p.name not in KEPT_APART}
     return sorted(found)
 
 
@@ -322,15 +340,17 @@ def backup(database_url: str, data_dir: Path, target: Path, *, secrets: Mapping[
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         os.chmod(staging, 0o700)
+        # The keys and anchors first: an anchor written after this names a row the database copy may
+        # lack, so copied after the database it would make the restored audit chain look cut short.
+        keys = []
+        for key in key_files(data_dir):
+            _copy_private(key, staging / KEYS / key.name)
+            keys.append(key.name)
         if kind == "sqlite":
             revision, rows = _dump_sqlite(sqlite_path(database_url), staging / SQLITE_FILE)
         else:
             revision, rows = _dump_postgresql(database_url, staging / PG_FILE)
         moves = _copy_recordings(rows, store_root, staging)
-        keys = []
-        for key in key_files(data_dir):
-            _copy_private(key, staging / KEYS / key.name)
-            keys.append(key.name)
         for name, path in (secrets or {}).items():
             if unsafe_path(f"{KEYS}/{name}") or name in keys:
                 raise BackupError(f"secret file name {name!r} is taken or not a plain file name")
@@ -344,8 +364,9 @@ def backup(database_url: str, data_dir: Path, target: Path, *, secrets: Mapping[
             sha, size = sha256_file(path)
             files.append(FileEntry(path.relative_to(staging).as_posix(), sha, size))
         now = (clock or (lambda: dt.datetime.now(dt.UTC)))()
+        sealed = any(file_is_sealed(staging / file) for _, file in moves)
         manifest = Manifest(now.isoformat(), kind, revision, str(store_root), tuple(files), len(moves), tuple(keys),
-                            tuple(moves))
+                            tuple(moves), key_id(RecordingStore(store_root).key()) if sealed else None)
         fd = os.open(staging / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(manifest.to_json())
@@ -423,6 +444,7 @@ def _copy_recordings(rows: list[tuple[str, str]], store_root: Path, staging: Pat
     (row's path, path in the backup) for each."""
     problems, moves = [], []
     roots = (store_root, store_root.resolve())
+    store = RecordingStore(store_root)
     for path, expected in sorted(dict(rows).items()):  # one file per path
         source = Path(path) if Path(path).is_absolute() else Path(path).absolute()
         rel = next((r for r in (_inside(source, root) for root in roots) if r is not None), None)
@@ -434,7 +456,12 @@ def _copy_recordings(rows: list[tuple[str, str]], store_root: Path, staging: Pat
             continue
         file = f"{RECORDINGS}/{rel.as_posix()}"
         sha, _ = _copy_private(source, staging / file)
-        if sha != expected:
+        if sha != expected and file_is_sealed(staging / file):
+            try:  # sealed: its row's SHA-256 is its plaintext's, checked by opening the copy
+                store.check(staging / file, expected)
+            except RecordingCorrupted as exc:
+                problems.append(f"{path}: {exc.args[0].split(': ', 1)[-1]} (damaged)")
+        elif sha != expected:
             problems.append(f"{path}: checksum {sha[:12]}… is not the stored {expected[:12]}… (damaged)")
         moves.append((path, file))
     if problems:
@@ -534,6 +561,7 @@ def restore(folder: Path, database_url: str, data_dir: Path, *, replace: bool = 
         raise BackupError(f"this backup holds a {manifest.database_kind} database; the installation's "
                           f"database_url is {kind}: set database_url to a {manifest.database_kind} database")
     _check_revision(manifest.revision)
+    _check_recordings_key(manifest, data_dir)
     destinations = {name: (secret_paths or {}).get(name, data_dir / name) for name in manifest.keys}
     present, has_schema = install_contents(database_url, data_dir, destinations)
     if present and not replace:
@@ -571,6 +599,24 @@ def restore(folder: Path, database_url: str, data_dir: Path, *, replace: bool = 
             if staged_db is not None:
                 staged_db.unlink(missing_ok=True)
     return RestoreResult(manifest, manifest.recordings, manifest.keys, time.monotonic() - started)
+
+
+def _check_recordings_key(manifest: Manifest, data_dir: Path) -> None:
+    """Refuse (before anything is written) a restore whose sealed recordings this installation cannot open."""
+    if manifest.recordings_key_id is None:
+        return
+    path = data_dir / RECORDINGS_KEY_FILE
+    if not path.exists():
+        raise BackupError(f"the recordings in this backup are sealed and a backup never carries their key: "
+                          f"copy the installation's {RECORDINGS_KEY_FILE} (kept apart) to {path} (chmod 600) "
+                          f"and restore again")
+    try:
+        found = key_id(load_or_create_key(path))
+    except KeyFileError as exc:
+        raise BackupError(str(exc)) from None
+    if found != manifest.recordings_key_id:
+        raise BackupError(f"{path} is not the key this backup's recordings are sealed with (key "
+                          f"{found}, the backup needs {manifest.recordings_key_id}); nothing was restored")
 
 
 def _check_revision(revision: str | None) -> None:

@@ -14,16 +14,13 @@ from pathlib import Path
 
 from sqlalchemy import Engine, and_, or_, select, text
 
+from ivr.archive.at_rest import IN_FLIGHT, NO_COPIES, MediaCopies, remove_copies
 from storage import audit
 from storage.db import session_scope
 from storage.models import Message, Recording, Transcript, as_utc
-from ivr.domain.vocabulary import MessageStatus
 from storage.recordings import RecordingStore
 
-
-#: A message in one of these states is still being worked on: its audio is needed, never purged.
-IN_FLIGHT = frozenset({MessageStatus.RECORDED, MessageStatus.WITH_COORDINATORS, MessageStatus.APPROVED,
-                       MessageStatus.DELIVERING})
+__all__ = ["IN_FLIGHT", "PurgeReport", "PurgedItem", "purge_expired"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +55,7 @@ class PurgeReport:
 
 
 def purge_expired(engine: Engine, store: RecordingStore, now: dt.datetime, retention_days: int, actor: str,
-                  via: dict[str, str], *, dry_run: bool = False) -> PurgeReport:
+                  via: dict[str, str], *, dry_run: bool = False, copies: MediaCopies = NO_COPIES) -> PurgeReport:
     """Delete the recordings, transcripts and typed texts older than ``retention_days`` (0: keep all).
 
     What is purged, and why this way:
@@ -69,7 +66,10 @@ def purge_expired(engine: Engine, store: RecordingStore, now: dt.datetime, reten
       no text of a message outlives its audio. Exactly the items created strictly before
       ``now - retention_days`` are purged; nothing younger is touched.
     * The audio file is deleted from the store and the ``Recording`` and ``Transcript`` rows
-      are deleted (the schema allows it: only transcripts refer to recordings). The typed
+      are deleted (the schema allows it: only transcripts refer to recordings). Every copy goes
+      with it (``ivr.archive.at_rest.remove_copies``): the plaintext copy handed out for playing,
+      the copy published for Asterisk (``copies.sounds_dirs``), and the rendered speech of a
+      typed text in every language (the private directory and the shared cache). The typed
       text of a written message is the same content as its synthesised audio, so it is
       cleared too. The ``Message`` row, its review decision, campaign, call attempts and
       confirmations stay: they are the evaluation record (who was called, who confirmed),
@@ -98,7 +98,7 @@ def purge_expired(engine: Engine, store: RecordingStore, now: dt.datetime, reten
             Message.id.in_(expired_audio),
             and_(Message.text.is_not(None), Message.created_at < cutoff))).order_by(Message.id)).all()
     for message_id in candidates:
-        _purge_message(engine, store, message_id, cutoff, retention_days, actor, via, report)
+        _purge_message(engine, store, copies, message_id, cutoff, retention_days, actor, via, report)
     if report.purged and not dry_run:
         with session_scope(engine) as s:
             audit.record(s, actor, "archive.purged", "retention", cutoff=cutoff.isoformat(),
@@ -111,8 +111,9 @@ def purge_expired(engine: Engine, store: RecordingStore, now: dt.datetime, reten
     return report
 
 
-def _purge_message(engine: Engine, store: RecordingStore, message_id: int, cutoff: dt.datetime,
-                   retention_days: int, actor: str, via: dict[str, str], report: PurgeReport) -> None:
+def _purge_message(engine: Engine, store: RecordingStore, copies: MediaCopies, message_id: int,
+                   cutoff: dt.datetime, retention_days: int, actor: str, via: dict[str, str],
+                   report: PurgeReport) -> None:
     with session_scope(engine) as s:
         if s.get_bind().dialect.name == "sqlite":
             s.execute(text("PRAGMA secure_delete=ON"))
@@ -121,6 +122,8 @@ def _purge_message(engine: Engine, store: RecordingStore, message_id: int, cutof
             report.held.append(message_id)
             return
         files: list[Path] = []
+        shas: list[str] = []
+        texts: list[str] = []
         for recording in s.scalars(select(Recording).where(Recording.message_id == message_id,
                                                            Recording.created_at < cutoff)
                                    .order_by(Recording.id)).all():
@@ -152,12 +155,14 @@ def _purge_message(engine: Engine, store: RecordingStore, message_id: int, cutof
                              retention_days=retention_days, **via)
                 s.delete(recording)
                 files.append(path)
+                shas.append(recording.sha256)
         if message.text is not None and message.created_at < cutoff:
             report.purged.append(PurgedItem("text", message_id, message_id, message.created_at))
             if not report.dry_run:
                 audit.record(s, actor, "message.text_purged", f"message:{message_id}",
                              chars=len(message.text), written_at=message.created_at.isoformat(),
                              retention_days=retention_days, **via)
+                texts.append(message.text)
                 message.text = None
         if report.dry_run:
             s.rollback()
@@ -165,10 +170,12 @@ def _purge_message(engine: Engine, store: RecordingStore, message_id: int, cutof
         s.flush()
         for path in files:
             path.unlink(missing_ok=True)
+            path.with_suffix(".wav").unlink(missing_ok=True)  # a legacy plain twin a crash left
             try:
                 path.parent.rmdir()  # the message's folder, once its last take is gone
             except OSError:
                 pass
+        remove_copies(store, copies, shas, texts)
 
 
 def _inside_store(store: RecordingStore, path: Path) -> bool:

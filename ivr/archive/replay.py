@@ -28,7 +28,7 @@ from ivr.delivery.store import campaign_members
 from ivr.domain.phone import mask
 from ivr.domain.pin import PinPolicy
 from ivr.police_line.store import BinChoice
-from ivr.directory.pin_gate import check_pin, lock_in_force, pin_key
+from ivr.directory.pin_gate import PinRules, check_pin, lock_in_force, pin_key
 from storage import audit
 from storage.db import Desk
 from storage.models import (
@@ -75,10 +75,12 @@ class ReplayDesk(Desk):
     """The database side of the admin line."""
 
     def __init__(self, engine: Engine, store: RecordingStore, *, pin_policy: PinPolicy = PinPolicy(),
-                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+                 clock: Callable[[], dt.datetime] = utcnow, pin_rules: PinRules | None = None) -> None:
         super().__init__(engine)
         self.store = store
         self.pin_policy = pin_policy
+        #: The police line's rules (``pin_policy`` per caller ID unless ``pin_rules`` are given).
+        self.pin_rules = pin_rules or PinRules(caller=pin_policy)
         self.clock = clock
 
     # -- who is calling -------------------------------------------------------------------------
@@ -99,7 +101,7 @@ class ReplayDesk(Desk):
         def work(s: Session) -> dt.datetime | None:
             key = pin_key(caller_id)
             person = self._person_by_caller(s, key)
-            lock = lock_in_force(s, self.pin_policy, key, person.id if person else None, self.clock())
+            lock = lock_in_force(s, self.pin_rules, key, person.id if person else None, self.clock(), line=VIA)
             if lock is not None:
                 audit.record(s, f"caller:{mask(key)}", "admin_line.call_refused_locked",
                              f"person:{person.id if person else '-'}", locked_until=lock.isoformat())
@@ -110,8 +112,8 @@ class ReplayDesk(Desk):
         """Check a PIN typed from ``caller_id``; every attempt is stored and audited (never the PIN)."""
         def work(s: Session) -> ReplayPin:
             key = pin_key(caller_id)
-            verdict = check_pin(s, self.pin_policy, key, self._person_by_caller(s, key), pin, self.clock(),
-                                line="admin_line")
+            verdict = check_pin(s, self.pin_rules, key, self._person_by_caller(s, key), pin, self.clock(),
+                                line=VIA)
             person = verdict.person
             if person is None:
                 return ReplayPin(None, verdict.locked_until)

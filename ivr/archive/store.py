@@ -32,13 +32,14 @@ from ivr.archive import cap, search as finding
 from ivr.archive.access import (
     ZONE_POLICE, AccessDenied, ArchiveError, bin_replay_refusal, replay_refusal, resolve_person,
 )
+from ivr.archive.at_rest import NO_COPIES, MediaCopies, alert_refused_recording
 from ivr.archive.purge import IN_FLIGHT, PurgedItem, PurgeReport, purge_expired
 from ivr.archive.search import ArchiveEntry, fts5_query, search_words
 from storage import audit
 from storage.db import Desk, session_scope
 from storage.models import BinStreet, Message, Recording, Transcript
 from ivr.domain.vocabulary import MessageStatus, Urgency
-from storage.recordings import RecordingCorrupted, RecordingStore
+from storage.recordings import RecordingCorrupted, RecordingStore, verify_plain
 
 # What other modules import from here, wherever it now lives.
 __all__ = [
@@ -69,11 +70,14 @@ class Export:
 class Archive(Desk):
     """Search, list, replay and purge over the database and the recording store."""
 
-    def __init__(self, engine: Engine, store: RecordingStore, *, operator: str = "") -> None:
-        """``operator``: who runs the program (e.g. ``cli:alice``), added to every audit record."""
+    def __init__(self, engine: Engine, store: RecordingStore, *, operator: str = "",
+                 copies: MediaCopies = NO_COPIES) -> None:
+        """``operator``: who runs the program (e.g. ``cli:alice``), added to every audit record;
+        ``copies``: where else the service puts police audio (removed with it by the purge)."""
         super().__init__(engine)
         self.store = store
         self.operator = operator
+        self.copies = copies
 
     # -- finding ---------------------------------------------------------------------------
 
@@ -131,7 +135,7 @@ class Archive(Desk):
             return source
         _private_copy(source, to_file)
         try:
-            return RecordingStore.open_verified(to_file, expected)
+            return verify_plain(to_file, expected)
         except RecordingCorrupted as exc:
             raise ArchiveError(f"the copy differs from the original: {exc}") from None
 
@@ -156,6 +160,7 @@ class Archive(Desk):
         try:
             return recording, self.store.open_verified(Path(recording.path), recording.sha256)
         except RecordingCorrupted as exc:
+            alert_refused_recording(self.engine, f"message:{message.id}", str(exc))
             raise ArchiveError(f"message {message.id}: recording unusable: {exc}") from None
 
     def export(self, message_id: int, actor: str, out_dir: Path, tz: dt.tzinfo, *,
@@ -196,7 +201,7 @@ class Archive(Desk):
             raise AccessDenied(f"{actor} may not export message {message_id}: {refusal}")
         _private_copy(source, audio_file)
         try:
-            RecordingStore.open_verified(audio_file, expected)
+            verify_plain(audio_file, expected)
         except RecordingCorrupted as exc:
             raise ArchiveError(f"the copy differs from the original: {exc}") from None
         _private_write(cap_file, xml)
@@ -212,7 +217,7 @@ class Archive(Desk):
         """Delete the recordings, transcripts and typed texts older than ``retention_days`` (0: keep all);
         ``ivr.archive.purge.purge_expired`` says what goes, and how."""
         return purge_expired(self.engine, self.store, now, retention_days, actor, self._via(),
-                             dry_run=dry_run)
+                             dry_run=dry_run, copies=self.copies)
 
     # Last in the class: the name shadows the built-in ``list`` for type checkers.
     def list(self, bin: int | None = None, zone: str | None = None, since: dt.datetime | None = None,

@@ -28,6 +28,7 @@ from ivr.asr.pool import TranscriptionFailed, TranscriptionPool
 from ivr.asr.transcriber import TranscriptResult
 from storage.db import session_scope
 from storage.models import Recording, Transcript, utcnow
+from storage.recordings import RecordingCorrupted, open_recording
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,13 @@ class TranscriptionDesk:
             if existing is not None:
                 return existing, None
             recording = s.get(Recording, recording_id)
-            return None, (Path(recording.path) if recording is not None else None)
+            if recording is None:
+                return None, None
+            try:  # sealed at rest: the transcriber reads the verified plaintext copy
+                return None, open_recording(Path(recording.path), recording.sha256)
+            except RecordingCorrupted as exc:
+                log.error("recording %d kept untranscribed: %s", recording_id, exc)
+                return None, None
 
     def _store(self, recording_id: int, result: TranscriptResult) -> Transcript | None:
         try:

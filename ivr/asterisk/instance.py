@@ -5,8 +5,8 @@ Rules:
   control socket), with its own ports, so several instances run side by side;
 - Asterisk runs as the unprivileged ``asterisk`` user; it is started as root only to enter its
   chroot and a private mount namespace (for ``/proc``), never to run;
-- the AMI secret is generated for the instance (32 random bytes) and kept in files readable only
-  by their owner; it is never printed or committed.
+- the AMI secret and the FastAGI secret are generated for the instance (32 random bytes, see
+  ``ivr.asterisk.secrets``) and kept in files only their users can read; never printed or committed.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ivr.asterisk.install import AsteriskRuntime
+from ivr.asterisk.secrets import ami_secret, read_agi_secret, read_secret_file, render_agi_secret
 from ivr.asterisk.trunk import (
     DEFAULT_RTP_PORTS,
     RegistrationReport,
@@ -33,10 +34,8 @@ from ivr.asterisk.trunk import (
     TrunkError,
     check_edge,
     check_ports,
-    check_secret,
     check_trunk,
     registration_report,
-    secret_mode_problem,
     transport_sections,
     trunk_sections,
 )
@@ -51,8 +50,9 @@ AMI_USER = "binfoon"
 #: Dialplan files every instance loads; the simulator's only where the instance hosts simulated phones.
 CORE_DIALPLAN = ("binfoon-member.conf", "binfoon-inbound.conf", "binfoon-review.conf")
 SIMULATOR_DIALPLAN = ("binfoon-simulator.conf",)
-#: Rendered files that hold a digest secret (the carrier's, the lab carrier's): Asterisk's user's alone.
-SECRET_CONFIG = frozenset({"pjsip-trunk.conf", "pjsip-network.conf"})
+#: Rendered files that hold a secret (the carrier's digest, the lab carrier's, the FastAGI secret in the
+#: dialplan's ``BINFOON_AGI``): Asterisk's user's alone.
+SECRET_CONFIG = frozenset({"pjsip-trunk.conf", "pjsip-network.conf", "extensions.conf"})
 
 
 class AsteriskStartError(RuntimeError):
@@ -119,25 +119,6 @@ class InstanceOptions:
     def the_trunk(self) -> Trunk | None:
         """The trunk, as a ``Trunk``."""
         return self.trunk if isinstance(self.trunk, Trunk) else None
-
-
-def read_secret_file(setting: str, path: str) -> str:
-    """The secret in ``path``; refuses a missing, empty or group/world-accessible file (naming ``setting``)."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise TrunkError(f"{setting}: {path} does not exist") from None
-    except OSError as exc:
-        raise TrunkError(f"{setting}: {path} cannot be read ({exc.strerror})") from None
-    problem = secret_mode_problem(setting, info.st_mode)
-    if problem is not None:
-        raise TrunkError(f"{problem} ({path})")
-    try:
-        secret = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrunkError(f"{setting}: {path} cannot be read ({exc})") from None
-    check_secret(setting, secret)
-    return secret
 
 
 def _free_port(kind: int) -> int:
@@ -221,19 +202,17 @@ class AsteriskInstance:
         if not state.exists() or state.read_text(encoding="utf-8") != text:
             state.write_text(text, encoding="utf-8")
 
-    def _secret(self) -> str:
-        path = self.run_dir / "ami.secret"
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_urlsafe(32) + "\n")
-        return path.read_text(encoding="utf-8").strip()
-
     @property
     def ami(self) -> AmiCredentials:
         """The AMI address and the generated credentials of this instance."""
         self._load_or_allocate()
-        return AmiCredentials("127.0.0.1", self.options.ami_port, AMI_USER, self._secret())
+        return AmiCredentials("127.0.0.1", self.options.ami_port, AMI_USER, ami_secret(self.run_dir))
+
+    @property
+    def agi_secret(self) -> str:
+        """The FastAGI secret the rendered dialplan sends with every AGI request (``ivr.asterisk.secrets``);
+        the service's FastAGI server requires it. Raises ``AgiSecretMissing`` before the first render."""
+        return read_agi_secret(self.run_dir)
 
     def check(self) -> dict[str, str]:
         """Validate the SIP settings and read the secrets; returns the pjsip values. Raises ``TrunkError``
@@ -291,6 +270,8 @@ class AsteriskInstance:
             if os.geteuid() == 0:
                 os.chown(path, 0 if name == "etc" else uid, gid)
         os.chmod(self.run_dir / "etc", 0o750)
+        # Asterisk's warnings may name an AGI URL (and so the FastAGI secret): its logs are its group's only.
+        os.chmod(self.run_dir / "log", 0o750)
         # The spool is shared with the service (a member of Asterisk's group, ``binfoon serve``):
         # it writes the sounds Asterisk plays and reads the recordings Asterisk makes; setgid keeps
         # what either side creates in that group.
@@ -318,7 +299,8 @@ class AsteriskInstance:
             "etc_dir": dirs["etc"], "lib_dir": dirs["lib"], "spool_dir": dirs["spool"],
             "run_dir": dirs["run"], "log_dir": dirs["log"], "cache_dir": dirs["cache"],
             "module_dir": self.runtime.module_dir,
-            "ami_port": str(o.ami_port), "ami_user": AMI_USER, "ami_secret": self._secret(),
+            "ami_port": str(o.ami_port), "ami_user": AMI_USER, "ami_secret": ami_secret(self.run_dir),
+            "agi_secret": render_agi_secret(self.run_dir, gid if os.geteuid() == 0 else None),
             "sip_transports": transport_sections(o.edge, sip_port=o.sip_port, protocols=protocols, tls_files=tls_files),
             "rtp_start": str(o.rtp_start), "rtp_end": str(o.rtp_end or o.rtp_start + self.RTP_PORTS - 1),
             "agi_port": str(o.agi_port), "sim_agi_port": str(o.sim_agi_port or o.agi_port),

@@ -123,7 +123,12 @@ def officers_path(run_dir: Path) -> Path:
 def write_officers(run_dir: Path, text: str, group: int | None = None) -> Path:
     """Replace the instance's officers file with ``text`` at once (a temporary file renamed over it),
     readable by Asterisk's group only. Returns its path."""
-    path = officers_path(run_dir)
+    return write_service_include(officers_path(run_dir), text, group)
+
+
+def write_service_include(path: Path, text: str, group: int | None = None) -> Path:
+    """Replace one of the files the service writes for Asterisk in ``etc/officers/`` (the officers'
+    accounts, the SIP ban list) with ``text`` at once, readable by Asterisk's group only."""
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)

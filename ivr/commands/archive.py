@@ -1,4 +1,4 @@
-"""``binfoon archive search|list|play|export|purge``: the archive of police messages.
+"""``binfoon archive search|list|play|export|purge|seal``: the archive of police messages.
 
 Who replays: ``play`` needs ``--as WHO`` (``person:ID``, a person id, or one of their phone
 numbers). The command line does not authenticate: whoever can run it can read the database
@@ -65,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="retention in days (default: the retention_days setting; 0 = keep everything)")
     p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
     p.set_defaults(func=cmd_purge)
+    p = archive.add_parser("seal", help="encrypt recordings stored before sealing existed (the service does it "
+                                        "at start)")
+    p.set_defaults(func=cmd_seal)
 
 
 def _archive(settings: Settings) -> Archive:
@@ -131,6 +134,22 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     print(f"message {args.id}: CAP 1.2 {export.msg_type} {export.identifier} written to {export.cap_file}, "
           f"audio to {export.audio_file}")
     return 0
+
+
+def cmd_seal(settings: Settings, args: argparse.Namespace) -> int:
+    """Seal every plain (legacy) recording with the installation's key; audited with the count."""
+    from ivr.archive.at_rest import seal_legacy
+    from storage.sealed import KeyFileError
+
+    archive = _archive(settings)
+    try:
+        report = seal_legacy(archive.engine, archive.store, actor())
+    except KeyFileError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"sealed {report.sealed} recording(s) with {archive.store.key_file}")
+    for problem in report.problems:
+        print(f"not sealed: {problem}")
+    return 1 if report.problems else 0
 
 
 def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:

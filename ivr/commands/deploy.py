@@ -92,6 +92,11 @@ def asterisk_group(instance: AsteriskInstance) -> int:
         raise CommandError("the system Asterisk has no 'asterisk' group; install Debian's asterisk package") from None
 
 
+#: The files at the top of data_dir that only the service may read (``apply_ownership`` fixes those that exist).
+SERVICE_KEY_FILES = ("pin-pepper.key", "audit.key", "recordings.key", "web-session.key", "binfoon.db.anchors",
+                     "audit.anchors")
+
+
 def ownership_plan(data_dir: Path, run_dir: Path, database_file: Path | None, service: tuple[int, int],
                    asterisk_gid: int) -> list[tuple[Path, int, int, int | None, bool]]:
     """What the service user must own before it runs: ``(path, uid, gid, mode or None, recursive)``.
@@ -112,6 +117,9 @@ def ownership_plan(data_dir: Path, run_dir: Path, database_file: Path | None, se
     if database_file is not None:
         plan += [(database_file.with_name(database_file.name + suffix), uid, gid, 0o600, False)
                  for suffix in ("", "-wal", "-shm")]
+    # The keys the service keeps in data_dir (the PIN pepper, the audit chain's key and anchors, the
+    # recordings' sealing key, the web session key): a command run as root may have made one first.
+    plan += [(data_dir / name, uid, gid, 0o600, False) for name in SERVICE_KEY_FILES]
     plan += [
         (run_dir / "ami.secret", uid, gid, 0o600, False),
         (spool, -1, asterisk_gid, 0o2770, False),
@@ -317,10 +325,11 @@ WantedBy=multi-user.target
 """
     officers_path = f"""\
 [Unit]
-Description=Reload BINfoon's Asterisk when the officers' SIP accounts change
+Description=Reload BINfoon's Asterisk when the officers' SIP accounts or the SIP ban list change
 
 [Path]
 PathChanged={layout.instance_dir}/etc/officers/pjsip-officers.conf
+PathChanged={layout.instance_dir}/etc/officers/pjsip-bans.conf
 Unit={OFFICERS_RELOAD_UNIT}
 
 [Install]

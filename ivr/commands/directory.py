@@ -1,5 +1,5 @@
-"""Directory commands: ``zone add``, ``bin add|list``, ``person add``, ``person sip-account add|rotate|
-remove|list``, ``members import|list``.
+"""Directory commands: ``zone add``, ``bin add|list``, ``person add|pin|unlock``, ``person sip-account
+add|rotate|remove|list``, ``members import|list``.
 
 Every change is audited; every error is a clear message and writes nothing.
 """
@@ -51,7 +51,8 @@ from ivr.domain.phone import InvalidPhoneNumber, mask, normalize_phone
 from storage.db import open_database, session_scope
 from storage.models import Bin, PoliceZone
 from ivr.domain.vocabulary import Escalation, ReviewMode, Role
-from storage.pins import hash_pin, valid_pin_format
+from ivr.directory.pin_gate import find_person, set_pin, unlock
+from storage.pins import PepperError, hash_pin, load_pepper, new_pin_problem
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -91,6 +92,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pin.add_argument("--pin-file", type=Path, help="read the PIN from this file (never give it on the command line)")
     pin.add_argument("--pin-stdin", action="store_true", help="read the PIN from standard input")
     p.set_defaults(func=cmd_person_add)
+    p = person.add_parser("pin", help="give a person a new PIN (6 to 8 digits; rotates an older 4-digit PIN)")
+    p.add_argument("person", metavar="PERSON", help="person id or exact name")
+    pin = p.add_mutually_exclusive_group(required=True)
+    pin.add_argument("--pin-file", type=Path, help="read the PIN from this file (never give it on the command line)")
+    pin.add_argument("--pin-stdin", action="store_true", help="read the PIN from standard input")
+    p.set_defaults(func=cmd_person_pin)
+    p = person.add_parser("unlock", help="end a person's PIN locks (their account, numbers and SIP account)")
+    p.add_argument("person", metavar="PERSON", help="person id or exact name")
+    p.set_defaults(func=cmd_person_unlock)
     _register_sip_accounts(person)
 
     members = sub.add_parser("members", help="a BIN's member households").add_subparsers(dest="action", required=True)
@@ -204,17 +214,57 @@ def _read_pin(args: argparse.Namespace) -> str | None:
         pin = sys.stdin.readline().strip()
     else:
         return None
-    if not valid_pin_format(pin):
-        raise CommandError("a PIN is 4 to 8 digits")
+    problem = new_pin_problem(pin)
+    if problem is not None:
+        source = "--pin-file" if args.pin_file else "--pin-stdin"
+        raise CommandError(f"{source}: {problem}")
     return pin
+
+
+def _pepper(settings: Settings) -> bytes:
+    try:
+        return load_pepper(settings.pin_pepper_path)
+    except PepperError as exc:
+        raise CommandError(f"pin_pepper_file: {exc}") from None
+
+
+def cmd_person_pin(settings: Settings, args: argparse.Namespace) -> int:
+    """Give a person a new PIN (peppered hash); audited, never printed."""
+    pin = _read_pin(args)
+    assert pin is not None  # the PIN source is required
+    pepper = _pepper(settings)
+    engine = open_database(settings.resolved_database_url)
+    with session_scope(engine) as session:
+        try:
+            person = find_person(session, args.person)
+        except LookupError as exc:
+            raise CommandError(f"PERSON: {exc}") from None
+        set_pin(session, person, pin, pepper, actor())
+        print(f"person {person.id} ({person.name}): new PIN set")
+    return 0
+
+
+def cmd_person_unlock(settings: Settings, args: argparse.Namespace) -> int:
+    """End every PIN lock of a person (after a spoofer locked them out, say); audited."""
+    engine = open_database(settings.resolved_database_url)
+    with session_scope(engine) as session:
+        try:
+            person = find_person(session, args.person)
+        except LookupError as exc:
+            raise CommandError(f"PERSON: {exc}") from None
+        cleared = unlock(session, person, actor(), dt.datetime.now(dt.timezone.utc))
+        print(f"person {person.id} ({person.name}): PIN locks cleared ({', '.join(cleared) or 'account'})")
+    return 0
 
 
 def cmd_person_add(settings: Settings, args: argparse.Namespace) -> int:
     """Add a person with one role, phone numbers and (for officers, admins) a PIN."""
     role = Role(args.role)
     try:
-        phone = normalize_phone(args.phone)
-        second = normalize_phone(args.second_phone) if args.second_phone else None
+        # Numbers BINfoon may call (review, member calls): the destination policy refuses premium,
+        # satellite and far-away ones with the reason (a RefusedDestination is an InvalidPhoneNumber).
+        phone = settings.destinations.dialable(args.phone)
+        second = settings.destinations.dialable(args.second_phone) if args.second_phone else None
     except InvalidPhoneNumber as exc:
         raise CommandError(f"phone: {exc}") from None
     if role in (Role.COORDINATOR, Role.MEMBER) and args.bin is None:
@@ -230,7 +280,7 @@ def cmd_person_add(settings: Settings, args: argparse.Namespace) -> int:
                         second_phone=second, priority=args.priority,
                         bin_id=_bin(session, args.bin).id if args.bin is not None else None,
                         zone_id=_zone(session, args.zone).id if args.zone is not None else None,
-                        pin_hash=hash_pin(pin) if pin else None)
+                        pin_hash=hash_pin(pin, _pepper(settings)) if pin else None)
         person_id = add_person(session, new, actor(), bin=args.bin, zone=args.zone)
     print(f"person {person_id} ({args.name}) added as {role.value}")
     return 0
@@ -243,7 +293,7 @@ def cmd_members_import(settings: Settings, args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CommandError(f"{args.file}: {exc.strerror}") from None
     try:
-        rows = parse_member_csv(data)
+        rows = parse_member_csv(data, settings.destinations)
     except CsvImportError as exc:
         for error in exc.errors:
             print(f"{args.file}: {error}", file=sys.stderr)

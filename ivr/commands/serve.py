@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ivr.asterisk.install import SystemAccount
+from ivr.asterisk.secrets import AgiSecretMissing
 from ivr.asterisk.instance import AMI_USER, AmiCredentials, AsteriskInstance, AsteriskStartError
 from ivr.commands.asterisk import instance_for
 from ivr.commands.common import CommandError
@@ -61,7 +62,7 @@ def drop_privileges(settings: Settings, instance: AsteriskInstance, account: Sys
     reach its directories (say a data directory under /root)."""
     gid_asterisk = apply_ownership(settings, instance, account)
     needed = [(settings.data_dir, os.R_OK | os.W_OK | os.X_OK), (instance.run_dir / "ami.secret", os.R_OK),
-              (instance.spool_dir, os.R_OK | os.W_OK | os.X_OK)]
+              (instance.run_dir / "agi.secret", os.R_OK), (instance.spool_dir, os.R_OK | os.W_OK | os.X_OK)]
     groups = sorted(set(os.getgrouplist(settings.service_user, account.gid)) | {gid_asterisk})
     os.setgroups(groups)
     os.setresgid(account.gid, account.gid, account.gid)
@@ -110,7 +111,10 @@ async def _serve(settings: Settings, instance: AsteriskInstance, credentials: Am
     await agi.start()
     ami = AmiGateway(credentials)
     await ami.connect()
-    app = BinfoonApp.on_instance(settings, engine, instance, ami, agi)
+    try:
+        app = BinfoonApp.on_instance(settings, engine, instance, ami, agi)
+    except AgiSecretMissing as exc:  # an instance rendered by an older version: say so, no traceback
+        raise CommandError(str(exc)) from None
     await app.start()
     # Before the line that says we serve: a stop asked for from then on is a clean stop.
     stop = asyncio.Event()

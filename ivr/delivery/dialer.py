@@ -5,7 +5,9 @@ what each member needs, and dials what is due: urgent campaigns first, at most `
 calls at once (and a zone's own limit), at most ``max_cps`` new calls a second (the trunk's limits,
 shared with review and test calls: ``ivr.telephony.outbound``), one call per phone number at a time.
 The attempt is written before it is dialled; its outcome as soon as it is known, in one place
-(``ivr.delivery.outcome``). The scheduler and events only wake the dialer; the database is the truth.
+(``ivr.delivery.outcome``). A number the destination policy bars at the dialler's edge
+(``ivr.telephony.dialer``) ends its attempt as ``invalid_number`` without a call, is no sign about
+the trunk, and raises a ``security.alert`` for the admins. The scheduler and events only wake the dialer; the database is the truth.
 
 An outage is never a member's failure, and a number never has two calls at once:
 - a call Asterisk refused (shutting down) or that AMI never sent is no attempt against the member
@@ -34,9 +36,11 @@ from ivr.delivery.policy import (
     observe_registration, probe_started,
 )
 from ivr.delivery.store import CampaignPlan, DeliveryDesk, Member, OpenCall
+from ivr.domain.phone import mask
 from ivr.domain.vocabulary import AttemptOutcome
 from ivr.media.voice import Voice
 from ivr.telephony.outbound import CallEnd, CallKind, OutboundCalls, answered
+from storage import audit
 
 if TYPE_CHECKING:
     from ivr.config import Settings
@@ -44,6 +48,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MEMBER_CONTEXT = "binfoon-member"
+#: The stored dial outcome of an attempt the destination policy refused: no channel was made, but unlike
+#: ``not_placed`` it is final for that number (the report lists it, so the member's end is explained).
+BARRED = "barred"
 
 
 @dataclass(frozen=True)
@@ -350,6 +357,12 @@ class CampaignRunner:
             self._originates += 1
             dialled = await self.calls.dial(attempt_id, step.e164, context=MEMBER_CONTEXT, variables=variables,
                                             ring_timeout_s=self.limits.ring_timeout_s)
+            if dialled.barred:
+                # The destination policy refused a number stored before it (or behind its back): never
+                # dialled, final for this number (the member's other number is tried), no trunk verdict.
+                await self.desk.attempt_dialled(attempt_id, BARRED, None, AttemptOutcome.INVALID_NUMBER.value)
+                await self._barred_alert(member.view.person_id, step.e164, dialled.barred)
+                return
             if dialled.refused:
                 # No channel was made, no phone called: no attempt against the member. Stored first,
                 # then nothing is dialled for a moment (the PBX is going away or not ready).
@@ -394,6 +407,12 @@ class CampaignRunner:
             self._live.pop(attempt_id, None)
             self._calls.pop(attempt_id, None)
             self.wake()
+
+    async def _barred_alert(self, person_id: int, e164: str, why: str) -> None:
+        """Tell the admins (a ``security.alert`` audit row, and the log) that a stored number was barred."""
+        log.warning("SECURITY: member %d's number %s refused at dial time: %s", person_id, mask(e164), why)
+        await self.desk.tx(lambda s: audit.record(s, "system", "security.alert", f"person:{person_id}",
+                                                  kind="destination-barred", number=mask(e164), why=why))
 
     async def _outlive(self, attempt_id: str, *, adopted: bool) -> None:
         """A call that may still be up (left by a previous process, or its outcome lost with AMI): wait

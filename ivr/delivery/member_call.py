@@ -15,10 +15,12 @@ application that is down) never plays the message a second time.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ivr.delivery.store import DeliveryDesk
+from ivr.telephony.agi import is_originated_channel
 from ivr.telephony.call import Call, CallHungUp
 
 
@@ -40,6 +42,23 @@ class MemberRules:
     #: hang-up right after the last sample loses the last frame(s) the machine had not yet recorded
     #: (measured on the simulated machine: the recording stopped 2.75 ms short of the message's end).
     machine_tail_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class MemberCallStart:
+    """What the dialplan hands the member call: our attempt id and the answering-machine verdict."""
+
+    attempt_id: str
+    amd_status: str
+
+
+def member_call_start(args: Sequence[str], unique_id: str) -> MemberCallStart | None:
+    """The member call's AGI arguments (attempt id, AMD verdict), taken only on the channel we
+    originated for that attempt: ``None`` (refuse the call before anything is played or stored) when
+    the channel is another one, so a leaked attempt id confirms nobody."""
+    if not args or not is_originated_channel(unique_id, args[0]):
+        return None
+    return MemberCallStart(args[0], args[1] if len(args) > 1 else "")
 
 
 class DurableMark(Protocol):

@@ -3,14 +3,19 @@
   system: "This is an urgent BIN message from the police." + the original recording
   system: "Press 1 to confirm, 2 to hear it again"     member: 1
   system: "Thank you."
-Callers whose number is no member's hear that the number is unknown, and nothing else.
+The caller ID is the only key (it can be spoofed): calls are rate-limited per caller ID and per line
+(``ivr.delivery.line_limits``), and a number that is no member's, a caller or line over its limits and
+a member without a message all hear the same "no message for your neighbourhood" and nothing else,
+so calling teaches an enumerator nothing. A confirmation is stored as unverified (``callback-unverified``).
 """
 
 from __future__ import annotations
 
 import enum
 
+from ivr.delivery.line_limits import LineLimits
 from ivr.delivery.store import DeliveryDesk
+from ivr.directory.pin_gate import pin_key
 from ivr.domain.phone import caller_e164
 from ivr.telephony.call import Call
 
@@ -22,21 +27,24 @@ class CallbackEnd(enum.Enum):
     HEARD = "heard"
     UNKNOWN_CALLER = "unknown_caller"
     NO_MESSAGE = "no_message"
+    LIMITED = "limited"
 
 
-async def member_callback(call: Call, desk: DeliveryDesk, key_timeout_s: float) -> CallbackEnd:
+#: What the call-back line answers instead of a message; the caller cannot tell which (same words).
+_NOTHING_TO_PLAY = {"unknown": CallbackEnd.UNKNOWN_CALLER, None: CallbackEnd.NO_MESSAGE,
+                    "limited": CallbackEnd.LIMITED}
+
+
+async def member_callback(call: Call, desk: DeliveryDesk, key_timeout_s: float,
+                          limits: LineLimits = LineLimits()) -> CallbackEnd:
     """The whole call-back conversation; returns how it ended."""
-    caller = caller_e164(call.caller_id)
-    found = await desk.latest_for_caller(caller) if caller else "unknown"
-    if found == "unknown":
-        await call.say("callback_unknown_caller")
-        await call.hangup()
-        return CallbackEnd.UNKNOWN_CALLER
-    if found is None:
+    # A hidden or malformed number is counted (and refused) like any unknown one.
+    caller = caller_e164(call.caller_id) or pin_key(call.caller_id)
+    found = await desk.latest_for_caller(caller, limits)
+    if found is None or isinstance(found, str):
         await call.say("callback_no_message")
         await call.hangup()
-        return CallbackEnd.NO_MESSAGE
-    assert not isinstance(found, str)
+        return _NOTHING_TO_PLAY[found]
     campaign_id, person_id, language, recording, urgent = found
     call.language = language
     await call.say("member_header_urgent" if urgent else "member_header_preventive")

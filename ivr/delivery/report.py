@@ -45,6 +45,9 @@ class MemberLine:
     state: str
     attempts: int
     confirmed_at: dt.datetime | None
+    #: How the confirmation came in: ``call`` (a key on our call) or e.g. ``callback-unverified`` (the
+    #: member's caller ID on the call-back line, which a spoofer can fake): a report must say which.
+    confirmed_via: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,11 @@ class CampaignReport:
         """One line per member (numbers masked; names escaped against formula injection)."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["person_id", "name", "number", "state", "attempts", "confirmed_at"])
+        writer.writerow(["person_id", "name", "number", "state", "attempts", "confirmed_at", "confirmed_via"])
         for line in self.members:
             writer.writerow([line.person_id, safe_cell(line.name), line.number, line.state, line.attempts,
-                             line.confirmed_at.isoformat(timespec="seconds") if line.confirmed_at else ""])
+                             line.confirmed_at.isoformat(timespec="seconds") if line.confirmed_at else "",
+                             line.confirmed_via])
         return buffer.getvalue()
 
     def attempts_to_csv(self) -> str:
@@ -144,8 +148,9 @@ def campaign_report(engine: Engine, campaign_id: int, policies: dict[bool, Retry
         message = campaign.message
         members: list[Member] = campaign_members(s, campaign, message)
         attempts = s.scalars(select(CallAttempt).where(CallAttempt.campaign_id == campaign_id)).all()
-        confirmations = {c.person_id: c.confirmed_at for c in s.scalars(
-            select(Confirmation).where(Confirmation.campaign_id == campaign_id))}
+        stored = s.scalars(select(Confirmation).where(Confirmation.campaign_id == campaign_id)).all()
+        confirmations = {c.person_id: c.confirmed_at for c in stored}
+        confirmed_via = {c.person_id: c.via for c in stored}
         names = {p.id: p.name for p in s.scalars(select(Person).where(
             Person.id.in_([m.view.person_id for m in members])))}
         not_placed = [a for a in attempts if not placed(a.dial_outcome)]
@@ -180,7 +185,8 @@ def campaign_report(engine: Engine, campaign_id: int, policies: dict[bool, Retry
                 state = finals.get(member.covered_by, state)
             number = member.view.numbers[0][1] if member.view.numbers else ""
             report.members.append(MemberLine(pid, names.get(pid, ""), mask(number) if number else "-", state,
-                                             len(by_person.get(pid, [])), confirmations.get(pid)))
+                                             len(by_person.get(pid, [])), confirmations.get(pid),
+                                             confirmed_via.get(pid, "")))
     return report
 
 

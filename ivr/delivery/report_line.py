@@ -1,12 +1,17 @@
 """A coordinator calls the report line: "27 of the 31 members have confirmed" for their BIN's
-latest message. Only coordinators (by caller ID) hear counts; others hear the number is unknown."""
+latest message. Only coordinators (by caller ID) hear counts. The caller ID can be spoofed: calls are
+rate-limited per caller ID and per line (``ivr.delivery.line_limits``), the counts heard are audited
+as told to an unverified caller, and a number that is no coordinator's, a caller or line over its
+limits and a BIN without a campaign all hear the same "no message sent yet": nothing to enumerate."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 
+from ivr.delivery.line_limits import LineLimits
 from ivr.delivery.store import DeliveryDesk
+from ivr.directory.pin_gate import pin_key
 from ivr.domain.phone import caller_e164
 from ivr.telephony.call import Call
 
@@ -17,6 +22,7 @@ class ReportEnd(enum.Enum):
     TOLD = "told"
     UNKNOWN_CALLER = "unknown_caller"
     NO_CAMPAIGN = "no_campaign"
+    LIMITED = "limited"
 
 
 @dataclass(frozen=True)
@@ -36,19 +42,18 @@ class ReportHeard:
         return self.value  # logged as before: "27/31"
 
 
-async def coordinator_report(call: Call, desk: DeliveryDesk) -> ReportHeard:
+#: How a call without counts ended; the caller heard the same words in each case.
+_NO_COUNTS = {"unknown": ReportEnd.UNKNOWN_CALLER, None: ReportEnd.NO_CAMPAIGN, "limited": ReportEnd.LIMITED}
+
+
+async def coordinator_report(call: Call, desk: DeliveryDesk, limits: LineLimits = LineLimits()) -> ReportHeard:
     """The report-line conversation; returns how it ended."""
-    caller = caller_e164(call.caller_id)
-    found = await desk.report_for_coordinator(caller) if caller else "unknown"
-    if found == "unknown":
-        await call.say("callback_unknown_caller")
-        await call.hangup()
-        return ReportHeard(ReportEnd.UNKNOWN_CALLER)
-    if found is None:
+    caller = caller_e164(call.caller_id) or pin_key(call.caller_id)  # a hidden number is counted too
+    found = await desk.report_for_coordinator(caller, limits)
+    if found is None or isinstance(found, str):
         await call.say("report_no_campaign")
         await call.hangup()
-        return ReportHeard(ReportEnd.NO_CAMPAIGN)
-    assert not isinstance(found, str)
+        return ReportHeard(_NO_COUNTS[found])
     language, confirmed, members = found
     call.language = language
     await call.say("report_counts", confirmed=confirmed, members=members)

@@ -25,6 +25,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ivr.delivery.line_limits import UNVERIFIED_TEXT, UNVERIFIED_VIA, LineLimits, LineVerdict, admit_call
 from ivr.delivery.policy import AttemptView, MemberView
 from ivr.delivery.states import RECEIVED
 from ivr.delivery.outcome import answered_outcome
@@ -38,7 +39,7 @@ from storage.models import (
 from ivr.domain.vocabulary import (
     AttemptOutcome, AttemptStatus, CampaignStatus, MessageKind, MessageStatus, PhoneRank, Role, Urgency,
 )
-from storage.recordings import RecordingStore
+from storage.recordings import RecordingCorrupted, RecordingStore
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +178,14 @@ class DeliveryDesk(Desk):
             if take is None:
                 log.error("campaign %d: message %d has no recording to deliver", campaign.id, message.id)
                 continue
+            try:  # the sealed recording, opened for Asterisk (a plaintext copy in the store's private folder)
+                recording = self.store.open_verified(Path(take.path), take.sha256)
+            except RecordingCorrupted as exc:
+                log.error("campaign %d: message %d: recording unusable: %s", campaign.id, message.id, exc)
+                continue
             plan = CampaignPlan(campaign.id, message.id, message.urgency is Urgency.URGENT, message.bin.zone_id,
                                 message.bin.zone.max_channels, campaign.created_at or self.clock(),
-                                campaign.not_before, Path(take.path), take.sha256)
+                                campaign.not_before, recording, take.sha256)
             plan.members.extend(campaign_members(s, campaign, message))
             plans.append(plan)
         plans.sort(key=lambda p: (not p.urgent, p.campaign_id))
@@ -327,13 +333,17 @@ class DeliveryDesk(Desk):
             return False
 
     async def confirm_callback(self, campaign_id: int, person_id: int) -> bool:
-        """A member who called in confirmed the latest message."""
+        """A member who called in confirmed the latest message: known by caller ID alone, which can be
+        spoofed, so it is stored and audited as unverified (``line_limits.UNVERIFIED_VIA``)."""
         def work(s: Session) -> bool:
             if s.scalar(select(Confirmation.id).where(Confirmation.campaign_id == campaign_id,
                                                       Confirmation.person_id == person_id)):
                 return False
             s.add(Confirmation(attempt_id=None, campaign_id=campaign_id, person_id=person_id,
-                               confirmed_at=self.clock(), via="callback"))
+                               confirmed_at=self.clock(), via=UNVERIFIED_VIA))
+            s.flush()
+            audit.record(s, f"caller:{person_id}", "confirmation.stored", f"campaign:{campaign_id}",
+                         person=person_id, via=UNVERIFIED_TEXT)
             return True
         try:
             return await self.tx(work)
@@ -401,33 +411,45 @@ class DeliveryDesk(Desk):
         await self.tx(work)
 
     # -- call-back and the report line ---------------------------------------------------------
-    async def latest_for_caller(self, caller_e164: str) -> tuple[int, int, str, Path, bool] | None | str:
+    async def latest_for_caller(self, caller_e164: str, limits: LineLimits = LineLimits()
+                                ) -> tuple[int, int, str, Path, bool] | None | str:
         """For a member calling in: (campaign id, person id, language, recording, urgent) of their BIN's
-        latest delivered message; ``"unknown"`` if the number is no member's, ``None`` if there is none."""
+        latest delivered message; ``"unknown"`` if the number is no member's, ``None`` if there is none,
+        ``"limited"`` when this caller ID or the line is over its limits (``ivr.delivery.line_limits``;
+        the call is counted before anything is read)."""
         def work(s: Session) -> tuple[int, int, str, Path, bool] | None | str:
             found = _caller_and_latest_campaign(s, caller_e164, Role.MEMBER)
+            if admit_call(s, "callback", caller_e164, found != "unknown", limits, self.clock()) \
+                    is not LineVerdict.OPEN:
+                return "limited"
             if not isinstance(found, tuple):
                 return found
             person, campaign = found
             message = campaign.message
             take = next(r for r in message.recordings if r.take == message.submitted_take)
-            audit.record(s, f"caller:{person.id}", "recording.played", f"message:{message.id}", via="callback")
+            audit.record(s, f"caller:{person.id}", "recording.played", f"message:{message.id}", via=UNVERIFIED_TEXT)
             return (campaign.id, person.id, person.language.value,
                     self.store.open_verified(Path(take.path), take.sha256), message.urgency is Urgency.URGENT)
         return await self.tx(work)
 
-    async def report_for_coordinator(self, caller_e164: str) -> tuple[str, int, int] | None | str:
+    async def report_for_coordinator(self, caller_e164: str, limits: LineLimits = LineLimits()
+                                     ) -> tuple[str, int, int] | None | str:
         """For a coordinator calling in: (language, confirmed, members) of their BIN's latest campaign;
-        ``"unknown"`` if the number is no coordinator's, ``None`` if there is no campaign yet."""
+        ``"unknown"`` if the number is no coordinator's, ``None`` if there is no campaign yet,
+        ``"limited"`` when this caller ID or the line is over its limits (counted first)."""
         def work(s: Session) -> tuple[str, int, int] | None | str:
             found = _caller_and_latest_campaign(s, caller_e164, Role.COORDINATOR)
+            if admit_call(s, "report", caller_e164, found != "unknown", limits, self.clock()) \
+                    is not LineVerdict.OPEN:
+                return "limited"
             if not isinstance(found, tuple):
                 return found
             person, campaign = found
             members = len(campaign_members(s, campaign, campaign.message))
             confirmed = len(set(s.scalars(select(Confirmation.person_id).where(
                 Confirmation.campaign_id == campaign.id))))
-            audit.record(s, f"person:{person.id}", "campaign.report_heard", f"campaign:{campaign.id}")
+            audit.record(s, f"person:{person.id}", "campaign.report_heard", f"campaign:{campaign.id}",
+                         via="report line (caller ID, unverified)")
             return person.language.value, confirmed, members
         return await self.tx(work)
 

@@ -7,13 +7,16 @@ Rules:
   costs the same hashing time as a known one;
 - sign-in attempts are stored and limited per account and per address with the police line's own
   lockout rule (``ivr.domain.pin.locked_until``): while locked, nothing is checked;
-- every attempt is audited; the scope of an account comes from its person's roles in the
-  directory (police: their zones; coordinator: their BINs; admin: everything).
+- every attempt is audited, and a lock raises a ``security.alert`` for admins; the address is the
+  client's (behind a trusted proxy, the one it forwards for: ``ivr.web.pages.base.client_address``);
+- the scope of an account comes from its person's roles in the directory (police: their zones;
+  coordinator: their BINs; admin: everything).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass
 
@@ -28,6 +31,7 @@ from storage import audit
 from storage.models import Person, WebAccount, WebSignInAttempt, utcnow
 from ivr.domain.vocabulary import PinOutcome, Role, WebRole
 
+log = logging.getLogger(__name__)
 HASHER = PasswordHasher()
 
 #: Verified against when the name is unknown, so timing does not tell which accounts exist.
@@ -209,6 +213,11 @@ def sign_in(s: Session, username: str, password: str, ip: str, limits: SignInLim
         lock = _lock(s, limits, name, ip, now)
         if lock is not None:
             audit.record(s, f"web:{ip}", "web.locked", f"account:{account_id or '-'}", locked_until=lock.isoformat())
+            # Admins see it in the audit view: a guessing attack on the console (the client's address).
+            audit.record(s, "system", "security.alert", f"account:{account_id or '-'}", kind="web_signin_locked",
+                         address=ip, locked_until=lock.isoformat())
+            log.warning("web sign-in locked until %s: wrong passwords from %s (account %s)",
+                        lock.isoformat(timespec="seconds"), ip, account_id or "-")
         return SignInResult(None, lock)
     return SignInResult(viewer)
 

@@ -1,6 +1,8 @@
 """The member file a coordinator keeps: parsing and checking it, before anything is written.
 
-A file with any error is refused whole, with every error line-numbered (``CsvImportError``).
+A file with any error is refused whole, with every error line-numbered (``CsvImportError``); a
+number the destination policy refuses (premium, satellite, outside the allowed countries:
+``ivr.domain.destinations``) is such an error.
 Pure: no database here; ``ivr.directory.store.import_members`` writes what this accepts.
 """
 
@@ -10,7 +12,8 @@ import csv
 import io
 from dataclasses import dataclass
 
-from ivr.domain.phone import InvalidPhoneNumber, normalize_phone
+from ivr.domain.destinations import DEFAULT_DESTINATIONS, DestinationPolicy
+from ivr.domain.phone import InvalidPhoneNumber
 from ivr.domain.vocabulary import Language
 
 #: Accepted header names (case-insensitive), English and Dutch, per column.
@@ -89,8 +92,9 @@ def _header_map(header: list[str]) -> tuple[dict[str, int], list[LineError]]:
     return positions, errors
 
 
-def parse_member_csv(data: bytes) -> list[MemberRow]:
-    """Every member row of ``data``; raises ``CsvImportError`` with all problems found."""
+def parse_member_csv(data: bytes, destinations: DestinationPolicy = DEFAULT_DESTINATIONS) -> list[MemberRow]:
+    """Every member row of ``data``; raises ``CsvImportError`` with all problems found (numbers are
+    checked against ``destinations``, the installation's ``Settings.destinations``)."""
     text = _decode(data)
     lines = text.splitlines()
     if not any(line.strip() for line in lines):
@@ -123,12 +127,12 @@ def parse_member_csv(data: bytes) -> list[MemberRow]:
             errors.append(LineError(line, "the name is empty"))
         phone = second = None
         try:
-            phone = normalize_phone(get("phone"))
+            phone = destinations.dialable(get("phone"))
         except InvalidPhoneNumber as exc:
             errors.append(LineError(line, f"phone: {exc}"))
         if get("second_phone"):
             try:
-                second = normalize_phone(get("second_phone"))
+                second = destinations.dialable(get("second_phone"))
             except InvalidPhoneNumber as exc:
                 errors.append(LineError(line, f"second phone: {exc}"))
         if phone is not None and second == phone:

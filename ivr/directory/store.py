@@ -112,14 +112,19 @@ def bins_with_member_counts(s: Session) -> list[tuple[Bin, int]]:
     return [(bin_, member_count(s, bin_.id)) for bin_ in s.scalars(select(Bin).order_by(Bin.number))]
 
 
-def edit_bin(s: Session, bin_: Bin, name: str, language: Language, streets: list[str], actor: str) -> None:
-    """New name, language and streets (streets kept are the same rows); audited."""
-    bin_.name = name
+def edit_bin(s: Session, bin_: Bin, name: str | None, language: Language, streets: list[str] | None,
+             actor: str) -> None:
+    """New language, and name and streets unless ``None`` (streets kept are the same rows); audited.
+
+    Who may change the name and streets (admins: they steer alerts) is the caller's check."""
+    if name is not None:
+        bin_.name = name
     bin_.language = language
-    keep = {st.street: st for st in bin_.streets}
-    bin_.streets = [keep.get(street) or BinStreet(street=street) for street in streets]
-    audit.record(s, actor, "bin.edit", f"bin:{bin_.number}", name=name, language=language.value,
-                 streets=len(streets))
+    if streets is not None:
+        keep = {st.street: st for st in bin_.streets}
+        bin_.streets = [keep.get(street) or BinStreet(street=street) for street in streets]
+    audit.record(s, actor, "bin.edit", f"bin:{bin_.number}", name=bin_.name, language=language.value,
+                 streets=len(bin_.streets))
 
 
 # -- people ------------------------------------------------------------------------------------
@@ -278,12 +283,17 @@ def bin_with_members(s: Session, viewer: Viewer, bin_: Bin) -> dict[str, Any]:
             "members": rows, "editable": viewer.may_edit_members(bin_.id)}
 
 
-def resolve_bins(s: Session, viewer: Viewer, raw: str) -> tuple[list[Bin], list[tuple[str, str]]]:
-    """BINs named by number or by street (comma or line separated): (found, [(error text id, token)])."""
+def resolve_bins(s: Session, viewer: Viewer, raw: str
+                 ) -> tuple[list[Bin], list[tuple[str, str]], dict[int, list[str]]]:
+    """BINs named by number or by street (comma or line separated): (found, [(error text id, token)],
+    {BIN id: its streets that matched}). A BIN found by a street is in the last: the sender must see
+    and confirm it, since a street matches every BIN with a street starting with the typed word."""
     found: dict[int, Bin] = {}
     errors: list[tuple[str, str]] = []
+    by_street: dict[int, list[str]] = {}
     tokens = [t.strip() for part in raw.replace("\n", ",").split(",") for t in [part] if t.strip()]
     for token in tokens:
+        pattern = ""
         if token.isdigit():
             matches = list(s.scalars(select(Bin).where(Bin.number == int(token))))
         else:
@@ -299,7 +309,11 @@ def resolve_bins(s: Session, viewer: Viewer, raw: str) -> tuple[list[Bin], list[
                 errors.append(("send_error_other_zone", str(bin_.number)))
             else:
                 found[bin_.id] = bin_
-    return sorted(found.values(), key=lambda b: b.number), errors
+                if pattern:
+                    streets = by_street.setdefault(bin_.id, [])
+                    streets += [st.street for st in bin_.streets
+                                if st.street.lower().startswith(pattern[:-1]) and st.street not in streets]
+    return sorted(found.values(), key=lambda b: b.number), errors, by_street
 
 
 def member_in_scope(s: Session, viewer: Viewer, person_id: int) -> tuple[Person, Bin] | None:

@@ -134,7 +134,7 @@ async def _review_latency(settings: Settings, runtime: object, runs: int, lanes:
                                    name=f"bench-{uuid.uuid4().hex[:6]}", over_pjsip=over_pjsip, ring_s=0.5)
         try:
             engine = open_database(f"sqlite:///{work / 'bench.db'}")
-            pin = f"{secrets.randbelow(10**4):04d}"
+            pin = f"{secrets.randbelow(10**6):06d}"
             plan = [Lane(100 + i, f"Wijk {i}", f"+329220{i:04d}") for i in range(1, lanes + 1)]
             seed_directory(engine, pin, plan)
             for lane in plan:

@@ -167,13 +167,14 @@ async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any, database: str |
     )
     from storage.db import open_database, session_scope
     from storage.models import Message, ReviewDecision
+    from storage.recordings import open_recording
 
     demo_dir = settings.data_dir / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
     db_path = demo_dir / f"binfoon-{time.strftime('%Y%m%d-%H%M%S')}.db"
     engine = await asyncio.to_thread(open_database, database or f"sqlite:///{db_path}")
     where = engine.url.render_as_string(hide_password=True) if database else str(db_path)
-    pin = f"{secrets.randbelow(10**4):04d}"  # a fresh PIN each run: no default PIN exists anywhere
+    pin = f"{secrets.randbelow(10**6):06d}"  # a fresh PIN each run: no default PIN exists anywhere
     lane = Lane(12, "Kerkwijk", "+3292100001")
     seed_directory(engine, pin, [lane])
     cases = member_cases(25, message_s=4.0 + 3.5 + 13.0)  # answering check + header + the alert
@@ -217,7 +218,9 @@ async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any, database: str |
                     "id": run.message_id, "bin": lane.bin_number,
                     "urgency": message.urgency.value if message else None, "status": status,
                     "recording_seconds": round(recording.duration_s, 2) if recording else None,
-                    "recording_path": str(Path(recording.path).resolve()) if recording else None,
+                    # The stored file is sealed: the report names the verified plaintext copy.
+                    "recording_path": str(open_recording(Path(recording.path), recording.sha256))
+                    if recording else None,
                     "spoken_audio_path": str(spoken.resolve()), "spoken_text": spoken_text,
                 }
                 review = {"decision": decision.decision.value if decision else None, "coordinator": coordinator,
@@ -230,7 +233,7 @@ async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any, database: str |
             await asyncio.sleep(0.2)
         say(f"message {run.message_id}: {status}; decision {review['decision']} by {coordinator}")
         if recording is not None:
-            match = locate_speech_file(spoken, Path(recording.path))
+            match = locate_speech_file(spoken, open_recording(Path(recording.path), recording.sha256))
             report_message["match_ncc"] = round(match.peak_ncc, 4)
             say(f"  stored recording {recording.path}: {recording.duration_s:.2f} s, "
                 f"correlation with what the officer said {match.peak_ncc:.4f}")

@@ -5,7 +5,7 @@ Two shapes:
 - ``over_pjsip=False``: one Asterisk; phones are reached with ``Local/${NUMBER}@sim-phone``, and
   simulated callers reach BINfoon's ``binfoon-trunk-in`` through ``Local/<DID>@sim-carrier``.
 - ``over_pjsip=True``: a second Asterisk plays the public network behind a real PJSIP trunk on
-  loopback (G.711 RTP media, RFC 4733 DTMF); phones are reached with ``PJSIP/${NUMBER}@trunk``,
+  loopback (G.711 RTP media, RFC 4733 DTMF); phones are reached with ``Local/${NUMBER}@binfoon-dial-out`` (the dialplan checks the destination, then dials ``PJSIP/${NUMBER}@trunk``),
   exactly as in production, and simulated callers call in from that Asterisk with
   ``PJSIP/<DID>@carrier-in``, arriving on BINfoon's ``trunk`` endpoint like a carrier's calls.
   That carrier behaves like a real one: BINfoon must REGISTER with a digest secret (generated per
@@ -38,7 +38,7 @@ from ivr.telephony.ami import AmiGateway
 from ivr.telephony.events import OriginateResult
 
 LOCAL_TEMPLATE = "Local/${NUMBER}@sim-phone"
-TRUNK_TEMPLATE = "PJSIP/${NUMBER}@trunk"
+TRUNK_TEMPLATE = "Local/${NUMBER}@binfoon-dial-out"  # the dialplan checks the destination too (A6)
 #: BINfoon's account at the lab carrier.
 LAB_TRUNK_USERNAME = "binfoon-lab"
 
@@ -141,6 +141,8 @@ class PhoneLab:
                 )
                 created.append(asterisk)
             await asyncio.to_thread(asterisk.start)
+            # The app side answers only the dialplan that carries the instance's FastAGI secret.
+            app.require_secret(asterisk.agi_secret)
             if network_asterisk is not None and trunk_secret is None:
                 await asyncio.to_thread(wait_registered, asterisk, 20.0)
             ami = AmiGateway(asterisk.ami)

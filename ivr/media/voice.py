@@ -11,8 +11,12 @@ Rules of this module:
 - Every file appears atomically (temporary name, then ``os.replace``): Asterisk and concurrent
   renderers never see half a WAV, and a file that exists is complete.
 - Asterisk runs as an unprivileged user inside its own root: ``Voice`` copies what it plays into a
-  directory inside that root (0755 directories, 0644 files, owned by Asterisk's user when we run
-  as root) and hands out sound names as Asterisk sees them (``inner_path``, without ``.wav``).
+  directory inside that root (0750 directories, 0640 files: police audio must not be world-readable;
+  owned by Asterisk's user when we run as root, else in the group Asterisk reads the sounds
+  directory through) and hands out sound names as Asterisk sees them (``inner_path``, without ``.wav``).
+- Free texts (a typed police message, the send form's preview) are police content, not catalogue
+  prompts: they are rendered into a private 0700 directory (``storage.sealed.private_dir``), never
+  into the shared cache, and removed when unused for ``TEXT_TTL_S`` or when the message is purged.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import multiprocessing
 import os
 import shutil
 import threading
+import time
 import uuid
 import wave
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 from ivr.media.tts import TELEPHONE_RATE_HZ, VOICES
 from ivr.media.prompts import CATALOGUE, LANGUAGES, check_prompt, load_catalogue
+from storage.sealed import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,11 @@ BEEP_MS = 400
 BEEP_DBFS = -6.0
 #: Short fades so the tone starts and stops without a click.
 BEEP_FADE_MS = 10
+#: A rendered free text (police content) not asked for this long is removed from the private directory.
+TEXT_TTL_S = 600.0
+#: Published files: readable by Asterisk (its user or its group), by nobody else.
+PUBLISHED_FILE_MODE = 0o640
+PUBLISHED_DIR_MODE = 0o750
 
 
 def _digest(*parts: object) -> str:
@@ -64,14 +75,14 @@ def _tmp_beside(target: Path) -> Path:
 # --- Worker-process functions (module level so the pool can pickle them) ---------------------
 
 
-def _render_speech(text: str, language: str, target: Path) -> Path:
-    """Speak ``text`` into ``target`` (8 kHz mono 16-bit WAV), atomically. Runs in a worker."""
+def _render_speech(text: str, language: str, target: Path, mode: int = 0o644) -> Path:
+    """Speak ``text`` into ``target`` (8 kHz mono 16-bit WAV) with ``mode``, atomically. Runs in a worker."""
     from ivr.media.tts import synthesize
 
     tmp = _tmp_beside(target)
     try:
         synthesize(text, language, tmp, rate_wpm=RATE_WPM)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -179,11 +190,30 @@ class PromptRenderer:
         return self._speech_path(prompt_id, language, self.text(prompt_id, language, **values))
 
     def text_path(self, text: str, language: str) -> Path:
-        """Where the WAV of a free text lives (or will)."""
+        """Where the WAV of a free text lives (or will): in the private directory, not the shared cache."""
         _check_language(language, "text")
         if not text.strip():
             raise ValueError("nothing to say: the text is empty")
-        return self._speech_path("text", language, text)
+        return self.text_dir() / language / _speech_file(self.cache_dir, "text", language, text).name
+
+    def text_dir(self) -> Path:
+        """The private (0700) directory of rendered free texts, one per cache directory."""
+        return private_dir("texts", self.cache_dir)
+
+    def sweep_texts(self, now: float | None = None) -> int:
+        """Remove rendered free texts not used for ``TEXT_TTL_S``; how many."""
+        now = time.time() if now is None else now
+        removed = 0
+        for folder, _dirs, files in os.walk(self.text_dir()):
+            for name in files:
+                path = Path(folder) / name
+                try:
+                    if now - path.stat().st_mtime >= TEXT_TTL_S:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
 
     def beep_path(self) -> Path:
         """Where the beep lives (or will)."""
@@ -199,8 +229,7 @@ class PromptRenderer:
         return texts
 
     def _speech_path(self, stem: str, language: str, text: str) -> Path:
-        key = _digest(RENDER_FORMAT, VOICES[language], RATE_WPM, language, text)
-        return self.cache_dir / language / f"{stem}-{key[:12]}.wav"
+        return _speech_file(self.cache_dir, stem, language, text)
 
     # --- rendering --------------------------------------------------------------------------
 
@@ -251,9 +280,14 @@ class PromptRenderer:
         return await self._once(target, _render_speech, text, language, target)
 
     async def text_wav(self, text: str, language: str) -> Path:
-        """The rendered WAV of any free text (a police message typed instead of spoken)."""
+        """The rendered WAV of any free text (a police message typed instead of spoken), 0600 in the
+        private directory; texts unused for ``TEXT_TTL_S`` are removed meanwhile."""
         target = self.text_path(text, language)
-        return await self._once(target, _render_speech, text, language, target)
+        await asyncio.to_thread(self.sweep_texts)
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        if target.exists():
+            os.utime(target)  # in use: not swept
+        return await self._once(target, _render_speech, text, language, target, 0o600)
 
     async def beep_wav(self) -> Path:
         """The rendered beep (see ``BEEP_*``)."""
@@ -320,6 +354,24 @@ class PromptRenderer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _speech_file(cache_dir: Path, stem: str, language: str, text: str) -> Path:
+    key = _digest(RENDER_FORMAT, VOICES[language], RATE_WPM, language, text)
+    return cache_dir / language / f"{stem}-{key[:12]}.wav"
+
+
+def free_text_files(text: str, cache_dir: Path = DEFAULT_CACHE_DIR) -> list[Path]:
+    """Every file a free text may have been rendered to, in any language: the private directory and the
+    shared cache (where earlier versions put them). What a purge of that text removes."""
+    if not text.strip():
+        return []
+    private = private_dir("texts", cache_dir)
+    files = []
+    for language in LANGUAGES:
+        shared = _speech_file(cache_dir, "text", language, text)
+        files += [private / language / shared.name, shared]
+    return files
 
 
 def _check_language(language: str, what: str) -> None:
@@ -393,7 +445,7 @@ class Voice:
                 w.setsampwidth(2)
                 w.setframerate(8000)
                 w.writeframes(b"\0\0" * int(round(seconds * 8000)))
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, PUBLISHED_FILE_MODE)
             self._chown(tmp)
             os.replace(tmp, target)
         finally:
@@ -402,7 +454,12 @@ class Voice:
     async def _publish(self, source: Path, target: Path) -> str:
         name = self.inner_path(target.with_suffix(""))
         if target.exists():  # content-named and written atomically: it is this content
-            return name
+            try:
+                os.utime(target)  # in use: ``unpublish_stale`` leaves it alone for a while
+            except FileNotFoundError:
+                pass
+            else:
+                return name
         loop = asyncio.get_running_loop()
         task = self._pending.get(target)
         if task is None or task.get_loop() is not loop:
@@ -426,14 +483,15 @@ class Voice:
         tmp = _tmp_beside(target)
         try:
             shutil.copyfile(source, tmp)
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, PUBLISHED_FILE_MODE)
             self._chown(tmp)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
 
     def _ensure_dirs(self, directory: Path) -> None:
-        """``sounds_dir`` and every directory down to ``directory``: 0755, Asterisk's when root."""
+        """``sounds_dir`` and every directory down to ``directory``: 0750, Asterisk's when root (else in
+        the sounds directory's group, which Asterisk reads through)."""
         levels = [self.sounds_dir]
         for part in directory.relative_to(self.sounds_dir).parts:
             levels.append(levels[-1] / part)
@@ -442,10 +500,28 @@ class Voice:
                 continue
             level.mkdir(parents=True, exist_ok=True)
             if os.geteuid() == 0 or level.stat().st_uid == os.geteuid():
-                os.chmod(level, 0o755)
+                os.chmod(level, PUBLISHED_DIR_MODE)
             self._chown(level)
             self._ready_dirs.add(level)
 
     def _chown(self, path: Path) -> None:
-        if self.owner is not None and os.geteuid() == 0:
-            os.chown(path, *self.owner)
+        if os.geteuid() == 0:
+            if self.owner is not None:
+                os.chown(path, *self.owner)
+            return
+        # Unprivileged (production): the service shares the sounds with Asterisk through the sounds
+        # directory's group (``binfoon deploy``), of which the service user is a member.
+        group = self.sounds_dir.stat().st_gid
+        if path.stat().st_gid != group:
+            try:
+                os.chown(path, -1, group)
+            except PermissionError:
+                log.warning("%s: cannot give it the sounds directory's group %d; Asterisk may not read it",
+                            path, group)
+
+    def unpublish(self, sha256: str) -> bool:
+        """Remove the published copy of the audio with this content (purged, or no longer needed)."""
+        target = self.sounds_dir / "audio" / f"{sha256}.wav"
+        existed = target.exists()
+        target.unlink(missing_ok=True)
+        return existed

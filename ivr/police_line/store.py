@@ -26,7 +26,7 @@ from ivr.domain.phone import mask
 from ivr.domain.pin import PinPolicy
 from ivr.telephony.call import Recorded
 from ivr.media.compare import read_wav_mono, speech_span
-from ivr.directory.pin_gate import check_pin, lock_in_force, pin_key
+from ivr.directory.pin_gate import PinRules, check_pin, lock_in_force, pin_key
 from ivr.directory.sip_accounts import officer_by_sip
 from storage import audit
 from storage.db import Desk
@@ -38,6 +38,9 @@ from ivr.domain.vocabulary import MessageKind, MessageSource, MessageStatus, Rol
 from storage.recordings import RecordingStore
 
 log = logging.getLogger(__name__)
+
+#: The police line's name in ``PinAttempt.line`` and its audit actions (``police.pin_wrong``...).
+LINE = "police"
 
 
 @dataclass(frozen=True)
@@ -106,11 +109,14 @@ class MessageDesk(Desk):
         store: RecordingStore,
         *,
         pin_policy: PinPolicy = PinPolicy(),
+        pin_rules: PinRules | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         super().__init__(engine)
         self.store = store
         self.pin_policy = pin_policy
+        #: Per caller ID (``pin_policy`` unless ``pin_rules`` are given), per account, per line; the pepper.
+        self.pin_rules = pin_rules or PinRules(caller=pin_policy)
         self.clock = clock
 
     # -- the police line: who is calling ------------------------------------------------------
@@ -132,7 +138,7 @@ class MessageDesk(Desk):
         return await self.tx(lambda s: self._lock(s, key, key, officer_by_sip(s, username)))
 
     def _lock(self, s: Session, key: str, subject: str, person: Person | None) -> dt.datetime | None:
-        lock = lock_in_force(s, self.pin_policy, key, person.id if person else None, self.clock())
+        lock = lock_in_force(s, self.pin_rules, key, person.id if person else None, self.clock(), line=LINE)
         if lock is not None:
             audit.record(s, subject, "police.call_refused_locked",
                          f"person:{person.id if person else '-'}", locked_until=lock.isoformat())
@@ -149,7 +155,7 @@ class MessageDesk(Desk):
         return await self.tx(lambda s: self._check(s, sip_key(username), officer_by_sip(s, username), pin))
 
     def _check(self, s: Session, key: str, person: Person | None, pin: str) -> PinResult:
-        verdict = check_pin(s, self.pin_policy, key, person, pin, self.clock(), line="police")
+        verdict = check_pin(s, self.pin_rules, key, person, pin, self.clock(), line=LINE)
         person = verdict.person
         if person is None:
             return PinResult(None, verdict.locked_until)
@@ -196,7 +202,7 @@ class MessageDesk(Desk):
         stored = self.store.store(source, message_id, take)
         speech_s = 0.0
         try:
-            samples, rate = read_wav_mono(stored.path)
+            samples, rate = read_wav_mono(source)  # the plaintext; the stored file is sealed
             span = speech_span(samples, rate)
             speech_s = 0.0 if span is None else span[1] - span[0]
         except (ValueError, EOFError) as exc:

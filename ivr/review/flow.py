@@ -17,9 +17,11 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import zoneinfo
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ivr.review.policy import parse_later
+from ivr.telephony.agi import is_originated_channel
 from ivr.telephony.call import Call, choose
 from ivr.review.store import AfterDecision, ReviewBrief, ReviewDesk
 from ivr.media.prompts import text
@@ -50,6 +52,15 @@ class ReviewEnd(enum.Enum):
     REJECT = "reject"
     ALREADY_DECIDED = "already_decided"
     NO_DECISION = "no_decision"
+
+
+def review_call_start(args: Sequence[str], unique_id: str) -> str | None:
+    """The review call's id from its AGI arguments, taken only on the channel we originated for that
+    review call (the same rule as the member call's): ``None`` means refuse it before anything is
+    played or stored, so a leaked review-call id decides nothing."""
+    if not args or not is_originated_channel(unique_id, args[0]):
+        return None
+    return args[0]
 
 
 async def coordinator_review(call: Call, desk: ReviewDesk, review_call_id: str, rules: ReviewRules,

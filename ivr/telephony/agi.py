@@ -7,12 +7,20 @@ Gaps of panoramisk 1.4's FastAGI that this module closes:
   ``_read_result`` crashes on end-of-file: both are read here with limits and timeouts;
 - hang-ups come back as several different answers (``HANGUP``, ``result=-1``, ``511``, EOF):
   they all become one ``CallHungUp`` exception, so a flow is plain code between awaits.
+
+Trust (issue 14 item 4): any local process can connect to a loopback port and claim any caller ID,
+channel or argument. Once the server knows the instance's secret (``require_secret``), it runs a
+flow only for a request whose script is ``<secret>/<route>`` (compared in constant time), which
+only the rendered dialplan knows; anything else is logged (without the secret) and closed. Routes
+see the route's name only. An outbound call's flow further checks ``is_originated_channel``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import re
 from typing import Any, Awaitable, Callable
 
 from panoramisk.fast_agi import Application, Request
@@ -27,6 +35,29 @@ class CallHungUp(Exception):
 
 class AgiError(RuntimeError):
     """Asterisk refused an AGI command (bad syntax, unknown application...)."""
+
+
+#: What a FastAGI secret looks like: long enough, and safe as one segment of an AGI URL.
+_SECRET_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,}")
+
+
+def route_of(script: str, secret: str) -> str | None:
+    """The route a request names when its script is ``<secret>/<route>``; ``None`` for any other
+    script. The secret is compared in constant time (its length is no secret)."""
+    given, slash, route = script.partition("/")
+    if not slash or not route:
+        return None
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode("ascii")):
+        return None
+    return route
+
+
+def is_originated_channel(unique_id: str, call_id: str) -> bool:
+    """Is the channel whose Uniqueid is ``unique_id`` the one we originated for ``call_id``? Our
+    Originate gives the call's own id as the ``ChannelId`` (``ivr.telephony.ami``), so that channel's
+    Uniqueid is the id itself; the other half of a Local channel (``<id>-2``) and every other channel
+    are not. The one rule for member calls and review calls."""
+    return bool(call_id) and unique_id == call_id
 
 
 def _quote(arg: str) -> str:
@@ -167,7 +198,8 @@ Route = Callable[[AgiCall], Awaitable[None]]
 
 
 class AgiServer(Application):  # type: ignore[misc]
-    """A FastAGI server on loopback running one coroutine per call."""
+    """A FastAGI server on loopback running one coroutine per call. The application's server requires
+    the instance's secret (``require_secret``); only the lab's simulated phones are served without one."""
 
     HEADER_TIMEOUT_S = 5.0
 
@@ -177,6 +209,28 @@ class AgiServer(Application):  # type: ignore[misc]
         self.port = port
         self._server: asyncio.base_events.Server | None = None
         self._calls: set[asyncio.Task[Any]] = set()
+        self._secret: str | None = None
+
+    def require_secret(self, secret: str) -> None:
+        """From now on, serve only requests whose script starts with ``secret`` (the instance's
+        FastAGI secret, ``<secret>/<route>``). A server keeps the one secret it was given."""
+        if not _SECRET_SHAPE.fullmatch(secret):
+            raise ValueError("FastAGI secret: at least 32 URL-safe characters (letters, digits, - and _)")
+        if self._secret is not None and not hmac.compare_digest(self._secret, secret):
+            raise ValueError("this FastAGI server already requires another FastAGI secret")
+        self._secret = secret
+
+    @property
+    def requires_secret(self) -> bool:
+        """True once the server serves only requests that carry a secret."""
+        return self._secret is not None
+
+    def _route_name(self, script: str) -> str | None:
+        """The route a request may run: without a secret (the lab's simulated phones) the script
+        itself; with one, only what follows the secret."""
+        if self._secret is None:
+            return script
+        return route_of(script, self._secret)
 
     def add_route(self, path: str, endpoint: Route) -> None:
         """Serve ``agi://host:port/<path>`` with ``endpoint(call)``; it must be ``async def``."""
@@ -219,7 +273,15 @@ class AgiServer(Application):  # type: ignore[misc]
             headers = dict(
                 line.split(": ", 1) for line in raw.decode("utf-8", "replace").splitlines() if ": " in line
             )
-            script = headers.get("agi_network_script", "")
+            script = self._route_name(headers.get("agi_network_script", ""))
+            if script is None:
+                # Not from our dialplan: a local process. Nothing it sent is trusted or echoed (a
+                # channel name can hold a phone number); the secret is never logged.
+                log.warning("FastAGI: request without this instance's secret refused (from %s)", _peer(writer))
+                return
+            if self._secret is not None:
+                headers["agi_network_script"] = script
+                headers["agi_request"] = headers.get("agi_request", "").replace(f"/{self._secret}/", "/")
             route = self._route.get(script)
             if route is None:
                 log.error("FastAGI: no route for %r", script)
@@ -241,3 +303,9 @@ class AgiServer(Application):  # type: ignore[misc]
                 await writer.wait_closed()
             except (ConnectionError, OSError):
                 pass
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    """The connecting side's address, for the log."""
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"

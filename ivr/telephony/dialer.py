@@ -1,4 +1,10 @@
-"""Placing an outbound call: the dial template, our caller ID, and an exact outcome."""
+"""Placing an outbound call: the dial template, our caller ID, and an exact outcome.
+
+Rule: every Originate passes ``AmiDialer.dial``, and a number the destination policy refuses
+(``ivr.domain.destinations``: premium, satellite, outside the allowed countries) is never handed to
+Asterisk, whoever asked for the call (member, review or test call) and however the number got into
+the database: the call ends as ``invalid_number`` with ``barred`` saying why.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import Mapping, Protocol
 
+from ivr.domain.destinations import DEFAULT_DESTINATIONS, DestinationPolicy
+from ivr.domain.phone import mask
 from ivr.telephony.ami import AmiGateway, AmiUnavailable, OriginateOutcomeUnknown, OriginateRefused
 from ivr.telephony.outcomes import DialOutcome, classify_dial
 
@@ -24,6 +32,8 @@ class Dialled:
     refused: bool = False
     #: Why nothing was placed (Asterisk's words), for the log.
     why: str = ""
+    #: The destination policy refused the number (why): nothing was placed, and nothing ever will be.
+    barred: str = ""
 
 
 class Dialer(Protocol):
@@ -44,9 +54,11 @@ class Dialer(Protocol):
 class AmiDialer:
     """Dials through AMI Originate with the configured dial template and caller ID."""
 
-    def __init__(self, ami: AmiGateway, dial_template: str, caller_id_number: str, caller_id_name: str) -> None:
+    def __init__(self, ami: AmiGateway, dial_template: str, caller_id_number: str, caller_id_name: str,
+                 destinations: DestinationPolicy = DEFAULT_DESTINATIONS) -> None:
         self.ami = ami
         self.dial_template = dial_template
+        self.destinations = destinations
         # The same number and name on every call and retry, so members can save it.
         self.caller_id = f'"{caller_id_name}" <{caller_id_number}>' if caller_id_name else caller_id_number
 
@@ -57,7 +69,12 @@ class AmiDialer:
 
     async def dial(self, call_id: str, number: str, *, context: str, variables: Mapping[str, str],
                    ring_timeout_s: float, exten: str = "s") -> Dialled:
-        """Originate and classify; a lost outcome counts as failed (never re-sent blindly)."""
+        """Originate and classify; a lost outcome counts as failed (never re-sent blindly). A number the
+        destination policy refuses is not originated at all."""
+        barred = self.destinations.refusal(number)
+        if barred is not None:
+            log.warning("call %s to %s not placed: %s", call_id, mask(number), barred)
+            return Dialled(DialOutcome.INVALID_NUMBER, barred=barred)
         try:
             result = await self.ami.originate(
                 call_id, self.dial_template.replace("${NUMBER}", number), context=context, exten=exten,

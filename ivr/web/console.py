@@ -12,7 +12,9 @@ Rules:
 - no SQL here: reads and writes are the features' own functions (``ivr.delivery.board``,
   ``ivr.directory.store``, ...), each given a session of ``Console.run``/``Console.tx``;
 - SQL and audio work run in worker threads, speech in the service's rendering processes (the
-  event loop keeps serving calls);
+  event loop keeps serving calls); password checks (argon2) and the live streams' polling have
+  their own bounded threads (``signin_tx``, ``read``), apart from the pool the call flows' database
+  steps use, so a sign-in flood or many open boards cannot delay a PIN check on the phone;
 - an upload reaches ffmpeg only if it starts like an audio file (a playlist or anything else
   ffmpeg would follow to other files never does), and is then decoded only as that container,
   with plain files as the only protocol (``convert_upload``);
@@ -33,6 +35,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
@@ -66,6 +69,10 @@ T = TypeVar("T")
 
 class ConsoleUnavailable(RuntimeError):
     """The console runs without the telephone side (no calls can be placed)."""
+
+
+class ConsoleBusy(RuntimeError):
+    """Too many sign-ins wait for a password check: refused at once (the visitor tries again)."""
 
 
 class AfterSend(Protocol):
@@ -126,6 +133,13 @@ class Console:
     test_call_of: dict[int, str] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _store: Desk = field(init=False, repr=False)
+    #: Password checks (argon2) and the live streams' polling have their own bounded threads, never
+    #: the pool the call flows' database steps share (``tx``, asyncio's default): a sign-in flood or
+    #: many open boards cannot delay a PIN check on the phone.
+    hashing: ThreadPoolExecutor = field(init=False, repr=False)
+    reading: ThreadPoolExecutor = field(init=False, repr=False)
+    #: Sign-ins hashing or waiting for a thread (beyond ``web_hash_workers + web_signin_queue``: busy).
+    _signins: int = field(default=0, init=False, repr=False)
 
     @classmethod
     def from_app(cls, app: BinfoonApp) -> Console:
@@ -144,6 +158,8 @@ class Console:
 
     def __post_init__(self) -> None:
         self._store = Desk(self.engine)
+        self.hashing = ThreadPoolExecutor(self.settings.web_hash_workers, thread_name_prefix="web-hash")
+        self.reading = ThreadPoolExecutor(self.settings.web_stream_workers, thread_name_prefix="web-read")
 
     def run(self, work: Callable[[Session], T]) -> T:
         """One transaction (blocking)."""
@@ -152,6 +168,21 @@ class Console:
     async def tx(self, work: Callable[[Session], T]) -> T:
         """One transaction in a worker thread."""
         return await self._store.tx(work)
+
+    async def signin_tx(self, work: Callable[[Session], T]) -> T:
+        """One transaction that checks a password, on the password threads (``ConsoleBusy`` at once
+        when ``web_signin_queue`` sign-ins already wait for one)."""
+        if self._signins >= self.settings.web_hash_workers + self.settings.web_signin_queue:
+            raise ConsoleBusy("too many sign-ins at once")
+        self._signins += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.hashing, self.run, work)
+        finally:
+            self._signins -= 1
+
+    async def read(self, work: Callable[[], T]) -> T:
+        """Blocking reads for the live streams and the audit view, on their own threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.reading, work)
 
     # -- the live board ------------------------------------------------------------------------
     def board(self, viewer: Viewer) -> list[dict[str, Any]]:
@@ -239,12 +270,15 @@ class Console:
         """Call one member with the spoken test message (no keys, no campaign); returns the call id.
 
         The call is written (audited) before it is placed, and waits for a free channel and the
-        trunk's pace like every other outbound call."""
+        trunk's pace like every other outbound call (``OutboundCalls.acquire``: the dialler's limits).
+        A number the destination policy refuses (stored before it) raises ``RefusedDestination`` and
+        is never dialled (the dialler's edge would refuse it too). How often is the page's limit."""
         app = self.app
         if app is None:
             raise ConsoleUnavailable("no telephone connection")
         call_id = new_id()
         e164, language = await self.tx(lambda s: record_test_call(s, person_id, call_id, viewer.actor))
+        self.settings.destinations.check(e164)
         header = await app.voice.prompt("member_header_preventive", language)
         sound = await app.voice.prompt("demo_test_message", language)
         # Only each member's latest test call is kept: the page shows no more.
@@ -289,6 +323,8 @@ class Console:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.hashing.shutdown(wait=False, cancel_futures=True)
+        self.reading.shutdown(wait=False, cancel_futures=True)
 
 
 # espeak-ng keeps global state in this process: one synthesis at a time.

@@ -4,7 +4,9 @@ The pages themselves are ``ivr.web.pages`` (one module per area). Rules kept her
 - an anonymous request is sent to the sign-in; a ``PageError`` is shown as a page in the viewer's
   language; a body past its limit is refused (413);
 - no inline script (the CSP forbids it): scripts are the fixed files of ``static/``;
-- nothing is cached by a browser or proxy unless the response says so.
+- nothing is cached by a browser or proxy unless the response says so;
+- the session cookie is ``SameSite=Strict``: a link or form on another site never carries it, so
+  no audited GET (a replay, an export, the audit view) can be set off from elsewhere.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def create_app(console: Console, secret_key: str, secure_cookies: bool = False) 
         Route("/send", pages.send, methods=["POST"]),
         Route("/send/preview", pages.send_preview, methods=["GET"]),
         Route("/archive", pages.archive, methods=["GET"]),
+        Route("/audit", pages.audit_log, methods=["GET"]),
         Route("/bins", pages.bins, methods=["GET"]),
         Route("/bins/{number:int}", pages.bin_page, methods=["GET"]),
         Route("/bins/{number:int}", pages.bin_edit, methods=["POST"]),
@@ -100,7 +103,9 @@ def create_app(console: Console, secret_key: str, secure_cookies: bool = False) 
     ]
     middleware = [Middleware(SecurityHeaders, hsts=secure_cookies),
                   Middleware(SessionMiddleware, secret_key=secret_key, session_cookie=SESSION_COOKIE,
-                             max_age=int(console.settings.web_session_max_s), same_site="lax",
+                             # Strict: no request from another site carries the session, so no audited
+                             # GET (a replay, an export, the audit view) can be set off cross-site.
+                             max_age=int(console.settings.web_session_max_s), same_site="strict",
                              https_only=secure_cookies)]
     return Starlette(routes=routes, middleware=middleware, exception_handlers={
         SignInRequired: sign_in_required, PageError: page_error, BodyTooLarge: body_too_large,

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import pytest
 
+from ivr.asterisk.instance import AmiCredentials
+from ivr.asterisk.officers import asterisk_cli
 from ivr.lab.phone_lab import PhoneLab
 from ivr.telephony.agi import AgiCall
+from ivr.telephony.ami import AmiGateway
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +64,39 @@ def listen_for_key(lab: PhoneLab, prompt: str | None = None, wait_s: float = 8.0
 
     lab.app.add_route("member_call", member_call)
     return heard
+
+
+#: The tests' own AMI user: it may read DTMF, which the application's user may not (issue 14 item 10).
+TEST_AMI_USER = "binfoon-test"
+
+
+def add_test_ami_user(lab: PhoneLab) -> AmiCredentials:
+    """Give the lab's Asterisk an AMI user for tests that watch keys (``dtmf`` read right), in the file
+    ``manager.conf`` includes only if it exists (``etc/tests/``: root's, never written in production),
+    and reload the manager. Returns its credentials."""
+    instance = lab.asterisk
+    folder = instance.run_dir / "etc" / "tests"
+    folder.mkdir(mode=0o750, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    path = folder / "manager-tests.conf"
+    path.write_text("\n".join([
+        f"[{TEST_AMI_USER}]", f"secret = {secret}", "deny = 0.0.0.0/0.0.0.0", "permit = 127.0.0.1/255.255.255.255",
+        "read = call,dtmf,user", ""]))
+    os.chmod(path, 0o640)
+    if os.geteuid() == 0:  # as the instance's own files: root's, readable by Asterisk's group
+        gid = instance.runtime.asterisk_user()[1]
+        os.chown(folder, 0, gid)
+        os.chown(path, 0, gid)
+    asterisk_cli(instance.run_dir, "manager reload")
+    return AmiCredentials(instance.ami.host, instance.ami.port, TEST_AMI_USER, secret)
+
+
+@pytest.fixture
+async def dtmf_ami(lab: PhoneLab) -> AsyncIterator[AmiGateway]:
+    """An AMI session as the tests' own user (it sees DTMF events; the application's user does not)."""
+    gateway = AmiGateway(add_test_ami_user(lab))
+    await gateway.connect()
+    try:
+        yield gateway
+    finally:
+        await gateway.close()

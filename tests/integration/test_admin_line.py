@@ -23,6 +23,7 @@ from ivr.domain.vocabulary import CampaignStatus, Language, MessageStatus, Phone
 from storage.pins import hash_pin
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import Binfoon, start_binfoon
+from storage.recordings import open_recording
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +128,9 @@ async def test_an_admin_hears_the_latest_messages_with_their_counts(lab: PhoneLa
             played = [e for e in s.scalars(select(AuditEntry).where(AuditEntry.action == "recording.played")
                                            .order_by(AuditEntry.id)) if e.details.get("via") == "admin_line"]
             pins = s.scalars(select(AuditEntry.action).where(AuditEntry.action.like("admin_line.%"))).all()
-            stored = {m: Path(s.get_one(Message, m).recordings[0].path) for m in (newer, older)}
+            # The stored files are sealed: what the phone must have heard is their verified plaintext.
+            stored = {m: open_recording(Path(r.path), r.sha256)
+                      for m in (newer, older) for r in [s.get_one(Message, m).recordings[0]]}
         assert [(e.actor, e.subject) for e in played] == [(f"person:{admin_id}", f"message:{newer}"),
                                                           (f"person:{admin_id}", f"message:{older}")]
         assert pins == ["admin_line.pin_ok"]

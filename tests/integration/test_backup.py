@@ -44,6 +44,14 @@ def tree(folder: Path) -> dict[str, bytes]:
         if folder.exists() else {}
 
 
+def put_key(data_dir: Path, key: bytes) -> None:
+    """Put the recordings' key (kept apart by the operator) where a restore into ``data_dir`` needs it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "recordings.key"
+    path.write_bytes(key)
+    path.chmod(0o600)
+
+
 def tables(database: str) -> list[str]:
     engine = make_engine(database)
     try:
@@ -82,8 +90,10 @@ def test_restore_into_a_fresh_install_replays_the_archived_message(
     assert manifest["database"]["kind"] == kind
     assert {f["path"] for f in manifest["files"]} == {
         "database.sqlite" if kind == "sqlite" else "database.pgdump", "keys/web-session.key", "keys/trunk.secret",
-        f"recordings/message-{message_id:06d}/take-1.wav"}
+        f"recordings/message-{message_id:06d}/take-1.sealed"}
     assert not list(tmp_path.glob("backups/.*partial*"))  # built aside, renamed into place
+    # The recordings' key is never in a backup: the operator keeps it apart (here: in memory).
+    kept_apart = (source / "recordings.key").read_bytes()
     shutil.rmtree(tmp_path / "source")  # the old server is gone
 
     # A fresh install elsewhere: another data folder, another database with the empty schema.
@@ -91,6 +101,10 @@ def test_restore_into_a_fresh_install_replays_the_archived_message(
     fresh = another_database(database, request, tmp_path / "restored")
     assert binfoon(fresh, target, "db", "upgrade").returncode == 0
     new_secret = tmp_path / "restored" / "etc" / "carrier.secret"
+    # Without the recordings' key the restore is refused, by name, before anything is written.
+    done = binfoon(fresh, target, "restore", str(backup), env={"BINFOON_TRUNK_SECRET_FILE": str(new_secret)})
+    assert done.returncode == 2 and "recordings.key" in done.stderr and "kept apart" in done.stderr, done.stderr
+    put_key(target, kept_apart)
     done = binfoon(fresh, target, "restore", str(backup), env={"BINFOON_TRUNK_SECRET_FILE": str(new_secret)})
     assert done.returncode == 0, done.stderr
     assert (target / "web-session.key").read_text().strip() == key
@@ -141,7 +155,7 @@ def test_a_damaged_backup_is_refused_and_nothing_is_written(
     assert binfoon(database, source, "backup", str(backup)).returncode == 0
 
     # One byte of the police recording flipped (a bad disk, a bad copy).
-    take = backup / "recordings" / f"message-{message_id:06d}" / "take-1.wav"
+    take = backup / "recordings" / f"message-{message_id:06d}" / "take-1.sealed"
     data = bytearray(take.read_bytes())
     data[len(data) // 2] ^= 0x01
     take.write_bytes(bytes(data))
@@ -149,7 +163,7 @@ def test_a_damaged_backup_is_refused_and_nothing_is_written(
     fresh = another_database(database, request, tmp_path / "restored")
     done = binfoon(fresh, target, "restore", str(backup))
     assert done.returncode == 2, done.stdout
-    assert "damaged" in done.stderr and f"recordings/message-{message_id:06d}/take-1.wav" in done.stderr
+    assert "damaged" in done.stderr and f"recordings/message-{message_id:06d}/take-1.sealed" in done.stderr
     assert "checksum" in done.stderr
     assert tree(target) == {}
     assert tables(fresh) == []
@@ -199,6 +213,7 @@ def test_the_demo_on_postgresql_backed_up_and_restored_replays_the_officers_call
     assert done.returncode == 0, done.stderr
     target = tmp_path / "restored" / "var"
     fresh = another_database(database, request, tmp_path / "restored")
+    put_key(target, (var / "demo" / "recordings.key").read_bytes())  # the operator's copy of the key
     done = binfoon(fresh, target, "restore", str(backup))
     assert done.returncode == 0, done.stderr
     engine = make_engine(fresh)
@@ -238,7 +253,10 @@ def test_a_restore_the_database_refuses_leaves_nothing_behind(
         conn.execute(f'REVOKE CREATE ON SCHEMA public FROM PUBLIC, "{role}"')
     as_role = fresh.set(username=role).render_as_string(hide_password=False)
     target = tmp_path / "restored" / "var"
+    key = (source / "recordings.key").read_bytes()
+    put_key(target, key)
     done = binfoon(as_role, target, "restore", str(backup))
     assert done.returncode == 2 and "psql" in done.stderr and "nothing was written" in done.stderr, done.stderr
-    assert tree(target) == {}  # no recording, no key, no staging folder left behind
+    # No recording, no key, no staging folder left behind (the recordings' key is the operator's, put there).
+    assert tree(target) == {"recordings.key": key}
     assert tables(fresh.render_as_string(hide_password=False)) == []

@@ -27,6 +27,7 @@ from tests.integration.binfoon import officer_script, start_binfoon, utc
 from tests.integration.conftest import eventually
 from tests.pg import ON_BOTH_DATABASES
 from tests.world import OFFICER_PHONE, build_world
+from storage.recordings import open_recording
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +93,7 @@ async def test_officer_alert_reaches_the_coordinator_who_forwards_it(
         assert [c.dial_outcome for c in calls] == ["answered"] and calls[0].person_id == world.coordinators[0][0]
         assert decision.decision is Decision.FORWARD_NOW and decision.person_id == world.coordinators[0][0]
         # What the officer said is what was stored: same speech length, same signal.
-        stored = Path(recording.path)
+        stored = open_recording(Path(recording.path), recording.sha256)  # sealed at rest: its plaintext
         assert abs(_span_s(stored) - _span_s(CLIP)) <= 0.5
         assert hear_file(CLIP, stored).whole
         assert locate_speech_file(OTHER_CLIP, stored).peak_ncc < 0.5  # and the check can fail
@@ -143,7 +144,7 @@ async def test_hang_up_while_speaking_keeps_a_draft_that_is_never_sent(lab: Phon
             assert s.scalars(select(ReviewCall)).all() == []
         assert message.status is MessageStatus.DRAFT and message.urgency is Urgency.PREVENTIVE
         assert recording.end_reason == "hangup"
-        assert hear_file(CLIP, Path(recording.path)).whole  # nothing recorded is lost
+        assert hear_file(CLIP, open_recording(Path(recording.path), recording.sha256)).whole  # nothing lost
     finally:
         await binfoon.app.stop()
 

@@ -228,6 +228,6 @@ async def test_call_back_and_report_lines(lab: PhoneLab, tmp_path: Path, rendere
         assert ends["coordinator_report"] == "3/3"  # the call-back confirmation counts
         with session_scope(binfoon.world.engine) as s:
             via = {c.person_id: c.via for c in s.scalars(select(Confirmation))}
-        assert via[absent] == "callback" and len(via) == 3
+        assert via[absent] == "callback-unverified" and len(via) == 3
     finally:
         await binfoon.app.stop()

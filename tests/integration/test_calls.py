@@ -12,6 +12,7 @@ from ivr.media.compare import hear_file, locate_file
 from ivr.media.tts import synthesize
 from ivr.lab.phone_lab import PhoneLab
 from ivr.lab.network import PhoneScript
+from ivr.telephony.ami import AmiGateway
 from ivr.telephony.events import DtmfReceived
 from ivr.telephony.outcomes import DialOutcome, classify_dial
 from tests.integration.conftest import listen_for_key
@@ -19,11 +20,12 @@ from tests.integration.conftest import listen_for_key
 pytestmark = pytest.mark.integration
 
 
-async def test_answered_call_delivers_key_1_to_python(lab: PhoneLab) -> None:
+async def test_answered_call_delivers_key_1_to_python(lab: PhoneLab, dtmf_ami: AmiGateway) -> None:
     heard = listen_for_key(lab)
     attempt = str(uuid.uuid4())
     dtmf: asyncio.Queue[DtmfReceived] = asyncio.Queue()
-    lab.ami.subscribe(lambda e: dtmf.put_nowait(e) if isinstance(e, DtmfReceived) else None)
+    # The tests' own AMI user: the application's may not see keys (PINs).
+    dtmf_ami.subscribe(lambda e: dtmf.put_nowait(e) if isinstance(e, DtmfReceived) else None)
     lab.network.script("+3291000001", PhoneScript.answers(rings=2, keys=((3.0, "1"),)))
 
     result = await lab.call("+3291000001", attempt_id=attempt)
@@ -35,7 +37,7 @@ async def test_answered_call_delivers_key_1_to_python(lab: PhoneLab) -> None:
     assert key.unique_id == attempt and key.args[0] == attempt and key.args[1] == "HUMAN"
     calls = await lab.network.wait_for_calls("+3291000001", 1)
     assert len(calls) == 1 and [d for _, d in calls[0].keys_sent] == ["1"]
-    # The key also reached the AMI event stream, on our channel. AMI and AGI are two sockets, so the
+    # The key also reached the (tests' own) AMI event stream, on our channel. AMI and AGI are two sockets, so the
     # event may come after the flow already has the key: wait for it rather than look once.
     async with asyncio.timeout(5):
         while not ((e := await dtmf.get()).digit == "1" and e.channel_id == attempt):

@@ -59,6 +59,8 @@ def test_root_reloads_asterisk_when_the_service_rewrites_the_officers_accounts(t
     units = render_units(layout)
     path_unit = units[OFFICERS_PATH_UNIT]
     assert f"PathChanged={layout.instance_dir}/etc/officers/pjsip-officers.conf" in path_unit
+    # A ban the unprivileged service writes takes effect through the same reload.
+    assert f"PathChanged={layout.instance_dir}/etc/officers/pjsip-bans.conf" in path_unit
     assert f"Unit={OFFICERS_RELOAD_UNIT}" in path_unit
     reload = parse_unit(units[OFFICERS_RELOAD_UNIT])
     assert reload["User"] == ["root"] and reload["Type"] == ["oneshot"]
@@ -71,6 +73,9 @@ def test_a_system_asterisk_inside_the_data_dir_can_still_pass_through_it(tmp_pat
     data = tmp_path / "var"
     plan = {p: rest for p, *rest in ownership_plan(data, data / "asterisk" / "default", None, (990, 990), 995)}
     assert plan[data] == [990, 995, 0o710, False]
+    # Not recursive there: the keys a root command may have made first are still handed to the service.
+    for key in ("pin-pepper.key", "audit.key", "recordings.key", "web-session.key"):
+        assert plan[data / key] == [990, 990, 0o600, False]
 
 
 def _layout(tmp_path: Path) -> Layout:

@@ -254,8 +254,12 @@ def test_bad_input_on_the_send_form_is_explained_and_writes_nothing(site: Site, 
 def test_a_typed_alert_by_street_is_spoken_and_submitted(site: Site) -> None:
     client = site.signed_in("police")
     token = csrf_of(client.get("/send").text)
-    response = client.post("/send", data={"csrf": token, "bins": "kerkstraat", "urgency": "preventive",
-                                          "text": "Opgelet:  fietsdiefstallen aan het station."})
+    form = {"csrf": token, "bins": "kerkstraat", "urgency": "preventive",
+            "text": "Opgelet:  fietsdiefstallen aan het station."}
+    asked = client.post("/send", data=form)  # a street: the BINs it matched are shown first
+    confirm = re.findall(r'name="confirm_bins" value="(\d+)"', asked.text)
+    assert asked.status_code == 200 and len(confirm) == 1
+    response = client.post("/send", data={**form, "confirm_bins": confirm})
     assert response.status_code == 303, response.text
     with session_scope(site.engine) as s:
         [message] = s.scalars(select(Message)).all()

@@ -71,7 +71,7 @@ def test_the_session_cookie_can_be_https_only(site: Site) -> None:
     from starlette.testclient import TestClient
 
     plain = site.client().get("/signin").headers["set-cookie"].lower()
-    assert "httponly" in plain and "samesite=lax" in plain and "secure" not in plain
+    assert "httponly" in plain and "samesite=strict" in plain and "secure" not in plain
     client = TestClient(create_app(site.console, "k", secure_cookies=True), base_url="https://testserver",
                         follow_redirects=False)
     page = client.get("/signin")

@@ -2,6 +2,8 @@
 
 Rules (the whole console's; see ``ivr.web.routes`` for the app around them):
 - every page but the sign-in needs a session; anonymous requests are redirected to the sign-in;
+- the client is the peer, or behind a proxy of ``web_trusted_proxies`` the right-most address of
+  X-Forwarded-For that is not a proxy (``client_address``): the sign-in limit counts per client;
 - a session ends after ``web_session_idle_s`` without a request, after ``web_session_max_s`` in
   any case, and when the account's ``session_epoch`` changes (password reset, disabled);
 - every form carries the session's CSRF token; a POST without it changes nothing (403);
@@ -11,11 +13,14 @@ Rules (the whole console's; see ``ivr.web.routes`` for the app around them):
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import ipaddress
 import re
 import secrets
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -70,6 +75,28 @@ def safe_target(target: str) -> str:
     return target
 
 
+def _trusted(address: str, proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def client_address(peer: str, forwarded_for: str | None,
+                   proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """Who is asking: the peer, unless the peer is a trusted proxy; then the right-most address of
+    X-Forwarded-For that is not a proxy (each proxy appends the address it saw: what a client wrote
+    itself stands further left and is never believed). Only proxies in it: the left-most."""
+    if not forwarded_for or not _trusted(peer, proxies):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, proxies):
+            return hop[:64]
+    return hops[0][:64] if hops else peer
+
+
 def _limited(receive: Any, max_bytes: int) -> Any:
     """``receive`` that raises ``BodyTooLarge`` once the body passes ``max_bytes``."""
     seen = 0
@@ -94,6 +121,30 @@ def marked(snippet: str | None) -> Markup:
     return Markup("").join(out)
 
 
+class LiveStreams:
+    """The open live streams, one per session (session key -> the event that ends it)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[str, asyncio.Event] = {}
+
+    def start(self, session_key: str) -> asyncio.Event | None:
+        """Register a session's stream: the event ends it. A stream the session already had is ended
+        (a reload, a second tab: the newest wins); ``None`` when ``limit`` streams are open."""
+        older = self.open.pop(session_key, None)
+        if older is not None:
+            older.set()
+        elif len(self.open) >= self.limit:
+            return None
+        ended = self.open[session_key] = asyncio.Event()
+        return ended
+
+    def end(self, session_key: str, ended: asyncio.Event) -> None:
+        """A stream is over (unless a newer one of the session took its place)."""
+        if self.open.get(session_key) is ended:
+            del self.open[session_key]
+
+
 class PageBase:
     """The plumbing every page area uses, bound to one console."""
 
@@ -103,6 +154,8 @@ class PageBase:
         self.secret_key = secret_key
         self.limits = SignInLimits(self.settings.web_signin_max_failures, self.settings.web_ip_max_failures,
                                    self.settings.web_signin_lock_s)
+        self.proxies = self.settings.trusted_proxies
+        self.streams = LiveStreams(self.settings.web_max_streams)
         # Every template is escaped, whatever its name ends with.
         self.env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True)
         self.env.filters["local"] = self._local_time
@@ -121,6 +174,12 @@ class PageBase:
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
         return value.astimezone(self.settings.tz).strftime(fmt)
+
+    def client(self, request: Request) -> str:
+        """The client's address (``client_address`` over ``web_trusted_proxies``): what the sign-in limit counts."""
+        peer = request.client.host if request.client else "unknown"
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for")) or None
+        return client_address(peer, forwarded, self.proxies)
 
     @staticmethod
     def language(request: Request) -> str:

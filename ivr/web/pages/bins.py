@@ -1,13 +1,18 @@
 """BINs and their members: the list, one BIN (edit, CSV import, add a member), one member (edit, test call).
 
 Rules: a BIN or member outside the viewer's scope is "not found"; only admins and the BIN's own
-coordinators change its members ("forbidden" otherwise); a form with bad input is shown again with
-every message and nothing is written; every change is audited by the directory.
+coordinators change its members ("forbidden" otherwise); a BIN's name (read back to officers) and
+streets (which steer alerts sent by street) are the admins' alone: a coordinator's form does not offer
+them and a request carrying them is forbidden, with nothing written; a form with bad input is shown
+again with every message and nothing is written; every change is audited by the directory; numbers
+must pass the destination policy (``Settings.destinations``); test calls are limited per member and
+per signed-in person (``TestCallLog``; an alert for the admins when refused).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -34,12 +39,16 @@ from ivr.directory.store import (
     phone_taken,
     save_member,
 )
-from ivr.domain.phone import InvalidPhoneNumber, normalize_phone
-from ivr.web.console import ConsoleUnavailable
+from ivr.domain.destinations import DestinationPolicy, TestCallLog
+from ivr.domain.phone import InvalidPhoneNumber
+from ivr.web.console import Console, ConsoleUnavailable
 from ivr.web.i18n import tr
 from ivr.web.pages.base import UPLOAD_OVERHEAD_BYTES, BodyTooLarge, PageBase, PageError
+from storage import audit
 from storage.models import Bin, Person
 from ivr.domain.vocabulary import Language
+
+log = logging.getLogger(__name__)
 
 #: The fields of a member household's form.
 MEMBER_FIELDS = ("name", "phone", "second_phone", "street", "language")
@@ -47,6 +56,12 @@ MEMBER_FIELDS = ("name", "phone", "second_phone", "street", "language")
 
 class BinPages(PageBase):
     """The BINs list, a BIN's page and its changes, a member's page and theirs."""
+
+    def __init__(self, console: Console, secret_key: str) -> None:
+        super().__init__(console, secret_key)
+        # In memory: a restart forgets the last hour's test calls (the audit log keeps every one).
+        self.test_call_log = TestCallLog(self.settings.test_calls_per_member_hour,
+                                         self.settings.test_calls_per_person_hour)
 
     async def bins(self, request: Request) -> Response:
         """The BINs the viewer sees, with zone, streets and member count."""
@@ -62,7 +77,9 @@ class BinPages(PageBase):
         return bin_
 
     def _bin_context(self, viewer: Viewer, number: int) -> dict[str, Any]:
-        return dict(self.console.run(lambda s: bin_with_members(s, viewer, self._bin(s, viewer, number))))
+        context = dict(self.console.run(lambda s: bin_with_members(s, viewer, self._bin(s, viewer, number))))
+        context["identity_editable"] = viewer.is_admin
+        return context
 
     def _bin_page(self, request: Request, viewer: Viewer, status: int, context: dict[str, Any],
                   **errors: Any) -> Response:
@@ -86,17 +103,24 @@ class BinPages(PageBase):
         return viewer, number
 
     async def bin_edit(self, request: Request) -> Response:
-        """Name, language and streets of a BIN."""
+        """Language of a BIN; for admins also its name and streets (coordinators: forbidden)."""
         viewer, number = await self._editable_bin(request)
         form = await self.form(request)
         lang = self.language(request)
-        name = " ".join(str(form.get("name", "")).split())
+        identity = "name" in form or "streets" in form
+        if identity and not viewer.is_admin:
+            # The name is read back to officers and the streets choose who gets an alert sent by street.
+            raise PageError(403, "error_forbidden")
         language = str(form.get("language", ""))
-        streets = list(dict.fromkeys(" ".join(line.split()) for line in str(form.get("streets", "")).splitlines()
-                                     if line.strip()))
+        name: str | None = None
+        streets: list[str] | None = None
         errors = []
-        if not name:
-            errors.append(tr("bin_error_name", lang))
+        if identity:
+            name = " ".join(str(form.get("name", "")).split())
+            streets = list(dict.fromkeys(" ".join(line.split()) for line in str(form.get("streets", "")).splitlines()
+                                         if line.strip()))
+            if not name:
+                errors.append(tr("bin_error_name", lang))
         if language not in ("nl", "fr", "de"):
             errors.append(tr("error_language", lang))
         if errors:
@@ -133,7 +157,7 @@ class BinPages(PageBase):
                     errors.append(tr("send_error_too_big", lang, mb=self.settings.web_upload_max_bytes // 1_000_000))
         if not errors:
             try:
-                rows = await asyncio.to_thread(parse_member_csv, data)
+                rows = await asyncio.to_thread(parse_member_csv, data, self.settings.destinations)
             except CsvImportError as exc:
                 errors = [tr("import_refused", lang, count=len(exc.errors))] + [str(e) for e in exc.errors]
         if errors:
@@ -176,7 +200,7 @@ class BinPages(PageBase):
         bin_ = await self.console.tx(lambda s: self._editable_member(s, viewer, person_id)[1])
         form = await self.form(request)
         values = {k: " ".join(str(form.get(k, "")).split()) for k in MEMBER_FIELDS}
-        errors, phone, second = self._member_errors(values, lang)
+        errors, phone, second = self._member_errors(values, lang, self.settings.destinations)
         if not errors and await self.console.tx(lambda s: phone_taken(s, bin_.id, phone, person_id)):
             errors.append(tr("member_error_phone_taken", lang, bin=bin_.number))
         if errors:
@@ -193,7 +217,7 @@ class BinPages(PageBase):
         lang = self.language(request)
         form = await self.form(request)
         values = {k: " ".join(str(form.get(k, "")).split()) for k in MEMBER_FIELDS}
-        errors, phone, second = self._member_errors(values, lang)
+        errors, phone, second = self._member_errors(values, lang, self.settings.destinations)
         if not errors and await self.console.tx(lambda s: phone_taken(s, self._bin(s, viewer, number).id, phone)):
             # The import keys households by their first number: one number, one household.
             errors.append(tr("member_error_phone_taken", lang, bin=number))
@@ -210,18 +234,19 @@ class BinPages(PageBase):
         return Household(values["name"], values["street"] or None, CSV_LANGUAGES[values["language"]], phone, second)
 
     @staticmethod
-    def _member_errors(values: dict[str, str], lang: str) -> tuple[list[str], str, str | None]:
+    def _member_errors(values: dict[str, str], lang: str,
+                       destinations: DestinationPolicy) -> tuple[list[str], str, str | None]:
         errors = []
         phone, second = "", None
         if not values["name"]:
             errors.append(tr("member_error_name", lang))
         try:
-            phone = normalize_phone(values["phone"])
+            phone = destinations.dialable(values["phone"])
         except InvalidPhoneNumber as exc:
             errors.append(tr("member_error_phone", lang, why=str(exc)))
         if values["second_phone"]:
             try:
-                second = normalize_phone(values["second_phone"])
+                second = destinations.dialable(values["second_phone"])
             except InvalidPhoneNumber as exc:
                 errors.append(tr("member_error_second_phone", lang, why=str(exc)))
         if second is not None and second == phone:
@@ -242,12 +267,27 @@ class BinPages(PageBase):
 
         number, name = await self.console.tx(check)
         await self.form(request)
+        now = self.now()
+        limited = self.test_call_log.refusal(person_id, viewer.actor, now)
+        if limited is not None:
+            limit = (self.settings.test_calls_per_member_hour if limited == "member"
+                     else self.settings.test_calls_per_person_hour)
+            log.warning("SECURITY: test call to person %d refused for %s: %d an hour per %s", person_id,
+                        viewer.actor, limit, limited)
+            await self.console.tx(lambda s: audit.record(s, "system", "security.alert", f"person:{person_id}",
+                                                         kind="test-call-limit", by=viewer.actor, per=limited,
+                                                         limit=limit))
+            self.flash(request, tr(f"test_call_limit_{limited}", lang, limit=limit), "warn")
+            return RedirectResponse(f"/bins/{number}", 303)
         try:
             await self.console.test_call(viewer, person_id)
         except ConsoleUnavailable:
             self.flash(request, tr("test_call_unavailable", lang), "warn")
+        except InvalidPhoneNumber as exc:  # a number stored before the destination policy
+            self.flash(request, tr("test_call_barred", lang, name=name, why=str(exc)), "warn")
         except LookupError:
             self.flash(request, tr("test_call_no_phone", lang, name=name), "warn")
         else:
+            self.test_call_log.record(person_id, viewer.actor, now)
             self.flash(request, tr("test_call_started", lang, name=name))
         return RedirectResponse(f"/bins/{number}", 303)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,21 @@ from ivr.delivery.states import BAR
 from ivr.delivery.store import delivery_pause
 from ivr.web.i18n import tr
 from ivr.web.pages.base import PageBase
+
+#: A stream replaced by a newer one of its session tells its browser to retry only after this
+#: (two tabs of one session then take turns instead of replacing each other every 2 s).
+REPLACED_RETRY_MS = 30000
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Wait until one of ``events`` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
 
 #: Every stage ``ivr.delivery.board.stage_of`` gives (the live board's script words them).
 STAGES = ("with_coordinators", "scheduled", "delivering", "done", "rejected", "cancelled", "draft")
@@ -36,7 +52,7 @@ class BoardPages(PageBase):
     async def board(self, request: Request) -> Response:
         """Messages in progress with their stage and live campaign bar."""
         viewer = await self.viewer(request)
-        items = await asyncio.to_thread(lambda: with_pause(self.console, self.console.board(viewer)))
+        items = await self.console.read(lambda: with_pause(self.console, self.console.board(viewer)))
         lang = self.language(request)
         stage_texts = {stage: tr(f"stage_{stage}", lang) for stage in STAGES}
         empty_bar = {"members": 0, **{segment: 0 for segment in BAR}}
@@ -46,7 +62,7 @@ class BoardPages(PageBase):
     async def board_state(self, request: Request) -> Response:
         """The board as JSON (what the live stream sends)."""
         viewer = await self.viewer(request)
-        return JSONResponse(await asyncio.to_thread(lambda: with_pause(self.console, self.console.board(viewer))))
+        return JSONResponse(await self.console.read(lambda: with_pause(self.console, self.console.board(viewer))))
 
     async def board_events(self, request: Request) -> Response:
         """Server-sent events: the board whenever it changes (a comment every 15 s keeps proxies open).
@@ -55,9 +71,17 @@ class BoardPages(PageBase):
         and the browser's automatic reconnection then finds no session. The account is checked
         again on every round: a disabled account or a new password ends the stream, and a change
         of roles changes what it shows.
+
+        One stream per session: a second one (a reload, another tab) ends the first, which tells its
+        browser to come back only after ``REPLACED_RETRY_MS``; past ``web_max_streams`` open streams
+        a new one is refused (503). The polling runs on the console's own reading threads.
         """
         viewer = await self.viewer(request, touch=False)
         console = self.console
+        stream_key = hashlib.sha256(self.csrf_token(request).encode()).hexdigest()
+        replaced = self.streams.start(stream_key)
+        if replaced is None:
+            return Response("too many live streams", 503, media_type="text/plain", headers={"Retry-After": "30"})
         now = self.now
         session = request.session
         ends_at = min(float(session["seen"]) + self.settings.web_session_idle_s,
@@ -73,24 +97,30 @@ class BoardPages(PageBase):
         async def events() -> AsyncIterator[str]:
             last = None
             quiet_since = now()
-            yield "retry: 2000\n\n"
-            while not console.closing.is_set() and now() < ends_at:
-                board = await asyncio.to_thread(board_now)
-                if board is None:
-                    return  # signed out everywhere: the reconnection meets the sign-in
-                state = json.dumps(board, sort_keys=True)
-                if state != last:
-                    last = state
-                    quiet_since = now()
-                    yield f"event: board\ndata: {state}\n\n"
-                elif now() - quiet_since > 15:
-                    quiet_since = now()
-                    yield ": still here\n\n"
-                try:
-                    async with asyncio.timeout(1.0):
-                        await console.closing.wait()
-                except TimeoutError:
-                    pass
+            try:
+                yield "retry: 2000\n\n"
+                while not console.closing.is_set() and now() < ends_at:
+                    if replaced.is_set():
+                        yield f"retry: {REPLACED_RETRY_MS}\n\n"
+                        return  # the session's newer stream goes on
+                    board = await console.read(board_now)
+                    if board is None:
+                        return  # signed out everywhere: the reconnection meets the sign-in
+                    state = json.dumps(board, sort_keys=True)
+                    if state != last:
+                        last = state
+                        quiet_since = now()
+                        yield f"event: board\ndata: {state}\n\n"
+                    elif now() - quiet_since > 15:
+                        quiet_since = now()
+                        yield ": still here\n\n"
+                    try:
+                        async with asyncio.timeout(1.0):
+                            await _first_of(console.closing, replaced)
+                    except TimeoutError:
+                        pass
+            finally:
+                self.streams.end(stream_key, replaced)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

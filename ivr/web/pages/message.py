@@ -25,6 +25,7 @@ from ivr.archive.message_view import (
     visible_message,
     web_replay_refusal,
 )
+from ivr.archive.at_rest import alert_refused_recording
 from ivr.archive.store import AccessDenied, Archive, ArchiveError
 from ivr.delivery.report import campaign_report
 from ivr.directory.accounts import Viewer
@@ -100,14 +101,18 @@ class MessagePages(PageBase):
                 path = await self.console.desk.recording_to_play(message_id, viewer.actor)
             except LookupError:
                 raise PageError(404, "error_no_recording") from None
-            except RecordingCorrupted:
+            except RecordingCorrupted as exc:
+                await asyncio.to_thread(alert_refused_recording, self.console.engine, f"message:{message_id}",
+                                        str(exc))
                 raise PageError(500, "error_recording_corrupted") from None
             played[str(message_id)] = now
             request.session["played"] = played
         else:
             try:
                 path = await self.console.tx(lambda s: self._verified_take(s, message_id))
-            except RecordingCorrupted:
+            except RecordingCorrupted as exc:
+                await asyncio.to_thread(alert_refused_recording, self.console.engine, f"message:{message_id}",
+                                        str(exc))
                 raise PageError(500, "error_recording_corrupted") from None
         return FileResponse(path, media_type="audio/wav", headers={"Cache-Control": "no-store"})
 

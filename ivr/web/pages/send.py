@@ -1,7 +1,10 @@
 """Sending an alert from the console: typed (spoken like ``binfoon message send``) or uploaded audio.
 
 Rules: everything is checked first (urgency, BINs, text or audio, sizes); with any error the form
-comes back with every message and nothing is written; else one message per BIN is submitted.
+comes back with every message and nothing is written; BINs chosen by street (a street matches every
+BIN with a street starting with the typed word) are shown, with their streets, and sent to only once
+the sender ticked them (a second POST with ``confirm_bins``: ids of BINs that street matched, nothing
+else); else one message per BIN is submitted.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ivr.web.console import NotAudio, convert_upload
 from ivr.web.i18n import tr
 from ivr.web.pages.base import UPLOAD_OVERHEAD_BYTES, BodyTooLarge, PageBase, PageError
 from ivr.domain.vocabulary import Urgency
+from storage.models import Bin
 
 
 def _save_upload(upload: UploadFile, target: Path) -> int:
@@ -31,6 +35,18 @@ def _save_upload(upload: UploadFile, target: Path) -> int:
     with target.open("wb") as out:
         shutil.copyfileobj(upload.file, out, 1 << 16)
         return out.tell()
+
+
+def _confirmed(bins: list[Bin], by_street: dict[int, list[str]], ticked: list[str]
+               ) -> tuple[list[Bin], list[tuple[str, str]]]:
+    """The BINs to send to: those named by number, and those found by street that the sender ticked;
+    errors for a tick that names no BIN the street found (a forged form) or for no BIN at all."""
+    street_bins = {str(b.id): b for b in bins if b.id in by_street}
+    errors = [("send_error_confirm_other", value) for value in ticked if value not in street_bins]
+    chosen = [b for b in bins if b.id not in by_street or str(b.id) in ticked]
+    if not chosen:
+        errors.append(("send_error_confirm_none", ""))
+    return chosen, errors
 
 
 class SendPages(PageBase):
@@ -71,10 +87,11 @@ class SendPages(PageBase):
         urgency = {"urgent": Urgency.URGENT, "preventive": Urgency.PREVENTIVE}.get(values["urgency"])
         if urgency is None:
             errors.append(tr("send_error_urgency", lang))
-        bins, bin_errors = await self.console.tx(lambda s: resolve_bins(s, viewer, values["bins"]))
+        bins, bin_errors, by_street = await self.console.tx(lambda s: resolve_bins(s, viewer, values["bins"]))
         errors += [tr(key, lang, value=value) for key, value in bin_errors]
         if not bins and not bin_errors:
             errors.append(tr("send_error_no_bin", lang))
+        confirming = [str(v) for v in form.getlist("confirm_bins")]
         text = " ".join(values["text"].split())
         upload = form.get("audio")
         has_audio = isinstance(upload, UploadFile) and bool(upload.filename)
@@ -84,6 +101,15 @@ class SendPages(PageBase):
             errors.append(tr("send_error_empty", lang))
         elif len(text) > MAX_TEXT_CHARS:
             errors.append(tr("send_error_too_long", lang, count=len(text), max=MAX_TEXT_CHARS))
+        if by_street and not errors:
+            if not confirming:
+                # Nothing is sent before the sender saw which BINs the street chose.
+                matched = [{"id": b.id, "number": b.number, "name": b.name, "streets": by_street[b.id]}
+                           for b in bins if b.id in by_street]
+                return await self._send_page(request, viewer, 200, values=values, confirm=matched,
+                                             audio_again=has_audio)
+            bins, confirm_errors = _confirmed(bins, by_street, confirming)
+            errors += [tr(key, lang, value=value) for key, value in confirm_errors]
         with tempfile.TemporaryDirectory() as tmp:
             wav = Path(tmp) / "upload.wav"
             if has_audio and not errors:
@@ -117,7 +143,7 @@ class SendPages(PageBase):
         if not text or len(text) > MAX_TEXT_CHARS:
             return Response(tr("send_error_empty" if not text else "send_error_too_long", lang, count=len(text),
                                max=MAX_TEXT_CHARS), status_code=400, media_type="text/plain; charset=utf-8")
-        bins, _ = await self.console.tx(lambda s: resolve_bins(s, viewer, request.query_params.get("bins", "")))
+        bins, _, _ = await self.console.tx(lambda s: resolve_bins(s, viewer, request.query_params.get("bins", "")))
         language = bins[0].language.value if bins else "nl"
         data = await self.console.spoken(text, language)
         return Response(data, media_type="audio/wav", headers={"Cache-Control": "no-store"})

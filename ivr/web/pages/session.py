@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from ivr.directory.accounts import sign_in, sign_out_everywhere
+from ivr.web.console import ConsoleBusy
 from ivr.web.i18n import LANGUAGES, tr
 from ivr.web.pages.base import PageBase, safe_target
 
@@ -29,8 +30,12 @@ class SessionPages(PageBase):
         lang = self.language(request)
         if not username.strip() or not password:
             return self.render(request, "signin.html", 400, error=tr("signin_missing", lang), next=target)
-        ip = request.client.host if request.client else "unknown"
-        result = await self.console.tx(lambda s: sign_in(s, username, password, ip, self.limits))
+        ip = self.client(request)  # behind a trusted proxy: the client it forwards for
+        try:
+            # On the password threads: a flood of sign-ins never takes the call flows' threads.
+            result = await self.console.signin_tx(lambda s: sign_in(s, username, password, ip, self.limits))
+        except ConsoleBusy:
+            return self.render(request, "signin.html", 503, error=tr("signin_busy", lang), next=target)
         if result.viewer is None:
             if result.locked_until is not None:
                 error = tr("signin_locked", lang, time=self._local_time(result.locked_until, "%H:%M"))

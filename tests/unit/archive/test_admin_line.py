@@ -22,6 +22,7 @@ from storage.pins import hash_pin
 from tests.conftest import SHARED_DIR
 from tests.fakes import FakeCall
 from tests.world import OFFICER_PHONE, OFFICER_PIN, OTHER_ZONE_BIN, World, build_world
+from storage.recordings import open_recording
 
 NEWER_CLIP = SHARED_DIR / "audio" / "espeak-nl" / "01.wav"
 OLDER_CLIP = SHARED_DIR / "audio" / "espeak-nl" / "02.wav"
@@ -118,8 +119,10 @@ def _audit(world: World, action: str) -> list[AuditEntry]:
 
 
 def _stored(world: World, message_id: int) -> Path:
+    """The plaintext copy the store hands out for the message's recording (the stored file is sealed)."""
     with session_scope(world.engine) as s:
-        return Path(s.get_one(Message, message_id).recordings[0].path)
+        recording = s.get_one(Message, message_id).recordings[0]
+        return open_recording(Path(recording.path), recording.sha256)
 
 
 async def _run(world: World, clock: Clock, script: list[object], tmp_path: Path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import stat
 import struct
 import wave
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from storage.models import AuditEntry, Message, Person, PhoneNumber, Recording, 
 from ivr.domain.vocabulary import MessageSource, MessageStatus, PhoneRank, Role, Urgency
 from storage.recordings import RecordingStore
 from tests.world import OFFICER_PHONE, OTHER_ZONE_BIN, World, build_world
+from storage.recordings import open_recording
 
 NOW = dt.datetime(2027, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -187,7 +189,8 @@ def test_replay_by_an_admin_is_audited_and_the_copy_is_byte_identical(lab: Lab) 
     out = lab.tmp / "copy.wav"
     assert lab.archive.play(mid, f"person:{lab.admin_id}", out) == out
     with session_scope(lab.engine) as s:
-        original = Path(s.scalars(select(Recording.path)).one())
+        recording = s.scalars(select(Recording)).one()
+        original = open_recording(Path(recording.path), recording.sha256)  # the store's file is sealed
     assert out.read_bytes() == original.read_bytes() and len(out.read_bytes()) > 1000
     assert out.stat().st_mode & 0o077 == 0  # police audio: readable by its owner only
     played = lab.audits("recording.played")
@@ -236,7 +239,11 @@ def test_replay_to_the_speakers_uses_a_player_after_auditing(lab: Lab) -> None:
     seen = lab.tmp / "seen.wav"
     # A "player" that copies what it is given: proves which file would be heard.
     played = lab.archive.play(mid, f"person:{lab.admin_id}", player=["sh", "-c", f'cp "$1" {seen}', "player"])
-    assert played.name == "take-1.wav" and seen.read_bytes() == played.read_bytes()
+    with session_scope(lab.engine) as s:
+        sha = s.scalars(select(Recording.sha256)).one()
+    # The player is given the plaintext copy in the store's private folder, never the sealed file.
+    assert played.name == f"{sha}.wav" and seen.read_bytes() == played.read_bytes()
+    assert stat.S_IMODE(played.parent.stat().st_mode) == 0o700
     with pytest.raises(ArchiveError, match="false failed"):
         lab.archive.play(mid, f"person:{lab.admin_id}", player=["false"])
     assert [p.details["to"] for p in lab.audits("recording.played")] == ["speakers", "speakers"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Coroutine
@@ -11,7 +13,9 @@ from typing import Any, Coroutine
 import pytest
 
 from ivr.app import BinfoonApp
+from ivr.archive.at_rest import MediaCopies
 from ivr.archive.retention import ACTOR, RetentionSweep
+from ivr.archive.store import Archive
 from tests.unit.archive.test_archive import NOW, Lab, make_lab
 
 
@@ -97,3 +101,33 @@ async def test_the_service_poll_loop_runs_the_sweep_once_at_start(lab: Lab) -> N
     await asyncio.gather(poller, return_exceptions=True)
     assert len(tasks) == 1
     assert [a.subject for a in lab.audits("recording.purged")] == [f"message:{old}"]
+
+
+def test_the_sweep_also_removes_published_audio_no_message_needs_every_minute(lab: Lab, tmp_path: Path) -> None:
+    """Issue 14 item 7: the service's copy for Asterisk of a message that is over goes, without waiting a day."""
+    sounds = tmp_path / "binfoon-sounds"
+    (sounds / "audio").mkdir(parents=True)
+    stale = sounds / "audio" / f"{'a' * 64}.wav"  # no message in flight has this content
+    stale.write_bytes(b"police audio")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    # A typed police text an older version rendered into the shared prompt cache (0644).
+    cache = tmp_path / "rendered"
+    (cache / "nl").mkdir(parents=True)
+    typed = cache / "nl" / "text-0123456789ab.wav"
+    typed.write_bytes(b"typed police text")
+    prompt = cache / "nl" / "member_thanks-0123456789ab.wav"
+    prompt.write_bytes(b"a catalogue prompt")
+    archive = Archive(lab.engine, lab.store, operator="service", copies=MediaCopies((sounds,), cache))
+    ticks = Ticks()
+    sweep = RetentionSweep(archive, 30, lambda: NOW, monotonic=ticks, sounds_dirs=[sounds])
+    assert sweep.due()
+    asyncio.run(sweep.run())
+    assert not stale.exists() and sweep.last_report is not None and not sweep.due()
+    assert not typed.exists() and prompt.exists()
+    stale.write_bytes(b"police audio")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    ticks.now += 60
+    assert sweep.due()  # the minute's unpublishing, not the day's purge
+    sweep.last_report = None
+    asyncio.run(sweep.run())
+    assert not stale.exists() and sweep.last_report is None

@@ -23,8 +23,11 @@ from ivr.archive.backup import (
     verify,
 )
 from ivr.domain.vocabulary import Urgency
+from storage import audit
 from storage.db import make_engine, session_scope
 from storage.models import Message, Recording
+from storage.recordings import open_recording
+from storage.sealed import load_or_create_key
 from tests.conftest import SHARED_DIR
 from tests.pg import another_database
 from tests.world import build_world
@@ -120,6 +123,18 @@ def test_a_backup_taken_while_messages_arrive_holds_every_recording_its_database
     # What the dumped database names, read back from the dump itself (restored into a fresh database).
     fresh = tmp_path / "fresh"
     fresh_url = another_database(db_url, request, fresh)
+    # The recordings are sealed and the backup does not carry their key: without it, nothing is restored.
+    assert not (result.folder / "keys" / "recordings.key").exists()
+    assert manifest.recordings_key_id is not None
+    with pytest.raises(BackupError, match="never carries their key: copy the installation's recordings.key"):
+        restore(result.folder, fresh_url, fresh / "var")
+    # Another installation's key is refused by its fingerprint, before anything is written.
+    load_or_create_key(fresh / "var" / "recordings.key")
+    with pytest.raises(BackupError, match="is not the key this backup's recordings are sealed with"):
+        restore(result.folder, fresh_url, fresh / "var")
+    assert sorted(p.name for p in (fresh / "var").iterdir()) == ["recordings.key"]
+    # The operator's copy of the key, put in place: the restore goes through.
+    (fresh / "var" / "recordings.key").write_bytes((data_dir / "recordings.key").read_bytes())
     restore(result.folder, fresh_url, fresh / "var")
     engine = make_engine(fresh_url)
     with session_scope(engine) as s:
@@ -130,5 +145,41 @@ def test_a_backup_taken_while_messages_arrive_holds_every_recording_its_database
     held = {f.path.removeprefix("recordings/") for f in manifest.files if f.path.startswith("recordings/")}
     assert named == held and len(held) >= 3 and messages == len(held)
     assert manifest.recordings == len(held) == len(manifest.moves)
+    # What was restored opens with the key and is each row's plaintext (its SHA-256).
+    engine = make_engine(fresh_url)
+    with session_scope(engine) as s:
+        for path, sha in s.execute(select(Recording.path, Recording.sha256)):
+            assert open_recording(Path(path), sha).read_bytes() == CLIP.read_bytes()
+    engine.dispose()
     # A SQLite copy is one self-contained file (no WAL beside it).
     assert not list(result.folder.glob("database.sqlite-*"))
+
+
+def test_a_restored_installation_s_audit_chain_verifies_against_its_anchors(tmp_path: Path) -> None:
+    """The audit chain is keyed and anchored in a file beside the database (issue 14 item 8): a backup
+    carries the anchors (copied before the database, so none names a row the copy lacks) and the key,
+    and the restored installation's chain verifies intact instead of "no anchors, yet keyed"."""
+    data_dir = tmp_path / "var"
+    url = f"sqlite:///{data_dir / 'binfoon.db'}"
+    world = build_world(url, data_dir / "recordings")
+    audit.configure(url, data_dir)
+    for i in range(3):
+        with session_scope(world.engine) as s:
+            audit.record(s, "test", "bin.add", f"bin:{i}")
+    with session_scope(world.engine) as s:
+        assert audit.anchor(s) is not None
+    world.engine.dispose()
+    result = backup(url, data_dir, tmp_path / "backup")
+    fresh = tmp_path / "fresh" / "var"
+    fresh_url = f"sqlite:///{fresh / 'binfoon.db'}"
+    if (data_dir / "recordings.key").exists():  # kept apart by the operator: put in place by hand
+        fresh.mkdir(parents=True)
+        (fresh / "recordings.key").write_bytes((data_dir / "recordings.key").read_bytes())
+    restore(result.folder, fresh_url, fresh)
+    audit.configure(fresh_url, fresh)
+    engine = make_engine(fresh_url)
+    with session_scope(engine) as s:
+        checked = audit.check(s)
+    engine.dispose()
+    assert checked.intact, [str(p) for p in checked.problems]
+    assert checked.keyed_rows >= 3

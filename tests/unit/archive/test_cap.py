@@ -22,6 +22,7 @@ from storage.models import BinStreet, Message, Recording
 from ivr.domain.vocabulary import MessageKind, MessageSource, MessageStatus, Urgency
 from tests.cap_rules import cap_errors
 from tests.unit.archive.test_archive import NOW, Lab, make_lab
+from storage.recordings import open_recording
 
 NS = {"c": cap.CAP_NS}
 TZ = zoneinfo.ZoneInfo("Europe/Brussels")
@@ -67,7 +68,8 @@ def test_an_alert_is_valid_cap_with_the_transcript_and_the_audio(lab: Lab) -> No
     assert (result.cap_file, result.audio_file) == (out / f"{mid}.cap.xml", out / f"{mid}.wav")
     assert (result.identifier, result.msg_type) == (f"BINFOON-5415-{mid}", "Alert")
     with session_scope(lab.engine) as s:
-        original = Path(s.scalars(select(Recording.path)).one()).read_bytes()
+        recording = s.scalars(select(Recording)).one()
+        original = open_recording(Path(recording.path), recording.sha256).read_bytes()
     audio = result.audio_file.read_bytes()
     assert audio == original and len(audio) > 1000
     assert result.cap_file.stat().st_mode & 0o077 == 0 and result.audio_file.stat().st_mode & 0o077 == 0

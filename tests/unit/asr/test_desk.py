@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import shutil
 from pathlib import Path
 from collections.abc import Iterator
 
@@ -18,6 +17,7 @@ from ivr.asr.desk import TranscriptionDesk
 from ivr.asr.models import packaged_model
 from storage.db import open_database, session_scope
 from storage.models import Bin, Message, PoliceZone, Recording, Transcript
+from storage.recordings import RecordingStore
 from ivr.domain.vocabulary import Urgency
 
 AUDIO = Path(__file__).resolve().parents[4] / "shared" / "audio"
@@ -48,14 +48,12 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 def add_recording(engine: Engine, source: Path, folder: Path, take: int) -> int:
-    """A stored recording row pointing at a copy of ``source`` (as the message desk writes them)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stored = folder / f"take-{take}.wav"
-    shutil.copy(source, stored)
+    """A stored recording row for ``source``, sealed by the recording store (as the message desk writes them)."""
     with session_scope(engine) as s:
         message_id = s.scalars(select(Message.id)).one()
-        recording = Recording(message_id=message_id, path=str(stored), sha256="0" * 64, duration_s=1.0,
-                              take=take)
+        stored = RecordingStore(folder).store(source, message_id, take)
+        recording = Recording(message_id=message_id, path=str(stored.path), sha256=stored.sha256,
+                              duration_s=stored.duration_s, take=take)
         s.add(recording)
         s.flush()
         return recording.id

@@ -14,6 +14,7 @@ from storage.db import session_scope
 from storage.models import Recording, utcnow
 from ivr.domain.vocabulary import MessageStatus, Urgency
 from tests.unit.archive.test_archive import NOW, Lab, make_lab
+from storage.recordings import open_recording
 
 
 @pytest.fixture
@@ -85,7 +86,8 @@ def test_play_to_a_file(lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["archive", "play", str(mid), "--as", f"person:{lab.admin_id}", "--out", str(out)]) == 0
     assert capsys.readouterr().out == f"message {mid}: copy written to {out}\n"
     with session_scope(lab.engine) as s:
-        assert out.read_bytes() == Path(s.scalars(select(Recording.path)).one()).read_bytes()
+        recording = s.scalars(select(Recording)).one()
+        assert out.read_bytes() == open_recording(Path(recording.path), recording.sha256).read_bytes()
     played = lab.audits("recording.played")
     assert len(played) == 1 and played[0].actor == f"person:{lab.admin_id}"
     assert played[0].details["via"].startswith("cli")
@@ -141,9 +143,11 @@ def test_play_to_the_speakers(lab: Lab, tmp_path: Path, monkeypatch: pytest.Monk
     fake.write_text(f'#!/bin/sh\nexec /bin/cp "$2" {heard}\n')
     fake.chmod(0o755)
     assert main(["archive", "play", str(mid), "--as", str(lab.admin_id)]) == 0
-    assert capsys.readouterr().out == f"message {mid}: played take-1.wav\n"
     with session_scope(lab.engine) as s:
-        assert heard.read_bytes() == Path(s.scalars(select(Recording.path)).one()).read_bytes()
+        recording = s.scalars(select(Recording)).one()
+        # The player gets the verified plaintext copy (named by its SHA-256): the stored file is sealed.
+        assert capsys.readouterr().out == f"message {mid}: played {recording.sha256}.wav\n"
+        assert heard.read_bytes() == open_recording(Path(recording.path), recording.sha256).read_bytes()
     assert [p.details["to"] for p in lab.audits("recording.played")] == ["speakers"]
 
 

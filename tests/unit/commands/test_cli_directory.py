@@ -23,7 +23,7 @@ def _setup(tmp_path: Path) -> None:
 def test_a_coordinator_s_day(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _setup(tmp_path)
     pin = tmp_path / "pin"
-    pin.write_text("4821\n")
+    pin.write_text("482193\n")
     assert main(["person", "add", "--name", "Peeters", "--role", "police_officer", "--zone", "5415",
                  "--phone", "09 266 61 11", "--pin-file", str(pin)]) == 0
     members = tmp_path / "members.csv"
@@ -75,4 +75,4 @@ def test_pin_with_letters_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
     pin.write_text("12ab")
     assert main(["person", "add", "--name", "X", "--role", "admin", "--phone", "09 123 45 67",
                  "--pin-file", str(pin)]) == 2
-    assert "4 to 8 digits" in capsys.readouterr().err
+    assert "a PIN is digits only" in capsys.readouterr().err

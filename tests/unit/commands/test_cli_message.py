@@ -13,6 +13,7 @@ from ivr.media.compare import read_wav_mono, speech_span
 from storage.db import open_database, session_scope
 from storage.models import AuditEntry, Message, Recording
 from ivr.domain.vocabulary import MessageSource, MessageStatus, Urgency
+from storage.recordings import open_recording
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +47,7 @@ def test_send_speaks_the_text_in_the_bin_language_and_submits(tmp_path: Path,
         assert "cambriolages" in (message.text or "")
         assert s.scalar(select(func.count()).select_from(AuditEntry)
                         .where(AuditEntry.action == "message.submitted")) == 1
-    samples, rate = read_wav_mono(Path(recording.path))
+    samples, rate = read_wav_mono(open_recording(Path(recording.path), recording.sha256))
     span = speech_span(samples, rate)
     assert rate == 8000 and span is not None and span[1] - span[0] > 2.0
     assert main(["message", "show", "1", "--json"]) == 0

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from ivr.delivery.dialer import CampaignRunner, DialerLimits
+from ivr.delivery.report import campaign_report
 from ivr.delivery.store import DeliveryDesk
 from ivr.delivery.policy import RetryPolicy, Window
 from ivr.telephony.call import Recorded
@@ -285,6 +286,22 @@ async def test_no_attempt_is_written_for_a_member_who_confirmed_after_the_plan_w
     assert await delivery.begin_attempt(plan.campaign_id, member, "+3294000000", "primary", 1) is None
     with session_scope(world.engine) as s:
         assert s.scalars(select(CallAttempt)).all() == []
+
+
+async def test_a_call_back_confirmation_is_reported_as_unverified(world: World, tmp_path: Path) -> None:
+    """Issue 14 item 2: a call-back confirmation rests on the caller ID alone (which can be spoofed):
+    the report and its CSV say so, next to confirmations made on our own call."""
+    [member] = _add_members(world, 1)
+    await _approved(world, tmp_path)
+    delivery = DeliveryDesk(world.engine, world.desk.store)
+    [plan] = await delivery.plans()
+    assert await delivery.confirm_callback(plan.campaign_id, member)
+    report = campaign_report(world.engine, plan.campaign_id, {True: RetryPolicy(), False: RetryPolicy()},
+                             dt.datetime.now(dt.timezone.utc))
+    [line] = report.members
+    assert line.confirmed_at is not None and line.confirmed_via == "callback-unverified"
+    header, row = report.to_csv().splitlines()[:2]
+    assert header.endswith(",confirmed_at,confirmed_via") and row.endswith(",callback-unverified")
 
 
 async def test_a_key_the_flow_heard_counts_as_heard_on_the_call_even_if_the_cel_poller_took_it_first(

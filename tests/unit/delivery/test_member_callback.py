@@ -56,7 +56,7 @@ async def test_a_member_hears_the_latest_message_and_confirms(world: World, tmp_
     assert call.stored_when_said["member_thanks"] == 1 and call.hung_up  # stored before "thank you"
     [confirmation] = _confirmations(world)
     assert (confirmation.person_id, confirmation.campaign_id) == (member.id, latest.campaign_id)
-    assert (confirmation.via, confirmation.attempt_id) == ("callback", None)
+    assert (confirmation.via, confirmation.attempt_id) == ("callback-unverified", None)
     with session_scope(world.engine) as s:
         heard = s.scalars(select(AuditEntry).where(AuditEntry.action == "recording.played")).all()
     assert [(e.actor, e.subject) for e in heard] == [(f"caller:{member.id}", f"message:{latest.message_id}")]
@@ -103,7 +103,7 @@ async def test_an_unknown_number_hears_nothing_of_the_message(world: World, tmp_
     for caller in ("+32470999888", "", coordinator_phone):
         end, call = await _call_back(world, tmp_path, caller, ["1"])
         assert end is CallbackEnd.UNKNOWN_CALLER and end.value == "unknown_caller"
-        assert call.said == ["callback_unknown_caller"] and call.played == [] and call.hung_up
+        assert call.said == ["callback_no_message"] and call.played == [] and call.hung_up
     assert _confirmations(world) == []
     with session_scope(world.engine) as s:
         assert s.scalar(select(func.count()).select_from(AuditEntry).where(

@@ -82,7 +82,7 @@ async def test_anyone_else_is_refused_and_hears_no_figures(world: World, tmp_pat
     for caller in (members[0].phone, OFFICER_PHONE, approver.phone, "+32470999888", "", retired.phone):
         heard, call = await _report(world, tmp_path, caller)
         assert heard == ReportHeard(ReportEnd.UNKNOWN_CALLER) and heard.value == "unknown_caller", caller
-        assert call.said == ["callback_unknown_caller"] and call.values == [{}] and call.hung_up
+        assert call.said == ["report_no_campaign"] and call.values == [{}] and call.hung_up
     assert _heard(world) == []
 
 

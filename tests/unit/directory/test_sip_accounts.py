@@ -173,13 +173,28 @@ async def test_a_removed_account_is_no_caller_id_fallback(world: World, tmp_path
         assert {a.person_id for a in s.scalars(select(PinAttempt))} == {None}
 
 
-async def test_wrong_pins_on_the_account_lock_the_officer_everywhere(world: World, tmp_path: Path) -> None:
+async def test_wrong_pins_on_the_account_count_towards_the_officer_everywhere(world: World, tmp_path: Path) -> None:
     name = _add(world)
     end, call = await _call(world, tmp_path, ["0000", "0000", "0000"], caller="anonymous", sip_account=name)
     assert end is IntakeEnd.LOCKED and call.said[-1] == "police_locked"
-    # The same person calling from their phone number is locked too (the lock is on the account).
+    # The same person's account counts them: two more wrong from their phone number lock it (5, D2) ...
+    end, call = await _call(world, tmp_path, ["0000", "0000"], caller=OFFICER_PHONE, sip_account=None)
+    assert end is IntakeEnd.LOCKED and call.said[-1] == "police_locked"
+    # ... and then the right PIN from that number is not even asked for.
     end, call = await _call(world, tmp_path, [OFFICER_PIN], caller=OFFICER_PHONE, sip_account=None)
     assert end is IntakeEnd.LOCKED and "police_enter_pin" not in call.said
+
+
+async def test_a_spoofer_who_locked_the_officer_s_number_does_not_lock_their_sip_account(
+        world: World, tmp_path: Path) -> None:
+    name = _add(world)
+    for _ in range(2):  # six wrong PINs under the officer's (spoofed) number: the number and the person lock
+        await _call(world, tmp_path, ["0000", "0000", "0000"], caller=OFFICER_PHONE, sip_account=None)
+    end, call = await _call(world, tmp_path, [OFFICER_PIN], caller=OFFICER_PHONE, sip_account=None)
+    assert end is IntakeEnd.LOCKED and call.said == ["police_locked"]
+    # The officer's own softphone, authenticated by Asterisk, is not refused by the spoofer's lock.
+    end, call = await _call(world, tmp_path, [OFFICER_PIN, "12", "1", "1"], caller=OFFICER_PHONE, sip_account=name)
+    assert call.said[:2] == ["police_enter_pin", "police_enter_bin"] and end is not IntakeEnd.LOCKED
 
 
 # -- the command line -----------------------------------------------------------------------------------
@@ -188,7 +203,7 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("BINFOON_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("BINFOON_CONFIG", str(tmp_path / "absent.toml"))
     pin = tmp_path / "pin"
-    pin.write_text("4821\n")
+    pin.write_text("482193\n")
     assert main(["zone", "add", "--code", "5415", "--name", "Gent"]) == 0
     assert main(["bin", "add", "--number", "12", "--name", "Noord", "--zone", "5415"]) == 0
     assert main(["person", "add", "--name", "Peeters", "--role", "police_officer", "--zone", "5415",

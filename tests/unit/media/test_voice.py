@@ -127,7 +127,8 @@ async def test_a_prompt_is_rendered_on_demand_then_reused(renderer: PromptRender
         assert await again.wav("police_enter_pin", "nl") == path
         assert again.renders == 0
     after = path.stat()
-    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # Not copied again (the same inode); only touched, so that the stale-copy sweep sees it in use.
+    assert after.st_ino == before.st_ino and after.st_mtime_ns >= before.st_mtime_ns
 
 
 async def test_placeholders_are_filled_into_the_spoken_text(renderer: PromptRenderer) -> None:
@@ -206,6 +207,17 @@ async def test_free_text_is_rendered_and_cached(renderer: PromptRenderer) -> Non
         await renderer.text_wav(message, "en")
 
 
+async def test_a_free_text_is_police_content_rendered_privately_and_swept(renderer: PromptRenderer) -> None:
+    """Issue 14 item 7: a typed alert (or its preview) is not left in the shared, world-readable prompt cache."""
+    path = await renderer.text_wav("Opgelet: inbraak gemeld in de Kerkstraat.", "nl")
+    assert not path.is_relative_to(renderer.cache_dir) and not list(renderer.cache_dir.rglob("text-*"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    for folder in (path.parent, path.parent.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.geteuid()
+    assert renderer.sweep_texts(now=path.stat().st_mtime + 1) == 0 and path.exists()
+    assert renderer.sweep_texts(now=path.stat().st_mtime + 3600) == 1 and not path.exists()
+
+
 async def test_mistakes_are_clear_errors_naming_the_prompt(renderer: PromptRenderer) -> None:
     with pytest.raises(ValueError, match=r"unknown prompt 'police_enter_pn'.*'police_enter_pin'"):
         await renderer.wav("police_enter_pn", "nl")
@@ -226,12 +238,12 @@ async def test_mistakes_are_clear_errors_naming_the_prompt(renderer: PromptRende
 
 
 def assert_published(host: Path, owner: tuple[int, int]) -> None:
-    """Readable by Asterisk: 0644 file in 0755 directories, owned by Asterisk's user when root."""
-    assert stat.S_IMODE(host.stat().st_mode) == 0o644
+    """Readable by Asterisk and nobody else: 0640 file in 0750 directories, owned by Asterisk's user when root."""
+    assert stat.S_IMODE(host.stat().st_mode) == 0o640
     expected = owner if os.geteuid() == 0 else (os.geteuid(), os.getegid())
     assert (host.stat().st_uid, host.stat().st_gid) == expected
     for directory in (host.parent, host.parent.parent):
-        assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o750
         assert (directory.stat().st_uid, directory.stat().st_gid) == expected
 
 
@@ -242,7 +254,7 @@ async def test_a_prompt_is_published_where_asterisk_can_play_it(voice_: Voice, r
     assert host.read_bytes() == voice_.renderer.path_for("police_sent", "fr").read_bytes()
     assert_published(host, ASTERISK_USER)
     sounds = voice_.sounds_dir.stat()  # sounds_dir itself too
-    assert stat.S_IMODE(sounds.st_mode) == 0o755
+    assert stat.S_IMODE(sounds.st_mode) == 0o750
     assert os.geteuid() != 0 or (sounds.st_uid, sounds.st_gid) == ASTERISK_USER
     inode = host.stat().st_ino
     assert await voice_.prompt("police_sent", "fr") == name and host.stat().st_ino == inode
@@ -284,7 +296,8 @@ async def test_audio_is_published_byte_for_byte_and_only_once(
     assert await voice_.audio(twin) == names[0]
     assert await voice_.audio(source) == names[0]
     after = host.stat()
-    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # Not copied again (the same inode); only touched, so that the stale-copy sweep sees it in use.
+    assert after.st_ino == before.st_ino and after.st_mtime_ns >= before.st_mtime_ns
     assert len(list(host.parent.iterdir())) == 1  # one file, no temporary left behind
     other = await voice_.audio(_recording(tmp_path / "alert-18.wav", seed=8))
     assert other != names[0]

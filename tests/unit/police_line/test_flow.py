@@ -17,6 +17,7 @@ from tests.steps import StepLog
 from tests.fakes import HANG_UP, FakeCall, Speak
 from tests.conftest import Clock
 from tests.world import OFFICER_PHONE, OFFICER_PIN, OTHER_ZONE_BIN, World, silence_wav
+from storage.recordings import open_recording
 
 SPEECH = SHARED_DIR / "audio" / "espeak-nl" / "01.wav"
 RULES = IntakeRules(key_timeout_s=1.0)
@@ -58,8 +59,8 @@ async def test_happy_path_stores_the_recording_and_submits(world: World, tmp_pat
     assert message.submitted_take == 1 and message.created_by_id == world.officer_id
     assert call.submitted == [message.id]  # type: ignore[attr-defined]
     [recording] = _recordings(world)
-    # The stored file is the recorded audio, byte for byte, with its checksum.
-    assert Path(recording.path).read_bytes() == SPEECH.read_bytes()
+    # The stored file is the recorded audio, byte for byte, with its checksum (sealed at rest).
+    assert open_recording(Path(recording.path), recording.sha256).read_bytes() == SPEECH.read_bytes()
     assert recording.speech_s > 3.0 and recording.end_reason == "dtmf"
     assert oct(Path(recording.path).stat().st_mode & 0o777) == "0o600"
 
@@ -73,7 +74,8 @@ async def test_listen_then_speak_again_keeps_every_take_and_sends_the_last(world
     assert message.urgency is Urgency.PREVENTIVE and message.submitted_take == 2
     takes = _recordings(world)
     assert [r.take for r in takes] == [1, 2]
-    assert call.played == [Path(takes[0].path)]  # "1" played the first take back
+    # "1" played the first take back (its verified plaintext copy: the stored file is sealed)
+    assert call.played == [open_recording(Path(takes[0].path), takes[0].sha256)]
     with session_scope(world.engine) as s:
         played = s.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "recording.played"))
     assert played == 1
@@ -160,7 +162,7 @@ async def test_hang_up_while_speaking_keeps_a_draft_never_sent(world: World, tmp
     assert message.status is MessageStatus.DRAFT and message.submitted_at is None
     assert call.submitted == []  # type: ignore[attr-defined]
     [recording] = _recordings(world)
-    assert Path(recording.path).read_bytes() == SPEECH.read_bytes()  # nothing recorded is lost
+    assert open_recording(Path(recording.path), recording.sha256).read_bytes() == SPEECH.read_bytes()  # nothing lost
 
 
 async def test_hang_up_at_the_menu_keeps_a_draft(world: World, tmp_path: Path) -> None:
