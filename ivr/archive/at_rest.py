@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from ivr.domain.vocabulary import MessageStatus
-from ivr.media.voice import DEFAULT_CACHE_DIR, free_text_files
+from ivr.media.voice import DEFAULT_CACHE_DIR, PUBLISH_LOCK, free_text_files
 from storage import audit
 from storage.db import session_scope
 from storage.models import Message, Recording
@@ -96,9 +96,10 @@ def unpublish_stale(engine: Engine, sounds_dirs: Iterable[Path], *, now: float |
             if path.stem in keep:
                 continue
             try:
-                if now - path.stat().st_mtime >= grace_s:
-                    path.unlink()
-                    removed += 1
+                with PUBLISH_LOCK:  # not between a call flow's look at the file and its play
+                    if now - path.stat().st_mtime >= grace_s:
+                        path.unlink()
+                        removed += 1
             except FileNotFoundError:
                 pass
     return removed

@@ -54,11 +54,18 @@ class PinRules:
 
 
 def pin_key(caller_id: str) -> str:
-    """The caller ID as lockouts count it: E.164 when it parses, else the raw text."""
+    """The caller ID as lockouts count it: E.164 when it parses, else the raw text under ``cli:``
+    (never ``sip:``: that key is an authenticated SIP account's, and a carrier passes on any text)."""
     try:
         return normalize_phone(caller_id)
     except InvalidPhoneNumber:
-        return caller_id.strip()[:32] or "anonymous"
+        raw = caller_id.strip()
+        return f"cli:{raw}"[:32] if raw else "anonymous"
+
+
+#: A caller ID that gave the right PIN on a line this recently still gets its PIN checked while the
+#: line is closed (it stays under its own caller-ID and account limits).
+TRUSTED_KEY_S = 30 * 86400.0
 
 
 def _attempts(rows: Iterable[Any]) -> list[Attempt]:
@@ -88,15 +95,30 @@ def _key_lock(s: Session, policy: PinPolicy, column: Any, value: object, now: dt
     return lock_over_rows(s, PinAttempt.at, PinAttempt.outcome, ((column, value, policy),), now, PinAttempt.line)
 
 
-def line_lock(s: Session, rules: PinRules, line: str, now: dt.datetime) -> dt.datetime | None:
-    """Until when ``line`` refuses PIN checks (too many wrong PINs from everyone), or ``None``."""
-    horizon = now - dt.timedelta(seconds=rules.line.horizon_s)
+def _on_line(line: str) -> Any:
     on_line = PinAttempt.line == line
     if line == "police":
         on_line = or_(on_line, PinAttempt.line.is_(None))  # rows from before migration 0008
+    return on_line
+
+
+def line_lock(s: Session, rules: PinRules, line: str, now: dt.datetime) -> dt.datetime | None:
+    """Until when ``line`` refuses PIN checks (too many wrong PINs against accounts), or ``None``.
+
+    Only guesses against an account count: a PIN typed from a number that is nobody's can never
+    open anything (those callers meet their own caller-ID limit), and counting them would let anyone
+    shut the line for every officer."""
+    horizon = now - dt.timedelta(seconds=rules.line.horizon_s)
     wrong = s.scalars(select(PinAttempt.at).where(PinAttempt.outcome == PinOutcome.WRONG, PinAttempt.at >= horizon,
-                                                  on_line)).all()
+                                                  PinAttempt.person_id.is_not(None), _on_line(line))).all()
     return locked_until([Attempt(at, "wrong") for at in wrong], rules.line, now)
+
+
+def trusted_key(s: Session, key: str, line: str, now: dt.datetime) -> bool:
+    """Whether ``key`` gave the right PIN on ``line`` within ``TRUSTED_KEY_S`` (a closed line still checks it)."""
+    since = now - dt.timedelta(seconds=TRUSTED_KEY_S)
+    return s.scalars(select(PinAttempt.id).where(PinAttempt.caller_id == key, PinAttempt.outcome == PinOutcome.OK,
+                                                 PinAttempt.at >= since, _on_line(line)).limit(1)).first() is not None
 
 
 def lock_in_force(s: Session, rules: PinRules | PinPolicy, key: str, person_id: int | None,
@@ -108,7 +130,7 @@ def lock_in_force(s: Session, rules: PinRules | PinPolicy, key: str, person_id: 
     locks = [_key_lock(s, rules.caller, PinAttempt.caller_id, key, now)]
     if not key.startswith("sip:"):
         locks.append(_key_lock(s, rules.account, PinAttempt.person_id, person_id, now))
-        if line is not None:
+        if line is not None and not trusted_key(s, key, line, now):
             locks.append(line_lock(s, rules, line, now))
     found = [lock for lock in locks if lock is not None]
     return max(found) if found else None

@@ -167,6 +167,20 @@ class TestCallLog:
         self._members.setdefault(member_id, []).append(now)
         self._people.setdefault(person, []).append(now)
 
+    def claim(self, member_id: int, person: str, now: float) -> str | None:
+        """``refusal`` and, when the call may go, ``record`` at once: requests sent together cannot
+        all pass the check before the first is counted. Give the claim back with ``release``."""
+        why = self.refusal(member_id, person, now)
+        if why is None:
+            self.record(member_id, person, now)
+        return why
+
+    def release(self, member_id: int, person: str, now: float) -> None:
+        """Undo a ``claim`` whose call was not placed after all."""
+        for log, key in ((self._members, member_id), (self._people, person)):
+            if now in log.get(key, []):
+                log[key].remove(now)
+
     def _recent(self, log: dict[Any, list[float]], key: Any, now: float) -> list[float]:
         times = [t for t in log.get(key, []) if now - t < self.window_s]
         log[key] = times

@@ -61,6 +61,10 @@ TEXT_TTL_S = 600.0
 #: Published files: readable by Asterisk (its user or its group), by nobody else.
 PUBLISHED_FILE_MODE = 0o640
 PUBLISHED_DIR_MODE = 0o750
+#: Held while a published file is looked at and then kept (``Voice._publish``) or removed (the sweep,
+#: ``ivr.archive.at_rest.unpublish_stale``, in a worker thread): a name handed to Asterisk always
+#: points at a file. Each holder does one stat and one touch or unlink: microseconds.
+PUBLISH_LOCK = threading.Lock()
 
 
 def _digest(*parts: object) -> str:
@@ -453,13 +457,14 @@ class Voice:
 
     async def _publish(self, source: Path, target: Path) -> str:
         name = self.inner_path(target.with_suffix(""))
-        if target.exists():  # content-named and written atomically: it is this content
-            try:
-                os.utime(target)  # in use: ``unpublish_stale`` leaves it alone for a while
-            except FileNotFoundError:
-                pass
-            else:
-                return name
+        with PUBLISH_LOCK:  # the sweep cannot remove it between this look and Asterisk's play
+            if target.exists():  # content-named and written atomically: it is this content
+                try:
+                    os.utime(target)  # in use: ``unpublish_stale`` leaves it alone for a while
+                except FileNotFoundError:
+                    pass
+                else:
+                    return name
         loop = asyncio.get_running_loop()
         task = self._pending.get(target)
         if task is None or task.get_loop() is not loop:

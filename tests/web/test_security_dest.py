@@ -7,8 +7,12 @@ are refused wherever they come in; test calls are limited), nor steer police ale
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import re
+import threading
+
+import anyio
 
 import pytest
 from sqlalchemy import select
@@ -95,6 +99,33 @@ def test_test_calls_are_limited_per_person_over_all_members(site: Site, monkeypa
     admin = site.signed_in("admin")
     admin.post(f"/members/{site.members[1]}/test-call", data={"csrf": csrf_of(admin.get("/bins/12").text)})
     assert len(placed) == 5
+
+
+def test_test_calls_sent_at_once_are_limited_too(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: the limit was checked before the call and counted after it, so requests sent
+    at once all passed the check while the first calls were still being placed."""
+    placed: list[int] = []
+    asked = threading.Semaphore(0)
+
+    async def test_call(viewer: object, person_id: int) -> str:
+        asked.release()
+        # Hold the call until every request is in (or a while has passed: with the fix only 3 come).
+        for _ in range(200):
+            if asked._value >= 5:  # noqa: SLF001 - how many requests reached this point
+                break
+            await anyio.sleep(0.01)
+        placed.append(person_id)
+        return f"call-{len(placed)}"
+
+    monkeypatch.setattr(site.console, "test_call", test_call)
+    client = site.signed_in("coord12")
+    token = csrf_of(client.get("/bins/12").text)
+    first = site.members[0]
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:  # each request on its own event loop
+        codes = list(pool.map(lambda _: client.post(f"/members/{first}/test-call", data={"csrf": token}).status_code,
+                              range(5)))
+    assert codes == [303] * 5
+    assert placed == [first] * site.settings.test_calls_per_member_hour
 
 
 # -- item 6: who steers alerts --------------------------------------------------------------------

@@ -268,7 +268,8 @@ class BinPages(PageBase):
         number, name = await self.console.tx(check)
         await self.form(request)
         now = self.now()
-        limited = self.test_call_log.refusal(person_id, viewer.actor, now)
+        # Counted before the call is placed (no await in between): parallel requests see each other.
+        limited = self.test_call_log.claim(person_id, viewer.actor, now)
         if limited is not None:
             limit = (self.settings.test_calls_per_member_hour if limited == "member"
                      else self.settings.test_calls_per_person_hour)
@@ -281,13 +282,17 @@ class BinPages(PageBase):
             return RedirectResponse(f"/bins/{number}", 303)
         try:
             await self.console.test_call(viewer, person_id)
-        except ConsoleUnavailable:
-            self.flash(request, tr("test_call_unavailable", lang), "warn")
-        except InvalidPhoneNumber as exc:  # a number stored before the destination policy
-            self.flash(request, tr("test_call_barred", lang, name=name, why=str(exc)), "warn")
-        except LookupError:
-            self.flash(request, tr("test_call_no_phone", lang, name=name), "warn")
+        except (ConsoleUnavailable, InvalidPhoneNumber, LookupError) as exc:
+            self.test_call_log.release(person_id, viewer.actor, now)  # no call was placed
+            if isinstance(exc, ConsoleUnavailable):
+                self.flash(request, tr("test_call_unavailable", lang), "warn")
+            elif isinstance(exc, InvalidPhoneNumber):  # a number stored before the destination policy
+                self.flash(request, tr("test_call_barred", lang, name=name, why=str(exc)), "warn")
+            else:
+                self.flash(request, tr("test_call_no_phone", lang, name=name), "warn")
+        except BaseException:
+            self.test_call_log.release(person_id, viewer.actor, now)
+            raise
         else:
-            self.test_call_log.record(person_id, viewer.actor, now)
             self.flash(request, tr("test_call_started", lang, name=name))
         return RedirectResponse(f"/bins/{number}", 303)

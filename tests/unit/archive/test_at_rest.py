@@ -4,14 +4,17 @@ text); legacy plain recordings get sealed; published audio no message needs goes
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import os
 import shutil
 import stat
+import threading
 import time
 import wave
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -200,6 +203,42 @@ async def test_published_audio_goes_when_no_message_in_flight_needs_it(lab: Lab,
         recording = s.scalars(select(Recording).where(Recording.message_id == done)).one()
         assert await voice.audio(lab.store.open_verified(Path(recording.path), recording.sha256)) == names[done]
     assert files[done].exists()
+
+
+async def test_audio_handed_to_asterisk_while_the_sweep_runs_is_never_removed_under_it(
+        lab: Lab, renderer: PromptRenderer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: the sweep read a file's age, the call flow then touched the file and handed its
+    name to Asterisk, and the sweep deleted it: the member heard nothing. The name handed out must
+    always point at a file."""
+    voice = voice_for(renderer, tmp_path)
+    done = lab.message(NOW, status=MessageStatus.DONE)
+    with session_scope(lab.engine) as s:
+        recording = s.scalars(select(Recording).where(Recording.message_id == done)).one()
+        plain = lab.store.open_verified(Path(recording.path), recording.sha256)
+    name = await voice.audio(plain)
+    published = voice.sounds_dir / "audio" / (name.rsplit("/", 1)[1] + ".wav")
+    handed: list[str] = []
+    real_stat = Path.stat
+    sweeper = threading.current_thread()
+
+    def stat_then_a_member_calls_back(self: Path, *args: Any, **kwargs: Any) -> os.stat_result:
+        result = real_stat(self, *args, **kwargs)
+        if self == published and not handed and threading.current_thread() is sweeper:
+            # Between the sweep's look at the file and what it does next, a call-back plays it.
+            player = threading.Thread(target=lambda: handed.append(asyncio.run(voice.audio(plain))))
+            player.start()
+            player.join(0.5)  # with the fix the player waits for the sweep: it finishes below
+            handed.append("asked")
+        return result
+
+    monkeypatch.setattr(Path, "stat", stat_then_a_member_calls_back)
+    unpublish_stale(lab.engine, [voice.sounds_dir], now=time.time() + PUBLISHED_GRACE_S + 1)
+    monkeypatch.setattr(Path, "stat", real_stat)
+    for _ in range(500):  # the player thread, if it waited for the sweep, now publishes again
+        if name in handed:
+            break
+        await asyncio.sleep(0.01)
+    assert name in handed and published.exists()
 
 
 def test_a_recording_that_does_not_open_is_refused_and_alerts_the_admins(lab: Lab, tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from ivr.domain.pin import PinPolicy
 from storage.db import session_scope
 from storage.models import AuditEntry, Person
 from storage.pins import PEPPERED, load_pepper, verify_pin
-from tests.conftest import Clock
+from ivr.domain.vocabulary import Role
+from tests.conftest import Clock, PersonFactory
 from tests.world import OFFICER_PHONE, OFFICER_PIN, World
 
 PEPPER = bytes(range(32))
@@ -59,18 +60,58 @@ def test_d2_a_hundred_caller_ids_against_one_account_lock_it_after_five_and_aler
     assert not ok and lock is not None
 
 
-def test_a_line_refuses_pin_checks_after_its_global_limit_and_alerts(world: World, clock: Clock) -> None:
+def test_a_line_refuses_pin_checks_after_its_global_limit_and_alerts(
+        world: World, clock: Clock, person: PersonFactory) -> None:
     rules = PinRules(line=PinPolicy(max_failures=10, window_s=900, lock_s=900, growth=1.0), pepper=PEPPER)
-    for i in range(10):  # ten strangers, one wrong PIN each: no caller ID, no account reaches its limit
-        _check(world, clock, f"+3248000{i:04d}", "123456", rules=rules)
+    officers = [person(Role.POLICE_OFFICER, pin="246813") for _ in range(3)]
+    # Ten wrong PINs against three accounts (4 + 3 + 3): no caller ID, no account reaches its limit.
+    for i in range(10):
+        _check(world, clock, f"+3248000{i:04d}", "123456", rules=rules, person_id=officers[i % 3].id)
     [alert] = _alerts(world)
     assert (alert.subject, alert.details["kind"]) == ("line:police", "pin_line_limit")
-    # Now even the officer with the right PIN is refused on that line, but not on another one.
-    assert _check(world, clock, OFFICER_PHONE, OFFICER_PIN, person_id=world.officer_id, rules=rules)[0] is False
-    assert _check(world, clock, OFFICER_PHONE, OFFICER_PIN, person_id=world.officer_id, rules=rules,
-                  line="admin_line")[0] is True
+    # Now a caller with the right PIN is refused on that line, but not on another one.
+    other = person(Role.POLICE_OFFICER, pin="135792")
+    assert _check(world, clock, other.phone, "135792", person_id=other.id, rules=rules)[0] is False
+    assert _check(world, clock, other.phone, "135792", person_id=other.id, rules=rules, line="admin_line")[0] is True
     clock.advance(minutes=15, seconds=1)
+    assert _check(world, clock, other.phone, "135792", person_id=other.id, rules=rules)[0] is True
+
+
+def test_strangers_wrong_pins_never_close_the_line(world: World, clock: Clock) -> None:
+    """Found in review: wrong PINs from numbers that are nobody's counted toward the line's limit, so
+    anyone could shut the police line for every officer calling from a phone, again and again. A PIN
+    from a number that is nobody's can never open anything: those callers have their own limit."""
+    rules = PinRules(line=PinPolicy(max_failures=10, window_s=900, lock_s=900, growth=1.0), pepper=PEPPER)
+    for i in range(40):
+        _check(world, clock, f"+3248000{i:04d}", "123456", rules=rules)
+    assert _alerts(world) == []
     assert _check(world, clock, OFFICER_PHONE, OFFICER_PIN, person_id=world.officer_id, rules=rules)[0] is True
+
+
+def test_a_number_with_a_recent_right_pin_is_not_shut_out_by_a_closed_line(
+        world: World, clock: Clock, person: PersonFactory) -> None:
+    """While the line is closed by guesses against accounts, an officer whose number gave the right PIN
+    lately is still checked (a spoofer of that number still meets its caller-ID and account limits)."""
+    rules = PinRules(line=PinPolicy(max_failures=10, window_s=900, lock_s=900, growth=1.0), pepper=PEPPER)
+    assert _check(world, clock, OFFICER_PHONE, OFFICER_PIN, person_id=world.officer_id, rules=rules)[0] is True
+    clock.advance(days=3)
+    officers = [person(Role.POLICE_OFFICER, pin="246813") for _ in range(3)]
+    for i in range(10):
+        _check(world, clock, f"+3248000{i:04d}", "123456", rules=rules, person_id=officers[i % 3].id)
+    assert [a.details["kind"] for a in _alerts(world)] == ["pin_line_limit"]
+    assert _check(world, clock, OFFICER_PHONE, OFFICER_PIN, person_id=world.officer_id, rules=rules)[0] is True
+
+
+def test_a_caller_id_that_reads_like_a_sip_account_is_not_that_account(world: World, clock: Clock) -> None:
+    """Found in review: an unparsable caller ID was kept as raw text, so a carrier call showing
+    ``sip:<username>`` shared the counter of the officer's authenticated SIP account and locked it."""
+    with session_scope(world.engine) as s:
+        sip = add_sip_account(s, world.officer_id, "correct-horse-battery-staple", "test").username
+    spoofed = pin_key(f"sip:{sip}")
+    assert not spoofed.startswith("sip:")
+    for _ in range(4):
+        _check(world, clock, spoofed, "999999")
+    assert _check(world, clock, f"sip:{sip}", OFFICER_PIN, person_id=world.officer_id) == (True, None)
 
 
 def test_a_spoofer_locks_neither_the_officer_s_sip_account_nor_the_web_console(world: World, clock: Clock) -> None:
