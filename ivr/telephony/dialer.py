@@ -59,6 +59,11 @@ class AmiDialer:
         self.ami = ami
         self.dial_template = dial_template
         self.destinations = destinations
+        if not dial_template.startswith("Local/"):
+            # A channel straight to a trunk runs no dialplan before the answer: only the check in
+            # ``dial`` stands between a stored number and the carrier (RELIABILITY A6 wants both).
+            log.warning("dial_template %r dials the trunk directly: the dialplan's destination check is "
+                        "bypassed; use Local/${NUMBER}@binfoon-dial-out", dial_template)
         # The same number and name on every call and retry, so members can save it.
         self.caller_id = f'"{caller_id_name}" <{caller_id_number}>' if caller_id_name else caller_id_number
 

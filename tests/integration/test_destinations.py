@@ -180,7 +180,7 @@ async def test_a_campaign_through_the_dial_out_context_ends_as_scripted(
 
 # -- the dialplan as written: which contexts an inbound call can reach ---------------------------
 _CONTEXT = re.compile(r"^\[([\w-]+)\]")
-_JUMP = re.compile(r"\b(?:Goto|GotoIf|Gosub|GosubIf|ExecIf)\(([^)]*)\)")
+_NAME = re.compile(r"[\w-]+")
 _DIAL = re.compile(r"\b(?:Dial|Originate|Queue|Page)\(", re.IGNORECASE)
 
 
@@ -198,8 +198,11 @@ def _contexts(text: str) -> dict[str, list[str]]:
 
 
 def dialling_contexts_reached(text: str, entries: tuple[str, ...]) -> list[str]:
-    """The contexts reachable from ``entries`` (every Goto/GotoIf/Gosub target that names a context
-    of ``text``) that run Dial (or Originate, Queue, Page)."""
+    """The contexts reachable from ``entries`` that run Dial (or Originate, Queue, Page).
+
+    Reachable over-approximates on purpose: any context name on a reachable line counts (a Goto or
+    Gosub however nested, an ``include =>``, a Dial to a Local channel in that context): a way out
+    cannot hide behind a form the parser does not know."""
     contexts = _contexts(text)
     seen: set[str] = set()
     todo = [e for e in entries if e in contexts]
@@ -209,10 +212,9 @@ def dialling_contexts_reached(text: str, entries: tuple[str, ...]) -> list[str]:
             continue
         seen.add(name)
         for line in contexts[name]:
-            for jump in _JUMP.findall(line):
-                for target in re.split(r"[?:,()]", jump):
-                    if target.strip() in contexts and target.strip() not in seen:
-                        todo.append(target.strip())
+            for target in _NAME.findall(line):
+                if target in contexts and target not in seen:
+                    todo.append(target)
     return sorted(name for name in seen if any(_DIAL.search(line) for line in contexts[name]))
 
 
@@ -228,6 +230,13 @@ def test_no_context_an_inbound_call_reaches_runs_dial() -> None:
     hidden = hidden.replace("exten => route,1,GotoIf(", "exten => route,1,Gosub(binfoon-sneaky,s,1)\n"
                             "exten => route,2,GotoIf(", 1)
     assert dialling_contexts_reached(hidden, INBOUND) == ["binfoon-sneaky"]
+    # ... and behind an include or a nested jump (found in review: the first version missed both).
+    included = text.replace("[binfoon-officer]\n", "[binfoon-officer]\ninclude => binfoon-dial-trunk\n", 1)
+    assert dialling_contexts_reached(included, INBOUND) == ["binfoon-dial-trunk"]
+    nested = text + "\n[binfoon-sneaky]\nexten => s,1,Dial(PJSIP/${ARG1}@trunk)\n"
+    nested = nested.replace("exten => route,1,GotoIf(", "exten => route,1,Gosub(${IF($[1]?binfoon-sneaky:x)},s,1)\n"
+                            "exten => route,2,GotoIf(", 1)
+    assert dialling_contexts_reached(nested, INBOUND) == ["binfoon-sneaky"]
 
 
 def test_every_refused_range_in_an_allowed_country_has_its_dial_out_pattern() -> None:

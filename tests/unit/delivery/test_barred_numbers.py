@@ -70,6 +70,15 @@ async def test_the_dialler_edge_never_originates_a_barred_number(number: str) ->
     assert dialled.outcome is DialOutcome.INVALID_NUMBER and dialled.barred and not dialled.refused
 
 
+def test_a_template_that_dials_the_trunk_directly_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """Only a Local channel into binfoon-dial-out runs the dialplan's own destination check (A6)."""
+    AmiDialer(Gateway(), "Local/${NUMBER}@binfoon-dial-out", "+3250000000", "BIN")  # type: ignore[arg-type]
+    assert not caplog.records
+    AmiDialer(Gateway(), "PJSIP/${NUMBER}@trunk", "+3250000000", "BIN")  # type: ignore[arg-type]
+    [warning] = caplog.records
+    assert warning.levelname == "WARNING" and "binfoon-dial-out" in warning.getMessage()
+
+
 async def test_a_stored_satellite_number_costs_nothing_and_the_second_number_is_called(
         world: World, tmp_path: Path) -> None:
     [member] = _add_members(world, 1, prefix="+88216")  # stored before the policy existed
