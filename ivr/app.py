@@ -26,6 +26,7 @@ from ivr.archive.admin_line import ReplayRules, admin_replay
 from ivr.archive.at_rest import MediaCopies, seal_legacy
 from ivr.archive.replay import ReplayDesk
 from ivr.archive.retention import RetentionSweep
+from ivr.archive.search import seal_plain_transcripts
 from ivr.archive.store import Archive
 from ivr.asr.desk import TranscriptionDesk
 from ivr.asterisk.instance import AmiCredentials, AsteriskInstance
@@ -210,6 +211,8 @@ class BinfoonApp:
         self._prepare_record_dir()
         # Recordings stored before sealing existed are sealed now (C1); an unusable key file stops the start.
         await asyncio.to_thread(seal_legacy, self.engine, self.desk.store)
+        # So are transcripts stored in plaintext before (search reads those directly until then).
+        await asyncio.to_thread(seal_plain_transcripts, self.engine, self.desk.store)
         routes: dict[str, Callable[[AgiCall], Awaitable[None]]] = {
             "police_intake": self._police_route, "coordinator_review": self._review_route,
             "member_call": self._member_route, "member_callback": self._callback_route,

@@ -402,11 +402,24 @@ class Transcript(Base):
     __tablename__ = "transcripts"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     recording_id: Mapped[int] = mapped_column(ForeignKey("recordings.id"), unique=True)
+    #: Sealed (``storage.sealed.seal_transcript``: text and words together); plaintext only in rows
+    #: stored before sealing existed, until the service seals them at start.
     text: Mapped[str] = mapped_column(Text)
+    #: Empty once sealed (the words are inside ``text``).
     words: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     confidence: Mapped[float | None] = mapped_column(Float)
     model: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class TranscriptTerm(Base):
+    """One distinct word of a sealed transcript as a blind-index token (``storage.sealed.term_token``:
+    an HMAC, never the word): search finds transcripts by these."""
+
+    __tablename__ = "transcript_terms"
+    transcript_id: Mapped[int] = mapped_column(ForeignKey("transcripts.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    token: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
 
 
 class AuditEntry(Base):

@@ -11,20 +11,34 @@ Rules of this module:
   one bit, or opened with another installation's key is refused (``SealError``).
 * Plaintext exists only where it is needed, in a private directory (0700, ours, not a symlink)
   under the system's temporary directory (``TMPDIR``: point it at a tmpfs to keep it in memory).
+* Transcripts are sealed with the same key in their database column and found through a blind
+  index of HMAC tokens (the section "transcripts" below).
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import hashlib
 import hmac
+import json
 import os
+import re
 import secrets
 import stat
 import tempfile
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from storage.models import Transcript, TranscriptTerm
 
 #: The first bytes of every sealed file (format 1: AES-256-GCM, 96-bit nonce).
 MAGIC = b"BINFSEAL1\n"
@@ -134,3 +148,117 @@ def write_private(target: Path, data: bytes, mode: int = 0o600) -> None:
 def key_id(key: bytes) -> str:
     """A fingerprint naming a key without revealing it (a backup records which key its recordings need)."""
     return hmac.new(key, b"binfoon sealing key id", hashlib.sha256).hexdigest()[:16]
+
+
+# -- transcripts: sealed in their database column, found through a blind index ----------------------
+#
+# A transcript's text and word timings are sealed together (JSON) with the recordings' key, for the
+# associated data ``transcript:<recording id>`` (a sealed value copied onto another recording's row
+# does not open), and stored as ``TEXT_PREFIX`` + base64 in the ``text`` column (``words`` stays
+# empty). Search never sees the words: each transcript has the set of HMAC tokens of its normalised
+# words (``transcript_terms``), keyed by a key derived from the recordings' key (one key file).
+# What the index still tells someone holding the database: how many distinct words a transcript
+# has, and which transcripts share a (unknown) word. A row without the prefix is a transcript
+# stored before sealing existed (plaintext); the service seals those at start.
+
+#: The start of a sealed value in a text column; base64 of nonce + ciphertext + tag follows.
+TEXT_PREFIX = "BINFSEAL1:"
+#: Hex digits kept of a word's HMAC-SHA256 token (128 bits: no two words collide in practice).
+TOKEN_HEX = 32
+_INDEX_LABEL = b"binfoon transcript search index v1"
+_TERM = re.compile(r"[^\W_]+")
+
+
+@dataclass(frozen=True)
+class TranscriptContent:
+    """The plaintext of a transcript: its text and its words (``{"word", "start", "end", "conf"}``)."""
+
+    text: str
+    words: list[dict[str, Any]] = field(default_factory=list)
+
+
+def is_sealed_text(value: str | None) -> bool:
+    """Whether a text column's value is sealed (``False`` for plaintext, e.g. a legacy transcript)."""
+    return value is not None and value.startswith(TEXT_PREFIX)
+
+
+def seal_text(key: bytes, plaintext: str, purpose: str) -> str:
+    """``plaintext`` sealed for ``purpose``, as text for a database column."""
+    body = seal(key, plaintext.encode("utf-8"), purpose)[len(MAGIC):]
+    return TEXT_PREFIX + base64.b64encode(body).decode("ascii")
+
+
+def unseal_text(key: bytes, value: str, purpose: str) -> str:
+    """The plaintext of a ``seal_text`` value; ``SealError`` if it does not open for ``purpose``."""
+    if not is_sealed_text(value):
+        raise SealError("not a sealed text")
+    try:
+        body = base64.b64decode(value[len(TEXT_PREFIX):], validate=True)
+    except ValueError:
+        raise SealError("refused: not a well-formed sealed text") from None
+    return unseal(key, MAGIC + body, purpose).decode("utf-8")
+
+
+def transcript_purpose(recording_id: int) -> str:
+    """The associated data of a transcript's seal: the recording it was made of."""
+    return f"transcript:{recording_id}"
+
+
+def search_terms(text: str) -> list[str]:
+    """The words of ``text`` as search compares them: lower case, accents folded ("Église" -> "eglise"),
+    split at everything that is not a letter or a digit (as the SQLite index of typed texts does)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    folded = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+    return _TERM.findall(folded)
+
+
+def index_key(key: bytes) -> bytes:
+    """The search index's key, derived from the recordings' key (HMAC with a fixed label)."""
+    return hmac.new(key, _INDEX_LABEL, hashlib.sha256).digest()
+
+
+def term_token(key: bytes, term: str) -> str:
+    """The blind-index token of one normalised word (``search_terms``) under the recordings' ``key``."""
+    return hmac.new(index_key(key), term.encode("utf-8"), hashlib.sha256).hexdigest()[:TOKEN_HEX]
+
+
+def text_tokens(key: bytes, text: str) -> set[str]:
+    """The tokens of every distinct word of ``text``."""
+    derived = index_key(key)
+    return {hmac.new(derived, term.encode("utf-8"), hashlib.sha256).hexdigest()[:TOKEN_HEX]
+            for term in set(search_terms(text))}
+
+
+def seal_transcript(key: bytes, recording_id: int, content: TranscriptContent) -> str:
+    """The sealed value of a transcript's ``text`` column (text and words together)."""
+    payload = json.dumps({"text": content.text, "words": content.words}, ensure_ascii=False)
+    return seal_text(key, payload, transcript_purpose(recording_id))
+
+
+def open_transcript(key: Callable[[], bytes], recording_id: int, text: str,
+                    words: list[dict[str, Any]] | None) -> TranscriptContent:
+    """The plaintext of a stored transcript row (``key`` is asked only for a sealed one); a legacy
+    plaintext row is returned as it is. ``SealError`` if a sealed row does not open."""
+    if not is_sealed_text(text):
+        return TranscriptContent(text or "", list(words or []))
+    data = json.loads(unseal_text(key(), text, transcript_purpose(recording_id)))
+    return TranscriptContent(str(data["text"]), list(data["words"]))
+
+
+def add_transcript(s: Session, key: bytes, recording_id: int, content: TranscriptContent, *,
+                   confidence: float | None, model: str, created_at: dt.datetime) -> Transcript:
+    """Store a recording's transcript sealed, with its words' tokens, in the caller's transaction."""
+    transcript = Transcript(recording_id=recording_id, text=seal_transcript(key, recording_id, content),
+                            words=[], confidence=confidence, model=model, created_at=created_at)
+    s.add(transcript)
+    s.flush()
+    index_transcript(s, key, transcript.id, content.text)
+    return transcript
+
+
+def index_transcript(s: Session, key: bytes, transcript_id: int, text: str) -> None:
+    """(Re)write a transcript's blind-index tokens: one per distinct word of ``text``."""
+    s.execute(delete(TranscriptTerm).where(TranscriptTerm.transcript_id == transcript_id))
+    s.add_all(TranscriptTerm(transcript_id=transcript_id, token=token)
+              for token in sorted(text_tokens(key, text)))
+    s.flush()

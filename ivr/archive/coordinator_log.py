@@ -23,6 +23,7 @@ import csv
 import datetime as dt
 import html
 import io
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +38,7 @@ from ivr.domain.csvsafe import safe_cell
 from storage import audit
 from storage.db import session_scope
 from storage.models import Bin, Campaign, Message, Recording, ReviewDecision, Transcript
+from storage.sealed import SealError, open_transcript
 from ivr.domain.vocabulary import Decision, MessageKind, MessageStatus, Urgency
 
 #: The share of members whose confirmation the log times ("time to reach 95 % of members").
@@ -184,11 +186,18 @@ def collect(engine: Engine, archive: Archive, bin_number: int, since: dt.datetim
             message = s.get_one(Message, listed_entry.message_id)
             text, source = message.text, "typed" if message.text else None
             if text is None:
-                text = s.scalars(select(Transcript.text)
-                                 .join(Recording, Recording.id == Transcript.recording_id)
-                                 .where(Recording.message_id == message.id)
-                                 .order_by((Recording.take == message.submitted_take).desc(),
-                                           Recording.take.desc())).first()
+                transcript = s.scalars(select(Transcript)
+                                       .join(Recording, Recording.id == Transcript.recording_id)
+                                       .where(Recording.message_id == message.id)
+                                       .order_by((Recording.take == message.submitted_take).desc(),
+                                                 Recording.take.desc())).first()
+                if transcript is not None:  # sealed at rest: opened with the archive's key
+                    try:
+                        text = open_transcript(archive.store.key, transcript.recording_id, transcript.text,
+                                               transcript.words).text or None
+                    except SealError as exc:  # altered or swapped: shown as no text, said in the log
+                        logging.getLogger(__name__).error("message %d: its transcript does not open: %s",
+                                                          message.id, exc)
                 source = "transcript" if text else None
             decision = s.scalars(select(ReviewDecision)
                                  .where(ReviewDecision.message_id == message.id)).first()

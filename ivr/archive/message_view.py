@@ -7,6 +7,8 @@ is audited (``recording.play_refused``, ``via=web``) in the caller's transaction
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,13 +16,27 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ivr.archive.store import bin_replay_refusal
+from ivr.asr.desk import recording_store_of
 from ivr.police_line.store import describe
 from storage import audit
 from storage.models import Message, Person, Recording, Transcript
 from storage.recordings import RecordingStore
+from storage.sealed import SealError, open_transcript
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ivr.directory.accounts import Viewer
+
+
+@dataclass(frozen=True)
+class ShownTranscript:
+    """A transcript as the message page shows it (opened: text and timed words)."""
+
+    text: str
+    words: list[dict[str, Any]]
+    model: str
+    confidence: float | None
 
 
 def visible_message(s: Session, viewer: Viewer, message_id: int) -> Message | None:
@@ -42,7 +58,15 @@ def message_view(s: Session, viewer: Viewer, message: Message) -> dict[str, Any]
     take = submitted_take(message)
     transcript = None
     if take is not None:
-        transcript = s.scalars(select(Transcript).where(Transcript.recording_id == take.id)).first()
+        row = s.scalars(select(Transcript).where(Transcript.recording_id == take.id)).first()
+        if row is not None:  # sealed at rest: opened with the key of the take's store
+            try:
+                key = recording_store_of(Path(take.path)).key
+                content = open_transcript(key, take.id, row.text, row.words)
+            except SealError as exc:  # altered or swapped: the page shows none, the log says why
+                log.error("message %d: its transcript does not open: %s", message.id, exc)
+            else:
+                transcript = ShownTranscript(content.text, content.words, row.model, row.confidence)
     creator = s.get(Person, message.created_by_id) if message.created_by_id else None
     may_play = bin_replay_refusal(s, s.get(Person, viewer.person_id), message.bin) is None
     return {"message": message, "report": report, "take": take, "transcript": transcript,

@@ -12,12 +12,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, and_, or_, select, text
+from sqlalchemy import Engine, and_, delete, or_, select, text
 
 from ivr.archive.at_rest import IN_FLIGHT, NO_COPIES, MediaCopies, remove_copies
 from storage import audit
 from storage.db import session_scope
-from storage.models import Message, Recording, Transcript, as_utc
+from storage.models import Message, Recording, Transcript, TranscriptTerm, as_utc
 from storage.recordings import RecordingStore
 
 __all__ = ["IN_FLIGHT", "PurgeReport", "PurgedItem", "purge_expired"]
@@ -83,8 +83,9 @@ def purge_expired(engine: Engine, store: RecordingStore, now: dt.datetime, reten
       rows survive pointing at a missing file and the next purge completes the job (it
       notes the file as already missing); the other order could leave police audio on
       disk with no row pointing at it.
-    * On SQLite, freed pages are overwritten (``secure_delete``) and the full-text index is
-      optimised afterwards so that purged words do not linger in old index segments.
+    * A transcript's blind-index tokens (``transcript_terms``) go with it. On SQLite, freed pages
+      are overwritten (``secure_delete``) and the typed texts' full-text index is optimised
+      afterwards so that purged words do not linger in old index segments.
     """
     if retention_days < 0:
         raise ValueError("retention_days must be 0 (keep for ever) or more")
@@ -106,7 +107,6 @@ def purge_expired(engine: Engine, store: RecordingStore, now: dt.datetime, reten
                          transcripts=report.count("transcript"), texts=report.count("text"),
                          held=report.held, **via)
             if s.get_bind().dialect.name == "sqlite":
-                s.execute(text("INSERT INTO transcripts_fts(transcripts_fts) VALUES ('optimize')"))
                 s.execute(text("INSERT INTO messages_fts(messages_fts) VALUES ('optimize')"))
     return report
 
@@ -143,8 +143,10 @@ def _purge_message(engine: Engine, store: RecordingStore, copies: MediaCopies, m
                                  model=transcript.model,
                                  transcribed_at=transcript.created_at.isoformat(),
                                  retention_days=retention_days, **via)
+                    # Its search tokens first (they refer to it), then it (it refers to the recording).
+                    s.execute(delete(TranscriptTerm).where(TranscriptTerm.transcript_id == transcript.id))
                     s.delete(transcript)
-                    s.flush()  # the transcript refers to the recording: it must go first
+                    s.flush()
             recorded_at = recording.created_at
             report.purged.append(PurgedItem("recording", message_id, recording.id, recorded_at))
             if not report.dry_run:

@@ -2,8 +2,8 @@
 
 Rules of this module:
 
-* Search (``ivr.archive.search``) reads the full-text index of migration 0004 over every
-  transcript and every typed message text; all given words must appear (AND).
+* Search (``ivr.archive.search``) finds sealed transcripts by their blind index (migration 0009)
+  and typed message texts by the full-text index of migration 0004; all given words must appear (AND).
 * Replay is allowed to admins and to the police (officers, approvers) of the message's zone, and
   to nobody else (``ivr.archive.access``). Every replay and every refusal is written to the audit
   log and committed *before* any byte is copied or played (write ahead of the side effect).
@@ -40,6 +40,7 @@ from storage.db import Desk, session_scope
 from storage.models import BinStreet, Message, Recording, Transcript
 from ivr.domain.vocabulary import MessageStatus, Urgency
 from storage.recordings import RecordingCorrupted, RecordingStore, verify_plain
+from storage.sealed import SealError, open_transcript
 
 # What other modules import from here, wherever it now lives.
 __all__ = [
@@ -88,7 +89,7 @@ class Archive(Desk):
             raise ArchiveError("give at least one word to search for")
 
         def work(s: Session) -> list[ArchiveEntry]:
-            snippets = finding.hits(s, wanted)
+            snippets = finding.hits(s, wanted, self.store.key)
             entries = finding.entries(s, [Message.id.in_(snippets)], limit) if snippets else []
             # The query words are references, not content; the result ids say what was seen.
             audit.record(s, actor, "archive.searched", "archive", words=wanted,
@@ -184,7 +185,7 @@ class Archive(Desk):
             message, who, refusal = self._access(s, message_id, actor, "message.export_refused")
             if refusal is None:
                 recording, source = self._open_take(message, None)
-                document = _cap_message(s, message, recording, cap.CapAudio(
+                document = _cap_message(s, self.store, message, recording, cap.CapAudio(
                     audio_file.name, source.read_bytes(), recording.take, recording.duration_s))
                 try:
                     xml = cap.alert_xml(document, tz,
@@ -255,12 +256,18 @@ def _cap_ref(message: Message) -> cap.CapRef:
                       message.submitted_at or message.created_at)
 
 
-def _cap_message(s: Session, message: Message, recording: Recording, audio: cap.CapAudio) -> cap.CapMessage:
-    """The CAP view of ``message``: its text (else the transcript of ``recording``) and what it follows."""
+def _cap_message(s: Session, store: RecordingStore, message: Message, recording: Recording,
+                 audio: cap.CapAudio) -> cap.CapMessage:
+    """The CAP view of ``message``: its text (else the opened transcript of ``recording``) and what
+    it follows."""
     description = message.text
     if description is None:
-        description = s.scalars(select(Transcript.text)
-                                .where(Transcript.recording_id == recording.id)).first()
+        transcript = s.scalars(select(Transcript).where(Transcript.recording_id == recording.id)).first()
+        if transcript is not None:
+            try:
+                description = open_transcript(store.key, recording.id, transcript.text, transcript.words).text
+            except SealError as exc:
+                raise ArchiveError(f"message {message.id}: its transcript does not open: {exc}") from None
     # The chain of messages this one follows, oldest first (guarded against a damaged, looping chain).
     references: builtins.list[cap.CapRef] = []
     seen = {message.id}

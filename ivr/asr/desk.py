@@ -8,7 +8,9 @@ Rules:
 - without a usable model nothing is transcribed, nothing is lost, and the log says so (once per
   change, not on every call);
 - a recording that failed with the current model is not retried by ``transcribe_pending`` in this
-  process (no hot loop over a broken file); ``transcribe_recording`` always tries.
+  process (no hot loop over a broken file); ``transcribe_recording`` always tries;
+- a transcript is stored sealed (``storage.sealed``: the recordings' key, text and words together)
+  with the blind-index tokens of its words, never as plaintext.
 """
 
 from __future__ import annotations
@@ -28,11 +30,18 @@ from ivr.asr.pool import TranscriptionFailed, TranscriptionPool
 from ivr.asr.transcriber import TranscriptResult
 from storage.db import session_scope
 from storage.models import Recording, Transcript, utcnow
-from storage.recordings import RecordingCorrupted, open_recording
+from storage.recordings import RecordingCorrupted, RecordingStore, open_recording
+from storage.sealed import TranscriptContent, add_transcript
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "install one with `binfoon models install nl` or set speech_model_path"
+
+
+def recording_store_of(path: Path) -> RecordingStore:
+    """The store holding a recording's file (``<store>/message-NNNNNN/take-N.sealed``, as
+    ``open_recording`` finds it): its key seals the recording's transcript too."""
+    return RecordingStore(path.parent.parent)
 
 
 class TranscriptionDesk:
@@ -186,16 +195,17 @@ class TranscriptionDesk:
                 return None, None
 
     def _store(self, recording_id: int, result: TranscriptResult) -> Transcript | None:
+        # Sealed with the key of the recording's own store (as ``open_recording`` reads it), with its
+        # search tokens in the same transaction: no plaintext of it reaches the database.
         try:
             with session_scope(self.engine) as s:
-                if s.get(Recording, recording_id) is None:
+                recording = s.get(Recording, recording_id)
+                if recording is None:
                     return None  # purged while it was being transcribed
-                transcript = Transcript(recording_id=recording_id, text=result.text, words=result.words,
-                                        confidence=result.confidence, model=result.model,
-                                        created_at=self.clock())
-                s.add(transcript)
-                s.flush()
-                return transcript
+                key = recording_store_of(Path(recording.path)).key()
+                return add_transcript(s, key, recording_id, TranscriptContent(result.text, result.words),
+                                      confidence=result.confidence, model=result.model,
+                                      created_at=self.clock())
         except IntegrityError:  # another process stored it first: theirs stands
             return self._lookup(recording_id)[0]
 

