@@ -49,7 +49,7 @@ from ivr.directory.sip_accounts import (
 )
 from ivr.domain.phone import InvalidPhoneNumber, mask, normalize_phone
 from storage.db import open_database, session_scope
-from storage.models import Bin, PoliceZone
+from storage.models import Bin, Person, PoliceZone
 from ivr.domain.vocabulary import Escalation, ReviewMode, Role
 from ivr.directory.pin_gate import find_person, set_pin, unlock
 from storage.pins import PepperError, hash_pin, load_pepper, new_pin_problem
@@ -221,6 +221,14 @@ def _read_pin(args: argparse.Namespace) -> str | None:
     return pin
 
 
+def _person_arg(session: Session, ref: str) -> Person:
+    """The person the PERSON argument names (a name or an id), or a clear command-line error."""
+    try:
+        return find_person(session, ref)
+    except LookupError as exc:
+        raise CommandError(f"PERSON: {exc}") from None
+
+
 def _pepper(settings: Settings) -> bytes:
     try:
         return load_pepper(settings.pin_pepper_path)
@@ -235,10 +243,7 @@ def cmd_person_pin(settings: Settings, args: argparse.Namespace) -> int:
     pepper = _pepper(settings)
     engine = open_database(settings.resolved_database_url)
     with session_scope(engine) as session:
-        try:
-            person = find_person(session, args.person)
-        except LookupError as exc:
-            raise CommandError(f"PERSON: {exc}") from None
+        person = _person_arg(session, args.person)
         set_pin(session, person, pin, pepper, actor())
         print(f"person {person.id} ({person.name}): new PIN set")
     return 0
@@ -248,10 +253,7 @@ def cmd_person_unlock(settings: Settings, args: argparse.Namespace) -> int:
     """End every PIN lock of a person (after a spoofer locked them out, say); audited."""
     engine = open_database(settings.resolved_database_url)
     with session_scope(engine) as session:
-        try:
-            person = find_person(session, args.person)
-        except LookupError as exc:
-            raise CommandError(f"PERSON: {exc}") from None
+        person = _person_arg(session, args.person)
         cleared = unlock(session, person, actor(), dt.datetime.now(dt.timezone.utc))
         print(f"person {person.id} ({person.name}): PIN locks cleared ({', '.join(cleared) or 'account'})")
     return 0

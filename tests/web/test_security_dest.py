@@ -57,7 +57,8 @@ def test_a_member_file_with_a_premium_number_is_refused_by_line(site: Site) -> N
     assert dump(site.engine) == before
 
 
-def test_test_calls_are_limited_per_member_and_per_person(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+def _placing(site: Site, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The members whose test call reached the console (no real call is placed)."""
     placed: list[int] = []
 
     async def test_call(viewer: object, person_id: int) -> str:
@@ -65,6 +66,11 @@ def test_test_calls_are_limited_per_member_and_per_person(site: Site, monkeypatc
         return f"call-{len(placed)}"
 
     monkeypatch.setattr(site.console, "test_call", test_call)
+    return placed
+
+
+def test_test_calls_are_limited_per_member_and_per_person(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    placed = _placing(site, monkeypatch)
     client = site.signed_in("coord12")
     token = csrf_of(client.get("/bins/12").text)
     first = site.members[0]
@@ -80,13 +86,7 @@ def test_test_calls_are_limited_per_member_and_per_person(site: Site, monkeypatc
 
 
 def test_test_calls_are_limited_per_person_over_all_members(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
-    placed: list[int] = []
-
-    async def test_call(viewer: object, person_id: int) -> str:
-        placed.append(person_id)
-        return f"call-{len(placed)}"
-
-    monkeypatch.setattr(site.console, "test_call", test_call)
+    placed = _placing(site, monkeypatch)
     site.console.settings = dataclasses.replace(site.settings, test_calls_per_member_hour=20,
                                                 test_calls_per_person_hour=4)
     client = site.signed_in("coord12")
