@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -409,6 +410,12 @@ class Transcript(Base):
     words: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     confidence: Mapped[float | None] = mapped_column(Float)
     model: Mapped[str] = mapped_column(String(200))
+    #: Which recogniser made it: ``"vosk"`` or ``"whisper"`` (migration 0010).
+    engine: Mapped[str] = mapped_column(String(20), default="vosk", server_default="vosk")
+    #: The language the recogniser was told (the BIN's: nl, fr, de); ``None`` for older rows.
+    language: Mapped[str | None] = mapped_column(String(5))
+    #: The output looked like a repetition loop, or was cut at the time cap: kept, not trusted.
+    uncertain: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
 

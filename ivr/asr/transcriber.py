@@ -42,6 +42,14 @@ class TranscriptResult:
     audio_s: float = 0.0
     #: Seconds spent preparing and recognising (not loading the model).
     elapsed_s: float = 0.0
+    #: Which recogniser made it: ``"vosk"`` or ``"whisper"``.
+    engine: str = "vosk"
+    #: The language the recogniser was told (``None``: the model's only language, as with Vosk).
+    language: str | None = None
+    #: The output looked like a repetition loop, or was cut at the time cap: kept, not trusted.
+    uncertain: bool = False
+    #: Why it is uncertain, for the log and the bench (empty when it is not).
+    uncertain_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (what crosses the process boundary and what ``--json`` prints)."""
