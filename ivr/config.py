@@ -119,11 +119,19 @@ class Settings:
     report_line_number: str = "+3250000200"
     #: The admin line's DID: admins and the zone's police (caller ID + PIN) hear a BIN's latest messages.
     admin_line_number: str = "+3250000300"
-    #: The Vosk model folder used for transcripts ("" = ``<cache_dir>/models/vosk-model-small-nl-0.22``
-    #: when present; without a model recordings are kept and marked untranscribed).
+    #: The model folder used for transcripts, Whisper (CTranslate2) or Vosk: the engine follows the
+    #: folder ("" = ``<cache_dir>/models/faster-whisper-base``, or ``.../vosk-model-small-nl-0.22``
+    #: when only that is installed; without a model recordings are kept and marked untranscribed).
     speech_model_path: str = ""
     #: Transcription worker processes (CPU work never runs on the event loop).
     speech_workers: int = 1
+    #: Whisper only: beam width, and weights' precision ("int8", "int8_float32", "float32"); the
+    #: defaults were picked by ``binfoon bench transcribe --compare`` on 2 cores (README).
+    speech_beam_size: int = 5
+    speech_compute_type: str = "int8"
+    #: Whisper only: a message is never decoded for longer than this (seconds of CPU wall time);
+    #: what was heard by then is kept and marked uncertain.
+    speech_time_cap_s: float = 300.0
     #: Recordings and transcripts older than this many days are purged (0 = kept for ever).
     retention_days: int = 365
 
@@ -379,4 +387,9 @@ def load_settings(
             ipaddress.ip_network(entry, strict=False)
         except ValueError:
             raise ConfigError(f"sip_ban_exempt: {entry!r} is not an IP address or CIDR") from None
+    if not 1 <= settings.speech_beam_size <= 10 or settings.speech_time_cap_s <= 0:
+        raise ConfigError("speech_beam_size must be 1..10 and speech_time_cap_s > 0")
+    if settings.speech_compute_type not in ("int8", "int8_float32", "float32"):
+        raise ConfigError(f"speech_compute_type must be int8, int8_float32 or float32, "
+                          f"not {settings.speech_compute_type!r}")
     return settings

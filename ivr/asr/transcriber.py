@@ -29,6 +29,24 @@ SAMPLE_WIDTH_BYTES = 2
 CHUNK_S = 0.25
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a Whisper model is run (Vosk has no such options and ignores them)."""
+
+    beam_size: int = 5
+    compute_type: str = "int8"
+    #: CPU threads of one decoder (``0``: CTranslate2's default, every core).
+    cpu_threads: int = 0
+    #: Wall-clock seconds after which decoding of one recording stops (what was heard is kept, uncertain).
+    time_cap_s: float = 300.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> EngineOptions:
+        """The options configured in ``Settings`` (``speech_beam_size``, ``speech_compute_type``, ...)."""
+        return cls(beam_size=settings.speech_beam_size, compute_type=settings.speech_compute_type,
+                   time_cap_s=settings.speech_time_cap_s)
+
+
 @dataclass
 class TranscriptResult:
     """What the recogniser made of one audio file."""
