@@ -23,12 +23,10 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import secrets
 import stat
 import tempfile
-import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from storage import message_terms  # noqa: F401  (registers the typed texts' index upkeep on Message)
 from storage.models import Transcript, TranscriptTerm
+from storage.wordforms import VERSION_TERM, fold_words, index_terms
 
 #: The first bytes of every sealed file (format 1: AES-256-GCM, 96-bit nonce).
 MAGIC = b"BINFSEAL1\n"
@@ -155,18 +155,23 @@ def key_id(key: bytes) -> str:
 # A transcript's text and word timings are sealed together (JSON) with the recordings' key, for the
 # associated data ``transcript:<recording id>`` (a sealed value copied onto another recording's row
 # does not open), and stored as ``TEXT_PREFIX`` + base64 in the ``text`` column (``words`` stays
-# empty). Search never sees the words: each transcript has the set of HMAC tokens of its normalised
-# words (``transcript_terms``), keyed by a key derived from the recordings' key (one key file).
-# What the index still tells someone holding the database: how many distinct words a transcript
-# has, and which transcripts share a (unknown) word. A row without the prefix is a transcript
-# stored before sealing existed (plaintext); the service seals those at start.
+# empty). Search never sees the words: each transcript has the set of HMAC tokens of its index terms
+# (``transcript_terms``), keyed by a key derived from the recordings' key (one key file). The terms
+# are ``storage.wordforms``'s, labelled so no kind equals another: ``w:<folded word>``,
+# ``s:<lang>:<Snowball stem in the transcript's language>``, ``p:<prefix>`` for each prefix of 3..16
+# characters, and one ``v:<scheme+stemmer>`` marker (the same for every row indexed this way; a row
+# without it was indexed before word forms existed, or by another stemmer release, and is indexed
+# again at start). What the index still tells someone holding the database: how many tokens a
+# transcript has (about its number of distinct words and their lengths), which transcripts share a
+# (unknown) word, stem or prefix - words that begin alike are linkable through their prefix tokens.
+# A row without the prefix is a transcript stored before sealing existed (plaintext); the service
+# seals those at start.
 
 #: The start of a sealed value in a text column; base64 of nonce + ciphertext + tag follows.
 TEXT_PREFIX = "BINFSEAL1:"
 #: Hex digits kept of a word's HMAC-SHA256 token (128 bits: no two words collide in practice).
 TOKEN_HEX = 32
 _INDEX_LABEL = b"binfoon transcript search index v1"
-_TERM = re.compile(r"[^\W_]+")
 
 
 @dataclass(frozen=True)
@@ -206,10 +211,8 @@ def transcript_purpose(recording_id: int) -> str:
 
 def search_terms(text: str) -> list[str]:
     """The words of ``text`` as search compares them: lower case, accents folded ("Église" -> "eglise"),
-    split at everything that is not a letter or a digit (as the SQLite index of typed texts does)."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    folded = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
-    return _TERM.findall(folded)
+    split at everything that is not a letter or a digit (``storage.wordforms.fold_words``)."""
+    return fold_words(text)
 
 
 def index_key(key: bytes) -> bytes:
@@ -218,15 +221,25 @@ def index_key(key: bytes) -> bytes:
 
 
 def term_token(key: bytes, term: str) -> str:
-    """The blind-index token of one normalised word (``search_terms``) under the recordings' ``key``."""
+    """The blind-index token of one index term (``storage.wordforms``: ``w:…``, ``s:…``, ``p:…``,
+    ``v:…``) under the recordings' ``key``."""
     return hmac.new(index_key(key), term.encode("utf-8"), hashlib.sha256).hexdigest()[:TOKEN_HEX]
 
 
-def text_tokens(key: bytes, text: str) -> set[str]:
-    """The tokens of every distinct word of ``text``."""
+def terms_tokens(key: bytes, terms: Iterable[str]) -> set[str]:
+    """The tokens of ``terms`` (the index key derived once)."""
     derived = index_key(key)
-    return {hmac.new(derived, term.encode("utf-8"), hashlib.sha256).hexdigest()[:TOKEN_HEX]
-            for term in set(search_terms(text))}
+    return {hmac.new(derived, term.encode("utf-8"), hashlib.sha256).hexdigest()[:TOKEN_HEX] for term in terms}
+
+
+def text_tokens(key: bytes, text: str, language: str | None = None) -> set[str]:
+    """The tokens of every index term of ``text`` in ``language`` (``None``: Dutch), marker excluded."""
+    return terms_tokens(key, index_terms(text, language))
+
+
+def version_token(key: bytes) -> str:
+    """The token every transcript indexed by the current scheme and stemmer has (``VERSION_TERM``)."""
+    return term_token(key, VERSION_TERM)
 
 
 def seal_transcript(key: bytes, recording_id: int, content: TranscriptContent) -> str:
@@ -255,13 +268,15 @@ def add_transcript(s: Session, key: bytes, recording_id: int, content: Transcrip
                             engine=engine, language=language, uncertain=uncertain)
     s.add(transcript)
     s.flush()
-    index_transcript(s, key, transcript.id, content.text)
+    index_transcript(s, key, transcript.id, content.text, language)
     return transcript
 
 
-def index_transcript(s: Session, key: bytes, transcript_id: int, text: str) -> None:
-    """(Re)write a transcript's blind-index tokens: one per distinct word of ``text``."""
+def index_transcript(s: Session, key: bytes, transcript_id: int, text: str,
+                     language: str | None = None) -> None:
+    """(Re)write a transcript's blind-index tokens: one per index term of ``text`` (words, stems in
+    ``language``, prefixes; ``None``: Dutch) and the version marker."""
     s.execute(delete(TranscriptTerm).where(TranscriptTerm.transcript_id == transcript_id))
     s.add_all(TranscriptTerm(transcript_id=transcript_id, token=token)
-              for token in sorted(text_tokens(key, text)))
+              for token in sorted(terms_tokens(key, index_terms(text, language) | {VERSION_TERM})))
     s.flush()

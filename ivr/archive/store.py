@@ -2,8 +2,9 @@
 
 Rules of this module:
 
-* Search (``ivr.archive.search``) finds sealed transcripts by their blind index (migration 0009)
-  and typed message texts by the full-text index of migration 0004; all given words must appear (AND).
+* Search (``ivr.archive.search``) finds sealed transcripts by their blind index (migration 0009;
+  word forms since 0011) and typed message texts by their term table (migration 0011); every word
+  is required (AND), in any of its forms; ``word*`` is a prefix (see ``ivr.archive.search``).
 * Replay is allowed to admins and to the police (officers, approvers) of the message's zone, and
   to nobody else (``ivr.archive.access``). Every replay and every refusal is written to the audit
   log and committed *before* any byte is copied or played (write ahead of the side effect).

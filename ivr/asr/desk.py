@@ -10,7 +10,10 @@ Rules:
 - a recording that failed with the current model is not retried by ``transcribe_pending`` in this
   process (no hot loop over a broken file); ``transcribe_recording`` always tries;
 - a transcript is stored sealed (``storage.sealed``: the recordings' key, text and words together)
-  with the blind-index tokens of its words, never as plaintext.
+  with the blind-index tokens of its words, never as plaintext;
+- a recording is transcribed in its message's BIN's language (nl, fr, de), told to the engine,
+  never detected; a transcript the engine marks uncertain (a repetition loop, the time cap) is
+  stored as such, and the log names the recording.
 """
 
 from __future__ import annotations
@@ -18,18 +21,18 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
-from ivr.config import Settings
 from ivr.asr.models import configured_model_path, model_problem, usable_model_path
 from ivr.asr.pool import TranscriptionFailed, TranscriptionPool
-from ivr.asr.transcriber import TranscriptResult
+from ivr.asr.transcriber import EngineOptions, TranscriptResult
+from ivr.config import Settings
 from storage.db import session_scope
-from storage.models import Recording, Transcript, utcnow
+from storage.models import Bin, Message, Recording, Transcript, utcnow
 from storage.recordings import RecordingCorrupted, RecordingStore, open_recording
 from storage.sealed import TranscriptContent, add_transcript
 
@@ -49,11 +52,12 @@ class TranscriptionDesk:
 
     def __init__(self, engine: Engine, model_locator: Callable[[], Path | None], *, workers: int = 1,
                  why_no_model: Callable[[], str] = lambda: "no model configured",
-                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+                 clock: Callable[[], dt.datetime] = utcnow, options: EngineOptions | None = None) -> None:
         self.engine = engine
         self.model_locator = model_locator
         self.why_no_model = why_no_model
         self.workers = max(1, workers)
+        self.options = options or EngineOptions()
         self.clock = clock
         self._pool: TranscriptionPool | None = None
         self._inflight: dict[int, asyncio.Future[Transcript | None]] = {}
@@ -62,12 +66,12 @@ class TranscriptionDesk:
 
     @classmethod
     def from_settings(cls, engine: Engine, settings: Settings) -> TranscriptionDesk:
-        """A desk using the configured model (looked up again on every call) and worker count."""
+        """A desk using the configured model (looked up again on every call), worker count and engine options."""
         def why() -> str:
             path = configured_model_path(settings)
             return model_problem(path) or f"{path} is not usable"
         return cls(engine, lambda: usable_model_path(settings), workers=settings.speech_workers,
-                   why_no_model=why)
+                   why_no_model=why, options=EngineOptions.from_settings(settings))
 
     # --- what is there ------------------------------------------------------------------------
 
@@ -97,7 +101,7 @@ class TranscriptionDesk:
             self._pool.close(wait=False)
             self._pool = None
         if path is not None and self._pool is None:
-            self._pool = TranscriptionPool(path, self.workers)
+            self._pool = TranscriptionPool(path, self.workers, self.options)
         return path
 
     # --- work ---------------------------------------------------------------------------------
@@ -163,7 +167,7 @@ class TranscriptionDesk:
             del self._inflight[recording_id]
 
     async def _transcribe(self, recording_id: int) -> Transcript | None:
-        existing, audio = await asyncio.to_thread(self._lookup, recording_id)
+        existing, audio, language = await asyncio.to_thread(self._lookup, recording_id)
         if existing is not None or audio is None:
             return existing
         path = self.model_path()
@@ -172,27 +176,34 @@ class TranscriptionDesk:
                         recording_id, self.why_no_model(), INSTALL_HINT)
             return None
         try:
-            result = await self._pool.transcribe(audio)
+            result = await self._pool.transcribe(audio, language)
         except TranscriptionFailed as exc:
             self._failed[recording_id] = path
             log.error("recording %d kept untranscribed: %s", recording_id, exc)
             return None
         self._failed.pop(recording_id, None)
-        return await asyncio.to_thread(self._store, recording_id, result)
+        stored = await asyncio.to_thread(self._store, recording_id, result)
+        if stored is not None and result.uncertain:
+            log.warning("recording %d: transcript stored as uncertain (%s)", recording_id,
+                        result.uncertain_reason or "no reason given")
+        return stored
 
-    def _lookup(self, recording_id: int) -> tuple[Transcript | None, Path | None]:
+    def _lookup(self, recording_id: int) -> tuple[Transcript | None, Path | None, str | None]:
+        """The stored transcript, or the recording's plaintext audio and its BIN's language code."""
         with session_scope(self.engine) as s:
             existing = s.scalar(select(Transcript).where(Transcript.recording_id == recording_id))
             if existing is not None:
-                return existing, None
-            recording = s.get(Recording, recording_id)
-            if recording is None:
-                return None, None
+                return existing, None, None
+            found = s.execute(select(Recording, Bin.language).join(Message, Recording.message_id == Message.id)
+                              .join(Bin, Message.bin_id == Bin.id).where(Recording.id == recording_id)).first()
+            if found is None:
+                return None, None, None
+            recording, language = found
             try:  # sealed at rest: the transcriber reads the verified plaintext copy
-                return None, open_recording(Path(recording.path), recording.sha256)
+                return None, open_recording(Path(recording.path), recording.sha256), language.value
             except RecordingCorrupted as exc:
                 log.error("recording %d kept untranscribed: %s", recording_id, exc)
-                return None, None
+                return None, None, None
 
     def _store(self, recording_id: int, result: TranscriptResult) -> Transcript | None:
         # Sealed with the key of the recording's own store (as ``open_recording`` reads it), with its
@@ -205,7 +216,8 @@ class TranscriptionDesk:
                 key = recording_store_of(Path(recording.path)).key()
                 return add_transcript(s, key, recording_id, TranscriptContent(result.text, result.words),
                                       confidence=result.confidence, model=result.model,
-                                      created_at=self.clock())
+                                      created_at=self.clock(), engine=result.engine,
+                                      language=result.language, uncertain=result.uncertain)
         except IntegrityError:  # another process stored it first: theirs stands
             return self._lookup(recording_id)[0]
 

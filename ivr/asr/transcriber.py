@@ -1,9 +1,11 @@
-"""One recording in, one transcript out: pydub prepares the audio, Vosk recognises it.
+"""One recording in, one transcript out: pydub prepares the audio, Vosk or Whisper recognises it.
 
 Rules: the audio is always brought to what Asterisk records (8 kHz, mono, 16-bit) before
 recognition, whatever the file was, so a transcript made from a test clip and one made from a
-phone recording go through the same path. Everything here is blocking CPU work: call it from a
-worker process (``ivr.asr.pool``) or a command, never from the event loop.
+phone recording go through the same path. The engine follows the model folder (``model_kind``):
+a Vosk folder is read by Vosk, a CTranslate2 Whisper folder by ``ivr.asr.whisper``, which must be
+told the language (the BIN's) and never guesses it. Everything here is blocking CPU work: call it
+from a worker process (``ivr.asr.pool``) or a command, never from the event loop.
 
 Vosk may give slightly different words for the same audio on a later decode in the same process
 (alphacep/vosk-api#868, open): the first decode after loading is reproducible, later ones are not
@@ -20,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ivr.asr.models import ModelError, model_label, model_problem
+from ivr.asr.models import ModelError, model_kind, model_label, model_problem
 
 #: What Asterisk's Record() writes for a telephone call.
 RATE_HZ = 8000
@@ -89,13 +91,20 @@ def prepare_audio(path: Path) -> tuple[bytes, float]:
     return pcm, len(pcm) / (RATE_HZ * SAMPLE_WIDTH_BYTES)
 
 
-def open_model(path: Path) -> Any:
-    """Load a Vosk model from a local folder (uncached; raises ``ModelError`` with the reason)."""
-    import vosk
-
-    problem = model_problem(Path(path))
+def open_model(path: Path, options: EngineOptions | None = None) -> Any:
+    """Load the model in ``path`` (uncached): a ``vosk.Model``, or a ``WhisperEngine`` for a
+    CTranslate2 Whisper folder, loaded with ``options`` (compute type, threads). Raises
+    ``ModelError`` with the reason."""
+    path = Path(path)
+    problem = model_problem(path)
     if problem:
         raise ModelError(problem)
+    if model_kind(path) == "whisper":
+        from ivr.asr.whisper import open_whisper
+
+        return open_whisper(path, options or EngineOptions())
+    import vosk
+
     vosk.SetLogLevel(-1)  # Kaldi's own log lines would otherwise go to stderr for every recogniser
     try:
         return vosk.Model(str(path))
@@ -104,9 +113,25 @@ def open_model(path: Path) -> Any:
 
 
 @functools.lru_cache(maxsize=2)
-def load_model(path: str) -> Any:
-    """The model at ``path``, loaded once per process (a worker keeps it for all its jobs)."""
-    return open_model(Path(path))
+def _load_cached(path: str, compute_type: str, cpu_threads: int) -> Any:
+    return open_model(Path(path), EngineOptions(compute_type=compute_type, cpu_threads=cpu_threads))
+
+
+@functools.lru_cache(maxsize=4)
+def load_model(path: str, options: EngineOptions | None = None) -> Any:
+    """The model at ``path``, loaded once per process (a worker keeps it for all its jobs).
+
+    Cached per (path, options). The weights themselves are loaded once per (path, compute type,
+    threads) for Whisper and once per path for Vosk, which has no options: two option sets that
+    differ only in beam size or time cap share one model in memory.
+    """
+    options = options or EngineOptions()
+    if model_kind(Path(path)) != "whisper":
+        return _load_cached(path, "", 0)
+    from ivr.asr.whisper import WhisperEngine
+
+    loaded = _load_cached(path, options.compute_type, options.cpu_threads)
+    return WhisperEngine(loaded.model, loaded.path, options)
 
 
 @dataclass
@@ -161,12 +186,32 @@ def recognise_pcm(model: Any, pcm: bytes) -> tuple[str, list[dict[str, Any]]]:
     return text, words
 
 
-def transcribe_file(audio: Path, model_path: Path, model: Any | None = None) -> TranscriptResult:
-    """Prepare ``audio`` and recognise it with the model at ``model_path`` (loaded once per process)."""
-    model = model if model is not None else load_model(str(model_path))
+def transcribe_file(audio: Path, model_path: Path, model: Any | None = None, language: str | None = None,
+                    options: EngineOptions | None = None) -> TranscriptResult:
+    """Prepare ``audio`` and recognise it with the model at ``model_path`` (loaded once per process).
+
+    ``model``: an already loaded model (``open_model``/``load_model``); ``language``: required for a
+    Whisper model (``ValueError`` without it, or for one the model does not know), ignored by Vosk;
+    ``options``: beam size and time cap of this decode (default: those the model was loaded with).
+    """
+    from ivr.asr.whisper import WhisperEngine, check_language, transcribe_pcm
+
+    model = model if model is not None else load_model(str(model_path), options)
+    if not isinstance(model, WhisperEngine):  # Vosk: one language per model; ``language`` is not used
+        began = time.perf_counter()
+        pcm, audio_s = prepare_audio(audio)
+        text, words = recognise_pcm(model, pcm)
+        confidence = sum(w["conf"] for w in words) / len(words) if words else None
+        return TranscriptResult(text, words, confidence, model_label(model_path), audio_s,
+                                time.perf_counter() - began)
+    language = check_language(model, language)  # before any work: a wrong call fails at once
+    options = options or model.options
     began = time.perf_counter()
+    began_monotonic = time.monotonic()
     pcm, audio_s = prepare_audio(audio)
-    text, words = recognise_pcm(model, pcm)
+    outcome = transcribe_pcm(model, pcm, language, options, began=began_monotonic)
+    words = outcome.words
     confidence = sum(w["conf"] for w in words) / len(words) if words else None
-    return TranscriptResult(text, words, confidence, model_label(model_path), audio_s,
-                            time.perf_counter() - began)
+    return TranscriptResult(outcome.text, words, confidence, model_label(model_path), audio_s,
+                            time.perf_counter() - began, engine="whisper", language=language,
+                            uncertain=outcome.uncertain, uncertain_reason=outcome.uncertain_reason)

@@ -27,8 +27,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``archive`` commands."""
     archive = sub.add_parser("archive", help="search, list, replay and purge past messages").add_subparsers(
         dest="action", required=True)
-    p = archive.add_parser("search", help="messages whose transcript or text holds every word")
-    p.add_argument("words", nargs="+", metavar="WORD")
+    p = archive.add_parser(
+        "search", help="messages whose transcript or text holds every word",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Messages whose transcript or typed text holds every word given (newest first).",
+        epilog="""query syntax:
+  inbraak kerkstraat   every word is required (AND); case and accents do not matter ("een" finds "één")
+  inbraak              also finds other forms of the word: inbraken, woning -> woningen,
+                       cambriolage -> cambriolages (Dutch, French and German stems; a message is
+                       stemmed in its BIN's language, the query word in all three)
+  inbr*                words beginning with "inbr" (at least 3 letters before the *; never the
+                       middle of a word)
+not supported: OR, "phrases", negation (-word, NOT), NEAR; quotes, OR, NOT, - and other
+punctuation are taken as words or blanks, never as operators (a word starting with - goes
+after --: binfoon archive search -- -x).""")
+    p.add_argument("words", nargs="+", metavar="WORD", help="a word, or a prefix written word*")
     p.add_argument("--limit", type=int, default=50, help="at most this many messages (default 50)")
     p.add_argument("--as", dest="who", metavar="WHO", help="on whose behalf (person:ID or phone); audited")
     p.set_defaults(func=cmd_search)

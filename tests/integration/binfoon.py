@@ -43,9 +43,12 @@ class Binfoon:
 
 
 def test_settings(tmp_path: Path, **overrides: object) -> Settings:
-    """Settings for a test: data under ``tmp_path``, quick timeouts."""
+    """Settings for a test: data under ``tmp_path``, quick timeouts, and no speech model unless the test
+    names one (a model installed in this machine's cache, by `make demo` or `make bench`, would
+    otherwise transcribe every test's recordings and load the machine the other tests share)."""
     base = Settings(data_dir=tmp_path / "var", key_timeout_s=4.0, review_ring_timeout_s=3.0,
-                    record_max_s=60, review_retry_after_s=3600.0)
+                    record_max_s=60, review_retry_after_s=3600.0,
+                    speech_model_path=str(tmp_path / "no-speech-model"))
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
 
@@ -153,7 +156,7 @@ def serve_process(lab: PhoneLab, db_url: str, data_dir: Path, log: Path, **setti
            "BINFOON_CALLER_ID_NUMBER": "+3250000000", "BINFOON_CONFIG": str(data_dir / "absent.toml"),
            "BINFOON_MEMBER_RING_TIMEOUT_S": "5", "BINFOON_REVIEW_RING_TIMEOUT_S": "1",
            "BINFOON_URGENT_RETRY_AFTER_S": "1", "BINFOON_NO_KEY_RETRY_AFTER_S": "1", "BINFOON_KEY_TIMEOUT_S": "6",
-           "BINFOON_SERVICE_USER": "root",
+           "BINFOON_SERVICE_USER": "root", "BINFOON_SPEECH_MODEL_PATH": str(data_dir / "no-speech-model"),
            **{f"BINFOON_{key.upper()}": value for key, value in settings.items()}}
     with log.open("ab") as out:
         return subprocess.Popen(

@@ -21,7 +21,7 @@ def _schema(url: str) -> dict[str, set[tuple[str, bool]]]:
         inspector = inspect(engine)
         return {t: {(c["name"], bool(c["nullable"])) for c in inspector.get_columns(t)}
                 for t in inspector.get_table_names()
-                # SQLite's full-text index tables (migration 0004) are no model's.
+                # Search index tables (0004's SQLite FTS5, 0011's messages_fts_terms) are no model's.
                 if t != "alembic_version" and not t.startswith(("transcripts_fts", "messages_fts"))}
     finally:
         engine.dispose()

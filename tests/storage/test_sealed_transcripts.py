@@ -9,6 +9,7 @@ found (before that, too). SQLite and PostgreSQL.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,13 @@ from ivr.asr.desk import TranscriptionDesk
 from ivr.asr.transcriber import TranscriptResult
 from storage.db import session_scope
 from storage.models import Message, Recording, Transcript, TranscriptTerm
-from storage.sealed import TEXT_PREFIX, SealError, open_transcript, search_terms
+from storage.sealed import TEXT_PREFIX, SealError, open_transcript, search_terms, text_tokens
 from tests.unit.archive.test_archive import NOW, Lab, make_lab
 
 SPOKEN = "Verdachte bestelwagen aan de Église in de Kerkstraat"
 WORDS = ["verdachte", "bestelwagen", "kerkstraat", "glise"]  # "glise": no piece of "Église" either
+# What the word forms index (stems, prefixes, labelled terms) must not leave in plaintext either.
+FORMS = ["bestelwaag", "bestelw", "kerkstr", "verdacht", "eglis", "s:nl:", "w:verd", "p:kerk", "v:2+snowball"]
 
 
 def transcribe(lab: Lab, message_id: int, spoken: str = SPOKEN) -> int:
@@ -63,11 +66,15 @@ def test_a_stored_transcript_leaves_no_word_in_the_database(db_url: str, tmp_pat
     recording_id = transcribe(lab, message_id)
 
     dump = database_dump(lab.engine)
-    assert [w for w in WORDS if w in dump] == []
+    assert [w for w in WORDS + FORMS if w in dump] == []
     if db_url.startswith("sqlite"):
         raw = sqlite_bytes(db_url)
-        assert [w for w in WORDS if w.encode() in raw] == []
+        assert [w for w in WORDS + FORMS if w.encode() in raw] == []
     with session_scope(lab.engine) as s:
+        # Words, stems, prefixes and the version marker are all HMAC tokens: hex, one length.
+        tokens = list(s.scalars(select(TranscriptTerm.token)))
+        assert len(tokens) == len(set(tokens)) > len(set(search_terms(SPOKEN)))
+        assert all(re.fullmatch(r"[0-9a-f]{32}", t) for t in tokens)
         row = s.scalars(select(Transcript)).one()
         assert row.text.startswith(TEXT_PREFIX) and row.words == []
         content = open_transcript(lab.store.key, recording_id, row.text, row.words)
@@ -90,7 +97,8 @@ def test_search_finds_a_sealed_transcript_by_its_words_only(db_url: str, tmp_pat
     assert found(lab, "KERKSTRAAT", "eglise") == [van] and found(lab, "église") == [van]
     assert found(lab, "fiets") == [bike]
     assert found(lab, "bestelwagen", "fiets") == []
-    assert found(lab, "inbraak") == [] and found(lab, "bestelwage") == []
+    # No piece of a word (from its middle, or its start without a *) finds it.
+    assert found(lab, "inbraak") == [] and found(lab, "bestel") == [] and found(lab, "wagen") == []
     [entry] = lab.archive.search(["bestelwagen"], "t")
     assert entry.snippet is not None and "[bestelwagen]" in entry.snippet and "Kerkstraat" in entry.snippet
 
@@ -110,12 +118,15 @@ def test_the_purge_removes_a_transcripts_tokens(db_url: str, tmp_path: Path) -> 
                              .group_by(Recording.message_id)).all()
         return {int(m): int(n) for m, n in rows}
 
-    assert tokens() == {old: len(set(search_terms(SPOKEN))), young: 2}
+    # Per transcript: a token per word, stem and prefix, and the version marker.
+    count = {text: len(text_tokens(lab.store.key(), text)) + 1 for text in (SPOKEN, "verse melding")}
+    assert count[SPOKEN] > len(set(search_terms(SPOKEN))) and count["verse melding"] > 3
+    assert tokens() == {old: count[SPOKEN], young: count["verse melding"]}
     report = lab.archive.purge_expired(NOW, 30, "t")
     assert report.count("transcript") == 1
-    assert tokens() == {young: 2}
+    assert tokens() == {young: count["verse melding"]}
     with session_scope(lab.engine) as s:
-        assert s.scalar(select(func.count()).select_from(TranscriptTerm)) == 2
+        assert s.scalar(select(func.count()).select_from(TranscriptTerm)) == count["verse melding"]
     assert found(lab, "bestelwagen") == [] and found(lab, "verse") == [young]
 
 
@@ -160,9 +171,10 @@ def test_migration_0009_drops_the_plaintext_index_and_downgrades(db_url: str, tm
     lab = make_lab(db_url, tmp_path)
     legacy = lab.message(NOW)
     command.downgrade(config, "0008")
-    with session_scope(lab.engine) as s:  # indexed in plaintext by 0004's index
+    with session_scope(lab.engine) as s:  # indexed in plaintext by 0004's index (0008's columns only)
         recording_id = s.scalars(select(Recording.id).where(Recording.message_id == legacy)).one()
-        s.add(Transcript(recording_id=recording_id, text=SPOKEN, words=[], confidence=0.5, model="m"))
+        s.execute(text("INSERT INTO transcripts (recording_id, text, words, confidence, model, created_at) "
+                       "VALUES (:r, :t, '[]', 0.5, 'm', :at)"), {"r": recording_id, "t": SPOKEN, "at": NOW})
 
     def plaintext_index() -> bool:
         with lab.engine.connect() as c:
@@ -182,8 +194,12 @@ def test_migration_0009_drops_the_plaintext_index_and_downgrades(db_url: str, tm
     command.downgrade(config, "0008")
     assert plaintext_index() and "transcript_terms" not in inspect(lab.engine).get_table_names()
     command.upgrade(config, "head")
-    assert found(lab, "kerkstraat") == []  # its tokens went with their table: the start step indexes it again
+    # Its tokens went with their table: it is read directly until the start step indexes it again.
+    assert found(lab, "kerkstraat") == [legacy]
     assert seal_plain_transcripts(lab.engine, lab.store) == 0
+    with session_scope(lab.engine) as s:
+        assert s.scalar(select(func.count()).select_from(TranscriptTerm)) == len(
+            text_tokens(lab.store.key(), SPOKEN)) + 1
     assert found(lab, "kerkstraat") == [legacy]
 
 

