@@ -198,6 +198,36 @@ def test_silence_gives_an_empty_transcript_not_an_invented_one(whisper_model_pat
     assert (result.text, result.words, result.confidence, result.uncertain) == ("", [], None, False)
 
 
+def test_a_real_looping_decode_is_retried_and_the_retry_is_kept_not_an_empty_one(
+        whisper_model_path: Path, whisper: WhisperEngine, tmp_path: Path) -> None:
+    # The eight espeak-nl clips in a row (53 s, a long message): beam search loops on the first
+    # window here (compression ratio 3.9, "De politie mogen van de jaren ..." three times). The
+    # retry used to come back empty (the no-speech rule dropped its penalised windows) and an
+    # empty retry was taken for a clean one: a 53 s message was stored as no words at all.
+    take = AudioSegment.empty()
+    for clip in sorted((SHARED_DIR / "audio" / "espeak-nl").glob("*.wav")):
+        take += AudioSegment.from_wav(clip)
+    long_take = tmp_path / "long-take.wav"
+    take.set_frame_rate(8000).set_channels(1).set_sample_width(2).export(long_take, format="wav")
+    reference = " ".join(p.with_suffix(".txt").read_text(encoding="utf-8").strip()
+                         for p in sorted((SHARED_DIR / "audio" / "espeak-nl").glob("*.wav")))
+    result = transcribe_file(long_take, whisper_model_path, model=whisper, language="nl")
+    print(f"\n53 s espeak-nl take: {len(result.words)} words, WER {word_error_rate(reference, result.text):.2f}, "
+          f"uncertain {result.uncertain_reason or 'no'}")
+    assert len(result.words) >= 60  # the take holds 120 words; an empty or one-window result fails
+    assert loop_reason(result.words, result.audio_s, []) is None
+    assert_well_formed(result)
+
+
+def test_an_empty_retry_is_not_clean_what_the_first_decode_heard_is_kept_collapsed() -> None:
+    engine, decoder = scripted(LOOP, "")
+    outcome = transcribe_pcm(engine, TEN_SECONDS_8K, "nl", EngineOptions())
+    assert len(decoder.calls) == 2
+    assert outcome.text == "de politie vraagt"
+    assert outcome.uncertain and outcome.uncertain_reason == (
+        "repetition loop: 'de politie vraagt' 20 times in a row; the greedy retry heard nothing")
+
+
 # --- the guards, as pure functions -----------------------------------------------------------------
 
 LOOP = " ".join(["de politie vraagt"] * 20)
@@ -314,6 +344,7 @@ def test_a_loop_is_retried_greedily_and_a_clean_retry_is_kept() -> None:
     assert (outcome.text, outcome.uncertain, outcome.uncertain_reason) == (CLEAN, False, "")
     retry = decoder.calls[1]
     assert (retry["beam_size"], retry["no_repeat_ngram_size"], retry["temperature"]) == (1, 3, 0.0)
+    assert retry["no_speech_threshold"] is None  # else its penalised windows are dropped as silence
     assert retry["language"] == "nl"
 
 
