@@ -15,6 +15,7 @@ import gc
 import hashlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from ivr.archive.admin_line import ReplayRules, admin_replay
 from ivr.archive.at_rest import MediaCopies, seal_legacy
 from ivr.archive.replay import ReplayDesk
 from ivr.archive.retention import RetentionSweep
-from ivr.archive.search import seal_plain_transcripts
+from ivr.archive.search import reindex_search, seal_plain_transcripts
 from ivr.archive.store import Archive
 from ivr.asr.desk import TranscriptionDesk
 from ivr.asterisk.instance import AmiCredentials, AsteriskInstance
@@ -176,6 +177,9 @@ class BinfoonApp:
         #: When the whole chain was last verified (``None``: not yet; the first anchoring round does).
         self._audit_verified: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reindex_stop = threading.Event()
+        self._reindexed = threading.Event()
+        self._reindexed.set()  # nothing running until start
         self._poller: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         #: The Asterisk run directory (and its group) that gets the officers' SIP accounts, if any.
@@ -212,7 +216,8 @@ class BinfoonApp:
         # Recordings stored before sealing existed are sealed now (C1); an unusable key file stops the start.
         await asyncio.to_thread(seal_legacy, self.engine, self.desk.store)
         # So are transcripts stored in plaintext before (search reads those directly until then).
-        await asyncio.to_thread(seal_plain_transcripts, self.engine, self.desk.store)
+        # (Their search index is brought up to date in the background, once the flows are served.)
+        await asyncio.to_thread(seal_plain_transcripts, self.engine, self.desk.store, reindex=False)
         routes: dict[str, Callable[[AgiCall], Awaitable[None]]] = {
             "police_intake": self._police_route, "coordinator_review": self._review_route,
             "member_call": self._member_route, "member_callback": self._callback_route,
@@ -242,9 +247,26 @@ class BinfoonApp:
         self._poller = asyncio.get_running_loop().create_task(self._poll(), name="binfoon-poll")
         # The backlog (recordings kept while no model was installed) is done in the background.
         self._spawn(self._transcripts_start())
+        # So is re-indexing for search (after an upgrade of the index or of the stemmer: every
+        # transcript once, ~16 ms each): the lines answer meanwhile, and search reads rows without
+        # current terms directly until then.
+        self._reindexed.clear()
+        self._spawn(self._reindex_search())
+
+    async def _reindex_search(self) -> None:
+        self._reindex_stop.clear()
+        try:
+            await asyncio.to_thread(reindex_search, self.engine, self.desk.store, self._reindex_stop)
+        except Exception:  # search still reads unindexed rows directly; the next start tries again
+            log.exception("re-indexing the archive for search failed")
+        finally:
+            self._reindexed.set()
 
     async def stop(self) -> None:
         """Stop acting (calls in progress end with the AGI server); state stays in the database."""
+        # The re-indexing thread ends after its current row (a thread is not cancelled with its task).
+        self._reindex_stop.set()
+        await asyncio.to_thread(self._reindexed.wait, 30.0)
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)

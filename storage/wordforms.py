@@ -44,7 +44,9 @@ MAX_PREFIX = 16
 MAX_TERM = 64
 #: Bumped when the terms of a text change meaning; with the stemmer's release, it marks indexed texts.
 INDEX_SCHEME = 2
-VERSION_TERM = f"v:{INDEX_SCHEME}+snowball-{version('snowballstemmer')}"
+#: The stemmer's major release only: a patch release does not change its algorithms, and every
+#: change of this term re-indexes the whole archive once at the next start.
+VERSION_TERM = f"v:{INDEX_SCHEME}+snowball-{version('snowballstemmer').split('.')[0]}"
 
 _WORD = re.compile(r"[^\W_]+")
 _local = threading.local()  # a Snowball stemmer keeps state while it works: one per thread

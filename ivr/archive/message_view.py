@@ -37,6 +37,11 @@ class ShownTranscript:
     words: list[dict[str, Any]]
     model: str
     confidence: float | None
+    #: "whisper" or "vosk", and the language the recogniser was told (``None`` for older rows).
+    engine: str = "vosk"
+    language: str | None = None
+    #: A repetition loop survived the retry, or the time cap cut it: the page says to listen instead.
+    uncertain: bool = False
 
 
 def visible_message(s: Session, viewer: Viewer, message_id: int) -> Message | None:
@@ -66,7 +71,8 @@ def message_view(s: Session, viewer: Viewer, message: Message) -> dict[str, Any]
             except SealError as exc:  # altered or swapped: the page shows none, the log says why
                 log.error("message %d: its transcript does not open: %s", message.id, exc)
             else:
-                transcript = ShownTranscript(content.text, content.words, row.model, row.confidence)
+                transcript = ShownTranscript(content.text, content.words, row.model, row.confidence,
+                                             row.engine, row.language, row.uncertain)
     creator = s.get(Person, message.created_by_id) if message.created_by_id else None
     may_play = bin_replay_refusal(s, s.get(Person, viewer.person_id), message.bin) is None
     return {"message": message, "report": report, "take": take, "transcript": transcript,

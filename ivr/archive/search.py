@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -176,16 +177,18 @@ def snippet(text: str, query: Query, language: object = None, width: int = SNIPP
     return ("…" if start > 0 else "") + shown + ("…" if start + width < len(words) else "")
 
 
-def seal_plain_transcripts(engine: Engine, store: RecordingStore) -> int:
+def seal_plain_transcripts(engine: Engine, store: RecordingStore, *, reindex: bool = True) -> int:
     """Seal every transcript still stored in plaintext (from before sealing existed) and index its
     words; how many. Run by the service at start; one transaction per row, each row checked again
     in it (another process may have sealed it meanwhile). On SQLite the freed plaintext is
     overwritten (``secure_delete``) and the write-ahead log emptied afterwards; on PostgreSQL the
     table is rewritten (``VACUUM FULL``) so no dead row version keeps the text. Sealed transcripts
     without current tokens (a downgrade below 0009 dropped them, or they were indexed before word
-    forms or by another stemmer release) are indexed again, and so are typed texts without terms."""
+    forms or by another stemmer release) are indexed again, and so are typed texts without terms,
+    unless ``reindex`` is false (the service does that in the background: ``reindex_search``)."""
     key = store.key()  # an unusable key file stops the start here, before anything is changed
-    reindex_search(engine, store)
+    if reindex:
+        reindex_search(engine, store)
     with session_scope(engine) as s:
         ids = list(s.scalars(select(Transcript.id).where(Transcript.text.not_like(f"{TEXT_PREFIX}%"))
                              .order_by(Transcript.id)))
@@ -214,10 +217,12 @@ def seal_plain_transcripts(engine: Engine, store: RecordingStore) -> int:
     return sealed
 
 
-def reindex_search(engine: Engine, store: RecordingStore) -> int:
+def reindex_search(engine: Engine, store: RecordingStore, stop: threading.Event | None = None) -> int:
     """Index again every sealed transcript without the current version token (no tokens, tokens of
     words only, or another stemmer's), and every typed text without current terms; how many rows.
-    One transaction per transcript, so a long first pass keeps what it did if it is stopped."""
+    One transaction per transcript, so a long first pass keeps what it did if it is stopped; ``stop``
+    set ends it after the current row (the service runs it in the background: search reads rows
+    without current terms directly meanwhile)."""
     key = store.key()
     with session_scope(engine) as s:
         current = exists().where(TranscriptTerm.transcript_id == Transcript.id,
@@ -226,6 +231,8 @@ def reindex_search(engine: Engine, store: RecordingStore) -> int:
                                .order_by(Transcript.id)))
     done = 0
     for transcript_id in stale:
+        if stop is not None and stop.is_set():
+            return done
         with session_scope(engine) as s:
             row = s.get(Transcript, transcript_id)
             if row is None:  # purged meanwhile

@@ -203,6 +203,34 @@ def test_migration_0009_drops_the_plaintext_index_and_downgrades(db_url: str, tm
     assert found(lab, "kerkstraat") == [legacy]
 
 
+def test_migration_0010_keeps_the_blind_index_both_ways(db_url: str, tmp_path: Path) -> None:
+    # A batch rebuild of ``transcripts`` on SQLite (foreign keys on) cascaded into transcript_terms:
+    # upgrading 0009 -> 0010 left a sealed, indexed transcript with no token at all.
+    from alembic import command
+
+    from storage.db import _alembic_config
+
+    config = _alembic_config(db_url)
+    lab = make_lab(db_url, tmp_path)
+    message_id = lab.message(NOW)
+    transcribe(lab, message_id)
+
+    def tokens() -> int:
+        with session_scope(lab.engine) as s:
+            return int(s.scalar(select(func.count()).select_from(TranscriptTerm)) or 0)
+
+    indexed = tokens()
+    assert indexed > 0
+    command.downgrade(config, "0009")
+    assert tokens() == indexed
+    command.upgrade(config, "0010")
+    assert tokens() == indexed
+    with lab.engine.connect() as c:  # older rows: the only engine there was, no language, trusted
+        assert c.execute(text("SELECT engine, language, uncertain FROM transcripts")).one() == ("vosk", None, False)
+    command.upgrade(config, "head")
+    assert tokens() == indexed and found(lab, "kerkstraat") == [message_id]
+
+
 def test_the_message_page_and_the_cap_export_show_the_opened_transcript(tmp_path: Path) -> None:
     import zoneinfo
 

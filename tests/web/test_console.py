@@ -438,6 +438,29 @@ def test_the_archive_finds_typed_words_within_the_viewers_scope(site: Site) -> N
     assert "2 bericht(en) gevonden" in site.signed_in("admin").get("/archive", params={"q": "busje"}).text
 
 
+def test_the_message_page_says_which_engine_heard_it_and_warns_when_it_is_uncertain(site: Site) -> None:
+    import datetime as dt
+
+    from storage.recordings import RecordingStore
+    from storage.sealed import TranscriptContent, add_transcript
+
+    key = RecordingStore(site.settings.data_dir / "recordings").key()
+    pages = {}
+    for uncertain in (False, True):
+        message_id = site.message()
+        with session_scope(site.engine) as s:
+            [take] = s.get_one(Message, message_id).recordings
+            add_transcript(s, key, take.id, TranscriptContent("de politie vraagt", [
+                {"word": w, "start": i * 0.4, "end": i * 0.4 + 0.3, "conf": 0.9}
+                for i, w in enumerate("de politie vraagt".split())]),
+                confidence=0.9, model="faster-whisper-base", created_at=dt.datetime.now(dt.timezone.utc),
+                engine="whisper", language="nl", uncertain=uncertain)
+        pages[uncertain] = site.signed_in("police").get(f"/messages/{message_id}").text
+    assert "faster-whisper-base (whisper, nl, 90 %)" in pages[False]
+    assert 'id="transcript-uncertain"' not in pages[False]
+    assert 'id="transcript-uncertain"' in pages[True] and "Luister naar de opname" in pages[True]
+
+
 # -- audited plays --------------------------------------------------------------------------------
 def test_each_play_of_a_recording_is_audited(site: Site) -> None:
     message_id = site.message()

@@ -19,14 +19,14 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("transcripts") as batch:
-        batch.add_column(sa.Column("engine", sa.String(20), nullable=False, server_default="vosk"))
-        batch.add_column(sa.Column("language", sa.String(5), nullable=True))
-        batch.add_column(sa.Column("uncertain", sa.Boolean(), nullable=False, server_default=sa.false()))
+    # Plain ADD COLUMN, never a batch rebuild: on SQLite a rebuild drops and re-creates ``transcripts``,
+    # and with foreign keys on that cascades into ``transcript_terms``: the whole blind index went.
+    op.add_column("transcripts", sa.Column("engine", sa.String(20), nullable=False, server_default="vosk"))
+    op.add_column("transcripts", sa.Column("language", sa.String(5), nullable=True))
+    op.add_column("transcripts", sa.Column("uncertain", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("transcripts") as batch:
-        batch.drop_column("uncertain")
-        batch.drop_column("language")
-        batch.drop_column("engine")
+    # Native DROP COLUMN (SQLite >= 3.35, PostgreSQL): no table rebuild, for the same reason.
+    for column in ("uncertain", "language", "engine"):
+        op.drop_column("transcripts", column)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
 from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, func, select, text
 
-from ivr.archive.search import Query, QueryError, parse_query, seal_plain_transcripts, snippet
+from ivr.archive.search import (
+    Query, QueryError, parse_query, reindex_search, seal_plain_transcripts, snippet,
+)
 from ivr.domain.vocabulary import Language
 from storage.db import session_scope
 from storage.message_terms import message_terms, reindex_messages
@@ -161,9 +164,16 @@ def test_a_transcript_indexed_before_word_forms_is_indexed_again_at_start(db_url
 
     assert version_token(key) not in tokens()
     assert found(lab, "inbraak") == [old]  # read directly meanwhile, not missed
-    assert seal_plain_transcripts(lab.engine, lab.store) == 0  # nothing to seal; indexed again
+    # The service seals at start without re-indexing (that runs in the background, stoppable).
+    assert seal_plain_transcripts(lab.engine, lab.store, reindex=False) == 0
+    assert version_token(key) not in tokens()
+    stop = threading.Event()
+    stop.set()
+    assert reindex_search(lab.engine, lab.store, stop) == 0 and version_token(key) not in tokens()
+    assert reindex_search(lab.engine, lab.store, threading.Event()) >= 1
     assert tokens() == text_tokens(key, DUTCH, "nl") | {version_token(key)}
     assert found(lab, "inbraak") == [old] and found(lab, "inbr*") == [old] and found(lab, "fiets") == []
+    assert seal_plain_transcripts(lab.engine, lab.store) == 0  # by hand (`archive seal`): nothing left
 
 
 # -- typed message texts (term table) ---------------------------------------------------------------

