@@ -12,8 +12,10 @@ Rules:
 - a transcript is stored sealed (``storage.sealed``: the recordings' key, text and words together)
   with the blind-index tokens of its words, never as plaintext;
 - a recording is transcribed in its message's BIN's language (nl, fr, de), told to the engine,
-  never detected; a transcript the engine marks uncertain (a repetition loop, the time cap) is
-  stored as such, and the log names the recording.
+  never detected, and stored in that language when the engine names none (Vosk: one language
+  per model), so search reads it with the right language's word forms; a transcript the engine
+  marks uncertain (a repetition loop, the time cap) is stored as such, and the log names the
+  recording and the reason (counts only: no word of a message is ever logged).
 """
 
 from __future__ import annotations
@@ -182,7 +184,7 @@ class TranscriptionDesk:
             log.error("recording %d kept untranscribed: %s", recording_id, exc)
             return None
         self._failed.pop(recording_id, None)
-        stored = await asyncio.to_thread(self._store, recording_id, result)
+        stored = await asyncio.to_thread(self._store, recording_id, result, language)
         if stored is not None and result.uncertain:
             log.warning("recording %d: transcript stored as uncertain (%s)", recording_id,
                         result.uncertain_reason or "no reason given")
@@ -205,7 +207,9 @@ class TranscriptionDesk:
                 log.error("recording %d kept untranscribed: %s", recording_id, exc)
                 return None, None, None
 
-    def _store(self, recording_id: int, result: TranscriptResult) -> Transcript | None:
+    def _store(self, recording_id: int, result: TranscriptResult,
+               bin_language: str | None = None) -> Transcript | None:
+        # Stored in the language the engine was told, or, when it names none (Vosk), the BIN's.
         # Sealed with the key of the recording's own store (as ``open_recording`` reads it), with its
         # search tokens in the same transaction: no plaintext of it reaches the database.
         try:
@@ -217,7 +221,8 @@ class TranscriptionDesk:
                 return add_transcript(s, key, recording_id, TranscriptContent(result.text, result.words),
                                       confidence=result.confidence, model=result.model,
                                       created_at=self.clock(), engine=result.engine,
-                                      language=result.language, uncertain=result.uncertain)
+                                      language=result.language or bin_language,
+                                      uncertain=result.uncertain)
         except IntegrityError:  # another process stored it first: theirs stands
             return self._lookup(recording_id)[0]
 

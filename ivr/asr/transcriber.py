@@ -37,7 +37,8 @@ class EngineOptions:
 
     beam_size: int = 5
     compute_type: str = "int8"
-    #: CPU threads of one decoder (``0``: CTranslate2's default, every core).
+    #: CPU threads of one decoder. ``0`` leaves it to CTranslate2: ``OMP_NUM_THREADS`` when set, else
+    #: its own default, documented as 4 threads (faster-whisper 1.2, CTranslate2 4.x); not every core.
     cpu_threads: int = 0
     #: Wall-clock seconds after which decoding of one recording stops (what was heard is kept, uncertain).
     time_cap_s: float = 300.0

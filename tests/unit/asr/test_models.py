@@ -109,6 +109,19 @@ def test_a_changed_byte_or_a_missing_file_is_refused_and_an_existing_model_is_ke
     assert leftovers(target.parent) == ["vosk-model-small-nl-0.22"]
 
 
+def test_a_corrupt_zip_is_refused_by_name_and_nothing_is_installed(tmp_path: Path) -> None:
+    manifest = read_manifest(write_manifest(tmp_path / "m.txt", FAKE_FILES))
+    zipped = bytearray(write_zip(tmp_path / "model.zip", FAKE_FILES).read_bytes())
+    at = zipped.index(b"acoustic model bytes") + 100
+    zipped[at] ^= 0xFF  # the member's CRC no longer matches
+    (tmp_path / "model.zip").write_bytes(bytes(zipped))
+
+    with pytest.raises(ModelError, match=r"^model.zip is corrupt \(Bad CRC-32 .*\): download it again; "
+                                         r"nothing was installed$"):
+        install_from_zip(tmp_path / "model.zip", tmp_path / "models" / "vosk-model-small-nl-0.22", manifest)
+    assert leftovers(tmp_path / "models") == []
+
+
 def test_verify_model_dir_names_each_problem(tmp_path: Path) -> None:
     manifest = read_manifest(write_manifest(tmp_path / "m.txt", FAKE_FILES))
     root = tmp_path / "model"

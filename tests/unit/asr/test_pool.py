@@ -166,3 +166,66 @@ async def test_a_slow_job_within_its_limit_is_not_touched(modelless_pool: Transc
     worker = await modelless_pool.call(os.getpid)
     assert await modelless_pool.call(time.sleep, 0.3, timeout_s=30.0) is None
     assert modelless_pool.restarts == 0 and await modelless_pool.call(os.getpid) == worker
+
+
+def slow_echo(value: int) -> int:
+    """Runs in a worker: a healthy job that takes a moment (0.2 s) and answers."""
+    time.sleep(0.2)
+    return value
+
+
+def wedged_call() -> None:
+    """Runs in a worker: stuck like ``wedged_transcription``, for ``call`` directly."""
+    time.sleep(20)
+
+
+async def test_jobs_queued_behind_a_wedged_one_are_not_failed_with_it(tmp_path: Path) -> None:
+    # One worker: the wedged job holds it; three healthy jobs wait their turn. The limit (0.5 + 4 s)
+    # must cover running work only: before, it ran from submission, so the queued jobs reached it
+    # together with the wedged one and were failed (or cancelled, and CancelledError escaped).
+    (tmp_path / "no-model").mkdir()
+    pool = TranscriptionPool(tmp_path / "no-model", 1, EngineOptions(time_cap_s=0.5), backstop_margin_s=4.0)
+    try:
+        await pool.call(os.getpid)  # started, so the limit is not spent on starting it
+        wedged = asyncio.create_task(pool.call(wedged_call, timeout_s=pool.job_timeout_s))
+        await asyncio.sleep(0)  # the wedged job is first in line
+        healthy = [asyncio.create_task(pool.call(slow_echo, n, timeout_s=pool.job_timeout_s)) for n in range(3)]
+        results = await asyncio.gather(wedged, *healthy, return_exceptions=True)
+        assert isinstance(results[0], TranscriptionFailed) and "wedged" in str(results[0])
+        assert results[1:] == [0, 1, 2], results
+        assert pool.restarts == 1
+    finally:
+        pool.close()
+
+
+class _CancelledOnce:
+    """Stands in for an executor that a pool replacement shut down just after the job was handed to
+    it: the job's future comes back cancelled (``shutdown(cancel_futures=True)``)."""
+
+    def submit(self, fn: Any, *args: Any) -> Any:
+        from concurrent.futures import Future
+
+        future: Future[Any] = Future()
+        future.cancel()
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+async def test_a_job_cancelled_by_a_pool_replacement_is_retried_on_the_fresh_pool(
+        modelless_pool: TranscriptionPool) -> None:
+    modelless_pool._executor = _CancelledOnce()  # type: ignore[assignment]
+    # Before: CancelledError escaped the caller's ``except Exception`` and the job was silently lost.
+    assert await modelless_pool.call(slow_echo, 7) == 7
+    assert modelless_pool.restarts == 1
+
+
+async def test_a_cancelled_caller_still_cancels_its_own_job(modelless_pool: TranscriptionPool) -> None:
+    await modelless_pool.call(os.getpid)
+    waiting = asyncio.create_task(modelless_pool.call(slow_echo, 1))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert modelless_pool.restarts == 0

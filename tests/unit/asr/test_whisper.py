@@ -25,6 +25,7 @@ from ivr.asr.transcriber import EngineOptions, TranscriptResult, load_model, tra
 from ivr.asr.wer import corpus_word_error_rate, normalise_words, word_error_rate
 from ivr.asr.whisper import (
     LOOP_REPEATS,
+    LOOP_REPEATS_ONE_WORD,
     MAX_NEW_TOKENS,
     MAX_WORDS_PER_SPEECH_S,
     WORDS_SLACK,
@@ -225,7 +226,7 @@ def test_an_empty_retry_is_not_clean_what_the_first_decode_heard_is_kept_collaps
     assert len(decoder.calls) == 2
     assert outcome.text == "de politie vraagt"
     assert outcome.uncertain and outcome.uncertain_reason == (
-        "repetition loop: 'de politie vraagt' 20 times in a row; the greedy retry heard nothing")
+        "repetition loop: a run of 3 words repeated 20 times from word 1; the greedy retry heard nothing")
 
 
 # --- the guards, as pure functions -----------------------------------------------------------------
@@ -237,9 +238,10 @@ CLEAN = "er is ingebroken in de kerkstraat de politie vraagt uw ramen en deuren 
 def test_a_phrase_repeated_twenty_times_is_a_loop_on_each_count() -> None:
     looping = words_of(LOOP, step_s=0.05)  # 60 words in 3 s, as a looping decoder writes them
     # By the count of repeats alone (a plausible pace: 60 words in 25 s of speech).
-    assert loop_reason(looping, 25.0, [1.2]) == "'de politie vraagt' 20 times in a row"
+    assert loop_reason(looping, 25.0, [1.2]) == "a run of 3 words repeated 20 times from word 1"
     # By the pace: 60 words cannot be said in 3 s of speech.
-    assert "more than 6/s cannot be said" in (loop_reason(looping, 3.0, [1.2]) or "")
+    assert loop_reason(looping, 3.0, [1.2]) == ("20.0 words per second of speech (60 words over 3.0 s; "
+                                                "more than 6/s cannot be said)")
     # By the compression ratio faster-whisper measured on the window.
     assert loop_reason(words_of(CLEAN), 5.0, [1.1, 3.4]) == "compression ratio 3.40 above 2.4"
 
@@ -256,8 +258,8 @@ def test_ordinary_speech_does_not_fire_the_guard() -> None:
 
 
 def test_repeats_are_compared_without_case_and_punctuation() -> None:
-    said = words_of("Hallo, hallo hallo. HALLO! wie is daar")
-    assert repeated_run(said) == (0, 1, LOOP_REPEATS)
+    said = words_of("Hallo, hallo hallo. HALLO! hallo? Hallo… wie is daar")
+    assert repeated_run(said) == (0, 1, LOOP_REPEATS_ONE_WORD)
     assert repeated_run(said, start=1) is None
 
 
@@ -305,20 +307,35 @@ def test_8khz_audio_is_resampled_once_to_16khz_without_changing_its_content() ->
 
 @dataclass
 class ScriptedDecoder:
-    """Answers ``transcribe`` with the next scripted text, as faster-whisper's (segments, info)."""
+    """Answers ``transcribe`` with the next scripted text, as faster-whisper's (segments, info): one
+    segment (window) per ``|``-separated part, decoded lazily; with a ``clock``, each window
+    advances it by ``window_s`` (the decoding time it took)."""
 
     texts: list[str]
     compression_ratio: float = 1.5
     calls: list[dict[str, Any]] = field(default_factory=list)
     supported_languages: tuple[str, ...] = ("nl", "fr", "de")
+    clock: Any = None
+    window_s: float = 0.0
 
     def transcribe(self, samples: Any, **settings: Any) -> tuple[Iterator[Any], Any]:
         self.calls.append(settings)
         words = [SimpleNamespace(word=" " + w["word"], start=w["start"], end=w["end"], probability=0.8)
-                 for w in words_of(self.texts[len(self.calls) - 1], step_s=0.2)]
-        segment = SimpleNamespace(words=words, compression_ratio=self.compression_ratio,
-                                  end=words[-1].end if words else 0.0)
-        return iter([segment]), SimpleNamespace(duration_after_vad=10.0)
+                 for w in words_of(self.texts[len(self.calls) - 1].replace("|", ""), step_s=0.2)]
+        sizes = [len(part.split()) for part in self.texts[len(self.calls) - 1].split("|")]
+        segments, first = [], 0
+        for size in sizes:
+            part = words[first:first + size]
+            first += size
+            segments.append(SimpleNamespace(words=part, compression_ratio=self.compression_ratio,
+                                            end=part[-1].end if part else 0.0))
+
+        def windows() -> Iterator[Any]:
+            for segment in segments:
+                if self.clock is not None:
+                    self.clock.now += self.window_s
+                yield segment
+        return windows(), SimpleNamespace(duration_after_vad=10.0)
 
 
 def scripted(*texts: str) -> tuple[WhisperEngine, ScriptedDecoder]:
@@ -354,5 +371,70 @@ def test_a_loop_that_survives_the_retry_is_stored_collapsed_and_uncertain() -> N
     assert len(decoder.calls) == 2
     assert outcome.text == "ik zeg de politie vraagt"
     assert outcome.uncertain and outcome.uncertain_reason == (
-        "repetition loop: 'de politie vraagt' 20 times in a row; "
-        "the greedy retry too: 'de politie vraagt' 20 times in a row")
+        "repetition loop: a run of 3 words repeated 20 times from word 1; "
+        "the greedy retry too: a run of 3 words repeated 20 times from word 3")
+
+
+# --- what a reason may say, what a collapse may delete, what a capped retry may replace ------------
+
+def test_a_loop_reason_carries_counts_never_the_words_of_the_message() -> None:
+    # The reason is logged (the desk warns with it) and police messages must never reach the log.
+    said = "bel de wijkagent " + LOOP + " dringend"
+    looping = words_of(said, step_s=0.05)
+    reasons = [loop_reason(looping, 25.0, [1.2]),    # by the repeats
+               loop_reason(looping, 3.0, [1.2]),     # by the pace
+               loop_reason(looping, 25.0, [3.86])]   # by the compression ratio
+    assert all(reasons), reasons
+    for reason in reasons:
+        assert not set(normalise_words(reason or "")) & set(normalise_words(said)), reason
+    assert reasons[0] == "a run of 3 words repeated 20 times from word 4"
+    assert reasons[2] == "compression ratio 3.86 above 2.4"
+
+
+def test_repeated_digits_of_a_phone_number_are_not_a_loop() -> None:
+    for said in ("bel nul vier zeven zeven zeven zeven twee", "bel 0 4 7 7 7 7 7 7 7 7 2",
+                 "appelez le zéro quatre sept sept sept sept sept sept deux",
+                 "rufen sie null vier sieben sieben sieben sieben sieben sieben zwei",
+                 "nummer zeven zeven zeven zeven zeven zeven zeven zeven"):  # as 'zeven zeven' four times too
+        words = words_of(said)
+        assert repeated_run(words) is None, said
+        assert loop_reason(words, len(words) / 3.0, [1.3]) is None, said
+        assert collapse_repeats(words) == words, said
+
+
+def test_one_word_needs_more_repeats_than_a_phrase_to_be_a_loop() -> None:
+    assert repeated_run(words_of("ja ja ja ja ja dat klopt")) is None  # five times: said so
+    assert repeated_run(words_of("hij zei ja ja ja ja ja ja ja")) == (2, 1, 7)
+    assert repeated_run(words_of("de politie de politie de politie de politie")) == (0, 2, LOOP_REPEATS)
+
+
+class FakeClock:
+    """Seconds that pass only when the scripted decoder says a window took them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_retry_cut_by_the_time_cap_does_not_replace_a_first_decode_that_heard_the_whole_take() -> None:
+    # The first decode (one window, 10 s of decoding) loops but covers the take; the retry's first
+    # window passes the cap (15 s) and it stops there, clean but with a fraction of the message.
+    clock = FakeClock()
+    engine, decoder = scripted(LOOP, "er is ingebroken | in de kerkstraat sluit uw ramen")
+    decoder.clock, decoder.window_s = clock, 10.0
+    outcome = transcribe_pcm(engine, TEN_SECONDS_8K, "nl", EngineOptions(time_cap_s=15.0), clock=clock)
+    assert len(decoder.calls) == 2
+    assert outcome.text == "de politie vraagt"  # the first decode, collapsed; not "er is ingebroken"
+    assert outcome.uncertain
+    assert outcome.uncertain_reason.startswith("repetition loop: a run of 3 words repeated 20 times")
+    assert "time cap" in outcome.uncertain_reason and "cap 15 s" in outcome.uncertain_reason
+
+
+def test_a_retry_within_the_cap_is_still_kept_with_the_scripted_clock() -> None:
+    clock = FakeClock()
+    engine, decoder = scripted(LOOP, "er is ingebroken | in de kerkstraat sluit uw ramen")
+    decoder.clock, decoder.window_s = clock, 1.0
+    outcome = transcribe_pcm(engine, TEN_SECONDS_8K, "nl", EngineOptions(time_cap_s=15.0), clock=clock)
+    assert (outcome.text, outcome.uncertain) == ("er is ingebroken in de kerkstraat sluit uw ramen", False)

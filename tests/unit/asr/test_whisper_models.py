@@ -231,7 +231,7 @@ def corrupt(wheel: Path, how: str) -> Path:
                 zf.writestr(name, content)
         raw = bytearray(wheel.read_bytes())
         start = raw.index(b"model.bin.part2") + len("model.bin.part2")
-        raw[start + 2:start + 40] = b"\xff" * 38
+        raw[start:start + 40] = b"\xff" * 40  # deflate block type 11: reserved, zlib refuses it
     wheel.write_bytes(bytes(raw))
     return wheel
 
