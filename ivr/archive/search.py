@@ -104,12 +104,6 @@ def parse_query(words: Sequence[str]) -> Query:
     return Query(tuple(dict.fromkeys(found)))
 
 
-def fts5_query(words: Sequence[str]) -> str:
-    """``words`` as an FTS5 query: each word a quoted string, all required (no operator injection).
-    Search itself no longer asks FTS5 (migration 0011); kept for importers of ``ivr.archive.store``."""
-    return " ".join('"' + word.replace('"', '""') + '"' for word in words)
-
-
 def search_words(words: Sequence[str]) -> list[str]:
     """The words worth searching for: split on blanks, kept only if they hold a letter or digit;
     ``QueryError`` if they do not make a query (``parse_query``). Empty if there is no word at all."""

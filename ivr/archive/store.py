@@ -35,7 +35,7 @@ from ivr.archive.access import (
 )
 from ivr.archive.at_rest import NO_COPIES, MediaCopies, alert_refused_recording
 from ivr.archive.purge import IN_FLIGHT, PurgedItem, PurgeReport, purge_expired
-from ivr.archive.search import ArchiveEntry, fts5_query, search_words
+from ivr.archive.search import ArchiveEntry, search_words
 from storage import audit
 from storage.db import Desk, session_scope
 from storage.models import BinStreet, Message, Recording, Transcript
@@ -46,7 +46,7 @@ from storage.sealed import SealError, open_transcript
 # What other modules import from here, wherever it now lives.
 __all__ = [
     "IN_FLIGHT", "PLAYERS", "ZONE_POLICE", "AccessDenied", "Archive", "ArchiveEntry", "ArchiveError",
-    "Export", "PurgeReport", "PurgedItem", "bin_replay_refusal", "find_player", "fts5_query",
+    "Export", "PurgeReport", "PurgedItem", "bin_replay_refusal", "find_player",
     "resolve_person", "search_words",
 ]
 

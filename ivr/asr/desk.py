@@ -68,7 +68,8 @@ class TranscriptionDesk:
 
     @classmethod
     def from_settings(cls, engine: Engine, settings: Settings) -> TranscriptionDesk:
-        """A desk using the configured model (looked up again on every call), worker count and engine options."""
+        """A desk using the configured model (looked up again on every call), worker count and engine
+        options."""
         def why() -> str:
             path = configured_model_path(settings)
             return model_problem(path) or f"{path} is not usable"
@@ -196,8 +197,10 @@ class TranscriptionDesk:
             existing = s.scalar(select(Transcript).where(Transcript.recording_id == recording_id))
             if existing is not None:
                 return existing, None, None
-            found = s.execute(select(Recording, Bin.language).join(Message, Recording.message_id == Message.id)
-                              .join(Bin, Message.bin_id == Bin.id).where(Recording.id == recording_id)).first()
+            found = s.execute(select(Recording, Bin.language)
+                              .join(Message, Recording.message_id == Message.id)
+                              .join(Bin, Message.bin_id == Bin.id)
+                              .where(Recording.id == recording_id)).first()
             if found is None:
                 return None, None, None
             recording, language = found

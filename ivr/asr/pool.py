@@ -42,8 +42,9 @@ class TranscriptionFailed(Exception):
 #: How much lower than the service a worker runs (``nice``): transcription is background work.
 WORKER_NICE = 10
 #: Seconds past the time cap before a job counts as wedged. The clock runs from when the job is handed
-#: to a free worker (``call`` holds the others back), so this also covers a worker's start (spawn, imports, model load: seconds for Whisper base, up to a minute
-#: for large-v3 on a slow disk) and the engine finishing the segment it was in when the cap passed.
+#: to a free worker (``call`` holds the others back), so this also covers a worker's start (spawn,
+#: imports, model load: seconds for Whisper base, up to a minute for large-v3 on a slow disk) and the
+#: engine finishing the segment it was in when the cap passed.
 BACKSTOP_MARGIN_S = 120.0
 
 
@@ -65,7 +66,8 @@ def _warm_worker(model_path: str, options: EngineOptions) -> None:
         pass
 
 
-def _transcribe_job(audio: str, model_path: str, language: str | None, options: EngineOptions) -> dict[str, Any]:
+def _transcribe_job(audio: str, model_path: str, language: str | None,
+                    options: EngineOptions) -> dict[str, Any]:
     """Runs in a worker: one file through the (cached) model; returns a picklable dict."""
     from ivr.asr.transcriber import load_model, transcribe_file
 
@@ -76,7 +78,8 @@ def _transcribe_job(audio: str, model_path: str, language: str | None, options: 
 
 
 class TranscriptionPool:
-    """A small pool of worker processes, each holding the model at ``model_path`` (loaded with ``options``)."""
+    """A small pool of worker processes, each holding the model at ``model_path`` (loaded with
+    ``options``)."""
 
     def __init__(self, model_path: Path, workers: int = 1, options: EngineOptions | None = None, *,
                  backstop_margin_s: float = BACKSTOP_MARGIN_S) -> None:
