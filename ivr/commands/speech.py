@@ -14,24 +14,26 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from ivr.asr.install import (
+    InstallReport,
+    install_from_dir,
+    install_official,
+    install_whisper,
+    source_model_name,
+)
 from ivr.asr.models import (
     CHAIN_LANGUAGES,
     COPY_MANIFEST,
     OFFICIAL_MODELS,
     WHISPER_BASE,
-    InstallReport,
     ModelError,
     chain_languages,
     checksum_state,
     configured_model_path,
     default_install_dir,
-    install_from_dir,
-    install_official,
-    install_whisper,
     model_kind,
     model_label,
     model_problem,
-    source_model_name,
 )
 from ivr.commands.common import CommandError
 from ivr.config import Settings

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 
 from ivr.asr import models
+from ivr.asr.install import install_from_zip, install_official
 from ivr.asr.models import (
     DUTCH,
     ModelError,
     ModelSpec,
-    install_from_zip,
-    install_official,
     model_label,
     model_language,
     model_problem,

