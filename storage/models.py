@@ -129,6 +129,12 @@ class PoliceZone(Base):
     urgent_escalation: Mapped[Escalation] = mapped_column(_enum(Escalation), default=Escalation.AUTO_FORWARD)
     #: Simultaneous member calls for this zone's campaigns (``None``: only the global limit applies).
     max_channels: Mapped[int | None] = mapped_column(Integer)
+    #: New member calls a second for this zone's campaigns (``None``: only the trunk's pace applies).
+    max_cps: Mapped[float | None] = mapped_column(Float)
+    #: Urgent messages that go out without a coordinator's review wait for a second police officer's yes.
+    second_approver: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Review rounds of a waiting preventive message before the author is told (``None``: the setting).
+    review_max_rounds: Mapped[int | None] = mapped_column(Integer)
     bins: Mapped[list[Bin]] = relationship(back_populates="zone")
 
 
@@ -141,6 +147,8 @@ class Bin(Base):
     name: Mapped[str] = mapped_column(String(200))
     zone_id: Mapped[int] = mapped_column(ForeignKey("police_zones.id"))
     language: Mapped[Language] = mapped_column(_enum(Language), default=Language.NL)
+    #: "1 niveau": police messages go straight to the members; the coordinators are told afterwards.
+    one_level: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     zone: Mapped[PoliceZone] = relationship(back_populates="bins")
     streets: Mapped[list[BinStreet]] = relationship(back_populates="bin", cascade="all, delete-orphan")
@@ -167,6 +175,8 @@ class Person(Base):
     street: Mapped[str | None] = mapped_column(String(200))
     #: scrypt hash (``storage.pins``); never the PIN itself.
     pin_hash: Mapped[str | None] = mapped_column(String(200))
+    #: An admin reset or unlocked the PIN: failed attempts before this time no longer lock it.
+    pin_reset_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     #: A member's own window for preventive calls, local "HH:MM" (both or neither).
     call_window_start: Mapped[str | None] = mapped_column(String(5))
@@ -226,6 +236,11 @@ class Message(Base):
     submitted_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     #: The take that was sent (members hear this very recording).
     submitted_take: Mapped[int | None] = mapped_column(Integer)
+    #: A drill ("Testbericht BIN-foon"): every prompt says it is a test; kept out of real statistics.
+    drill: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: The second police officer who approved an urgent message sent without review (zone option).
+    second_approved_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    second_approved_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     recordings: Mapped[list[Recording]] = relationship(back_populates="message", order_by="Recording.take")
     bin: Mapped[Bin] = relationship()
 
@@ -298,6 +313,9 @@ class ReviewCall(OutboundCallRow, Base):
     #: Review rounds: 1 for the first, higher when a waiting message is tried again.
     round: Mapped[int] = mapped_column(Integer, default=1)
     role: Mapped[Role] = mapped_column(_enum(Role), default=Role.COORDINATOR)
+    #: Why the call is made: ``review`` (decide), ``notice`` (one-level: a message went out),
+    #: ``approval`` (second approver), ``escalation`` (the author: nobody reviewed).
+    purpose: Mapped[str] = mapped_column(String(20), default="review", server_default="review")
 
 
 class ReviewDecision(Base):
@@ -356,6 +374,12 @@ class Campaign(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     #: Quiet hours: a preventive campaign is not dialled before this time.
     not_before: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    #: Stopped by a person: no new call starts after this instant (calls up finish their sentence).
+    stopped_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    stopped_by: Mapped[str | None] = mapped_column(String(200))
+    #: Re-notify rounds: 1 at first; "call again everyone who has not confirmed" starts the next.
+    round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    round_started_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     message: Mapped[Message] = relationship()
 
 
@@ -371,6 +395,8 @@ class CallAttempt(OutboundCallRow, Base):
     rank: Mapped[PhoneRank] = mapped_column(_enum(PhoneRank), default=PhoneRank.PRIMARY)
     #: The answering machine detector's verdict (HUMAN, MACHINE, NOTSURE) on answered calls.
     amd_status: Mapped[str | None] = mapped_column(String(16))
+    #: The campaign's round this attempt belongs to (``Campaign.round``).
+    round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class Checkpoint(Base):
@@ -380,6 +406,21 @@ class Checkpoint(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
     updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class DrillSchedule(Base):
+    """A BIN's recurring drill ("Testbericht BIN-foon"), fired by the persistent alarm clock."""
+
+    __tablename__ = "drill_schedules"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bin_id: Mapped[int] = mapped_column(ForeignKey("bins.id", ondelete="CASCADE"), unique=True)
+    #: Months between drills (3: quarterly).
+    every_months: Mapped[int] = mapped_column(Integer)
+    #: When the next drill goes (UTC); moved on by ``every_months`` each time one is sent.
+    next_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    bin: Mapped[Bin] = relationship()
 
 
 class Confirmation(Base):

@@ -50,6 +50,7 @@ KIND_NL = {MessageKind.ALERT: "melding", MessageKind.UPDATE: "opvolging",
 DECISION_NL = {Decision.FORWARD_NOW: "meteen doorgestuurd", Decision.FORWARD_LATER: "later doorgestuurd",
                Decision.REJECT: "geweigerd"}
 STATUS_NL = {MessageStatus.RECORDED: "ingesproken", MessageStatus.WITH_COORDINATORS: "bij de coördinatoren",
+             MessageStatus.AWAITING_APPROVAL: "wacht op een tweede agent",
              MessageStatus.APPROVED: "goedgekeurd", MessageStatus.REJECTED: "geweigerd",
              MessageStatus.DELIVERING: "wordt verstuurd", MessageStatus.DONE: "verstuurd",
              MessageStatus.CANCELLED: "geannuleerd", MessageStatus.DRAFT: "ontwerp"}

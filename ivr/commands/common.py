@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+from pathlib import Path
 
 from ivr.config import Settings
 
@@ -38,3 +39,22 @@ def parse_when(raw: str, settings: Settings, *, end_of_day: bool) -> dt.datetime
     if end_of_day:
         day += dt.timedelta(days=1)
     return dt.datetime.combine(day, dt.time(), tzinfo=settings.tz).astimezone(dt.UTC)
+
+
+def positive_int(raw: str) -> int:
+    """An ``argparse`` type: a whole number of at least 1 (``--limit 0`` is a usage error, not "no limit")."""
+    import argparse
+
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{raw} is not allowed: give 1 or more")
+    return value
+
+
+def refuse_overwrite(path: Path, force: bool) -> None:
+    """One rule for every command that writes a file: an existing file is only replaced with ``--force``."""
+    if path.exists() and not force:
+        raise CommandError(f"{path} exists already: choose another name, or add --force to replace it")

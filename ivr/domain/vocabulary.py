@@ -50,6 +50,8 @@ class MessageStatus(enum.Enum):
     DRAFT = "draft"                  # recorded, not (yet) submitted; never sent
     RECORDED = "recorded"            # submitted by the officer
     WITH_COORDINATORS = "with_coordinators"
+    #: An urgent message that goes out without review waits for a second police officer (zone option).
+    AWAITING_APPROVAL = "awaiting_approval"
     APPROVED = "approved"            # to be delivered now or at a set time
     REJECTED = "rejected"
     DELIVERING = "delivering"

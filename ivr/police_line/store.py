@@ -307,6 +307,7 @@ STATUS_TEXT = {
     MessageStatus.DRAFT: "draft: recorded but not sent by the officer (never delivered)",
     MessageStatus.RECORDED: "recorded: waiting for the coordinators to be called",
     MessageStatus.WITH_COORDINATORS: "with the coordinators: waiting for a decision",
+    MessageStatus.AWAITING_APPROVAL: "urgent, without review: waiting for a second police officer's approval",
     MessageStatus.APPROVED: "approved",
     MessageStatus.REJECTED: "rejected by the coordinator",
     MessageStatus.DELIVERING: "being delivered to the members",
