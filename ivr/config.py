@@ -95,6 +95,9 @@ class Settings:
     review_ring_timeout_s: float = 30.0
     #: A message nobody decided on (preventive, or when escalation is spent) is reviewed again after this.
     review_retry_after_s: float = 900.0
+    #: Review rounds of a waiting preventive message before its author is called and the rounds stop
+    #: (a zone may set its own: ``police_zones.review_max_rounds``).
+    review_max_rounds: int = 6
     #: The trunk's limits: simultaneous member calls, and new calls per second (carriers cap it).
     max_channels: int = 30
     max_cps: float = 5.0

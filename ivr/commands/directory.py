@@ -77,6 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--street", action="append", default=[], help="a street the BIN covers (repeatable)")
     p.set_defaults(func=cmd_bin_add)
     bin_.add_parser("list", help="list the BINs").set_defaults(func=cmd_bin_list)
+    from ivr.commands import drill as drill_cmd
+
+    drill_cmd.register_bin_actions(bin_)  # `bin test`, `bin drills`: the drills' own module
 
     person = sub.add_parser("person", help="people and their roles").add_subparsers(dest="action", required=True)
     p = person.add_parser("add", help="add a person with a role")

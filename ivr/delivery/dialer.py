@@ -341,13 +341,10 @@ class CampaignRunner:
     async def _sounds_for(self, plan: CampaignPlan, language: str) -> dict[str, str]:
         key = (plan.campaign_id, language)
         if key not in self._sounds:
-            header = "member_header_urgent" if plan.urgent else "member_header_preventive"
-            self._sounds[key] = {
-                "BINFOON_SOUND": await self.voice.audio(plan.recording),
-                "BINFOON_HEADER": await self.voice.prompt(header, language),
-                "BINFOON_KEYS": await self.voice.prompt("member_keys", language),
-                "BINFOON_THANKS": await self.voice.prompt("member_thanks", language),
-            }
+            prompts = member_prompts(plan.urgent, plan.drill)
+            self._sounds[key] = {"BINFOON_SOUND": await self.voice.audio(plan.recording)}
+            for variable, prompt_id in prompts.items():
+                self._sounds[key][variable] = await self.voice.prompt(prompt_id, language)
         return self._sounds[key]
 
     async def _call(self, plan: CampaignPlan, member: Member, step: Next, attempt_id: str) -> None:
@@ -453,6 +450,16 @@ class CampaignRunner:
 def _up(attempt_id: str, live: set[str]) -> bool:
     """True if the call's channel (or, for a Local channel, its other half) is in ``live``."""
     return attempt_id in live or f"{attempt_id}-2" in live
+
+
+def member_prompts(urgent: bool, drill: bool) -> dict[str, str]:
+    """The prompts a member call plays around the recording (dialplan variable -> prompt id): a drill's
+    every prompt says it is a test, so nobody takes it for a real alert."""
+    if drill:
+        return {"BINFOON_HEADER": "member_header_drill", "BINFOON_KEYS": "member_keys_drill",
+                "BINFOON_THANKS": "member_thanks_drill"}
+    return {"BINFOON_HEADER": "member_header_urgent" if urgent else "member_header_preventive",
+            "BINFOON_KEYS": "member_keys", "BINFOON_THANKS": "member_thanks"}
 
 
 def retry_policies(settings: "Settings") -> dict[bool, RetryPolicy]:

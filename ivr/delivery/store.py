@@ -98,6 +98,8 @@ class CampaignPlan:
     recording: Path
     recording_sha256: str
     members: list[Member] = field(default_factory=list)
+    #: A drill ("Testbericht BIN-foon"): every prompt of its calls says it is a test.
+    drill: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,7 @@ class DeliveryDesk(Desk):
                 continue
             plan = CampaignPlan(campaign.id, message.id, message.urgency is Urgency.URGENT, message.bin.zone_id,
                                 message.bin.zone.max_channels, campaign.created_at or self.clock(),
-                                campaign.not_before, recording, take.sha256)
+                                campaign.not_before, recording, take.sha256, drill=message.drill)
             plan.members.extend(campaign_members(s, campaign, message))
             plans.append(plan)
         plans.sort(key=lambda p: (not p.urgent, p.campaign_id))
