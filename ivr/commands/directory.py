@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="an urgent message no coordinator decided on: forwarded (default), to the zone's police "
                         "approvers, or it waits")
     p.set_defaults(func=cmd_zone_add)
+    from ivr.commands import admin as admin_cmd
+
+    admin_cmd.register_zone_actions(zone)  # list, show, edit: the admin's tools
 
     bin_ = sub.add_parser("bin", help="neighbourhood information networks").add_subparsers(dest="action", required=True)
     p = bin_.add_parser("add", help="add a BIN")
@@ -105,6 +108,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("person", metavar="PERSON", help="person id or exact name")
     p.set_defaults(func=cmd_person_unlock)
     _register_sip_accounts(person)
+    from ivr.commands import admin as admin_cmd
+
+    admin_cmd.register_person_actions(person)  # list, show, edit, deactivate, role: the admin's tools
 
     members = sub.add_parser("members", help="a BIN's member households").add_subparsers(dest="action", required=True)
     p = members.add_parser("import", help="replace a BIN's members with a CSV file (name, phone, second phone, "
