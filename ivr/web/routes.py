@@ -98,7 +98,8 @@ def create_app(console: Console, secret_key: str, secure_cookies: bool = False) 
         Route("/members/{id:int}", pages.member_page, methods=["GET"]),
         Route("/members/{id:int}", pages.member_save, methods=["POST"]),
         Route("/members/{id:int}/test-call", pages.member_test_call, methods=["POST"]),
-        # -- campaign control and drills (issue 16) --
+        # -- campaign control (issue 16) --
+        # -- drills (issue 16) --
         # -- the admin's tools (issue 16) --
         # Scripts hold no data (it comes from the page or the server): open to all, like the sign-in.
         Route("/static/{name}", script, methods=["GET"]),
