@@ -33,7 +33,7 @@ from ivr.asr.desk import TranscriptionDesk
 from ivr.asterisk.instance import AmiCredentials, AsteriskInstance
 from ivr.asterisk.officers import ReloadError, endpoint_of_channel
 from ivr.scheduler import AlarmClock
-from ivr.chain.steps import DELIVER, Chain, ChainObserver
+from ivr.chain.steps import DELIVER, DRILL, Chain, ChainObserver
 from ivr.config import Settings
 from ivr.delivery.dialer import CampaignRunner, DialerLimits, retry_policies
 from ivr.delivery.member_call import MemberRules, member_call, member_call_start
@@ -49,7 +49,7 @@ from ivr.media.voice import PromptRenderer, Voice
 from ivr.police_line.flow import IntakeRules, police_intake
 from ivr.police_line.store import MessageDesk
 from ivr.review.flow import ReviewRules, coordinator_review, review_call_start
-from ivr.review.rounds import REVIEW_RETRY, ReviewDispatcher
+from ivr.review.rounds import REVIEW_RETRY, ReviewDispatcher, RoundRules
 from ivr.review.store import ReviewDesk
 from ivr.telephony.agi import AgiCall, AgiServer, CallHungUp
 from ivr.telephony.ami import AmiGateway, AmiUnavailable
@@ -149,7 +149,8 @@ class BinfoonApp:
         self.chain = Chain(self.desk, self.delivery, self.transcripts, self.alarms, clock=clock, observer=observer)
         self.reviews = ReviewDispatcher(self.review_desk, self.calls, self.alarms, self.chain,
                                         ring_timeout_s=settings.review_ring_timeout_s,
-                                        retry_after_s=settings.review_retry_after_s, clock=clock)
+                                        retry_after_s=settings.review_retry_after_s, clock=clock,
+                                        rules=RoundRules.from_settings(settings))
         quiet_start, quiet_end = settings.quiet_hours.split("-")
         self.campaigns = CampaignRunner(
             self.delivery, self.calls, self.voice,
@@ -160,6 +161,7 @@ class BinfoonApp:
             retry_policies(settings),
             clock)
         self.chain.reviews = self.reviews
+        self.chain.tz = settings.tz  # a scheduled drill keeps its local hour
         self.chain.dialer = self.campaigns
         self.calls.on_free = self.campaigns.wake  # a freed channel (any kind of call) is dialled at once
         self.member_rules = MemberRules(max(settings.key_timeout_s, 6.0), settings.member_reminders)
@@ -231,7 +233,7 @@ class BinfoonApp:
         if self.sip_guard is not None:
             await self.sip_guard.start(self.security_ami)
         self._unsubscribe = self.ami.subscribe(self._on_event)
-        self.alarms.start({DELIVER: self.chain.alarm, REVIEW_RETRY: self.reviews.wake})
+        self.alarms.start({DELIVER: self.chain.alarm, REVIEW_RETRY: self.reviews.wake, DRILL: self.chain.drill_alarm})
         # Confirmations Asterisk recorded while we were down count before anything is dialled again.
         await self.ingest_cel()
         # A refusal Asterisk met before we subscribed sent its Registry event to nobody (and a refused
@@ -474,7 +476,8 @@ class BinfoonApp:
     async def _report_route(self, agi: AgiCall) -> None:
         end: object = "hung_up"
         try:
-            end = await coordinator_report(self._call(agi), self.delivery, LineLimits.from_settings(self.settings))
+            end = await coordinator_report(self._call(agi), self.delivery, LineLimits.from_settings(self.settings),
+                                           pins=self.desk.pin_rules)
         except CallHungUp:
             pass
         finally:

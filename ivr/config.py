@@ -306,26 +306,83 @@ def _coerce(name: str, raw: Any, target: Any) -> Any:
         raise ConfigError(f"{target}: {name} = {raw!r} is not a valid {kind}") from exc
 
 
+#: The settings that are phone numbers BINfoon presents or is called on: E.164, checked at start.
+E164_SETTINGS = ("caller_id_number", "police_line_number", "report_line_number", "admin_line_number")
+
+#: Settings never shown in full (``binfoon config show``): a URL's password.
+SECRET_SETTINGS = ("database_url",)
+
+
+def config_path(environ: Mapping[str, str] | None = None) -> tuple[Path, bool]:
+    """The configuration file and whether it was named explicitly (``BINFOON_CONFIG``)."""
+    env = os.environ if environ is None else environ
+    named = env.get("BINFOON_CONFIG")
+    return (Path(named), True) if named else (Path("binfoon.toml"), False)
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """The 1-based line where ``key`` is set in a flat TOML text (for error messages)."""
+    for number, line in enumerate(text.splitlines(), 1):
+        head = line.split("=", 1)[0].strip().strip('"\'')
+        if "=" in line and head == key:
+            return number
+    return None
+
+
+def _e164_problem(value: str) -> str | None:
+    """Why ``value`` is not an E.164 number (``None``: it is one, exactly as written)."""
+    from ivr.domain.phone import InvalidPhoneNumber, normalize_phone
+
+    if not value.startswith("+"):
+        return "must be an E.164 number starting with + (e.g. +3250000000)"
+    try:
+        normal = normalize_phone(value)
+    except InvalidPhoneNumber as exc:
+        return f"is not a phone number: {exc}"
+    if normal != value:
+        return f"must be written in E.164 without spaces: {normal}"
+    return None
+
+
 def load_settings(
     config_file: Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Build the settings from defaults, the TOML file (if any) and the environment."""
+    """Build the settings from defaults, the TOML file (if any) and the environment (see ``settings_with_origins``)."""
+    return settings_with_origins(config_file, environ)[0]
+
+
+def settings_with_origins(
+    config_file: Path | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[Settings, dict[str, str]]:
+    """The settings, and where each one not left at its default was set (``binfoon.toml line 3``,
+    ``environment BINFOON_...``).
+
+    A file named explicitly (``config_file``, ``BINFOON_CONFIG``) must exist: a mistyped path would
+    otherwise run on the defaults (the simulator's dial template) without a word. A setting's error
+    names where it was set: ``binfoon.toml line 3`` or ``environment BINFOON_...``."""
     env = os.environ if environ is None else environ
     known = {f.name for f in fields(Settings)}
     values: dict[str, Any] = {}
+    where: dict[str, str] = {}
 
-    path = config_file or Path(env.get("BINFOON_CONFIG", "binfoon.toml"))
+    path, named = (config_file, True) if config_file is not None else config_path(env)
     if path.exists():
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot be read ({exc})") from exc
         for key, raw in data.items():
+            line = _line_of(text, key)
+            where[key] = f"{path} line {line}" if line else str(path)
             if key not in known:
-                raise ConfigError(f"{path}: unknown setting {key!r}")
-            values[key] = _coerce(key, raw, path)
-    elif config_file is not None:
-        raise ConfigError(f"{path}: no such file")
+                raise ConfigError(f"{where[key]}: unknown setting {key!r}")
+            values[key] = _coerce(key, raw, where[key])
+    elif named:
+        source = "BINFOON_CONFIG" if config_file is None else "the configuration file"
+        raise ConfigError(f"{path}: no such file ({source} names it; unset it to use ./binfoon.toml and the defaults)")
 
     for env_key, raw in env.items():
         if not env_key.startswith(_ENV_PREFIX) or env_key == "BINFOON_CONFIG":
@@ -333,9 +390,14 @@ def load_settings(
         key = env_key[len(_ENV_PREFIX):].lower()
         if key not in known:
             raise ConfigError(f"environment: unknown setting {env_key}")
+        where[key] = f"environment {env_key}"
         values[key] = _coerce(key, raw, "environment")
 
     settings = dataclasses.replace(Settings(), **values)
+    for key in E164_SETTINGS:
+        problem = _e164_problem(getattr(settings, key))
+        if problem is not None:
+            raise ConfigError(f"{where.get(key, 'default')}: {key} = {getattr(settings, key)!r} {problem}")
     if settings.asterisk_mode not in ("auto", "system", "debootstrap"):
         raise ConfigError(f"asterisk_mode must be auto, system or debootstrap, not {settings.asterisk_mode!r}")
     if "${NUMBER}" not in settings.dial_template:
@@ -395,4 +457,17 @@ def load_settings(
     if settings.speech_compute_type not in ("int8", "int8_float32", "float32"):
         raise ConfigError(f"speech_compute_type must be int8, int8_float32 or float32, "
                           f"not {settings.speech_compute_type!r}")
-    return settings
+    return settings, where
+
+
+def shown_value(name: str, value: Any) -> str:
+    """A setting as ``binfoon config show`` prints it: secrets (a database URL's password) masked."""
+    if name in SECRET_SETTINGS and value:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            return make_url(str(value)).render_as_string(hide_password=True)
+        except ArgumentError:
+            return "***"
+    return str(value)

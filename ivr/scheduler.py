@@ -5,7 +5,9 @@ module path is part of every stored job (``ivr.scheduler:fire``): keep it, or mi
 
 Rules: the scheduler only wakes the application; the database stays the truth (a job that fires
 for a message no longer due does nothing, and start-up reconciles messages with jobs). Jobs name
-a *kind* and a message id; the running application registers what each kind does.
+a *kind* and an id (a message's; a BIN's for the ``drill`` kind, whose schedule is its own row); the
+running application registers what each kind does. An alarm missed while the application was down
+fires once at start (``coalesce``), however many times it would have fired.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ async def fire(kind: str, message_id: int) -> None:
     """The job function APScheduler stores by reference: hand the alarm to the application."""
     handler = _handlers.get(kind)
     if handler is None:
-        log.error("alarm %s for message %d fired, but nothing handles it in this process", kind, message_id)
+        log.error("alarm %s for id %d fired, but nothing handles it in this process", kind, message_id)
         return
     await handler(message_id)
 
@@ -68,7 +70,7 @@ class AlarmClock:
         """Set (or move) the alarm of ``kind`` for ``message_id``."""
         self._scheduler.add_job(fire, "date", run_date=at, args=[kind, message_id],
                                 id=self.job_id(kind, message_id), replace_existing=True)
-        log.info("alarm %s for message %d at %s", kind, message_id, at.isoformat())
+        log.info("alarm %s for id %d at %s", kind, message_id, at.isoformat())
 
     def when(self, kind: str, message_id: int) -> dt.datetime | None:
         """When the alarm will fire, or ``None`` if there is none."""

@@ -9,6 +9,8 @@ Rules of this module:
   same functions as the first message's own document so the triples match character for character.
 * ``sent`` is when the officer sent the message (not when it is exported): exporting twice gives
   the same header. Times carry their offset (CAP forbids "Z"); local time of the zone.
+* A drill ("Testbericht BIN-foon") is status Exercise, with "Test:" before its headline: no system
+  that reads the document may take it for a real alert. Every other message is Actual.
 * Police messages are never public: scope Restricted (the BIN's members and the zone's police),
   or Private with ``<addresses>`` when the recipients are named.
 * Control characters never reach the document: XML 1.0 forbids the C0 controls other than tab, newline
@@ -132,6 +134,8 @@ class CapMessage:
     #: Named recipients: the scope becomes Private with these ``<addresses>``.
     addresses: tuple[str, ...] = ()
     audio: CapAudio | None = None
+    #: A drill: status Exercise instead of Actual.
+    exercise: bool = False
 
 
 def area_description(msg: CapMessage) -> str:
@@ -164,7 +168,7 @@ def alert_element(msg: CapMessage, tz: dt.tzinfo, *, audio_uri: str | None = Non
     add(alert, "identifier", _token(msg.ref.identifier, "identifier"))
     add(alert, "sender", _token(msg.ref.sender, "sender"))
     add(alert, "sent", cap_time(msg.ref.sent, tz))
-    add(alert, "status", "Actual")
+    add(alert, "status", "Exercise" if msg.exercise else "Actual")
     add(alert, "msgType", MSG_TYPE[msg.kind])
     if msg.addresses:
         add(alert, "scope", "Private")
@@ -188,8 +192,8 @@ def alert_element(msg: CapMessage, tz: dt.tzinfo, *, audio_uri: str | None = Non
     add(info, "certainty", certainty)
     add(info, "audience", f"Leden van BIN {msg.bin_number} {msg.bin_name}")
     add(info, "senderName", f"Politiezone {msg.zone_name} ({msg.zone_code})")
-    add(info, "headline", f"{_URGENCY_NL[msg.urgency]} politiebericht{_KIND_NL[msg.kind]} "
-                          f"voor BIN {msg.bin_number} {msg.bin_name}")
+    add(info, "headline", ("Test: " if msg.exercise else "") + f"{_URGENCY_NL[msg.urgency]} politiebericht"
+                          f"{_KIND_NL[msg.kind]} voor BIN {msg.bin_number} {msg.bin_name}")
     if msg.description is not None:
         add(info, "description", msg.description)
     if msg.audio is not None:

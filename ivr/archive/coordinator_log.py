@@ -7,7 +7,9 @@ was done). This module makes it from the archive. Rules:
   pure too (``to_csv``, ``to_html``, ``to_text``); only ``collect`` reads the database, and it reuses
   ``Archive.list`` (which messages) and ``campaign_report`` (where every member stands, by the
   dialer's own policy) instead of counting again.
-* Drafts are left out: they never left the officer's hands.
+* Drafts are left out: they never left the officer's hands. So are drills ("Testbericht BIN-foon",
+  ``Message.drill``): a test never mixes with the police's real messages, their figures or rates
+  (a drill's own figures are its reach report, ``ivr.delivery.drill.reach_report``).
 * Delivered = members who heard the message (confirmed, answered without a key, answering machine:
   ``ivr.delivery.states.DELIVERED_STATES``); confirmed = pressed 1. Rates are over the campaign's
   members (for a follow-up: those who received the first message); ``None`` when there is no
@@ -185,6 +187,8 @@ def collect(engine: Engine, archive: Archive, bin_number: int, since: dt.datetim
     for listed_entry in listed:
         with session_scope(engine) as s:
             message = s.get_one(Message, listed_entry.message_id)
+            if message.drill:
+                continue
             text, source = message.text, "typed" if message.text else None
             if text is None:
                 transcript = s.scalars(select(Transcript)

@@ -76,7 +76,8 @@ def message_view(s: Session, viewer: Viewer, message: Message) -> dict[str, Any]
     creator = s.get(Person, message.created_by_id) if message.created_by_id else None
     may_play = bin_replay_refusal(s, s.get(Person, viewer.person_id), message.bin) is None
     return {"message": message, "report": report, "take": take, "transcript": transcript,
-            "creator": creator.name if creator else None, "bin": message.bin, "may_play": may_play}
+            "creator": creator.name if creator else None, "bin": message.bin, "may_play": may_play,
+            "drill": message.drill}
 
 
 def web_replay_refusal(s: Session, viewer: Viewer, message: Message, *, audit_refusal: bool) -> str | None:

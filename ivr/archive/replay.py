@@ -151,14 +151,16 @@ class ReplayDesk(Desk):
     # -- the messages ---------------------------------------------------------------------------
     async def latest(self, bin_id: int, limit: int) -> list[ReplayEntry]:
         """The BIN's latest ``limit`` sent messages whose recording is still kept, newest first,
-        each with its confirmation count (confirmed members / members called, as the report line)."""
+        each with its confirmation count (confirmed members / members called, as the report line).
+        Drills are left out: the line would read a test out as a real message."""
         def work(s: Session) -> list[ReplayEntry]:
-            # Only what an officer sent (a draft or a purged recording has nothing to replay).
+            # Only what an officer sent (a draft or a purged recording has nothing to replay), and never a
+            # drill: its header would announce a test as a real preventive message.
             spoken = func.coalesce(Message.submitted_at, Message.created_at)
             messages = s.scalars(
                 select(Message).join(Recording, and_(Recording.message_id == Message.id,
                                                      Recording.take == Message.submitted_take))
-                .where(Message.bin_id == bin_id)
+                .where(Message.bin_id == bin_id, Message.drill.is_(False))
                 .order_by(spoken.desc(), Message.id.desc()).limit(limit)).all()
             entries = []
             for message in messages:

@@ -285,7 +285,7 @@ def _cap_message(s: Session, store: RecordingStore, message: Message, recording:
     zone = message.bin.zone
     return cap.CapMessage(_cap_ref(message), message.kind, message.urgency, zone.code, zone.name,
                           message.bin.number, message.bin.name, streets, description or None,
-                          tuple(references), audio=audio)
+                          tuple(references), audio=audio, exercise=message.drill)
 
 
 def _private_write(target: Path, data: bytes) -> None:

@@ -4,6 +4,7 @@
     a message is submitted -> its review round starts
     a decision is stored   -> delivery starts when due (now, or at its persistent alarm)
     delivery is due        -> the campaign is created (exactly once) and the dialer woken
+    a BIN's drill is due   -> its schedule moves on and the drill is made (one transaction), then delivered
 
 Rules:
 - the stores (``MessageDesk``, ``ReviewDesk``, ``DeliveryDesk``) return what happened; their
@@ -24,6 +25,7 @@ from typing import Any, Callable, Coroutine, Protocol
 from ivr.asr.desk import TranscriptionDesk
 from ivr.scheduler import AlarmClock
 from ivr.delivery.dialer import CampaignRunner
+from ivr.delivery.drill import BRUSSELS, DRILL_ALARM, fire_scheduled_drill, schedule_times
 from ivr.delivery.store import DeliveryDesk
 from ivr.domain.schedule import due
 from ivr.police_line.store import MessageDesk
@@ -36,6 +38,10 @@ log = logging.getLogger(__name__)
 
 #: The persistent alarm that delivers a "later" message.
 DELIVER = "deliver"
+#: The persistent alarm of a BIN's scheduled drill (keyed by the BIN's id).
+DRILL = DRILL_ALARM
+#: A scheduled drill that could not be made (espeak-ng, the database) is tried again this much later.
+DRILL_RETRY_S = 300
 
 
 class ChainObserver(Protocol):
@@ -66,7 +72,13 @@ class Chain:
         #: Set by the composition root (the rounds need the chain for their own decisions).
         self.reviews: ReviewDispatcher | None = None
         self.dialer: CampaignRunner | None = None
+        #: The zone's local time: a drill "every 3 months at 10:00" keeps its local hour (set from the settings).
+        self.tz: dt.tzinfo = BRUSSELS
         self._delivering: dict[int, asyncio.Task[None]] = {}
+        #: BIN id -> the drill alarm this process set (a hint: the schedules' table is the truth).
+        self._drill_alarms: dict[int, dt.datetime] = {}
+        #: BIN ids whose due drill failed and waits for its retry alarm (not re-armed at its past due time).
+        self._drill_retrying: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- the steps ------------------------------------------------------------------------------
@@ -135,7 +147,7 @@ class Chain:
                     # (a no-op for a take transcribed already).
                     self._spawn(self._transcribe_submitted(message_id), f"transcribe-submitted-{message_id}")
                     reviews.start(message_id)
-            elif status is MessageStatus.WITH_COORDINATORS and at_start:
+            elif status in (MessageStatus.WITH_COORDINATORS, MessageStatus.AWAITING_APPROVAL) and at_start:
                 # A round cut short by a crash starts again, unless the message waits for its alarm.
                 if self.alarms.when(REVIEW_RETRY, message_id) is None:
                     reviews.start(message_id)
@@ -144,10 +156,52 @@ class Chain:
                     self.deliver_soon(message_id)
                 elif self.alarms.when(DELIVER, message_id) is None:
                     self.alarms.wake_at(DELIVER, message_id, deliver_at)  # type: ignore[arg-type]
+        if at_start:
+            # One-level notices a stop cut off (the decision committed, not every call placed): placed now.
+            await reviews.resume_notices(now - dt.timedelta(days=1))
+        await self._reconcile_drills()
+
+    async def _reconcile_drills(self) -> None:
+        """Every drill schedule has its alarm at its ``next_at`` (set by the command line or the web
+        console, moved by a drill that went); a removed schedule's alarm goes."""
+        wanted = await self.delivery.tx(schedule_times)
+        for bin_id, at in wanted.items():
+            if self._drill_alarms.get(bin_id) == at:
+                continue
+            if bin_id in self._drill_retrying and at <= self.clock():
+                continue
+            self._drill_retrying.discard(bin_id)
+            if self.alarms.when(DRILL, bin_id) != at:  # a stored alarm at the right time is kept (a restart)
+                self.alarms.wake_at(DRILL, bin_id, at)
+            self._drill_alarms[bin_id] = at
+        for bin_id in [b for b in self._drill_alarms if b not in wanted]:
+            self.alarms.cancel(DRILL, bin_id)
+            del self._drill_alarms[bin_id]
 
     async def alarm(self, message_id: int) -> None:
         """The persistent "deliver later" alarm fired."""
         self.deliver_soon(message_id)
+
+    async def drill_alarm(self, bin_id: int) -> None:
+        """A BIN's drill alarm fired: if its schedule is due, the schedule moves on and the drill is made
+        (one transaction: persisted before anything is dialled), then delivered; the alarm is set again."""
+        try:
+            message_id, next_at = await asyncio.to_thread(
+                fire_scheduled_drill, self.delivery.engine, self.delivery.store, bin_id, self.clock(), self.tz)
+        except Exception:
+            # Nothing was written (one transaction): the schedule is still due; try again in a while.
+            log.exception("BIN id %d: the scheduled drill could not be made; tried again in %d s",
+                          bin_id, DRILL_RETRY_S)
+            self._drill_retrying.add(bin_id)
+            self.alarms.wake_at(DRILL, bin_id, self.clock() + dt.timedelta(seconds=DRILL_RETRY_S))
+            return
+        self._drill_retrying.discard(bin_id)
+        if next_at is not None:
+            self.alarms.wake_at(DRILL, bin_id, next_at)
+            self._drill_alarms[bin_id] = next_at
+        if message_id is not None:
+            log.info("BIN id %d: scheduled drill, message %d; the next at %s", bin_id, message_id, next_at)
+            self.deliver_soon(message_id)
 
     async def stop(self) -> None:
         """Cancel the steps under way (their state is in the database; start-up resumes them)."""

@@ -12,10 +12,12 @@ document plus the audio) follows the same rule and is audited the same way.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ivr.archive.store import Archive, ArchiveEntry, ArchiveError
-from ivr.commands.common import CommandError, actor, parse_when
+from ivr.commands.common import CommandError, actor, parse_when, positive_int, refuse_overwrite
 from ivr.config import Settings
 from storage.db import open_database
 from storage.models import utcnow
@@ -42,7 +44,7 @@ not supported: OR, "phrases", negation (-word, NOT), NEAR; quotes, OR, NOT, - an
 punctuation are taken as words or blanks, never as operators (a word starting with - goes
 after --: binfoon archive search -- -x).""")
     p.add_argument("words", nargs="+", metavar="WORD", help="a word, or a prefix written word*")
-    p.add_argument("--limit", type=int, default=50, help="at most this many messages (default 50)")
+    p.add_argument("--limit", type=positive_int, default=50, help="at most this many messages (default 50)")
     p.add_argument("--as", dest="who", metavar="WHO", help="on whose behalf (person:ID or phone); audited")
     p.set_defaults(func=cmd_search)
     p = archive.add_parser("list", help="messages by BIN, zone, date, urgency, status (newest first)")
@@ -53,7 +55,7 @@ after --: binfoon archive search -- -x).""")
     p.add_argument("--to", dest="until", metavar="WHEN", help="up to this local date (inclusive) or time")
     p.add_argument("--urgency", choices=[u.value for u in Urgency])
     p.add_argument("--status", choices=[s.value for s in MessageStatus])
-    p.add_argument("--limit", type=int, help="at most this many messages")
+    p.add_argument("--limit", type=positive_int, help="at most this many messages")
     p.set_defaults(func=cmd_list)
     p = archive.add_parser("play", help="replay a message's recording (admins and the zone's police only)")
     p.add_argument("id", type=int, metavar="ID", help="message id")
@@ -61,6 +63,7 @@ after --: binfoon archive search -- -x).""")
                    help="who asks: person:ID, a person id, or their phone number (checked and audited)")
     p.add_argument("--out", type=Path, metavar="FILE",
                    help="write a copy to this new file instead of playing it")
+    p.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     p.add_argument("--take", type=int, help="another take than the one sent")
     p.set_defaults(func=cmd_play)
     p = archive.add_parser("export", help="a message as a CAP 1.2 document plus its audio "
@@ -70,6 +73,7 @@ after --: binfoon archive search -- -x).""")
                    help="who asks: person:ID, a person id, or their phone number (checked and audited)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="existing folder: ID.cap.xml and ID.wav are written into it")
+    p.add_argument("--force", action="store_true", help="replace ID.cap.xml and ID.wav if the folder has them")
     p.add_argument("--no-embed", action="store_true",
                    help="refer to the audio file by URI instead of embedding it in the document")
     p.set_defaults(func=cmd_export)
@@ -95,10 +99,27 @@ def _line(entry: ArchiveEntry, settings: Settings) -> str:
     return f"{line}\n        {entry.snippet}" if entry.snippet else line
 
 
+def _searcher(archive: Archive, who: str) -> str:
+    """The person ``--as`` names, as the audit names them (``person:ID``); one who does not exist (or
+    is deactivated) is refused, as ``play`` refuses them, rather than audited as a typo."""
+    from ivr.archive.access import resolve_person
+    from storage.db import session_scope
+
+    with session_scope(archive.engine) as s:
+        person = resolve_person(s, who)
+        if person is None:
+            raise CommandError(f"--as {who}: not a known person (give person:ID, or a phone number only they have)")
+        if not person.active:
+            raise CommandError(f"--as {who}: person {person.id} ({person.name}) is deactivated")
+        return f"person:{person.id}"
+
+
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     """Print the messages whose transcript or typed text holds every word."""
+    archive = _archive(settings)
+    who = _searcher(archive, args.who) if args.who is not None else actor()
     try:
-        entries = _archive(settings).search(args.words, args.who or actor(), limit=max(1, args.limit))
+        entries = archive.search(args.words, who, limit=args.limit)
     except ArchiveError as exc:
         raise CommandError(str(exc)) from None
     for entry in entries:
@@ -118,7 +139,7 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
         bin=args.bin, zone=args.zone, since=since, until=until,
         urgency=Urgency(args.urgency) if args.urgency else None,
         status=MessageStatus(args.status) if args.status else None,
-        limit=max(1, args.limit) if args.limit is not None else None)
+        limit=args.limit)
     for entry in entries:
         print(_line(entry, settings))
     if not entries:
@@ -126,10 +147,31 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _replacing(paths: list[Path], force: bool) -> Iterator[None]:
+    """One rule (``refuse_overwrite``): an existing file is replaced only with ``--force``. The archive
+    never writes over a file, so the old ones are set aside first and put back if the archive refuses
+    (access denied, damaged recording): a refused ``--force`` leaves everything as it was."""
+    for path in paths:
+        refuse_overwrite(path, force)
+    aside = [(path, path.with_name(f".{path.name}.replaced")) for path in paths if path.is_file()]
+    for path, kept in aside:
+        path.replace(kept)
+    try:
+        yield
+    except BaseException:
+        for path, kept in aside:
+            kept.replace(path)
+        raise
+    for _path, kept in aside:
+        kept.unlink()
+
+
 def cmd_play(settings: Settings, args: argparse.Namespace) -> int:
     """Replay a recording to a file or the speakers, if the person asking may."""
     try:
-        path = _archive(settings).play(args.id, args.who, args.out, take=args.take)
+        with _replacing([args.out] if args.out is not None else [], args.force):
+            path = _archive(settings).play(args.id, args.who, args.out, take=args.take)
     except ArchiveError as exc:  # AccessDenied included: the refusal is already audited
         raise CommandError(str(exc)) from None
     print(f"message {args.id}: copy written to {path}" if args.out
@@ -140,8 +182,9 @@ def cmd_play(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     """Write the CAP 1.2 document and the original audio of a message, if the person asking may."""
     try:
-        export = _archive(settings).export(args.id, args.who, args.out, settings.tz,
-                                           embed_audio=not args.no_embed)
+        with _replacing([args.out / f"{args.id}.cap.xml", args.out / f"{args.id}.wav"], args.force):
+            export = _archive(settings).export(args.id, args.who, args.out, settings.tz,
+                                               embed_audio=not args.no_embed)
     except ArchiveError as exc:  # AccessDenied included: the refusal is already audited
         raise CommandError(str(exc)) from None
     print(f"message {args.id}: CAP 1.2 {export.msg_type} {export.identifier} written to {export.cap_file}, "

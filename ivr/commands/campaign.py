@@ -1,4 +1,8 @@
-"""``binfoon campaign watch|report``: live progress and the final report of a message's delivery."""
+"""``binfoon campaign watch|report|stop|renotify``: a message's delivery, followed and controlled.
+
+``stop`` and ``renotify`` go through ``ivr.delivery.control`` (its one permission rule): without
+``--as`` the server's operator acts; with ``--as person:ID`` that person must be allowed.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from ivr.commands.common import CommandError, actor
+from sqlalchemy import Engine
+
+from ivr.commands.common import CommandError, actor, refuse_overwrite
 from ivr.config import Settings
+from ivr.delivery.control import ControlError, renotify, stop_campaign
 from ivr.delivery.dialer import retry_policies
 from ivr.delivery.report import campaign_report, record_export, render_progress
+from ivr.domain.actor import Actor
 from storage.db import open_database, session_scope
 
 
@@ -28,8 +36,63 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("id", type=int)
     p.add_argument("--csv", type=Path, help="write one line per member to this CSV file, and one line per call "
                    "attempt to FILE-attempts.csv next to it (numbers masked)")
+    p.add_argument("--force", action="store_true", help="replace the CSV files if they exist")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
+    p = campaigns.add_parser("stop", help="stop a running campaign: no new call starts, calls up finish")
+    p.add_argument("id", type=int)
+    p.add_argument("--as", dest="who", metavar="person:ID", help="on whose behalf (checked and audited)")
+    p.set_defaults(func=cmd_stop)
+    p = campaigns.add_parser("renotify", help="call again everyone who has not confirmed (a new round)")
+    p.add_argument("id", type=int)
+    p.add_argument("--as", dest="who", metavar="person:ID", help="on whose behalf (checked and audited)")
+    p.set_defaults(func=cmd_renotify)
+
+
+def acting(engine: Engine, who: str | None) -> Actor:
+    """Who acts: the operator at the command line, or ``--as person:ID`` (an active person)."""
+    from ivr.archive.access import resolve_person
+
+    if who is None:
+        return Actor.operator(actor())
+    with session_scope(engine) as s:
+        person = resolve_person(s, who)
+        if person is None:
+            raise CommandError(f"--as {who}: no such person (give person:ID or a phone number only they have)")
+        if not person.active:
+            raise CommandError(f"--as {who}: {person.name} is not active")
+        return Actor(f"{actor()} as person:{person.id}", person.id)
+
+
+def cmd_stop(settings: Settings, args: argparse.Namespace) -> int:
+    """Stop a campaign (audited); print where its members stood."""
+    engine = open_database(settings.resolved_database_url)
+    who = acting(engine, args.who)
+    try:
+        with session_scope(engine) as s:
+            result = stop_campaign(s, args.id, who, dt.datetime.now(dt.timezone.utc))
+    except ControlError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"campaign {result.campaign_id} (message {result.message_id}) stopped at "
+          f"{result.stopped_at.isoformat(timespec='seconds')}: no new call starts, calls up finish. "
+          f"{result.confirmed} of {result.members} members had confirmed; {result.never_called} never called. "
+          f"`binfoon campaign report {result.campaign_id}` lists everyone; "
+          f"`binfoon message retract {result.message_id}` sends a retraction.")
+    return 0
+
+
+def cmd_renotify(settings: Settings, args: argparse.Namespace) -> int:
+    """A new round: everyone who has not confirmed is called again (audited)."""
+    engine = open_database(settings.resolved_database_url)
+    who = acting(engine, args.who)
+    try:
+        with session_scope(engine) as s:
+            result = renotify(s, args.id, who, dt.datetime.now(dt.timezone.utc))
+    except ControlError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"campaign {result.campaign_id}: round {result.round} calls {result.members} member(s) who have not "
+          f"confirmed; the running service (`binfoon serve`) starts at once.")
+    return 0
 
 
 def attempts_csv_path(members_csv: Path) -> Path:
@@ -47,10 +110,14 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from None
         line = render_progress(report.campaign_id, report.status, report.counts(), len(report.members),
                                paused=report.paused)
-        end = "\n" if args.once or report.status == "done" or not sys.stdout.isatty() else "\r"
+        # A stopped campaign is over once the calls up at the stop have finished.
+        over = report.status == "done" or (report.status == "stopped" and not report.counts().get("in_call_at_stop"))
+        if report.status == "stopped" and report.stopped_at is not None:
+            line += f"  STOPPED {report.stopped_at:%Y-%m-%d %H:%M:%S} UTC by {report.stopped_by}"
+        end = "\n" if args.once or over or not sys.stdout.isatty() else "\r"
         # Padded: a shorter line must blank out the end of the longer one it overwrites.
         print(line.ljust(120) if end == "\r" else line, end=end, flush=True)
-        if args.once or report.status == "done":
+        if args.once or over:
             return 0
         time.sleep(max(0.2, args.interval))
 
@@ -65,6 +132,8 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     counts = {k: v for k, v in report.counts().items() if v}
     if args.csv:
         attempts_csv = attempts_csv_path(args.csv)
+        refuse_overwrite(args.csv, args.force)
+        refuse_overwrite(attempts_csv, args.force)
         # Audited before the bytes are written (C3): the export names households.
         with session_scope(engine) as s:
             record_export(s, report, actor())
@@ -74,14 +143,22 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps({"campaign": report.campaign_id, "message": report.message_id, "status": report.status,
                           "members": len(report.members), "attempts": report.attempts, **counts,
                           "calls_after_confirming": report.calls_after_confirming,
-                          "not_placed": report.not_placed, "paused": report.paused}, indent=2))
+                          "not_placed": report.not_placed, "paused": report.paused, "round": report.round,
+                          "stopped_at": report.stopped_at.isoformat() if report.stopped_at else None,
+                          "stopped_by": report.stopped_by, "calls_after_stop": report.calls_after_stop,
+                          "in_call_at_stop": sum(1 for m in report.members if m.in_call_at_stop)}, indent=2))
         return 0
-    print(f"campaign {report.campaign_id} for message {report.message_id}: {report.status}; "
+    rounds = f" (round {report.round})" if report.round > 1 else ""
+    print(f"campaign {report.campaign_id} for message {report.message_id}: {report.status}{rounds}; "
           f"{counts.get('confirmed', 0)} of {len(report.members)} members confirmed, {report.attempts} calls")
+    if report.stopped_at is not None:
+        print(f"  stopped at {report.stopped_at:%Y-%m-%d %H:%M:%S} UTC by {report.stopped_by}"
+              + ("" if report.status == "stopped" else "; resumed by a re-notify"))
     if report.paused:
         print(f"  delivery PAUSED: {report.paused}")
     for line in report.members:
-        print(f"  {line.name:<24} {line.number:<14} {line.state:<18} {line.attempts} call(s)")
+        note = "  (in a call at the stop)" if line.in_call_at_stop and line.state != "in_call_at_stop" else ""
+        print(f"  {line.name:<24} {line.number:<14} {line.state:<18} {line.attempts} call(s){note}")
     if args.csv:
         print(f"CSV written to {args.csv} (members) and {attempts_csv_path(args.csv)} (every attempt)")
     return 0

@@ -13,7 +13,7 @@ from ivr.config import Settings
 
 
 class CommandError(Exception):
-    """A user-facing failure: printed as ``binfoon: <message>`` with exit status 2."""
+    """A user-facing failure: printed as ``binfoon: <message>`` with exit status 1 (2 is a usage error)."""
 
 
 def actor() -> str:

@@ -34,7 +34,7 @@ from ivr.asterisk.install import (
     map_asterisk_account,
 )
 from ivr.asterisk.instance import AsteriskInstance
-from ivr.commands.common import CommandError
+from ivr.commands.common import CommandError, refuse_overwrite
 from ivr.config import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--prefix", type=Path, default=Path("/opt/binfoon"), help="install here (default /opt/binfoon)")
     p.add_argument("--output", type=Path, help="only write the units and binfoon.toml into this directory")
     p.add_argument("--dry-run", action="store_true", help="print the units and binfoon.toml; change nothing")
+    p.add_argument("--force", action="store_true", help="with --output: replace files already there")
     p.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql",
                    help="a local PostgreSQL database with peer authentication (default), or SQLite")
     p.set_defaults(func=cmd_systemd)
@@ -414,6 +415,8 @@ def cmd_systemd(settings: Settings, args: argparse.Namespace) -> int:
             print(f"# --- {name}\n{text}")
         return 0
     if args.output is not None:
+        for name in files:
+            refuse_overwrite(args.output / name, args.force)  # all checked before one is written
         for name, text in files.items():
             _write(args.output / name, text, 0o644)
         return 0

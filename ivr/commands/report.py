@@ -1,4 +1,4 @@
-"""``binfoon report BIN --from DATE --to DATE [--html FILE] [--csv FILE]``: the coordinator's log.
+"""``binfoon report --bin BIN --from DATE --to DATE [--html FILE] [--csv FILE] [--force]``: the coordinator's log.
 
 Everything the user typed is checked (the BIN exists, the dates parse, the period is not empty, the
 output folders exist) before anything is written; the creation of the log is audited, since it
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ivr.archive.coordinator_log import UnknownBin, collect, record_report, to_csv, to_html, to_text
 from ivr.archive.store import Archive
-from ivr.commands.common import CommandError, actor, parse_when
+from ivr.commands.common import CommandError, actor, parse_when, refuse_overwrite
 from ivr.config import Settings
 from ivr.delivery.dialer import retry_policies
 from storage.db import open_database, session_scope
@@ -24,23 +24,35 @@ from storage.recordings import RecordingStore
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``report`` command."""
     p = sub.add_parser("report", help="the coordinator's log of a BIN's police messages over a period")
-    p.add_argument("bin", type=int, metavar="BIN", help="BIN number")
+    p.add_argument("bin", type=int, nargs="?", metavar="BIN", help="BIN number (or --bin)")
+    p.add_argument("--bin", dest="bin_option", type=int, metavar="BIN", help="BIN number, as in every other command")
     p.add_argument("--from", dest="since", required=True, metavar="DATE",
                    help="from this local date or time (2026-11-01 or 2026-11-01T08:00)")
     p.add_argument("--to", dest="until", required=True, metavar="DATE",
                    help="up to this local date (inclusive) or time")
     p.add_argument("--html", type=Path, metavar="FILE", help="write the log as a self-contained HTML page")
     p.add_argument("--csv", type=Path, metavar="FILE", help="write one row per message to this CSV file")
+    p.add_argument("--force", action="store_true", help="replace --html/--csv files that exist")
     p.set_defaults(func=cmd_report)
 
 
-def _check_target(path: Path | None, option: str) -> None:
+def _check_target(path: Path | None, option: str, force: bool) -> None:
     if path is None:
         return
     if path.is_dir():
         raise CommandError(f"{option} {path} is a folder; give a file name")
     if not path.parent.is_dir():
         raise CommandError(f"{option}: {path.parent} is not a folder")
+    refuse_overwrite(path, force)
+
+
+def chosen_bin(args: argparse.Namespace) -> int:
+    """The BIN given as ``BIN`` or ``--bin`` (the same, if both)."""
+    if args.bin is None and args.bin_option is None:
+        raise CommandError("which BIN? give --bin NUMBER")
+    if args.bin is not None and args.bin_option is not None and args.bin != args.bin_option:
+        raise CommandError(f"two BINs given ({args.bin} and --bin {args.bin_option}): give one")
+    return args.bin if args.bin is not None else args.bin_option
 
 
 def _write(path: Path, content: str) -> None:
@@ -56,8 +68,9 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     until = parse_when(args.until, settings, end_of_day=True)
     if until <= since:
         raise CommandError("--to must be after --from")
-    _check_target(args.html, "--html")
-    _check_target(args.csv, "--csv")
+    args.bin = chosen_bin(args)
+    _check_target(args.html, "--html", args.force)
+    _check_target(args.csv, "--csv", args.force)
     if args.html is not None and args.csv is not None and args.html.resolve() == args.csv.resolve():
         raise CommandError("--html and --csv name the same file")
     engine = open_database(settings.resolved_database_url)

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--instance-dir", type=Path, help="where the instance lives (default: the standard place)")
     p.add_argument("--external-asterisk", action="store_true",
                    help="Asterisk runs elsewhere (another container) on this rendered configuration: only connect")
+    p.add_argument("--init", action="store_true",
+                   help="create the database if the configured database_url names a SQLite file that does "
+                        "not exist yet (otherwise refused: a mistyped path must not become an empty directory)")
     p.set_defaults(func=cmd_serve)
 
 

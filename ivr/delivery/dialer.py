@@ -80,6 +80,9 @@ class DialerLimits:
     #: How long one pass may keep dialling from the plan it read (waiting for the pace's tokens)
     #: before the plan is read again.
     plan_reuse_s: float = 1.0
+    #: While the dialer waits, how often it checks (one small query) whether another process (the
+    #: command line, the web console) started, stopped or re-notified a campaign: then it plans at once.
+    control_poll_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ class CampaignRunner:
         #: Asterisk could not list its channels at start: interrupted calls wait a fixed grace.
         self._fallback_grace = False
         self._pause_writes: set[asyncio.Task[None]] = set()
+        #: (campaign, round) of the campaigns to dial at the last pass (``DeliveryDesk.campaign_marks``).
+        self._marks: frozenset[tuple[int, int]] = frozenset()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -213,14 +218,32 @@ class CampaignRunner:
             except Exception:
                 log.exception("dialer pass failed; trying again in a second")
                 wait_s = 1.0
+            await self._wait(max(0.01, wait_s))
+            self._wake.clear()
+
+    async def _wait(self, wait_s: float) -> None:
+        """Sleep until woken, ``wait_s`` is over, or the campaigns to dial changed in the database
+        (a re-notify from the web must not wait for the next due retry, up to 30 s away)."""
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that comes as the
             # wake fires, and stop() then waits for this loop forever (seen in CI).
             try:
-                async with asyncio.timeout(max(0.01, wait_s)):
+                async with asyncio.timeout(min(left, self.limits.control_poll_s)):
                     await self._wake.wait()
+                return
             except asyncio.TimeoutError:
                 pass
-            self._wake.clear()
+            if deadline - time.monotonic() > 0 and await self._campaigns_changed():
+                return
+
+    async def _campaigns_changed(self) -> bool:
+        try:
+            marks = await self.desk.campaign_marks()
+        except Exception:
+            log.exception("cannot read the campaigns to dial; the next pass will")
+            return False
+        return marks != self._marks
 
     async def _pass(self) -> float:
         """Dial what is due; returns how long to sleep when nothing wakes the dialer."""
@@ -230,6 +253,7 @@ class CampaignRunner:
         if refused_s > 0:
             return refused_s  # the PBX refused a call (shutting down): nothing is dialled meanwhile
         now = self.clock()
+        self._marks = await self.desk.campaign_marks()
         plans = await self.desk.plans()
         planned_at = time.monotonic()
         next_wake = 30.0
@@ -237,7 +261,7 @@ class CampaignRunner:
             due, finished, soonest = self._decide(plan, now)
             if finished is not None:
                 if not any(v[0] == plan.campaign_id for v in self._live.values()):
-                    await self.desk.finish(plan.campaign_id, finished)
+                    await self.desk.finish(plan.campaign_id, finished, plan.round)
                     log.info("campaign %d done: %s", plan.campaign_id, _count(finished))
                 continue
             if soonest is not None:

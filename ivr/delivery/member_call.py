@@ -8,6 +8,8 @@ A key pressed during the recording counts at once (1 confirms, 2 replays from th
 message the keys are reminded until ``reminders`` are spent. The confirmation is committed before
 "thank you". On an answering machine (the dialplan waited for its beep) the message plays once,
 followed by a moment of silence so that nothing of its end is cut.
+A drill ("Testbericht BIN-foon") says so in every prompt: the header, the keys and the thanks are
+the drill's (``dialer.member_prompts``), as the dialplan's fallback plays them.
 The flow sets BINFOON_DONE=1 when it has handled the call, so the dialplan's own fallback (for an
 application that is down) never plays the message a second time.
 """
@@ -19,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ivr.delivery.dialer import member_prompts
+from ivr.delivery.drill import campaign_is_drill
 from ivr.delivery.store import DeliveryDesk
 from ivr.telephony.agi import is_originated_channel
 from ivr.telephony.call import Call, CallHungUp
@@ -79,7 +83,9 @@ async def member_call(call: Call, channel: DurableMark, desk: DeliveryDesk, atte
     """The whole member conversation."""
     brief = await desk.member_brief(attempt_id, amd_status or None)
     call.language = brief.language
-    header = "member_header_urgent" if brief.urgent else "member_header_preventive"
+    drill = await desk.tx(lambda s: campaign_is_drill(s, brief.campaign_id))
+    prompts = member_prompts(brief.urgent, drill)
+    header, keys, thanks = prompts["BINFOON_HEADER"], prompts["BINFOON_KEYS"], prompts["BINFOON_THANKS"]
     if amd_status == "MACHINE":
         await call.say(header)
         await call.play_audio(brief.recording)
@@ -102,13 +108,13 @@ async def member_call(call: Call, channel: DurableMark, desk: DeliveryDesk, atte
                 await call.hangup()
                 return MemberEnd.NO_KEY
             reminders += 1
-            key = await call.ask("member_keys", rules.key_timeout_s)
+            key = await call.ask(keys, rules.key_timeout_s)
         if key == "1":
             # Durable first (Asterisk's CEL, then our database), "thank you" after.
             await channel.mark_confirmed(attempt_id)
             await desk.confirm(attempt_id)
             await channel.mark_done()
-            await call.say("member_thanks")
+            await call.say(thanks)
             await call.hangup()
             return MemberEnd.CONFIRMED
         continue  # "2": the message again, from the start

@@ -6,13 +6,16 @@
 The caller ID is the only key (it can be spoofed): calls are rate-limited per caller ID and per line
 (``ivr.delivery.line_limits``), and a number that is no member's, a caller or line over its limits and
 a member without a message all hear the same "no message for your neighbourhood" and nothing else,
-so calling teaches an enumerator nothing. A confirmation is stored as unverified (``callback-unverified``).
+so calling teaches an enumerator nothing. When the latest message is a drill, its prompts say it is a
+test, as on the drill's own calls. A confirmation is stored as unverified (``callback-unverified``).
 """
 
 from __future__ import annotations
 
 import enum
 
+from ivr.delivery.dialer import member_prompts
+from ivr.delivery.drill import campaign_is_drill
 from ivr.delivery.line_limits import LineLimits
 from ivr.delivery.store import DeliveryDesk
 from ivr.directory.pin_gate import pin_key
@@ -47,14 +50,15 @@ async def member_callback(call: Call, desk: DeliveryDesk, key_timeout_s: float,
         return _NOTHING_TO_PLAY[found]
     campaign_id, person_id, language, recording, urgent = found
     call.language = language
-    await call.say("member_header_urgent" if urgent else "member_header_preventive")
+    prompts = member_prompts(urgent, await desk.tx(lambda s: campaign_is_drill(s, campaign_id)))
+    await call.say(prompts["BINFOON_HEADER"])
     for _ in range(3):
         key = await call.play_audio(recording)
         if key not in ("1", "2"):
-            key = await call.ask("member_keys", key_timeout_s)
+            key = await call.ask(prompts["BINFOON_KEYS"], key_timeout_s)
         if key == "1":
             await desk.confirm_callback(campaign_id, person_id)
-            await call.say("member_thanks")
+            await call.say(prompts["BINFOON_THANKS"])
             await call.hangup()
             return CallbackEnd.CONFIRMED
         if key != "2":

@@ -11,7 +11,9 @@ Rules (RELIABILITY B4-B6):
 - a number shared with other members of the campaign has one history: their calls on it count as
   this member's tries of it (retries are not spent twice, a machine that has the message is not
   called again), and while one of them is up the member waits (B4);
-- every member ends in exactly one final outcome from a closed set.
+- every member ends in exactly one final outcome from a closed set;
+- a re-notify starts a new round of the campaign: only that round's attempts count for retries
+  (attempt numbers keep counting up over the rounds).
 Quiet hours, personal windows and holiday pauses only ever delay preventive messages.
 """
 
@@ -68,6 +70,9 @@ class MemberView:
     confirmed: bool = False
     #: Other members' attempts on this member's numbers in the same campaign, as (e164, attempt).
     shared: tuple[tuple[str, AttemptView], ...] = ()
+    #: The highest attempt number of earlier rounds (a re-notify starts a new round): ``attempts`` hold
+    #: only this round's, but numbers keep counting up (one row per campaign, member and number).
+    earlier_attempt_no: int = 0
 
 
 class Verdict(enum.Enum):
@@ -98,7 +103,7 @@ def next_step(member: MemberView, policy: RetryPolicy, now: dt.datetime) -> Next
     attempts = sorted(member.attempts, key=lambda a: a.attempt_no)
     if any(a.outcome is None for a in attempts):
         return Next(Verdict.IN_FLIGHT)
-    next_no = (attempts[-1].attempt_no if attempts else 0) + 1
+    next_no = max([a.attempt_no for a in attempts] + [member.earlier_attempt_no]) + 1
     if attempts and attempts[-1].outcome in CLOSED:
         return Next(Verdict.DONE, final=str(attempts[-1].outcome))
     if not member.numbers:

@@ -3,6 +3,9 @@
 The state of each member is derived from the same data and the same policy the dialer uses
 (``ivr.delivery.policy.next_step``), so a report can never disagree with what the dialer does; how
 each state is reported (``CATEGORY``, ``LIVE_STATES``, ``FINAL_STATES``) is ``ivr.delivery.states``' table.
+A stopped campaign (status "stopped", with who and when) adds ``STOPPED_STATES``: a member still in
+a call at the stop, one never called, one whose retries the stop ended; a member whose delivery
+was over keeps its state.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ from ivr.domain.phone import mask
 from storage import audit
 from storage.db import session_scope
 from storage.models import CallAttempt, Campaign, Confirmation, Person
-from ivr.domain.vocabulary import AttemptStatus
+from ivr.domain.vocabulary import AttemptOutcome, AttemptStatus, CampaignStatus
 
 #: How ``campaign watch`` names the live states (what the issue calls them).
 STATE_LABELS = {"ringing": "dialing/ringing", "waiting_retry": "waiting for retry",
                 "answering_machine": "answering machine", "answered_no_key": "answered, no key",
                 "no_answer": "no answer"}
+#: States only a stopped campaign has (final: nothing more happens to these members).
+STOPPED_STATES = ("in_call_at_stop", "not_called", "stopped")
+STATE_LABELS.update({"in_call_at_stop": "in a call at the stop", "not_called": "never called (stopped)",
+                     "stopped": "not reached (stopped)"})
 #: Columns of the attempts CSV: one row per call placed.
 ATTEMPT_COLUMNS = ["person_id", "name", "number", "attempt_no", "rank", "started", "answered", "ended", "outcome",
                    "dial_outcome", "hangup_cause", "amd"]
@@ -48,6 +55,8 @@ class MemberLine:
     #: How the confirmation came in: ``call`` (a key on our call) or e.g. ``callback-unverified`` (the
     #: member's caller ID on the call-back line, which a spoofer can fake): a report must say which.
     confirmed_via: str = ""
+    #: The member had a call up when the campaign was stopped (it finished its sentence).
+    in_call_at_stop: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,10 +98,17 @@ class CampaignReport:
     attempt_lines: list[AttemptLine] = field(default_factory=list)
     #: Calls placed to members after they had confirmed (must stay 0).
     calls_after_confirming: int = 0
+    #: When and by whom the campaign was stopped (also kept after a re-notify resumed it).
+    stopped_at: dt.datetime | None = None
+    stopped_by: str | None = None
+    #: The re-notify round (1: the first calls).
+    round: int = 1
+    #: Calls placed after the stop (must stay 0).
+    calls_after_stop: int = 0
 
     def counts(self) -> dict[str, int]:
         """Members per state."""
-        out = {state: 0 for state in LIVE_STATES}
+        out = {state: 0 for state in LIVE_STATES + (STOPPED_STATES if self.status == "stopped" else ())}
         for line in self.members:
             out[line.state] = out.get(line.state, 0) + 1
         return out
@@ -129,11 +145,11 @@ def render_progress(campaign_id: int, status: str, counts: dict[str, int], total
     """The ``campaign watch`` line: a bar of members whose delivery is over, then every live state
     that has members, in ``LIVE_STATES`` order, and why delivery is paused if it is (pure: counts in,
     text out)."""
-    done = sum(counts.get(state, 0) for state in FINAL_STATES)
+    done = sum(counts.get(state, 0) for state in FINAL_STATES + STOPPED_STATES[1:])
     filled = min(width, int(width * done / total)) if total else width
     bar = "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
     states = "  ".join(f"{STATE_LABELS.get(state, state.replace('_', ' '))} {counts[state]}"
-                       for state in LIVE_STATES if counts.get(state))
+                       for state in LIVE_STATES + STOPPED_STATES if counts.get(state))
     pause = f"  PAUSED: {paused}" if paused else ""
     return f"campaign {campaign_id} ({status}) {bar}" + (f"  {states}" if states else "") + pause
 
@@ -155,10 +171,15 @@ def campaign_report(engine: Engine, campaign_id: int, policies: dict[bool, Retry
             Person.id.in_([m.view.person_id for m in members])))}
         not_placed = [a for a in attempts if not placed(a.dial_outcome)]
         attempts = [a for a in attempts if placed(a.dial_outcome)]
-        report = CampaignReport(campaign_id, message.id, campaign.status.value, attempts=len(attempts),
-                                not_placed=len(not_placed))
+        stopped = campaign.status is CampaignStatus.CANCELLED
+        report = CampaignReport(campaign_id, message.id, "stopped" if stopped else campaign.status.value,
+                                attempts=len(attempts), not_placed=len(not_placed), stopped_at=campaign.stopped_at,
+                                stopped_by=campaign.stopped_by, round=campaign.round or 1)
+        if stopped and campaign.stopped_at is not None:
+            report.calls_after_stop = sum(1 for a in attempts
+                                          if a.dialled_at is not None and a.dialled_at > campaign.stopped_at)
         pause = delivery_pause(s)
-        if pause is not None and campaign.status.value != "done":
+        if pause is not None and campaign.status.value != "done" and not stopped:
             report.paused = f"{pause.reason} (since {pause.since:%Y-%m-%d %H:%M:%S} UTC)"
         by_person: dict[int, list[CallAttempt]] = {}
         for a in sorted(attempts, key=lambda a: (a.person_id, a.attempt_no)):
@@ -177,6 +198,8 @@ def campaign_report(engine: Engine, campaign_id: int, policies: dict[bool, Retry
             pid = member.view.person_id
             own = sorted(by_person.get(pid, []), key=lambda a: a.attempt_no)
             state = _state(member, own, policy, now)
+            if stopped:
+                state = _stopped_state(state, member, own, campaign.stopped_at)
             finals[pid] = state
         for member in members:
             pid = member.view.person_id
@@ -184,9 +207,10 @@ def campaign_report(engine: Engine, campaign_id: int, policies: dict[bool, Retry
             if member.covered_by is not None and state == "queued":
                 state = finals.get(member.covered_by, state)
             number = member.view.numbers[0][1] if member.view.numbers else ""
+            at_stop = stopped and any(_up_at(a, campaign.stopped_at) for a in by_person.get(pid, []))
             report.members.append(MemberLine(pid, names.get(pid, ""), mask(number) if number else "-", state,
                                              len(by_person.get(pid, [])), confirmations.get(pid),
-                                             confirmed_via.get(pid, "")))
+                                             confirmed_via.get(pid, ""), at_stop))
     return report
 
 
@@ -200,6 +224,27 @@ def _state(member: Member, attempts: list[CallAttempt], policy: RetryPolicy, now
     if step.verdict is Verdict.DONE:
         return category(step.final)
     return "waiting_retry" if attempts else "queued"
+
+
+def _up_at(attempt: CallAttempt, when: dt.datetime | None) -> bool:
+    """Was the attempt's call up at ``when``?"""
+    if when is None or attempt.dialled_at is None or attempt.dialled_at > when:
+        return False
+    return attempt.ended_at is None or attempt.ended_at > when
+
+
+def _stopped_state(state: str, member: Member, attempts: list[CallAttempt], stopped_at: dt.datetime | None) -> str:
+    """A member's state in a stopped campaign: a call up, nobody called, or retries cut short by the stop."""
+    if state in ("answered", "ringing"):
+        return "in_call_at_stop"
+    if state not in ("waiting_retry", "queued"):
+        return state  # over before the stop, or a call up at the stop that ended since
+    placed_ = [a for a in attempts if placed(a.dial_outcome)]
+    if not placed_:
+        return "not_called"
+    last = max(placed_, key=lambda a: a.attempt_no)
+    # The stop ended its tries: how the last call went says whether it was heard.
+    return category(last.outcome.value) if last.outcome not in (None, AttemptOutcome.INTERRUPTED) else "stopped"
 
 
 def record_export(s: Session, report: CampaignReport, actor: str) -> None:

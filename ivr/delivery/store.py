@@ -10,7 +10,14 @@ Rules:
   number (a secondary) has one history for all who list it (``MemberView.shared``);
 - the plan is always rebuilt from the database: the dialer keeps no state it could lose;
 - a pause of all delivery (the trunk is down) is stored too, so ``campaign watch`` and the web
-  board (other processes) show it: one row, ``PAUSE_KEY``, present while paused.
+  board (other processes) show it: one row, ``PAUSE_KEY``, present while paused;
+- a stopped campaign starts no new call: ``begin_attempt`` checks the campaign in the attempt's own
+  transaction (locking its row, as ``ivr.delivery.control.stop_campaign`` does), so a stop from
+  another process and an attempt are serialised; calls already up finish and keep their outcome;
+- a re-notify is a new round (``Campaign.round``): attempts carry their round, and the plan shows
+  the policy only the current round's (and any call still up from an earlier one);
+- every play of a recording is audited (``recording.played``) in the transaction that opens it, so the
+  row is committed before the path is handed back to be played.
 """
 
 from __future__ import annotations
@@ -93,6 +100,7 @@ class CampaignPlan:
     urgent: bool
     zone_id: int
     zone_max_channels: int | None
+    #: When the campaign (or its current re-notify round) started: preventive members expire from here.
     created_at: dt.datetime
     not_before: dt.datetime | None
     recording: Path
@@ -100,6 +108,8 @@ class CampaignPlan:
     members: list[Member] = field(default_factory=list)
     #: A drill ("Testbericht BIN-foon"): every prompt of its calls says it is a test.
     drill: bool = False
+    #: The campaign's round (a re-notify starts the next one).
+    round: int = 1
 
 
 @dataclass(frozen=True)
@@ -116,11 +126,34 @@ class MemberBrief:
 
 
 @dataclass(frozen=True)
+class CoordinatorReport:
+    """What the report line tells a coordinator about their BIN's latest campaign, and what it needs
+    to replay that campaign's message."""
+
+    person_id: int
+    message_id: int
+    language: str
+    confirmed: int
+    members: int
+    urgent: bool
+    #: A drill: its replay is announced as a test.
+    drill: bool
+
+
+#: How the report line is named in the audit: the coordinator is known by caller ID only.
+REPORT_LINE_VIA = "report line (caller ID, unverified)"
+
+
+@dataclass(frozen=True)
 class CampaignStart:
     """A due message's campaign: its id, and whether this call created it (or found it)."""
 
     campaign_id: int
     created: bool
+
+
+class ReplayRefused(PermissionError):
+    """The caller may not replay this message on the report line (the refusal is already audited)."""
 
 
 class DeliveryDesk(Desk):
@@ -142,7 +175,7 @@ class DeliveryDesk(Desk):
             found = existing(s)
             if found is not None:
                 return CampaignStart(found, created=False)
-            message = s.get_one(Message, message_id)
+            message = s.get_one(Message, message_id, with_for_update=True)
             if message.status is not MessageStatus.APPROVED or not due(message.deliver_at, self.clock()):
                 # Another caller may have made the campaign between the two reads (SQLite reads outside a
                 # write transaction see each commit): theirs is the one. Else not approved, or an alarm
@@ -151,6 +184,12 @@ class DeliveryDesk(Desk):
                 return None if found is None else CampaignStart(found, created=False)
             campaign = Campaign(message_id=message_id, status=CampaignStatus.SCHEDULED, created_at=self.clock())
             s.add(campaign)
+            s.flush()
+            # SQLite: under the write lock now, the message as committed last (a cancel from another
+            # process, ``ivr.delivery.control.cancel_message``, wins over this start).
+            s.refresh(message)
+            if message.status is not MessageStatus.APPROVED:
+                raise _Stopped
             check_transition(message.status, MessageStatus.DELIVERING)
             message.status = MessageStatus.DELIVERING
             s.flush()
@@ -158,6 +197,8 @@ class DeliveryDesk(Desk):
             return CampaignStart(campaign.id, created=True)
         try:
             return await self.tx(work)
+        except _Stopped:
+            return None  # cancelled meanwhile
         except IntegrityError:
             found = await self.tx(existing)
             return None if found is None else CampaignStart(found, created=False)
@@ -186,8 +227,10 @@ class DeliveryDesk(Desk):
                 log.error("campaign %d: message %d: recording unusable: %s", campaign.id, message.id, exc)
                 continue
             plan = CampaignPlan(campaign.id, message.id, message.urgency is Urgency.URGENT, message.bin.zone_id,
-                                message.bin.zone.max_channels, campaign.created_at or self.clock(),
-                                campaign.not_before, recording, take.sha256, drill=message.drill)
+                                message.bin.zone.max_channels,
+                                campaign.round_started_at or campaign.created_at or self.clock(),
+                                campaign.not_before, recording, take.sha256, drill=message.drill,
+                                round=campaign.round or 1)
             plan.members.extend(campaign_members(s, campaign, message))
             plans.append(plan)
         plans.sort(key=lambda p: (not p.urgent, p.campaign_id))
@@ -199,6 +242,11 @@ class DeliveryDesk(Desk):
         """Write the attempt (DIALING) before it is dialled; ``None`` if it exists already (never dial twice)
         or the member confirmed since the dialer read its plan (B5: the call is dropped, not placed)."""
         def work(s: Session) -> str | None:
+            # PostgreSQL: the campaign's row is locked, so a stop (which locks it too) waits for this
+            # attempt or this attempt sees the stop.
+            if s.scalar(select(Campaign.status).where(Campaign.id == campaign_id).with_for_update()) \
+                    not in _DIALLING:
+                return None
             if s.scalar(select(Confirmation.id).where(Confirmation.campaign_id == campaign_id,
                                                       Confirmation.person_id == person_id)) is not None:
                 return None
@@ -206,11 +254,26 @@ class DeliveryDesk(Desk):
                                   rank=PhoneRank(rank), status=AttemptStatus.DIALING, dialled_at=self.clock())
             s.add(attempt)
             s.flush()
+            # SQLite ignores FOR UPDATE and reads outside a transaction; after the insert this
+            # transaction holds the database's write lock, so this read sees any stop committed
+            # before it, and no stop can commit until this attempt has.
+            campaign = s.execute(select(Campaign.status, Campaign.round).where(Campaign.id == campaign_id)).one()
+            if campaign.status not in _DIALLING:
+                raise _Stopped
+            attempt.round = campaign.round
             return attempt.id
         try:
             return await self.tx(work)
-        except IntegrityError:
+        except (IntegrityError, _Stopped):
             return None
+
+    async def campaign_marks(self) -> frozenset[tuple[int, int]]:
+        """(campaign id, round) of every campaign to dial: a cheap read that tells the dialer a campaign
+        was started, stopped or re-notified by another process (the command line, the web console)."""
+        def work(s: Session) -> frozenset[tuple[int, int]]:
+            return frozenset((cid, rnd) for cid, rnd in s.execute(select(Campaign.id, Campaign.round).where(
+                Campaign.status.in_(_DIALLING))))
+        return await self.tx(work)
 
     async def attempt_dialled(self, attempt_id: str, dial_outcome: str, cause: int | None,
                               outcome: str | None = None) -> None:
@@ -352,11 +415,12 @@ class DeliveryDesk(Desk):
         except IntegrityError:
             return False
 
-    async def finish(self, campaign_id: int, finals: dict[int, str]) -> None:
-        """Every member has a final outcome: the campaign and its message are done."""
+    async def finish(self, campaign_id: int, finals: dict[int, str], round_: int | None = None) -> None:
+        """Every member has a final outcome: the campaign and its message are done. Not when the
+        campaign was stopped, or re-notified (a round after ``round_``), since the plan was read."""
         def work(s: Session) -> None:
-            campaign = s.get_one(Campaign, campaign_id)
-            if campaign.status is CampaignStatus.DONE:
+            campaign = s.scalars(select(Campaign).where(Campaign.id == campaign_id).with_for_update()).one()
+            if campaign.status not in _DIALLING or (round_ is not None and (campaign.round or 1) != round_):
                 return
             campaign.status = CampaignStatus.DONE
             campaign.finished_at = self.clock()
@@ -420,7 +484,7 @@ class DeliveryDesk(Desk):
         ``"limited"`` when this caller ID or the line is over its limits (``ivr.delivery.line_limits``;
         the call is counted before anything is read)."""
         def work(s: Session) -> tuple[int, int, str, Path, bool] | None | str:
-            found = _caller_and_latest_campaign(s, caller_e164, Role.MEMBER)
+            found = caller_and_latest_campaign(s, caller_e164, Role.MEMBER)
             if admit_call(s, "callback", caller_e164, found != "unknown", limits, self.clock()) \
                     is not LineVerdict.OPEN:
                 return "limited"
@@ -435,12 +499,12 @@ class DeliveryDesk(Desk):
         return await self.tx(work)
 
     async def report_for_coordinator(self, caller_e164: str, limits: LineLimits = LineLimits()
-                                     ) -> tuple[str, int, int] | None | str:
-        """For a coordinator calling in: (language, confirmed, members) of their BIN's latest campaign;
+                                     ) -> CoordinatorReport | None | str:
+        """For a coordinator calling in: the counts of their BIN's latest campaign and its message;
         ``"unknown"`` if the number is no coordinator's, ``None`` if there is no campaign yet,
         ``"limited"`` when this caller ID or the line is over its limits (counted first)."""
-        def work(s: Session) -> tuple[str, int, int] | None | str:
-            found = _caller_and_latest_campaign(s, caller_e164, Role.COORDINATOR)
+        def work(s: Session) -> CoordinatorReport | None | str:
+            found = caller_and_latest_campaign(s, caller_e164, Role.COORDINATOR)
             if admit_call(s, "report", caller_e164, found != "unknown", limits, self.clock()) \
                     is not LineVerdict.OPEN:
                 return "limited"
@@ -451,16 +515,75 @@ class DeliveryDesk(Desk):
             confirmed = len(set(s.scalars(select(Confirmation.person_id).where(
                 Confirmation.campaign_id == campaign.id))))
             audit.record(s, f"person:{person.id}", "campaign.report_heard", f"campaign:{campaign.id}",
-                         via="report line (caller ID, unverified)")
-            return person.language.value, confirmed, members
+                         via=REPORT_LINE_VIA)
+            message = campaign.message
+            return CoordinatorReport(person.id, message.id, person.language.value, confirmed, members,
+                                     message.urgency is Urgency.URGENT, bool(message.drill))
         return await self.tx(work)
+
+    async def replay_for_coordinator(self, person_id: int, message_id: int) -> Path:
+        """The sent recording of a message, checksum verified, for a coordinator on the report line;
+        ``recording.played`` is committed before the path is handed back.
+
+        Raises ``ReplayRefused`` (the refusal audited) unless ``person_id`` is an active coordinator of
+        the message's BIN (checked here, not only by the line that found the message),
+        ``LookupError`` if the message has no sent recording, ``RecordingCorrupted`` (a security alert
+        raised) if its file is missing or altered.
+        """
+        actor = f"person:{person_id}"
+
+        def work(s: Session) -> Path | None:
+            message = s.get(Message, message_id)
+            refusal = _report_replay_refusal(s, person_id, message)
+            if refusal is not None:
+                audit.record(s, actor, "recording.play_refused", f"message:{message_id}", reason=refusal,
+                             via=REPORT_LINE_VIA)
+                return None
+            take = next((r for r in message.recordings if r.take == message.submitted_take), None)
+            if take is None:
+                raise LookupError(f"message {message_id} has no sent recording")
+            # Audited in the same transaction: if the file does not open, neither row nor play.
+            audit.record(s, actor, "recording.played", f"message:{message_id}", take=take.take,
+                         sha256=take.sha256, to="phone", via=REPORT_LINE_VIA)
+            return self.store.open_verified(Path(take.path), take.sha256)
+        try:
+            found = await self.tx(work)
+        except RecordingCorrupted as exc:
+            # The same security alert the archive raises for a refused recording (its own committed row).
+            reason = str(exc)
+            log.warning("security alert: message:%d: stored recording refused: %s", message_id, reason)
+            await self.tx(lambda s: audit.record(s, "system", "security.alert", f"message:{message_id}",
+                                                 kind="recording_refused", reason=reason))
+            raise
+        if found is None:
+            raise ReplayRefused(f"person {person_id} may not replay message {message_id} on the report line")
+        return found
+
+    async def stoppable_for_coordinator(self, caller_e164: str) -> int | None:
+        """The campaign a coordinator calling the report line may be offered to stop: their BIN's
+        latest, while it runs, and only if they have a PIN (the caller ID alone can be spoofed)."""
+        def work(s: Session) -> int | None:
+            found = caller_and_latest_campaign(s, caller_e164, Role.COORDINATOR)
+            if not isinstance(found, tuple):
+                return None
+            person, campaign = found
+            return campaign.id if campaign.status in _DIALLING and person.pin_hash else None
+        return await self.tx(work)
+
+
+#: Campaigns whose members may be dialled (a stopped or finished one is not).
+_DIALLING = (CampaignStatus.SCHEDULED, CampaignStatus.RUNNING)
+
+
+class _Stopped(Exception):
+    """The campaign was stopped while an attempt was being written: the attempt is rolled back."""
 
 
 #: Failures that cost a member a try (``uncharge`` gives it back when the trunk was to blame).
 _CHARGED_FAILURES = (AttemptOutcome.CONGESTION, AttemptOutcome.FAILED, AttemptOutcome.REJECTED)
 
 
-def _caller_and_latest_campaign(s: Session, caller_e164: str, role: Role) -> tuple[Person, Campaign] | None | str:
+def caller_and_latest_campaign(s: Session, caller_e164: str, role: Role) -> tuple[Person, Campaign] | None | str:
     """The active person with ``role`` calling from ``caller_e164`` and their BIN's latest campaign;
     ``"unknown"`` if the number is nobody's with that role, ``None`` if the BIN has no campaign yet."""
     row = s.execute(select(Person, RoleAssignment.bin_id).join(PhoneNumber).join(RoleAssignment).where(
@@ -471,6 +594,23 @@ def _caller_and_latest_campaign(s: Session, caller_e164: str, role: Role) -> tup
     campaign = s.scalars(select(Campaign).join(Message).where(Message.bin_id == bin_id)
                          .order_by(Campaign.id.desc()).limit(1)).first()
     return None if campaign is None else (person, campaign)
+
+
+def is_coordinator_of(s: Session, person_id: int, bin_id: int) -> bool:
+    """Whether the person is active and a coordinator of the BIN."""
+    return s.scalar(select(RoleAssignment.id).join(Person).where(
+        RoleAssignment.person_id == person_id, RoleAssignment.role == Role.COORDINATOR,
+        RoleAssignment.bin_id == bin_id, Person.active.is_(True)).limit(1)) is not None
+
+
+def _report_replay_refusal(s: Session, person_id: int, message: Message | None) -> str | None:
+    """Why the person may not hear the message on the report line; ``None`` if they may: only an
+    active coordinator of the message's BIN, and only a message that went out (it has a campaign)."""
+    if message is None or not is_coordinator_of(s, person_id, message.bin_id):
+        return "not a coordinator of the message's BIN"
+    if s.scalar(select(Campaign.id).where(Campaign.message_id == message.id).limit(1)) is None:
+        return "not sent"
+    return None
 
 
 def recipients(s: Session, message: Message) -> list[int]:
@@ -512,9 +652,16 @@ def campaign_members(s: Session, campaign: Campaign, message: Message) -> list[M
     attempts: dict[int, list[AttemptView]] = {}
     #: Every attempt on each number, whoever it was for: a line shared by members has one history.
     on_number: dict[str, list[tuple[int, AttemptView]]] = {}
-    for person_id, no, rank, outcome, ended, e164 in s.execute(select(
+    #: The highest attempt number of earlier rounds (a re-notify's numbers go on from there).
+    earlier: dict[int, int] = {}
+    current = campaign.round or 1
+    for person_id, no, rank, outcome, ended, e164, round_ in s.execute(select(
             CallAttempt.person_id, CallAttempt.attempt_no, CallAttempt.rank, CallAttempt.outcome,
-            CallAttempt.ended_at, CallAttempt.e164).where(CallAttempt.campaign_id == campaign.id)):
+            CallAttempt.ended_at, CallAttempt.e164, CallAttempt.round).where(CallAttempt.campaign_id == campaign.id)):
+        if (round_ or 1) < current:
+            earlier[person_id] = max(earlier.get(person_id, 0), no)
+            if outcome is not None:
+                continue  # an earlier round's call that is over does not count in this round
         view = AttemptView(no, rank.value, outcome, ended)
         attempts.setdefault(person_id, []).append(view)
         on_number.setdefault(e164, []).append((person_id, view))
@@ -532,6 +679,7 @@ def campaign_members(s: Session, campaign: Campaign, message: Message) -> list[M
             if person.call_window_start and person.call_window_end else None
         pause = (person.pause_from, person.pause_until) if person.pause_from and person.pause_until else None
         shared = tuple((e164, a) for _, e164 in numbers for other, a in on_number.get(e164, ()) if other != person_id)
-        view = MemberView(person_id, numbers, tuple(attempts.get(person_id, ())), person_id in confirmed, shared)
+        view = MemberView(person_id, numbers, tuple(attempts.get(person_id, ())), person_id in confirmed, shared,
+                          earlier.get(person_id, 0))
         out.append(Member(view, person.name, person.language.value, window, pause, covered_by))
     return out

@@ -27,9 +27,9 @@ from sqlalchemy.orm import Session
 
 from ivr.directory.pin_gate import lock_over_rows
 from ivr.domain.pin import PinPolicy
+from ivr.domain.vocabulary import PinOutcome, Role, WebRole
 from storage import audit
 from storage.models import Person, WebAccount, WebSignInAttempt, utcnow
-from ivr.domain.vocabulary import PinOutcome, Role, WebRole
 
 log = logging.getLogger(__name__)
 HASHER = PasswordHasher()
@@ -260,3 +260,25 @@ def disable_account(s: Session, account: WebAccount, actor: str) -> None:
 def accounts(s: Session) -> list[WebAccount]:
     """Every account, by user name."""
     return list(s.scalars(select(WebAccount).order_by(WebAccount.username)))
+
+
+def sync_account(s: Session, person: Person, actor: str) -> None:
+    """Keep a person's web account in step with the directory after an admin's change: a deactivated
+    person's sessions end; the account takes the role the person's roles now give, its sessions end
+    when that changes, and with no console role left it is disabled. Audited when it changes."""
+    account = s.scalars(select(WebAccount).where(WebAccount.person_id == person.id)).first()
+    if account is None:
+        return
+    if not person.active:
+        # load_viewer refuses them already; the epoch makes sure no session of theirs survives a reactivation.
+        account.session_epoch += 1
+        return
+    role = role_for(person)
+    if role is None:
+        if account.active:
+            disable_account(s, account, actor)
+        return
+    if role is not account.role:
+        audit.record(s, actor, "web.account_role", f"account:{account.id}", old=account.role.value, new=role.value)
+        account.role = role
+        account.session_epoch += 1

@@ -30,9 +30,9 @@ from sqlalchemy.orm import Session
 from ivr.config import Settings
 from ivr.domain.phone import InvalidPhoneNumber, mask, normalize_phone
 from ivr.domain.pin import CLEARED, Attempt, PinPolicy, locked_until
+from ivr.domain.vocabulary import PinOutcome
 from storage import audit
 from storage.models import OfficerSipAccount, Person, PhoneNumber, PinAttempt
-from ivr.domain.vocabulary import PinOutcome
 
 log = logging.getLogger(__name__)
 
@@ -201,13 +201,41 @@ def unlock(s: Session, person: Person, actor: str, now: dt.datetime) -> list[str
         keys.append(f"sip:{sip}"[:32])
     for key in keys or [f"{UNLOCK}:{person.id}"]:
         s.add(PinAttempt(at=now, caller_id=key, person_id=person.id, outcome=PinOutcome.OK, line=UNLOCK))
+    person.pin_reset_at = now  # shown to admins: when the locks were last lifted
     cleared = [key if key.startswith("sip:") else mask(key) for key in keys]
     audit.record(s, actor, "person.unlocked", f"person:{person.id}", keys=cleared)
     return cleared
 
 
-def rules_from_settings(settings: Settings) -> PinRules:
-    """The PIN rules of ``settings``, with the pepper (its key file is made 0600 on first use)."""
+@dataclass(frozen=True)
+class PinState:
+    """What an admin sees of a person's PIN: whether one is set, the lock in force, the last reset."""
+
+    is_set: bool
+    locked_until: dt.datetime | None
+    reset_at: dt.datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """For ``--json``."""
+        return {"set": self.is_set, "locked_until": self.locked_until.isoformat() if self.locked_until else None,
+                "reset_at": self.reset_at.isoformat() if self.reset_at else None}
+
+
+def pin_state(s: Session, person: Person, rules: PinRules, now: dt.datetime) -> PinState:
+    """Whether ``person`` has a PIN, until when their account, numbers or SIP account are locked
+    (the latest; ``None``: not locked) and when an admin last reset or unlocked it."""
+    keys = [phone.e164 for phone in s.scalars(select(PhoneNumber).where(PhoneNumber.person_id == person.id))]
+    sip = s.scalars(select(OfficerSipAccount.username).where(OfficerSipAccount.person_id == person.id)).first()
+    if sip is not None:
+        keys.append(f"sip:{sip}"[:32])
+    locks = [lock_in_force(s, rules, key, person.id, now) for key in keys or [f"{UNLOCK}:{person.id}"]]
+    found = [lock for lock in locks if lock is not None]
+    return PinState(person.pin_hash is not None, max(found) if found else None, person.pin_reset_at)
+
+
+def rules_from_settings(settings: Settings, *, pepper: bool = True) -> PinRules:
+    """The PIN rules of ``settings``, with the pepper (its key file is made 0600 on first use;
+    ``pepper=False``: the lockout policies alone, for showing a lock)."""
     from storage.pins import load_pepper
 
     def policy(max_failures: int, window_s: float, lock_s: float, growth: float) -> PinPolicy:
@@ -219,7 +247,7 @@ def rules_from_settings(settings: Settings) -> PinRules:
                                    growth),
                     line=policy(settings.pin_line_max_failures, settings.pin_line_window_s,
                                 settings.pin_line_lock_s, 1.0),
-                    pepper=load_pepper(settings.pin_pepper_path))
+                    pepper=load_pepper(settings.pin_pepper_path) if pepper else None)
 
 
 def find_person(s: Session, name_or_id: str) -> Person:

@@ -18,8 +18,10 @@ TRANSITIONS: dict[S, frozenset[S]] = {
     S.APPROVED: frozenset({S.DELIVERING, S.CANCELLED}),
     S.DELIVERING: frozenset({S.DONE, S.CANCELLED}),
     S.REJECTED: frozenset(),
-    S.DONE: frozenset(),
-    S.CANCELLED: frozenset(),
+    # A re-notify ("call again everyone who has not confirmed") delivers a finished or stopped
+    # message again (``ivr.delivery.control.renotify``: only a message that has a campaign).
+    S.DONE: frozenset({S.DELIVERING}),
+    S.CANCELLED: frozenset({S.DELIVERING}),
 }
 
 

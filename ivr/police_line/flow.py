@@ -7,7 +7,8 @@ The conversation:
   system: "1 urgent, 2 preventive"                 officer: 1
   system: "Speak after the tone; # when done" *beep* officer speaks (# or 3 s silence ends)
   system: "1 listen, 2 speak again, 3 send, * cancel"                officer: 3
-  system: "Sent to the coordinators. Goodbye."
+  system: "Sent to the coordinators. Goodbye."   (a one-level BIN: "goes straight to the members";
+          an urgent one there, in a zone with a second approver: "waits for a second officer's approval")
 The PIN and the BIN are the steps every PIN line shares (``ivr.directory.caller``).
 The first factor is the caller ID, or, on a call from an officer's own SIP account, that account
 (authenticated by Asterisk's digest check; the softphone's caller ID is then never looked at).
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 from ivr.directory.caller import Unidentified, identify, pick_bin
 from ivr.domain.vocabulary import Urgency
+from ivr.police_line.route import SENT_PROMPT, submitted_route
 from ivr.police_line.store import AfterIntake, BinChoice, MessageDesk, Officer, PinResult
 from ivr.telephony.call import Call, choose
 
@@ -127,7 +129,8 @@ async def record_and_send(call: Call, desk: MessageDesk, message_id: int, actor:
             if key == "3":
                 await desk.submit(message_id, take, actor)
                 after.submitted(message_id)
-                await call.say("police_sent")
+                route = await desk.tx(lambda s: submitted_route(s, message_id))
+                await call.say(SENT_PROMPT[route])
                 await call.hangup()
                 return IntakeEnd.SENT
             if key == "*":

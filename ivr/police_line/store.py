@@ -286,7 +286,7 @@ class MessageDesk(Desk):
         def work(s: Session) -> list[tuple[int, MessageStatus, dt.datetime | None]]:
             rows = s.execute(select(Message.id, Message.status, Message.deliver_at).where(
                 Message.status.in_((MessageStatus.RECORDED, MessageStatus.WITH_COORDINATORS,
-                                    MessageStatus.APPROVED))).order_by(Message.id)).all()
+                                    MessageStatus.AWAITING_APPROVAL, MessageStatus.APPROVED))).order_by(Message.id)).all()
             return [(mid, status, at) for mid, status, at in rows]
         return await self.tx(work)
 

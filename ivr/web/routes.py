@@ -99,8 +99,19 @@ def create_app(console: Console, secret_key: str, secure_cookies: bool = False) 
         Route("/members/{id:int}", pages.member_save, methods=["POST"]),
         Route("/members/{id:int}/test-call", pages.member_test_call, methods=["POST"]),
         # -- campaign control (issue 16) --
+        Route("/messages/{id:int}/stop", pages.message_stop, methods=["POST"]),
+        Route("/messages/{id:int}/renotify", pages.message_renotify, methods=["POST"]),
+        Route("/messages/{id:int}/cancel", pages.message_cancel, methods=["POST"]),
+        Route("/messages/{id:int}/retract", pages.message_retract, methods=["POST"]),
         # -- drills (issue 16) --
+        Route("/bins/{number:int}/drill", pages.bin_drill, methods=["POST"]),
         # -- the admin's tools (issue 16) --
+        Route("/admin/people", pages.admin_people, methods=["GET"]),
+        Route("/admin/people/{id:int}", pages.admin_person, methods=["GET"]),
+        Route("/admin/people/{id:int}", pages.admin_person_change, methods=["POST"]),
+        Route("/admin/zones", pages.admin_zones, methods=["GET"]),
+        Route("/admin/zones/{code}", pages.admin_zone, methods=["GET"]),
+        Route("/admin/zones/{code}", pages.admin_zone_save, methods=["POST"]),
         # Scripts hold no data (it comes from the page or the server): open to all, like the sign-in.
         Route("/static/{name}", script, methods=["GET"]),
     ]

@@ -33,7 +33,7 @@ def binfoon(database: str, data_dir: Path, *args: str, timeout_s: float = 120,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the ``binfoon`` command line on the installation (``database``, ``data_dir``)."""
     env = {**os.environ, "BINFOON_DATABASE_URL": database, "BINFOON_DATA_DIR": str(data_dir),
-           "BINFOON_CONFIG": str(data_dir.parent / "absent.toml"), **(env or {})}
+           "BINFOON_CONFIG": os.devnull, **(env or {})}
     return subprocess.run([sys.executable, "-m", "ivr", *args], cwd=PROJECT_DIR, env=env, capture_output=True,
                           text=True, timeout=timeout_s, check=False)
 
@@ -103,7 +103,7 @@ def test_restore_into_a_fresh_install_replays_the_archived_message(
     new_secret = tmp_path / "restored" / "etc" / "carrier.secret"
     # Without the recordings' key the restore is refused, by name, before anything is written.
     done = binfoon(fresh, target, "restore", str(backup), env={"BINFOON_TRUNK_SECRET_FILE": str(new_secret)})
-    assert done.returncode == 2 and "recordings.key" in done.stderr and "kept apart" in done.stderr, done.stderr
+    assert done.returncode == 1 and "recordings.key" in done.stderr and "kept apart" in done.stderr, done.stderr
     put_key(target, kept_apart)
     done = binfoon(fresh, target, "restore", str(backup), env={"BINFOON_TRUNK_SECRET_FILE": str(new_secret)})
     assert done.returncode == 0, done.stderr
@@ -129,7 +129,7 @@ def test_restore_into_a_fresh_install_replays_the_archived_message(
     # Restoring again over what is now a live install is refused, and changes nothing.
     before = tree(target)
     done = binfoon(fresh, target, "restore", str(backup))
-    assert done.returncode == 2 and "not empty" in done.stderr and "--replace" in done.stderr, done.stderr
+    assert done.returncode == 1 and "not empty" in done.stderr and "--replace" in done.stderr, done.stderr
     assert tree(target) == before
     # Told to, it replaces it (the same content: the replay still works).
     done = binfoon(fresh, target, "restore", "--replace", str(backup))
@@ -162,7 +162,7 @@ def test_a_damaged_backup_is_refused_and_nothing_is_written(
     target = tmp_path / "restored" / "var"
     fresh = another_database(database, request, tmp_path / "restored")
     done = binfoon(fresh, target, "restore", str(backup))
-    assert done.returncode == 2, done.stdout
+    assert done.returncode == 1, done.stdout
     assert "damaged" in done.stderr and f"recordings/message-{message_id:06d}/take-1.sealed" in done.stderr
     assert "checksum" in done.stderr
     assert tree(target) == {}
@@ -177,13 +177,13 @@ def test_a_damaged_backup_is_refused_and_nothing_is_written(
         f.seek(200)
         f.write(bytes([byte[0] ^ 0xFF]))
     done = binfoon(fresh, target, "restore", str(backup))
-    assert done.returncode == 2 and dump.name in done.stderr and "damaged" in done.stderr, done.stderr
+    assert done.returncode == 1 and dump.name in done.stderr and "damaged" in done.stderr, done.stderr
     assert tree(target) == {}
     assert tables(fresh) == []
     # A backup that is not one (no manifest) is refused by name.
     (backup / "manifest.json").unlink()
     done = binfoon(fresh, target, "restore", str(backup))
-    assert done.returncode == 2 and "manifest.json" in done.stderr
+    assert done.returncode == 1 and "manifest.json" in done.stderr
     assert tree(target) == {} and tables(fresh) == []
 
 
@@ -204,7 +204,7 @@ def test_the_demo_on_postgresql_backed_up_and_restored_replays_the_officers_call
     recorded = Path(report["message"]["recording_path"])  # what the officer's call left in the store
     # The demo seeds its own directory: a database that holds one is refused, by name.
     again = binfoon(database, var, "demo", "--database", database)
-    assert again.returncode == 2 and "already holds" in again.stderr and "empty database" in again.stderr
+    assert again.returncode == 1 and "already holds" in again.stderr and "empty database" in again.stderr
 
     # Its installation (the demo runs the service on data_dir/demo) backed up while nothing runs,
     # restored on a new server, and the officer's real call replayed from the archive.
@@ -256,7 +256,7 @@ def test_a_restore_the_database_refuses_leaves_nothing_behind(
     key = (source / "recordings.key").read_bytes()
     put_key(target, key)
     done = binfoon(as_role, target, "restore", str(backup))
-    assert done.returncode == 2 and "psql" in done.stderr and "nothing was written" in done.stderr, done.stderr
+    assert done.returncode == 1 and "psql" in done.stderr and "nothing was written" in done.stderr, done.stderr
     # No recording, no key, no staging folder left behind (the recordings' key is the operator's, put there).
     assert tree(target) == {"recordings.key": key}
     assert tables(fresh.render_as_string(hide_password=False)) == []

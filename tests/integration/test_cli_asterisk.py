@@ -32,7 +32,7 @@ def test_start_status_stop(tmp_path: Path) -> None:
         secret = (Path(state["run_dir"]) / "ami.secret").read_text().strip()
         assert secret not in status.stdout + started.stdout + started.stderr  # never printed
         again = _binfoon("asterisk", "start", "--name", name, env=env)
-        assert again.returncode == 2 and "already running" in again.stderr
+        assert again.returncode == 1 and "already running" in again.stderr
     finally:
         stopped = _binfoon("asterisk", "stop", "--name", name, env=env)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout

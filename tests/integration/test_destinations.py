@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import re
 from pathlib import Path
 
@@ -253,20 +254,20 @@ def test_every_refused_range_in_an_allowed_country_has_its_dial_out_pattern() ->
 def test_the_command_line_refuses_barred_numbers_with_the_reason(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("BINFOON_DATA_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("BINFOON_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("BINFOON_CONFIG", os.devnull)
     assert main(["zone", "add", "--code", "5415", "--name", "Gent"]) == 0
     assert main(["bin", "add", "--number", "12", "--name", "Noord", "--zone", "5415", "--street", "Dorp"]) == 0
     capsys.readouterr()
     assert main(["person", "add", "--name", "X", "--role", "coordinator", "--bin", "12",
-                 "--phone", "+882 16 123456"]) == 2
+                 "--phone", "+882 16 123456"]) == 1
     assert "+882" in capsys.readouterr().err
     members = tmp_path / "leden.csv"
     members.write_text("naam;telefoon\nJan;09 123 45 67\nPiet;0033 899 123 456\n", encoding="utf-8")
-    assert main(["members", "import", "--bin", "12", str(members)]) == 2
+    assert main(["members", "import", "--bin", "12", str(members)]) == 1
     assert "leden.csv: line 3: phone: +33899… is a French 08 special-rate service number" in capsys.readouterr().err
     # A configured country list applies too (BINFOON_ALLOWED_COUNTRY_CODES).
     monkeypatch.setenv("BINFOON_ALLOWED_COUNTRY_CODES", "32")
     assert main(["person", "add", "--name", "Y", "--role", "coordinator", "--bin", "12",
-                 "--phone", "+31 20 123 4567"]) == 2
+                 "--phone", "+31 20 123 4567"]) == 1
     assert "outside the countries BINfoon calls (+32)" in capsys.readouterr().err
     assert main(["members", "list", "--bin", "12"]) == 0 and capsys.readouterr().out == ""

@@ -211,7 +211,7 @@ def _cli(binfoon: Binfoon, lab: PhoneLab, *argv: str) -> int:
 
 @pytest.fixture
 def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BINFOON_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("BINFOON_CONFIG", os.devnull)
     monkeypatch.setenv("BINFOON_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("BINFOON_DATABASE_URL", f"sqlite:///{tmp_path / 'binfoon.db'}")
 

@@ -239,11 +239,11 @@ async def test_serve_started_as_root_runs_every_process_as_the_service_user(
 
 
 def test_serve_as_root_refuses_a_missing_service_user(service_base: Path) -> None:
-    env = {**os.environ, "BINFOON_CONFIG": str(service_base / "absent.toml"),
+    env = {**os.environ, "BINFOON_CONFIG": os.devnull,
            "BINFOON_SERVICE_USER": "binfoon-nobody-here", "BINFOON_DATA_DIR": str(service_base / "var")}
     out = subprocess.run([sys.executable, "-m", "ivr", "serve", "--name", "never-started"], cwd=PROJECT_DIR, env=env,
                          capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 2
+    assert out.returncode == 1
     assert "'binfoon-nobody-here' does not exist" in out.stderr and "useradd --system" in out.stderr
     assert not (service_base / "var").exists()
 
@@ -255,10 +255,10 @@ def test_serve_as_root_refuses_a_data_dir_its_user_cannot_reach(
     settings = load_settings(config_file=None, environ={k: v for k, v in os.environ.items()
                                                         if k != "BINFOON_SERVICE_USER"})
     ensure_users(settings)
-    env = {**os.environ, "BINFOON_CONFIG": str(tmp_path / "absent.toml"), "BINFOON_DATA_DIR": str(tmp_path / "var"),
+    env = {**os.environ, "BINFOON_CONFIG": os.devnull, "BINFOON_DATA_DIR": str(tmp_path / "var"),
            "BINFOON_SERVICE_USER": settings.service_user, "BINFOON_WEB_PORT": "0"}
     out = subprocess.run([sys.executable, "-m", "ivr", "serve", "--name", instance.options.name,
                           "--instance-dir", str(instance.run_dir.parent)], cwd=PROJECT_DIR, env=env,
                          capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 2, out.stderr
+    assert out.returncode == 1, out.stderr
     assert f"cannot reach {tmp_path / 'var'}" in out.stderr and "/var/lib/binfoon" in out.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("BINFOON_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("BINFOON_DATABASE_URL", database)
     monkeypatch.setenv("BINFOON_AUDIT_ANCHOR_FILE", str(tmp_path / "elsewhere" / "audit.anchors"))
-    monkeypatch.setenv("BINFOON_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("BINFOON_CONFIG", os.devnull)
     engine = open_database(database)
     audit.configure(database, tmp_path / "var", "", str(tmp_path / "elsewhere" / "audit.anchors"))
     for i in range(4):

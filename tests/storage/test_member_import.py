@@ -109,3 +109,43 @@ def test_thousand_members_import_and_reimport_replaces(db_url: str) -> None:
     with engine.connect() as conn:  # the removed member's person row (and history) is kept
         assert conn.execute(text("select count(*) from people")).scalar() == 1001
     engine.dispose()
+
+
+def _plan(engine: Engine, data: bytes, mode: str) -> object:
+    from ivr.directory.store import plan_member_import
+
+    with session_scope(engine) as s:
+        return plan_member_import(s, s.scalars(select(Bin).where(Bin.number == 12)).one(), parse_member_csv(data), mode)
+
+
+def test_plan_merge_and_reuse_on_both_databases(db_url: str) -> None:
+    """The plan reads only; merge never removes; a person with the row's number is reused, not doubled."""
+    from ivr.directory.store import import_members
+
+    engine = _engine_with_bin(db_url)
+    _import(engine, (HEADER + "Jan,09 123 45 67,,Dorp 1,nl\nAn,0470 12 34 56,,Dorp 2,nl\n").encode())
+    with session_scope(engine) as s:
+        zone = s.scalars(select(PoliceZone)).one()
+        other = Bin(number=13, name="Zuid", zone=zone, language=Language.NL)
+        s.add(other)
+    before = _dump(engine)
+    one_row = (HEADER + "Jan,09 123 45 67,,Kerkstraat 1,nl\n").encode()
+    plan = _plan(engine, one_row, "replace")
+    assert [m.name for m in plan.removed] == ["An"] and [m.changes for m in plan.changed] == [("street",)]  # type: ignore[attr-defined]
+    assert _plan(engine, one_row, "merge").removed == ()  # type: ignore[attr-defined]
+    assert _dump(engine) == before  # planning wrote nothing
+    with session_scope(engine) as s:
+        result = import_members(s, s.scalars(select(Bin).where(Bin.number == 12)).one(), parse_member_csv(one_row),
+                                "test", mode="merge")
+    assert (result.added, result.updated, result.removed) == (0, 1, 0)
+    assert set(_members(engine)) == {"Jan", "An"}
+    # An, a member of BIN 12, joins BIN 13 as the same person.
+    with session_scope(engine) as s:
+        zuid = s.scalars(select(Bin).where(Bin.number == 13)).one()
+        import_members(s, zuid, parse_member_csv((HEADER + "An Peeters,0470 12 34 56,,,nl\n").encode()), "test")
+    with session_scope(engine) as s:
+        people = s.scalars(select(Person).where(Person.name.in_(["An", "An Peeters"]))).all()
+        assert [p.name for p in people] == ["An"]
+        assert sorted(s.scalars(select(Bin.number).join(RoleAssignment, RoleAssignment.bin_id == Bin.id).where(
+            RoleAssignment.person_id == people[0].id))) == [12, 13]
+    engine.dispose()

@@ -116,7 +116,7 @@ def _rendered_udp(compose: dict[str, Any], tmp_path: Path, monkeypatch: pytest.M
     from ivr.config import load_settings
 
     env = {k: str(v) for k, v in compose["services"]["asterisk"]["environment"].items()}
-    env["BINFOON_CONFIG"] = str(tmp_path / "absent.toml")
+    env["BINFOON_CONFIG"] = os.devnull
     settings = load_settings(environ=env)
     # The container's system Asterisk is not on this machine: only the runtime lookup is replaced;
     # the settings -> instance -> configuration path is the real one.

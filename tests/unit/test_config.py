@@ -1,5 +1,6 @@
 """Settings: defaults < binfoon.toml < BINFOON_* environment; unknown keys fail."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ from ivr.config import ConfigError, load_settings
 
 
 def test_defaults(tmp_path: Path) -> None:
-    settings = load_settings(environ={"BINFOON_CONFIG": str(tmp_path / "absent.toml")})
+    settings = load_settings(environ={"BINFOON_CONFIG": os.devnull})
     assert settings.dial_template == "Local/${NUMBER}@sim-phone" and settings.uses_simulator
     assert settings.resolved_database_url.startswith("sqlite:///")
 

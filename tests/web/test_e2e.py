@@ -196,13 +196,19 @@ async def test_officer_sends_a_typed_alert_and_watches_it_reach_the_members(
             test_message = await renderer.wav("demo_test_message", "nl")
             heard = await asyncio.to_thread(calls[-1].heard_audio)
             assert locate_speech_file(test_message, heard).peak_ncc >= 0.8
-            for _ in range(100):
-                if set(web.console.test_calls.values()) == {"answered"}:
+            # The test call asks for 1: its outcome is known once the member has hung up, and stored.
+            for _ in range(300):
+                if set(web.console.test_calls.values()) <= {"confirmed", "answered_no_key"}:
                     break
                 await asyncio.sleep(0.1)
-            assert list(web.console.test_calls.values()) == ["answered"]
+            outcome = list(web.console.test_calls.values())
+            assert outcome in (["confirmed"], ["answered_no_key"])
+            with session_scope(world.engine) as s:
+                stored = s.scalars(select(AuditEntry).where(AuditEntry.action == "member.test_call_result")).all()
+            assert [(e.subject, e.details["outcome"]) for e in stored] == [(f"person:{member}", outcome[0])]
             await page.goto(url + "bins/12")
-            assert await page.locator("[data-test-call]").all_inner_texts() == ["opgenomen"]
+            assert await page.locator("[data-test-call]").all_inner_texts() == [
+                {"confirmed": "opgenomen, 1 gedrukt", "answered_no_key": "opgenomen, geen 1 gedrukt"}[outcome[0]]]
             await browser.close()
     finally:
         if web is not None:

@@ -6,7 +6,9 @@ streets (which steer alerts sent by street) are the admins' alone: a coordinator
 them and a request carrying them is forbidden, with nothing written; a form with bad input is shown
 again with every message and nothing is written; every change is audited by the directory; numbers
 must pass the destination policy (``Settings.destinations``); test calls are limited per member and
-per signed-in person (``TestCallLog``; an alert for the admins when refused).
+per signed-in person (``TestCallLog``; an alert for the admins when refused); a drill of the whole
+BIN (the "Testbericht BIN-foon") is started by its coordinators and admins (checked again by the
+drill feature, ``ivr.delivery.drill``), and the page shows the latest drills' reach reports.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from ivr.delivery.drill import DrillError, DrillRefused, ReachReport, latest_drills, reach_report, start_drill
 from ivr.directory.accounts import Viewer
+from ivr.directory.test_calls import last_result
+from ivr.domain.actor import Actor
 from ivr.directory.store import (
     LANGUAGES as CSV_LANGUAGES,
 )
@@ -49,6 +54,9 @@ from storage.models import Bin, Person
 from ivr.domain.vocabulary import Language
 
 log = logging.getLogger(__name__)
+
+#: How many of a BIN's latest drills its page reports.
+DRILLS_SHOWN = 3
 
 #: The fields of a member household's form.
 MEMBER_FIELDS = ("name", "phone", "second_phone", "street", "language")
@@ -79,6 +87,7 @@ class BinPages(PageBase):
     def _bin_context(self, viewer: Viewer, number: int) -> dict[str, Any]:
         context = dict(self.console.run(lambda s: bin_with_members(s, viewer, self._bin(s, viewer, number))))
         context["identity_editable"] = viewer.is_admin
+        context["drills"] = self.console.run(lambda s: _drill_reports(s, number))
         return context
 
     def _bin_page(self, request: Request, viewer: Viewer, status: int, context: dict[str, Any],
@@ -93,6 +102,23 @@ class BinPages(PageBase):
         context = await asyncio.to_thread(self._bin_context, viewer, int(request.path_params["number"]))
         return self.render(request, "bin.html", viewer=viewer, test_calls=self.console.test_results(),
                            can_call=self.console.app is not None, **context)
+
+    async def bin_drill(self, request: Request) -> Response:
+        """A drill of the whole BIN now (its coordinators and admins): the service calls every member."""
+        viewer, number = await self._editable_bin(request)
+        await self.form(request)  # the CSRF token, nothing else
+        lang = self.language(request)
+        who = Actor(viewer.actor, viewer.person_id, viewer.is_admin)
+        try:
+            message_id = await asyncio.to_thread(start_drill, self.console.engine, self.console.desk.store, number,
+                                                 who, clock=self.console.clock)
+        except DrillRefused:
+            raise PageError(403, "error_forbidden") from None
+        except DrillError as exc:
+            self.flash(request, str(exc), "error")
+            return RedirectResponse(f"/bins/{number}", 303)
+        self.flash(request, tr("drill_started", lang, id=message_id))
+        return RedirectResponse(f"/bins/{number}", 303)
 
     async def _editable_bin(self, request: Request) -> tuple[Viewer, int]:
         viewer = await self.viewer(request)
@@ -188,7 +214,7 @@ class BinPages(PageBase):
 
         def work(s: Session) -> dict[str, Any]:
             person, bin_ = self._editable_member(s, viewer, person_id)
-            return open_member(s, person, bin_, viewer.actor)
+            return {**open_member(s, person, bin_, viewer.actor), "last_test_call": last_result(s, person_id)}
 
         return self.render(request, "member.html", viewer=viewer, **await self.console.tx(work))
 
@@ -296,3 +322,8 @@ class BinPages(PageBase):
         else:
             self.flash(request, tr("test_call_started", lang, name=name))
         return RedirectResponse(f"/bins/{number}", 303)
+
+
+def _drill_reports(s: Session, bin_number: int) -> list[ReachReport]:
+    """The reach reports of the BIN's latest drills, newest first."""
+    return [reach_report(s, message_id) for message_id in latest_drills(s, bin_number, DRILLS_SHOWN)]

@@ -28,6 +28,7 @@ from ivr.archive.message_view import (
 from ivr.archive.at_rest import alert_refused_recording
 from ivr.archive.store import AccessDenied, Archive, ArchiveError
 from ivr.delivery.report import campaign_report
+from ivr.web.pages.control import control_flags
 from ivr.directory.accounts import Viewer
 from ivr.web.charts import confirmations_svg
 from ivr.delivery.states import BAR
@@ -56,22 +57,28 @@ class MessagePages(PageBase):
         viewer = await self.viewer(request)
         message_id = int(request.path_params["id"])
         console = self.console
-        data = await console.tx(lambda s: message_view(s, viewer, self._visible_message(s, viewer, message_id)))
+        def view(s: Session) -> dict[str, Any]:
+            message = self._visible_message(s, viewer, message_id)
+            return {**message_view(s, viewer, message), "control": control_flags(s, viewer, message)}
+        data = await console.tx(view)
         delivery = data["report"]["delivery"]
         members: list[Any] = []
         chart = ""
         bar = None
+        stopped = None
         if delivery:
             now = console.clock()
             campaign = await asyncio.to_thread(campaign_report, console.engine, delivery["campaign"],
                                                console.policies, now)
             members = campaign.members
+            if campaign.stopped_at is not None:
+                stopped = {"at": campaign.stopped_at, "by": campaign.stopped_by, "now": campaign.status == "stopped"}
             bar = {"members": len(campaign.members), **bar_of(campaign)}
             start, times = await asyncio.to_thread(console.confirmations_over_time, delivery["campaign"])
             chart = confirmations_svg(start, times, len(campaign.members),
                                       label=tr("message_chart", self.language(request)))
         return self.render(request, "message.html", viewer=viewer, members=members, chart=chart, bar=bar,
-                           segments=list(BAR), **data)
+                           segments=list(BAR), stopped=stopped, **data)
 
     async def message_audio(self, request: Request) -> Response:
         """The original recording, streamed (ranges allowed); each play is audited before a byte is sent."""

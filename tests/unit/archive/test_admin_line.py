@@ -254,3 +254,17 @@ async def test_the_police_of_the_bins_zone_may_replay(world: World, clock: Clock
     assert end is ReplayEnd.DONE and call.played == [_stored(world, message_id)]
     [played] = _audit(world, "recording.played")
     assert played.actor == f"person:{world.officer_id}"
+
+
+async def test_a_drill_is_never_read_out_as_a_real_message(world: World, clock: Clock, tmp_path: Path) -> None:
+    import asyncio
+
+    from ivr.delivery.drill import start_drill
+    from ivr.domain.actor import Actor
+
+    real = await _message(world, OLDER_CLIP, tmp_path, clock.now - dt.timedelta(days=1), Urgency.PREVENTIVE)
+    drill = await asyncio.to_thread(start_drill, world.engine, world.desk.store, 12, Actor.operator("cli:test"),
+                                    clock=clock)
+    assert drill != real
+    # The drill is newer, sent (approved, its take submitted) and its recording kept: only drill=True sets it apart.
+    assert [e.message_id for e in await _desk(world, clock).latest(world.bin_id, 5)] == [real]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import os
 import xml.etree.ElementTree as ET
 import zoneinfo
 from pathlib import Path
@@ -286,7 +287,7 @@ def test_the_xsd_rejects_what_cap_forbids() -> None:
 @pytest.fixture
 def cli_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
     monkeypatch.setenv("BINFOON_DATA_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("BINFOON_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("BINFOON_CONFIG", os.devnull)
     return make_lab(f"sqlite:///{tmp_path / 'var' / 'binfoon.db'}", tmp_path, tmp_path / "var" / "recordings")
 
 
@@ -298,11 +299,12 @@ def test_cli_export(cli_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert capsys.readouterr().out == (f"message {mid}: CAP 1.2 Alert BINFOON-5415-{mid} written to "
                                        f"{out / f'{mid}.cap.xml'}, audio to {out / f'{mid}.wav'}\n")
     valid((out / f"{mid}.cap.xml").read_bytes())
-    assert main(["archive", "export", str(mid), "--as", f"person:{cli_lab.admin_id}", "--out", str(out)]) == 2
-    assert "already exists; choose another folder" in capsys.readouterr().err
+    assert main(["archive", "export", str(mid), "--as", f"person:{cli_lab.admin_id}", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "exists already" in err and "--force" in err
     other = tmp_path / "other"
     other.mkdir()
-    assert main(["archive", "export", str(mid), "--as", str(cli_lab.coordinator_id), "--out", str(other)]) == 2
+    assert main(["archive", "export", str(mid), "--as", str(cli_lab.coordinator_id), "--out", str(other)]) == 1
     assert capsys.readouterr().err == (f"binfoon: {cli_lab.coordinator_id} may not export message {mid}: "
                                        "only admins and the police of the message's zone may replay it\n")
     assert list(other.iterdir()) == []

@@ -174,7 +174,7 @@ def test_models_install_command_from_zip_and_its_refusal(tmp_path: Path, monkeyp
     monkeypatch.chdir(tmp_path)
     bad = write_zip(tmp_path / "bad.zip", {**FAKE_FILES, "am/final.mdl": lfs_pointer(FAKE_FILES["am/final.mdl"])})
 
-    assert main(["models", "install", "nl", "--from-zip", str(bad)]) == 2
+    assert main(["models", "install", "nl", "--from-zip", str(bad)]) == 1
     assert "am/final.mdl: is a Git LFS pointer" in capsys.readouterr().err
     assert not (tmp_path / "cache" / "models" / "vosk-model-small-nl-0.22").exists()
 
@@ -186,9 +186,9 @@ def test_models_install_command_from_zip_and_its_refusal(tmp_path: Path, monkeyp
     assert (installed / "am" / "final.mdl").read_bytes() == FAKE_FILES["am/final.mdl"]
 
     # --vosk downloads the official Vosk zip (here the fake spec's), --url a mirror of it.
-    assert main(["models", "install", "nl", "--vosk", "--path", str(tmp_path / "elsewhere")]) == 2
+    assert main(["models", "install", "nl", "--vosk", "--path", str(tmp_path / "elsewhere")]) == 1
     assert "could not download http://127.0.0.1:9/x.zip" in capsys.readouterr().err
-    assert main(["models", "install", "nl", "--url", "http://127.0.0.1:9/mirror.zip"]) == 2
+    assert main(["models", "install", "nl", "--url", "http://127.0.0.1:9/mirror.zip"]) == 1
     assert "could not download http://127.0.0.1:9/mirror.zip" in capsys.readouterr().err
     assert not (tmp_path / "elsewhere").exists()
 

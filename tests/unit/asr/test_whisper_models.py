@@ -311,14 +311,14 @@ def test_from_dir_refuses_what_is_not_a_whisper_folder_and_installs_nothing(
     notes.mkdir()
     (notes / "readme.txt").write_text("not a model")
 
-    assert main(["models", "install", "nl", "--from-dir", str(notes)]) == 2
+    assert main(["models", "install", "nl", "--from-dir", str(notes)]) == 1
     assert capsys.readouterr().err.strip() == (
         f"binfoon: not a model folder: {notes} is neither a Vosk model folder (no am/final.mdl) nor a "
         f"CTranslate2 Whisper model folder (no model.bin + config.json)")
 
     ko = packaged_model("ko")
     assert ko is not None
-    assert main(["models", "install", "nl", "--from-dir", str(ko)]) == 2
+    assert main(["models", "install", "nl", "--from-dir", str(ko)]) == 1
     assert "is a Vosk model: --from-dir takes a faster-whisper" in capsys.readouterr().err
 
     # Shaped like a Whisper folder, but its model.bin is noise: the real engine is asked to load it.
@@ -327,7 +327,7 @@ def test_from_dir_refuses_what_is_not_a_whisper_folder_and_installs_nothing(
     (fake / "model.bin").write_bytes(b"\1" * (2 << 20))
     (fake / "config.json").write_text("{}")
     (fake / "tokenizer.json").write_text("{}")
-    assert main(["models", "install", "nl", "--from-dir", str(fake)]) == 2
+    assert main(["models", "install", "nl", "--from-dir", str(fake)]) == 1
     err = capsys.readouterr().err
     assert f"binfoon: {fake}: " in err and "nothing was installed" in err
     assert leftovers(tmp_path / "cache" / "models") == []
@@ -447,7 +447,7 @@ def test_install_refuses_a_path_that_holds_something_else_and_leaves_it(
                 zf.writestr(f"vosk-x/{rel}", content)
         extra = ["--from-zip", str(tmp_path / "vosk.zip")]
 
-    assert main(["models", "install", "nl", "--path", str(data_dir), *extra]) == 2
+    assert main(["models", "install", "nl", "--path", str(data_dir), *extra]) == 1
 
     assert capsys.readouterr().err.strip() == (
         f"binfoon: {data_dir} exists and is not a model folder: it is not replaced. Give --path a new or "

@@ -48,6 +48,9 @@ class Reviews:
     def start(self, message_id: int) -> None:
         self.started.append(message_id)
 
+    async def resume_notices(self, since: dt.datetime) -> list[int]:
+        return []
+
 
 class Dialer:
     def __init__(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     monkeypatch.setenv("BINFOON_DATABASE_URL", url)
     monkeypatch.setenv("BINFOON_DATA_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("BINFOON_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("BINFOON_CONFIG", os.devnull)
     return build_world(url, tmp_path / "store")
 
 

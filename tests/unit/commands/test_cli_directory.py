@@ -1,7 +1,8 @@
-"""The directory commands as a user types them: clear errors, exit 2, nothing written."""
+"""The directory commands as a user types them: clear errors, exit 1, nothing written."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from ivr.cli import main
 @pytest.fixture(autouse=True)
 def _data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BINFOON_DATA_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("BINFOON_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("BINFOON_CONFIG", os.devnull)
 
 
 def _setup(tmp_path: Path) -> None:
@@ -41,7 +42,7 @@ def test_bad_csv_prints_line_numbers_and_exits_2(tmp_path: Path, capsys: pytest.
     _setup(tmp_path)
     bad = tmp_path / "bad.csv"
     bad.write_text("name,phone\nJan,09 123 45 67\nPiet,12345\n")
-    assert main(["members", "import", "--bin", "12", str(bad)]) == 2
+    assert main(["members", "import", "--bin", "12", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "bad.csv: line 3: phone:" in err and "nothing was imported" in err
     assert main(["members", "list", "--bin", "12"]) == 0
@@ -65,7 +66,7 @@ def test_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: l
     good = tmp_path / "ok.csv"
     good.write_text("name,phone\nJan,09 123 45 67\n")
     argv = [str(good) if a == "FILE" else a for a in argv]
-    assert main(argv) == 2
+    assert main(argv) == 1
     assert message in capsys.readouterr().err
 
 
@@ -74,5 +75,5 @@ def test_pin_with_letters_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
     pin = tmp_path / "pin"
     pin.write_text("12ab")
     assert main(["person", "add", "--name", "X", "--role", "admin", "--phone", "09 123 45 67",
-                 "--pin-file", str(pin)]) == 2
+                 "--pin-file", str(pin)]) == 1
     assert "a PIN is digits only" in capsys.readouterr().err

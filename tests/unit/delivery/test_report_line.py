@@ -18,8 +18,9 @@ from tests.unit.delivery.sent import OTHER_CLIP, Sent, delivery_desk, sent_messa
 from tests.world import OFFICER_PHONE, World
 
 
-async def _report(world: World, tmp_path: Path, caller: str) -> tuple[ReportHeard, FakeCall]:
-    call = FakeCall([], tmp_path, caller_id=caller)
+async def _report(world: World, tmp_path: Path, caller: str,
+                  keys: list[str | None] | None = None) -> tuple[ReportHeard, FakeCall]:
+    call = FakeCall(keys or [], tmp_path, caller_id=caller)
     return await coordinator_report(call, delivery_desk(world)), call
 
 
@@ -43,11 +44,11 @@ async def test_a_coordinator_hears_how_many_members_confirmed(world: World, tmp_
     for member in members[:3]:
         assert await desk.confirm_callback(sent.campaign_id, member.id)
     coordinator_id, coordinator_phone = world.coordinators[0]
-    heard, call = await _report(world, tmp_path, coordinator_phone)
+    heard, call = await _report(world, tmp_path, coordinator_phone, [None])
     assert heard == ReportHeard(ReportEnd.TOLD, confirmed=3, members=4)
     assert heard.value == str(heard) == "3/4"  # what logs and flow_ends said before the result was typed
-    # "3 van de 4 leden hebben bevestigd", then goodbye; the coordinator presses nothing.
-    assert call.said == ["report_counts", "member_goodbye"]
+    # "3 van de 4 leden hebben bevestigd", the replay offer, then goodbye; the coordinator presses nothing.
+    assert call.said == ["report_counts", "report_replay_offer", "member_goodbye"]
     assert call.values[0] == {"confirmed": 3, "members": 4}
     assert call.played == [] and call.hung_up
     assert _heard(world) == [(f"person:{coordinator_id}", f"campaign:{sent.campaign_id}")]
@@ -83,6 +84,7 @@ async def test_anyone_else_is_refused_and_hears_no_figures(world: World, tmp_pat
         heard, call = await _report(world, tmp_path, caller)
         assert heard == ReportHeard(ReportEnd.UNKNOWN_CALLER) and heard.value == "unknown_caller", caller
         assert call.said == ["report_no_campaign"] and call.values == [{}] and call.hung_up
+        assert call.played == []
     assert _heard(world) == []
 
 

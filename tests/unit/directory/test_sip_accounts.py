@@ -201,7 +201,7 @@ async def test_a_spoofer_who_locked_the_officer_s_number_does_not_lock_their_sip
 @pytest.fixture
 def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("BINFOON_DATA_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("BINFOON_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("BINFOON_CONFIG", os.devnull)
     pin = tmp_path / "pin"
     pin.write_text("482193\n")
     assert main(["zone", "add", "--code", "5415", "--name", "Gent"]) == 0
@@ -248,7 +248,7 @@ def test_cli_errors_are_clear_and_write_nothing(cli_env: Path, capsys: pytest.Ca
     os.chmod(public, 0o644)
     argv = [str(public) if a == "PUBLIC" else a for a in argv]
     capsys.readouterr()
-    assert main([*argv, "--instance-dir", str(cli_env / "instances")]) == 2
+    assert main([*argv, "--instance-dir", str(cli_env / "instances")]) == 1
     assert message in capsys.readouterr().err
     assert main(["person", "sip-account", "list"]) == 0
     assert capsys.readouterr().out == ""
