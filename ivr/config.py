@@ -467,7 +467,11 @@ def shown_value(name: str, value: Any) -> str:
         from sqlalchemy.exc import ArgumentError
 
         try:
-            return make_url(str(value)).render_as_string(hide_password=True)
+            url = make_url(str(value))
         except ArgumentError:
             return "***"
+        if "password" in url.query:
+            # libpq also takes the password as ?password=; hide_password masks only user:password@.
+            url = url.update_query_dict({"password": "***"})
+        return url.render_as_string(hide_password=True).replace("password=%2A%2A%2A", "password=***")
     return str(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,11 +53,16 @@ def driver_url(url: str) -> str:
 
 
 def shown_url(url: str) -> str:
-    """The URL as an error message may show it: never the password."""
+    """The URL as an error message may show it: never the password (``user:pw@`` nor libpq's ``?password=``)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
-        return url.split("@", 1)[-1] if "@" in url else url
+        rest = url.split("@", 1)[-1] if "@" in url else url
+        return re.sub(r"(?i)(password=)[^&]*", r"\1***", rest)
+    if "password" in parsed.query:
+        # render_as_string(hide_password=True) masks only the user:password@ part.
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True).replace("password=%2A%2A%2A", "password=***")
 
 
 def sqlite_path(url: str) -> Path | None:

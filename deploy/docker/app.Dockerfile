@@ -31,10 +31,11 @@ RUN python3 -m venv /opt/binfoon/venv \
 RUN mkdir -p /var/lib/binfoon /opt/binfoon/app/prompts/rendered \
  && chown binfoon:binfoon /opt/binfoon/app/prompts/rendered
 
+# No BINFOON_CONFIG: the image ships no binfoon.toml and a named file must exist; docker-compose.yml
+# configures both containers by BINFOON_* environment variables (x-binfoon-env), secrets by files.
 ENV PATH=/opt/binfoon/venv/bin:$PATH \
     BINFOON_DATA_DIR=/var/lib/binfoon \
-    BINFOON_ASTERISK_MODE=system \
-    BINFOON_CONFIG=/etc/binfoon/binfoon.toml
+    BINFOON_ASTERISK_MODE=system
 
 USER binfoon
 ENTRYPOINT ["binfoon", "serve", "--name", "default", "--external-asterisk"]

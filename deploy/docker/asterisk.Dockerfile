@@ -27,10 +27,11 @@ COPY prompts ./prompts
 RUN python3 -m venv /opt/binfoon/venv \
  && /opt/binfoon/venv/bin/pip install --no-cache-dir -e /opt/binfoon/app
 
+# No BINFOON_CONFIG: the image ships no binfoon.toml and a named file must exist; docker-compose.yml
+# configures both containers by BINFOON_* environment variables (x-binfoon-env), secrets by files.
 ENV PATH=/opt/binfoon/venv/bin:$PATH \
     BINFOON_DATA_DIR=/var/lib/binfoon \
-    BINFOON_ASTERISK_MODE=system \
-    BINFOON_CONFIG=/etc/binfoon/binfoon.toml
+    BINFOON_ASTERISK_MODE=system
 
 # Root only to render (files owned by root, readable by the asterisk group) and start; Asterisk
 # itself runs as `asterisk` (-U/-G), see AsteriskInstance.command().

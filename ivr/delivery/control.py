@@ -188,6 +188,14 @@ def cancel_message(s: Session, message_id: int, actor: Actor, now: dt.datetime) 
                  deliver_at=message.deliver_at.isoformat() if message.deliver_at else None, at=now.isoformat())
 
 
+def live_retraction(s: Session, message_id: int) -> int | None:
+    """The id of the retraction of ``message_id`` that stands (not rejected or cancelled), if any: a
+    retracted message is neither retracted again nor sent again (re-notify)."""
+    return s.scalar(select(Message.id).where(
+        Message.follow_up_of_id == message_id, Message.kind == MessageKind.CANCELLATION,
+        Message.status.not_in((MessageStatus.REJECTED, MessageStatus.CANCELLED))).order_by(Message.id).limit(1))
+
+
 # -- re-notify ----------------------------------------------------------------------------------
 def renotify(s: Session, campaign_id: int, actor: Actor, now: dt.datetime) -> Renotified:
     """A new round: everyone who has not confirmed is called again (a done or stopped campaign runs again)."""
@@ -196,6 +204,10 @@ def renotify(s: Session, campaign_id: int, actor: Actor, now: dt.datetime) -> Re
     _require(s, actor, message, "campaign.renotify")
     if campaign.status is CampaignStatus.SCHEDULED:
         raise ControlError(f"campaign {campaign_id} has not started yet: its members are all still to be called")
+    retraction = live_retraction(s, message.id)
+    if retraction is not None:
+        raise ControlError(f"campaign {campaign_id}: message {message.id} is retracted (message {retraction}): "
+                           f"it is not sent again")
     confirmed = set(s.scalars(select(Confirmation.person_id).where(Confirmation.campaign_id == campaign_id)))
     again = [pid for pid in recipients(s, message) if pid not in confirmed]
     if not again:
@@ -268,9 +280,7 @@ def _retractable(s: Session, message_id: int, actor: Actor) -> Message:
     if s.scalar(select(Campaign.id).where(Campaign.message_id == message_id)) is None:
         raise ControlError(f"message {message_id} was never delivered: cancel it instead "
                            f"(binfoon message cancel {message_id})")
-    earlier = s.scalar(select(Message.id).where(
-        Message.follow_up_of_id == message_id, Message.kind == MessageKind.CANCELLATION,
-        Message.status.not_in((MessageStatus.REJECTED, MessageStatus.CANCELLED))))
+    earlier = live_retraction(s, message_id)
     if earlier is not None:
         raise ControlError(f"message {message_id} is retracted already (message {earlier})")
     return first

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -215,8 +215,15 @@ class DeliveryDesk(Desk):
         for campaign in campaigns:
             message = campaign.message
             if campaign.status is CampaignStatus.SCHEDULED:
-                campaign.status = CampaignStatus.RUNNING
-                campaign.started_at = self.clock()
+                # Only if still scheduled as committed now: a stop (``control.stop_campaign``) committed
+                # since the read above must not be overwritten with RUNNING.
+                s.execute(update(Campaign).where(Campaign.id == campaign.id,
+                                                 Campaign.status == CampaignStatus.SCHEDULED)
+                          .values(status=CampaignStatus.RUNNING, started_at=self.clock())
+                          .execution_options(synchronize_session=False))
+                s.refresh(campaign)
+                if campaign.status not in _DIALLING:
+                    continue  # stopped meanwhile
             take = next((r for r in message.recordings if r.take == message.submitted_take), None)
             if take is None:
                 log.error("campaign %d: message %d has no recording to deliver", campaign.id, message.id)
@@ -422,6 +429,10 @@ class DeliveryDesk(Desk):
             campaign = s.scalars(select(Campaign).where(Campaign.id == campaign_id).with_for_update()).one()
             if campaign.status not in _DIALLING or (round_ is not None and (campaign.round or 1) != round_):
                 return
+            if _first_call_still_up(s, campaign.message):
+                # A follow-up (a retraction) goes to whoever received the first message: a call of it
+                # still up at its stop may yet make one more recipient, who must not be left out.
+                return
             campaign.status = CampaignStatus.DONE
             campaign.finished_at = self.clock()
             message = campaign.message
@@ -626,6 +637,16 @@ def recipients(s: Session, message: Message) -> list[int]:
         return []
     heard = received(s, first.id)
     return [p for p in members if p in heard]
+
+
+def _first_call_still_up(s: Session, message: Message) -> bool:
+    """Whether ``message`` is a follow-up and a call of its first message's campaign has no outcome yet
+    (its recipients, ``recipients``, are not all known)."""
+    if message.kind is MessageKind.ALERT or message.follow_up_of_id is None:
+        return False
+    first = s.scalar(select(Campaign.id).where(Campaign.message_id == message.follow_up_of_id))
+    return first is not None and s.scalar(select(CallAttempt.id).where(
+        CallAttempt.campaign_id == first, CallAttempt.outcome.is_(None)).limit(1)) is not None
 
 
 def received(s: Session, campaign_id: int) -> set[int]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -227,16 +227,15 @@ class ReviewDesk(Desk):
                                  decision=decision, via=via, decided_at=now))
             new = MessageStatus.REJECTED if decision is Decision.REJECT else MessageStatus.APPROVED
             check_transition(message.status, new)
-            message.status = new
-            message.deliver_at = at
+            _move(s, message, new, deliver_at=at)
             audit.record(s, f"person:{person_id}" if person_id else "system", f"message.{decision.value}",
                          f"message:{message_id}", via=via, deliver_at=at.isoformat() if at else None)
             s.flush()
             return at
         try:
             result = await self.tx(work)
-        except IntegrityError:
-            return None  # two coordinators at once: the unique decision row let only one through
+        except (IntegrityError, _Moved):
+            return None  # two coordinators at once, or a cancel committed meanwhile: nothing is stored
         if result is False:
             return None
         return Decided(message_id, decision, result if isinstance(result, dt.datetime) else None)
@@ -252,10 +251,13 @@ class ReviewDesk(Desk):
             if decided is not None or message.status not in (MessageStatus.RECORDED, MessageStatus.WITH_COORDINATORS):
                 return False
             check_transition(message.status, MessageStatus.AWAITING_APPROVAL)
-            message.status = MessageStatus.AWAITING_APPROVAL
+            _move(s, message, MessageStatus.AWAITING_APPROVAL)
             audit.record(s, "system", "message.awaiting_approval", f"message:{message_id}", via=via)
             return True
-        return await self.tx(work)
+        try:
+            return await self.tx(work)
+        except _Moved:
+            return False  # cancelled (or decided) meanwhile
 
     async def second_decision(self, review_call_id: str, person_id: int, approve: bool) -> Decided | None:
         """The second police officer's key on their approval call: approved (delivered now) or rejected.
@@ -282,19 +284,18 @@ class ReviewDesk(Desk):
                                  decision=decision, via=SECOND_APPROVER, decided_at=now))
             new = MessageStatus.APPROVED if approve else MessageStatus.REJECTED
             check_transition(message.status, new)
-            message.status = new
             if approve:
-                message.second_approved_by_id = person_id
-                message.second_approved_at = now
-                message.deliver_at = now
+                _move(s, message, new, second_approved_by_id=person_id, second_approved_at=now, deliver_at=now)
+            else:
+                _move(s, message, new)
             audit.record(s, f"person:{person_id}", "message.second_approved" if approve else "message.second_rejected",
                          f"message:{message.id}", review_call=review_call_id)
             s.flush()
             return Decided(message.id, decision, now if approve else None)
         try:
             return await self.tx(work)
-        except IntegrityError:
-            return None  # two officers at once: the unique decision row let only one through
+        except (IntegrityError, _Moved):
+            return None  # two officers at once, or a cancel committed meanwhile: nothing is stored
         finally:
             self._heard_on.discard(review_call_id)  # one key decides per call
 
@@ -327,6 +328,23 @@ class ReviewDesk(Desk):
         if review_call_id is not None:
             self._heard_on.add(review_call_id)
         return path
+
+
+class _Moved(Exception):
+    """The message's status changed since it was read (a cancel from another process committed): the
+    transaction is rolled back, decision row and all."""
+
+
+def _move(s: Session, message: Message, new: MessageStatus, **values: object) -> None:
+    """Set ``message``'s status to ``new`` (and ``values``) only if it is still the status read, as
+    committed now: SQLite reads outside a write transaction, so a cancel
+    (``ivr.delivery.control.cancel_message``) may have committed since; overwriting it by id would
+    undo it. ``_Moved`` if so."""
+    moved = s.execute(update(Message).where(Message.id == message.id, Message.status == message.status)
+                      .values(status=new, **values).execution_options(synchronize_session=False))
+    if moved.rowcount != 1:
+        raise _Moved
+    s.refresh(message)
 
 
 def _rounds(s: Session, message_id: int, purpose: str) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -59,6 +60,9 @@ async def test_stop_half_way_then_retract(lab: PhoneLab, tmp_path: Path, rendere
         def stop() -> dt.datetime:
             with session_scope(engine) as s:
                 return stop_campaign(s, first.id, Actor.operator("test"), dt.datetime.now(dt.timezone.utc)).stopped_at
+        # The network stamps its calls with the monotonic clock: taken just before the stop is written, so
+        # a call that began while it was being written counts as after it (the stricter reading).
+        stop_mono = time.monotonic()
         stopped_at = await asyncio.to_thread(stop)
 
         def open_attempts() -> int:
@@ -68,18 +72,40 @@ async def test_stop_half_way_then_retract(lab: PhoneLab, tmp_path: Path, rendere
         await asyncio.sleep(3)  # the dialer's passes meanwhile must not dial anyone
         with session_scope(engine) as s:
             attempts = list(s.scalars(select(CallAttempt).where(CallAttempt.campaign_id == first.id)))
+        # An attempt row is written (``dialled_at``) before its number is dialled: none may be written
+        # after the stop.
         after_stop = [a for a in attempts if utc(a.dialled_at) > stopped_at]  # type: ignore[operator]
         # The network's own record: every call that reached a phone is one of the attempts begun before
         # the stop (per number), none more.
         network = Counter(c.number for c in members_calls())
-        reached = Counter(a.e164 for a in attempts if a.dial_outcome not in ("not_placed", "barred"))
+        placed = sorted((a for a in attempts if a.dial_outcome not in ("not_placed", "barred")),
+                        key=lambda a: (a.e164, a.dialled_at))
+        reached = Counter(a.e164 for a in placed)
+        # A phone may begin ringing just after the stop for an attempt written (and Originated) just before
+        # it. Each number has one call at a time, so its k-th network call is its k-th placed attempt: every
+        # call that began ringing after the stop must belong to an attempt written before the stop.
+        by_number: dict[str, list[CallAttempt]] = {}
+        for a in placed:
+            by_number.setdefault(a.e164, []).append(a)
+        rang_after: list[tuple[float, CallAttempt | None]] = []
+        for number in network:
+            calls = sorted((c for c in members_calls() if c.number == number), key=lambda c: c.started_at)
+            for k, call in enumerate(calls):
+                if call.started_at > stop_mono:
+                    mine = by_number.get(number, [])
+                    rang_after.append((call.started_at - stop_mono, mine[k] if k < len(mine) else None))
         report = campaign_report(engine, first.id, binfoon.app.campaigns.policies, dt.datetime.now(dt.timezone.utc))
         states = Counter(line.state for line in report.members)
         print(f"\nstopped at {stopped_at:%H:%M:%S.%f} with {len({a.person_id for a in attempts})}/30 members called; "
-              f"{len(attempts)} attempts, {len(after_stop)} dialled after the stop; network calls "
-              f"{sum(network.values())} (= attempts placed {sum(reached.values())}); "
+              f"{len(attempts)} attempts, {len(after_stop)} written after the stop; network calls "
+              f"{sum(network.values())} (= attempts placed {sum(reached.values())}); network calls that began "
+              f"ringing after the stop: {len(rang_after)}"
+              f"{f' (latest {max(s for s, _ in rang_after):.2f} s after)' if rang_after else ''}, all of attempts "
+              f"written before it: {all(a is not None and utc(a.dialled_at) <= stopped_at for _, a in rang_after)}; "
               f"in a call at the stop: {sum(m.in_call_at_stop for m in report.members)}; states {dict(states)}")
         assert after_stop == [] and network == reached and report.calls_after_stop == 0
+        for _, attempt in rang_after:
+            assert attempt is not None and utc(attempt.dialled_at) <= stopped_at  # type: ignore[arg-type]
         assert report.status == "stopped" and len(report.members) == 30 and sum(states.values()) == 30
         assert 0 < states["not_called"] < 30 and not states.keys() & {"queued", "ringing", "answered", "waiting_retry"}
 

@@ -143,3 +143,103 @@ def test_a_port_mismatch_is_caught(compose: dict[str, Any], tmp_path: Path, monk
     shifted = copy.deepcopy(compose)
     shifted["services"]["asterisk"]["environment"]["BINFOON_RTP_PORT_END"] = "20099"
     assert _published_udp(shifted["services"]["asterisk"]) != _rendered_udp(shifted, tmp_path, monkeypatch)
+
+
+# -- BINFOON_CONFIG names a file the container has (review of issue 16: both containers exited 1) ----
+def _dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    joined, instructions = "", []
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") and not joined:
+            continue
+        joined += line.rstrip()
+        if joined.endswith("\\"):
+            joined = joined[:-1] + " "
+            continue
+        if joined.strip():
+            word, _, rest = joined.strip().partition(" ")
+            instructions.append((word.upper(), rest.strip()))
+        joined = ""
+    return instructions
+
+
+def _image_env_and_files(text: str) -> tuple[dict[str, str], set[str]]:
+    """The ENV an image sets and the absolute paths of the files its COPY instructions ship."""
+    import shlex
+
+    env: dict[str, str] = {}
+    shipped: set[str] = set()
+    workdir = "/"
+    for word, rest in _dockerfile_instructions(text):
+        if word == "WORKDIR":
+            workdir = os.path.join(workdir, rest)
+        elif word == "ENV":
+            for pair in shlex.split(rest):
+                key, _, value = pair.partition("=")
+                env[key] = value
+        elif word == "COPY":
+            *sources, dest = [part for part in shlex.split(rest) if not part.startswith("--")]
+            dest = os.path.join(workdir, dest)
+            for source in sources:
+                local = PROJECT / source
+                if local.is_dir():
+                    shipped |= {os.path.normpath(os.path.join(dest, str(f.relative_to(local))))
+                                for f in local.rglob("*") if f.is_file()}
+                elif len(sources) > 1 or dest.endswith("/"):
+                    shipped.add(os.path.normpath(os.path.join(dest, local.name)))
+                else:
+                    shipped.add(os.path.normpath(dest))
+    return env, shipped
+
+
+def _mounted(compose: dict[str, Any], service: dict[str, Any]) -> set[str]:
+    """Container paths compose mounts into a service: volumes, secrets and configs targets."""
+    targets: set[str] = set()
+    for volume in service.get("volumes", []):
+        targets.add(volume["target"] if isinstance(volume, dict) else str(volume).split(":")[1])
+    for kind, default_dir in (("secrets", "/run/secrets"), ("configs", "/")):
+        for item in service.get(kind, []):
+            name = item if isinstance(item, str) else item["source"]
+            target = None if isinstance(item, str) else item.get("target")
+            targets.add(target if target and target.startswith("/") else f"{default_dir.rstrip('/')}/{target or name}")
+    return {os.path.normpath(target) for target in targets}
+
+
+def _missing_config_files(compose: dict[str, Any]) -> list[str]:
+    """Each service whose effective BINFOON_CONFIG names a file its image neither ships nor gets mounted."""
+    missing = []
+    for name, service in compose["services"].items():
+        if "build" not in service:
+            continue
+        image_env, shipped = _image_env_and_files((PROJECT / service["build"]["dockerfile"]).read_text())
+        named = (service.get("environment") or {}).get("BINFOON_CONFIG", image_env.get("BINFOON_CONFIG"))
+        if not named or named == os.devnull:
+            continue
+        path = os.path.normpath(named)
+        mounts = _mounted(compose, service)
+        if path not in shipped and path not in mounts and not any(path.startswith(m + "/") for m in mounts):
+            missing.append(f"{name}: BINFOON_CONFIG={named}")
+    return missing
+
+
+def test_binfoon_config_names_a_file_the_container_has(compose: dict[str, Any]) -> None:
+    assert _missing_config_files(compose) == []
+
+
+def test_a_binfoon_config_nobody_provides_is_caught(compose: dict[str, Any]) -> None:
+    named = copy.deepcopy(compose)
+    named["services"]["app"]["environment"]["BINFOON_CONFIG"] = "/etc/binfoon/binfoon.toml"
+    assert _missing_config_files(named) == ["app: BINFOON_CONFIG=/etc/binfoon/binfoon.toml"]
+    # Mounted into the container: fine.
+    named["services"]["app"]["volumes"].append("./binfoon.toml:/etc/binfoon/binfoon.toml:ro")
+    assert _missing_config_files(named) == []
+    # Shipped by the image (a file the Dockerfile copies): fine.
+    named["services"]["app"]["environment"]["BINFOON_CONFIG"] = "/opt/binfoon/app/pyproject.toml"
+    named["services"]["app"]["volumes"].pop()
+    assert _missing_config_files(named) == []
+
+
+def test_dockerfile_env_is_read_across_continuation_lines() -> None:
+    env, shipped = _image_env_and_files("FROM x\nWORKDIR /opt/a\nCOPY pyproject.toml ./\n"
+                                        "ENV A=1 \\\n    BINFOON_CONFIG=/etc/b.toml\n")
+    assert env == {"A": "1", "BINFOON_CONFIG": "/etc/b.toml"} and shipped == {"/opt/a/pyproject.toml"}

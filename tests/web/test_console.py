@@ -352,8 +352,10 @@ def test_a_good_member_csv_replaces_the_list(site: Site) -> None:
     token = csrf_of(client.get("/bins/12").text)
     csv = "naam,telefoon,straat\nAn Peeters,0470 11 12 22,Kerkstraat 1\nBen Claes,+32470111333,Kerkstraat 2\n" \
           "Cis Maes,0470/11.14.44,\n"
-    response = client.post("/bins/12/import", data={"csrf": token},
-                           files={"file": ("leden.csv", csv.encode(), "text/csv")})
+    files = {"file": ("leden.csv", csv.encode(), "text/csv")}
+    removing = ",".join(str(i) for i in sorted(site.members))  # replace removes only once confirmed
+    response = client.post("/bins/12/import", data={"csrf": token, "mode": "replace", "removing": removing,
+                                                    "confirm_remove": "yes"}, files=files)
     assert response.status_code == 303
     page = client.get("/bins/12")
     assert "3 leden: 3 toegevoegd, 0 bijgewerkt, 2 verwijderd." in page.text

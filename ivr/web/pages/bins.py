@@ -30,22 +30,27 @@ from ivr.directory.store import (
     LANGUAGES as CSV_LANGUAGES,
 )
 from ivr.directory.store import (
+    IMPORT_MODES,
     CsvImportError,
     Household,
+    ImportPlan,
+    ImportResult,
+    MemberRow,
     add_member,
+    apply_member_import,
     bin_in_scope,
     bin_overview,
     bin_with_members,
     edit_bin,
-    import_members,
     member_in_scope,
     open_member,
     parse_member_csv,
     phone_taken,
+    plan_member_import,
     save_member,
 )
 from ivr.domain.destinations import DestinationPolicy, TestCallLog
-from ivr.domain.phone import InvalidPhoneNumber
+from ivr.domain.phone import InvalidPhoneNumber, mask
 from ivr.web.console import Console, ConsoleUnavailable
 from ivr.web.i18n import tr
 from ivr.web.pages.base import UPLOAD_OVERHEAD_BYTES, BodyTooLarge, PageBase, PageError
@@ -57,6 +62,12 @@ log = logging.getLogger(__name__)
 
 #: How many of a BIN's latest drills its page reports.
 DRILLS_SHOWN = 3
+
+
+def _removing(plan: ImportPlan) -> str:
+    """The people a replace import would remove, as the confirmation form carries them (``"4,9"``)."""
+    return ",".join(str(m.person_id) for m in sorted(plan.removed, key=lambda m: m.person_id or 0))
+
 
 #: The fields of a member household's form.
 MEMBER_FIELDS = ("name", "phone", "second_phone", "street", "language")
@@ -158,7 +169,12 @@ class BinPages(PageBase):
         return RedirectResponse(f"/bins/{number}", 303)
 
     async def members_import(self, request: Request) -> Response:
-        """Replace the BIN's members with a CSV file: the command line's parser and its line-numbered errors."""
+        """Import a BIN's members from a CSV file: the command line's parser and its line-numbered errors.
+
+        ``merge`` (the default) adds and updates; ``replace`` also removes whoever is not in the file,
+        but only once the coordinator ticked a box under the list of exactly those people (the file is
+        chosen again, as on the send page): nothing is written before that. A number that belongs to
+        another member is refused with its line, like a parse error."""
         viewer, number = await self._editable_bin(request)
         lang = self.language(request)
         limit = self.settings.web_upload_max_bytes
@@ -171,9 +187,13 @@ class BinPages(PageBase):
                 form = await self.form(request, limit + UPLOAD_OVERHEAD_BYTES)
             except BodyTooLarge:
                 pass
+        mode = "merge"
         if form is None:
             errors.append(tr("send_error_too_big", lang, mb=limit // 1_000_000))
         else:
+            mode = str(form.get("mode") or "merge")
+            if mode not in IMPORT_MODES:
+                errors.append(tr("import_error_mode", lang))
             upload = form.get("file")
             if not isinstance(upload, UploadFile) or not upload.filename:
                 errors.append(tr("import_error_no_file", lang))
@@ -181,15 +201,44 @@ class BinPages(PageBase):
                 data = await upload.read(self.settings.web_upload_max_bytes + 1)
                 if len(data) > self.settings.web_upload_max_bytes:
                     errors.append(tr("send_error_too_big", lang, mb=self.settings.web_upload_max_bytes // 1_000_000))
+        rows: list[MemberRow] = []
         if not errors:
             try:
                 rows = await asyncio.to_thread(parse_member_csv, data, self.settings.destinations)
             except CsvImportError as exc:
                 errors = [tr("import_refused", lang, count=len(exc.errors))] + [str(e) for e in exc.errors]
+        # The confirmation names the people it was given for: if the plan now removes others (the
+        # list or the file changed meanwhile), it confirms nothing.
+        confirming = form is not None and "removing" in form
+        confirmed = form is not None and confirming and form.get("confirm_remove") == "yes"
+        shown = str(form.get("removing", "")) if form is not None else ""
+
+        def work(s: Session) -> tuple[ImportPlan, ImportResult | None]:
+            bin_ = self._bin(s, viewer, number)
+            plan = plan_member_import(s, bin_, rows, mode)
+            if plan.removed and not (confirmed and shown == _removing(plan)):
+                return plan, None  # nothing written: the coordinator confirms first
+            return plan, apply_member_import(s, bin_, rows, plan, viewer.actor)
+
+        if not errors:
+            try:
+                plan, result = await self.console.tx(work)
+            except CsvImportError as exc:
+                errors = [tr("import_refused", lang, count=len(exc.errors))] + [str(e) for e in exc.errors]
         if errors:
             context = await asyncio.to_thread(self._bin_context, viewer, number)
             return self._bin_page(request, viewer, 400, context, import_errors=errors)
-        result = await self.console.tx(lambda s: import_members(s, self._bin(s, viewer, number), rows, viewer.actor))
+        if result is None:
+            if not confirming:
+                confirm_errors = []
+            elif not confirmed:
+                confirm_errors = [tr("import_error_confirm", lang)]
+            else:
+                confirm_errors = [tr("import_confirm_changed", lang)]
+            context = await asyncio.to_thread(self._bin_context, viewer, number)
+            confirm = {"mode": plan.mode, "removing": _removing(plan), "errors": confirm_errors,
+                       "removed": [{"name": m.name, "phone": mask(m.phone)} for m in plan.removed]}
+            return self._bin_page(request, viewer, 400 if confirm_errors else 200, context, import_confirm=confirm)
         self.flash(request, tr("import_done", lang, added=result.added, updated=result.updated,
                                removed=result.removed, count=len(rows)))
         return RedirectResponse(f"/bins/{number}", 303)

@@ -18,8 +18,8 @@ from starlette.responses import RedirectResponse, Response
 
 from ivr.archive.message_view import visible_message
 from ivr.delivery.control import (
-    CANCELLABLE, MAX_TEXT_CHARS, RUNNING, ControlError, cancel_message, may_control, renotify, retraction_text, stop_campaign,
-    submit_retraction,
+    CANCELLABLE, MAX_TEXT_CHARS, RUNNING, ControlError, cancel_message, live_retraction, may_control, renotify,
+    retraction_text, stop_campaign, submit_retraction,
 )
 from ivr.directory.accounts import Viewer
 from ivr.domain.actor import Actor
@@ -35,11 +35,12 @@ def control_flags(s: Session, viewer: Viewer, message: Message) -> dict[str, Any
     if not may_control(s, actor, message.id):
         return {}
     campaign = s.scalars(select(Campaign).where(Campaign.message_id == message.id)).first()
+    retracted = campaign is not None and live_retraction(s, message.id) is not None
     return {
         "stop": campaign is not None and campaign.status in RUNNING,
-        "renotify": campaign is not None and campaign.status is not CampaignStatus.SCHEDULED,
+        "renotify": campaign is not None and campaign.status is not CampaignStatus.SCHEDULED and not retracted,
         "cancel": campaign is None and message.status in CANCELLABLE,
-        "retract": campaign is not None and message.kind is not MessageKind.CANCELLATION,
+        "retract": campaign is not None and message.kind is not MessageKind.CANCELLATION and not retracted,
         "retraction_text": retraction_text(message.bin.language.value),
         "max_chars": MAX_TEXT_CHARS,
     }

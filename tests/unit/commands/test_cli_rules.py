@@ -198,3 +198,37 @@ def test_deploy_output_never_overwrites_without_force(tmp_path: Path, capsys: py
     assert sorted(p.name for p in out.iterdir()) == ["binfoon.toml"]  # nothing else written either
     assert main(["deploy", "systemd", "--output", str(out), "--force"]) == 0
     assert (out / "binfoon.toml").read_text() != "# the operator's edits\n"
+
+
+# -- libpq's ?password= in the query is a password too (review of issue 16) -------------------------
+@pytest.mark.parametrize("url", [
+    "postgresql://binfoon@db.example/binfoon?password=s3cret-pw",
+    "postgresql://binfoon@db.example/binfoon?sslmode=require&password=s3cret-pw",
+    "postgresql://binfoon:other-pw@db.example/binfoon?password=s3cret-pw&password=s3cret-pw",
+])
+def test_shown_value_and_shown_url_mask_a_password_in_the_query(url: str) -> None:
+    from ivr.config import shown_value
+    from storage.db import shown_url
+
+    for shown in (shown_value("database_url", url), shown_url(url)):
+        assert "s3cret-pw" not in shown and "other-pw" not in shown, shown
+        assert "password=***" in shown and "@db.example/binfoon" in shown, shown
+    assert shown_url("postgresql://binfoon@db.example/binfoon?sslmode=require") == \
+        "postgresql://binfoon@db.example/binfoon?sslmode=require"  # nothing to hide: unchanged
+
+
+def test_config_show_masks_a_query_password(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BINFOON_DATABASE_URL", "postgresql://binfoon@db.example/binfoon?password=s3cret-pw")
+    assert main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret-pw" not in out and "postgresql://binfoon@db.example/binfoon?password=***" in out
+
+
+def test_a_wrong_database_url_never_shows_a_query_password(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "var").mkdir()
+    monkeypatch.setenv("BINFOON_DATABASE_URL", "postgresql://binfoon@127.0.0.1:1/binfoon?password=s3cret-pw")
+    assert main(["bin", "list"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot open the database" in err and "s3cret-pw" not in err and "password=***" in err, err

@@ -21,6 +21,7 @@ from ivr.domain.actor import Actor
 from ivr.domain.vocabulary import (
     AttemptOutcome, CampaignStatus, Decision, Language, MessageKind, MessageStatus, Role,
 )
+from ivr.web.pages.control import control_flags
 from storage.db import session_scope
 from storage.models import AuditEntry, CallAttempt, Campaign, Confirmation, Message, Person, RoleAssignment
 from tests.unit.delivery.test_campaign_runner import CLIP, FakeDialer, _add_members, _approved, _runner, _until_done
@@ -95,7 +96,8 @@ async def test_a_stop_lets_no_call_start_and_calls_up_finish(world: World, tmp_p
         while len(dialer.dialled) < 4:
             await asyncio.sleep(0.01)
         result = _stop(world, campaign_id, Actor(f"web:person:{world.officer_id}", world.officer_id))
-        dialled_at_stop = len(dialer.dialled)
+        with session_scope(world.engine) as s:  # the stop is committed: every attempt there will be
+            written_at_stop = set(s.scalars(select(CallAttempt.id)))
         # The calls up finish (their outcome is stored), and nothing else is dialled.
         while True:
             with session_scope(world.engine) as s:
@@ -107,13 +109,14 @@ async def test_a_stop_lets_no_call_start_and_calls_up_finish(world: World, tmp_p
         await asyncio.sleep(0.3)
     finally:
         await runner.stop()
-    assert len(dialer.dialled) == dialled_at_stop
+    # Every call dialled belongs to an attempt written before the stop (one may be dialled just after it).
+    assert len(dialer.dialled) == len(written_at_stop)
     with session_scope(world.engine) as s:
         campaign = s.get_one(Campaign, campaign_id)
         attempts = s.scalars(select(CallAttempt)).all()
         assert campaign.status is CampaignStatus.CANCELLED and campaign.stopped_by == f"web:person:{world.officer_id}"
         assert s.get_one(Message, message_id).status is MessageStatus.CANCELLED
-        assert all(a.dialled_at <= campaign.stopped_at for a in attempts)  # type: ignore[operator]
+        assert {a.id for a in attempts} == written_at_stop  # no attempt was written after the stop
         assert s.scalar(select(AuditEntry.action).where(AuditEntry.action == "campaign.stopped")) is not None
     assert result.members == 12 and result.never_called == 12 - len({a.person_id for a in attempts})
     report = campaign_report(world.engine, campaign_id, POLICY, _now())
@@ -295,3 +298,99 @@ def test_a_typed_retraction_has_the_typed_messages_limit() -> None:
 
 def test_the_prepared_retraction_exists_in_every_language() -> None:
     assert {lang: bool(retraction_text(lang)) for lang in ("nl", "fr", "de")} == {"nl": True, "fr": True, "de": True}
+
+
+async def test_a_stop_during_the_plan_pass_is_not_lost(world: World, tmp_path: Path) -> None:
+    """The dialer's plan reads a SCHEDULED campaign; a stop commits CANCELLED meanwhile; the plan must
+    not make it RUNNING again (it did: the plan overwrote the status by id)."""
+    import threading
+
+    _add_members(world, 2)
+    message_id = await _approved(world, tmp_path)
+    campaign_id = _campaign_of(world, message_id)
+    stopped = threading.Event()
+
+    def stopper() -> None:
+        with session_scope(world.engine) as other:  # as submit_retraction: stop, then more work
+            stop_campaign(other, campaign_id, OPERATOR, _now())
+            other.flush()
+            stopped.set()
+            time.sleep(0.5)  # the plan's write waits for this transaction (SQLite's write lock)
+
+    original = DeliveryDesk._plans
+
+    def plans_read_first(self: DeliveryDesk, s):  # type: ignore[no-untyped-def]
+        s.scalars(select(Campaign).where(Campaign.id == campaign_id)).all()  # read while SCHEDULED
+        thread.start()
+        assert stopped.wait(10)
+        return original(self, s)
+
+    thread = threading.Thread(target=stopper)
+    desk = DeliveryDesk(world.engine, world.desk.store, clock=world.desk.clock)
+    desk._plans = plans_read_first.__get__(desk)  # type: ignore[method-assign]
+    plans = await desk.plans()
+    thread.join()
+    assert [p.campaign_id for p in plans] == []
+    with session_scope(world.engine) as s:
+        campaign = s.get_one(Campaign, campaign_id)
+        assert campaign.status is CampaignStatus.CANCELLED and campaign.started_at is None
+        assert s.get_one(Message, message_id).status is MessageStatus.CANCELLED
+
+
+async def test_a_retracted_message_is_not_renotified(world: World, tmp_path: Path) -> None:
+    _add_members(world, 3)
+    message_id = await _approved(world, tmp_path)
+    campaign_id = _campaign_of(world, message_id)
+    await DeliveryDesk(world.engine, world.desk.store).plans()  # the campaign runs
+    with session_scope(world.engine) as s:
+        flags = control_flags(s, _viewer(world), s.get_one(Message, message_id))
+        assert flags["renotify"] and flags["retract"]
+    retraction = submit_retraction(world.engine, world.desk.store, message_id, OPERATOR, audio=CLIP)
+    retracted = f"retracted \\(message {retraction}\\)"
+    with pytest.raises(ControlError, match=retracted), session_scope(world.engine) as s:
+        renotify(s, campaign_id, OPERATOR, _now())
+    with session_scope(world.engine) as s:
+        assert s.get_one(Campaign, campaign_id).status is CampaignStatus.CANCELLED and \
+            s.get_one(Campaign, campaign_id).round == 1
+        flags = control_flags(s, _viewer(world), s.get_one(Message, message_id))
+        assert not flags["renotify"] and not flags["retract"]
+        s.get_one(Message, retraction).status = MessageStatus.CANCELLED  # a retraction that no longer stands
+    with session_scope(world.engine) as s:
+        assert renotify(s, campaign_id, OPERATOR, _now()).round == 2
+
+
+def _viewer(world: World):  # type: ignore[no-untyped-def]
+    """The message's author on the web (who may control it)."""
+    from ivr.directory.accounts import Viewer
+    from ivr.domain.vocabulary import WebRole
+    return Viewer(account_id=1, person_id=world.officer_id, name="P", username="p", role=WebRole.POLICE,
+                  language="nl", epoch=0, zone_ids=None, bin_ids=None)
+
+
+async def test_a_retraction_waits_for_a_first_call_still_up(world: World, tmp_path: Path) -> None:
+    """A call of the first message up at its stop may make one more recipient: the retraction's campaign
+    does not finish before that call has its outcome, and then calls that member too."""
+    members = _add_members(world, 3)
+    message_id = await _approved(world, tmp_path)
+    campaign_id = _campaign_of(world, message_id)
+    desk = DeliveryDesk(world.engine, world.desk.store)
+    first = await desk.begin_attempt(campaign_id, members[0], "+3294000000", "primary", 1)
+    up = await desk.begin_attempt(campaign_id, members[1], "+3294000001", "primary", 1)
+    assert first is not None and up is not None
+    await desk.attempt_dialled(first, "answered", None)
+    await desk.attempt_ended(first, "answered_no_key")
+    retraction = submit_retraction(world.engine, world.desk.store, message_id, OPERATOR, audio=CLIP)
+    started = await desk.start_campaign(retraction)
+    assert started is not None
+    [plan] = await desk.plans()
+    assert [m.view.person_id for m in plan.members] == [members[0]]
+    await desk.finish(started.campaign_id, {members[0]: "confirmed"}, 1)
+    with session_scope(world.engine) as s:  # not done: member 1's call of the first message is still up
+        assert s.get_one(Campaign, started.campaign_id).status is CampaignStatus.RUNNING
+    await desk.attempt_dialled(up, "answered", None)
+    await desk.attempt_ended(up, "answered_no_key")
+    [plan] = await desk.plans()
+    assert [m.view.person_id for m in plan.members] == [members[0], members[1]]
+    await desk.finish(started.campaign_id, {members[0]: "confirmed", members[1]: "confirmed"}, 1)
+    with session_scope(world.engine) as s:
+        assert s.get_one(Campaign, started.campaign_id).status is CampaignStatus.DONE
