@@ -24,7 +24,7 @@ from sqlalchemy import Engine, and_, func, select
 from sqlalchemy.orm import Session
 
 from ivr.archive.access import ZONE_POLICE, AccessDenied, bin_replay_refusal
-from ivr.delivery.store import campaign_members
+from ivr.delivery.members import campaign_members
 from ivr.domain.phone import mask
 from ivr.domain.pin import PinPolicy
 from ivr.police_line.store import BinChoice

@@ -1,5 +1,8 @@
-"""Directory commands: ``zone add``, ``bin add|list|show|edit|remove``, ``person add|pin|unlock``, ``person
-sip-account add|rotate|remove|list``, ``members import|list|show|edit|remove|preferences``.
+"""Directory commands: the ``zone``, ``bin``, ``person`` and ``members`` commands, with ``zone add``,
+``person add|pin|unlock`` and ``person sip-account add|rotate|remove|list`` here. Their other
+actions are their own modules': ``bin add|list|show|edit|remove`` ``ivr.commands.bins``, ``members
+import|list|show|edit|remove|preferences`` ``ivr.commands.members``, the admin's tools
+``ivr.commands.admin``, the drills ``ivr.commands.drill``.
 
 Every change is audited; every error is a clear message and writes nothing.
 """
@@ -8,48 +11,23 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ivr.commands import bins as bins_cmd
+from ivr.commands import members as members_cmd
+from ivr.commands.bins import find_bin, find_zone
 from ivr.commands.common import CommandError, actor
 from ivr.config import Settings
-from ivr.directory.store import (
-    LANGUAGES,
-    CsvImportError,
-    DirectoryRefused,
-    Household,
-    NewPerson,
-    NumberTaken,
-    add_bin,
-    add_person,
-    add_zone,
-    apply_member_import,
-    bin_as_dict,
-    bin_by_number,
-    bins_with_member_counts,
-    change_bin,
-    member_as_dict,
-    members_by_phone,
-    members_of,
-    parse_member_csv,
-    phone_of,
-    plan_member_import,
-    record_numbers_shown,
-    refuse_taken_numbers,
-    remove_bin,
-    remove_member,
-    save_member,
-    set_member_preferences,
-    zone_by_code,
-)
+from ivr.directory.member_csv import LANGUAGES
+from ivr.directory.people import NewPerson, NumberTaken, add_person
+from ivr.directory.store import add_zone
 from ivr.directory.sip_accounts import (
     SipAccountError,
     add_sip_account,
@@ -60,11 +38,10 @@ from ivr.directory.sip_accounts import (
     rotate_sip_account,
     sip_accounts,
 )
-from ivr.domain.phone import InvalidPhoneNumber, mask, normalize_phone
-from storage import audit
+from ivr.domain.phone import InvalidPhoneNumber
 from storage.db import open_database, session_scope
-from storage.models import Bin, Person, PoliceZone
-from ivr.domain.vocabulary import Escalation, PhoneRank, ReviewMode, Role
+from storage.models import Person
+from ivr.domain.vocabulary import Escalation, ReviewMode, Role
 from ivr.directory.pin_gate import find_person, set_pin, unlock
 from storage.pins import PepperError, hash_pin, load_pepper, new_pin_problem
 
@@ -86,33 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     admin_cmd.register_zone_actions(zone)  # list, show, edit: the admin's tools
 
     bin_ = sub.add_parser("bin", help="neighbourhood information networks").add_subparsers(dest="action", required=True)
-    p = bin_.add_parser("add", help="add a BIN")
-    p.add_argument("--number", type=int, required=True)
-    p.add_argument("--name", required=True)
-    p.add_argument("--zone", required=True, help="police zone code")
-    p.add_argument("--language", default="nl", choices=["nl", "fr", "de"])
-    p.add_argument("--street", action="append", default=[], help="a street the BIN covers (repeatable)")
-    p.set_defaults(func=cmd_bin_add)
-    p = bin_.add_parser("list", help="list the BINs with their ids, zone, mode and member counts")
-    p.add_argument("--json", action="store_true", help="as JSON")
-    p.set_defaults(func=cmd_bin_list)
-    p = bin_.add_parser("show", help="one BIN: zone, language, one-level mode, streets, coordinators, members")
-    p.add_argument("number", type=int, metavar="BIN", help="BIN number")
-    p.add_argument("--json", action="store_true", help="as JSON")
-    p.set_defaults(func=cmd_bin_show)
-    p = bin_.add_parser("edit", help="change a BIN's name, language, zone, streets or one-level mode (audited)")
-    p.add_argument("number", type=int, metavar="BIN", help="BIN number")
-    p.add_argument("--name")
-    p.add_argument("--language", choices=["nl", "fr", "de"])
-    p.add_argument("--zone", help="move the BIN to this police zone (code)")
-    p.add_argument("--one-level", choices=["yes", "no"],
-                   help="yes: police messages go straight to the members, the coordinators are told afterwards")
-    p.add_argument("--street", action="append", help="the streets the BIN covers (repeatable; replaces the list)")
-    p.set_defaults(func=cmd_bin_edit)
-    p = bin_.add_parser("remove", help="delete a BIN that never had a police message (one with messages is kept)")
-    p.add_argument("number", type=int, metavar="BIN", help="BIN number")
-    p.add_argument("--yes", action="store_true", help="confirm: its members and coordinators lose their role in it")
-    p.set_defaults(func=cmd_bin_remove)
+    bins_cmd.register_bin_actions(bin_)  # add, list, show, edit, remove
     from ivr.commands import drill as drill_cmd
 
     drill_cmd.register_bin_actions(bin_)  # `bin test`, `bin drills`: the drills' own module
@@ -147,46 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     admin_cmd.register_person_actions(person)  # list, show, edit, deactivate, role: the admin's tools
 
     members = sub.add_parser("members", help="a BIN's member households").add_subparsers(dest="action", required=True)
-    p = members.add_parser("import", help="make a BIN's members those of a CSV file (name, phone, second phone, "
-                                          "street, language); shows what changes, removes only with --yes")
-    p.add_argument("--bin", type=int, required=True)
-    p.add_argument("file", metavar="FILE", help="the CSV file, or - for standard input")
-    p.add_argument("--mode", choices=["replace", "merge"], default="replace",
-                   help="replace (default): the file is the whole list, members not in it are removed (with "
-                        "--yes); merge: add and update only, never remove")
-    p.add_argument("--dry-run", action="store_true", help="list who would be added, changed and removed; "
-                                                          "write nothing")
-    p.add_argument("--yes", action="store_true", help="confirm removing the members the file no longer has")
-    p.set_defaults(func=cmd_members_import)
-    p = members.add_parser("list", help="list a BIN's members (with their person ids)")
-    p.add_argument("--bin", type=int, required=True)
-    p.add_argument("--show-numbers", action="store_true", help="show full phone numbers (audited)")
-    p.add_argument("--json", action="store_true", help="as JSON")
-    p.set_defaults(func=cmd_members_list)
-    p = members.add_parser("show", help="one member household: numbers (masked), BINs, window and pause")
-    p.add_argument("person", type=int, metavar="ID", help="the member's person id (see `binfoon members list`)")
-    p.add_argument("--show-numbers", action="store_true", help="show full phone numbers (audited)")
-    p.add_argument("--json", action="store_true", help="as JSON")
-    p.set_defaults(func=cmd_members_show)
-    p = members.add_parser("edit", help="change a member household's name, street, language or numbers (audited)")
-    p.add_argument("person", type=int, metavar="ID", help="the member's person id")
-    p.add_argument("--name")
-    p.add_argument("--street", help="the street ('none' to clear)")
-    p.add_argument("--language", choices=["nl", "fr", "de"])
-    p.add_argument("--phone", help="the first number")
-    p.add_argument("--second-phone", help="the second number ('none' to clear)")
-    p.set_defaults(func=cmd_members_edit)
-    p = members.add_parser("remove", help="take a household off a BIN's members (its call history stays)")
-    p.add_argument("person", type=int, metavar="ID", help="the member's person id")
-    p.add_argument("--bin", type=int, help="the BIN (needed when the household is a member of several)")
-    p.set_defaults(func=cmd_members_remove)
-    p = members.add_parser("preferences", help="a member's own window for preventive calls and holiday pause")
-    p.add_argument("--phone", required=True, help="the member's phone number")
-    p.add_argument("--bin", type=int, help="the member's BIN (needed when the number is in several)")
-    p.add_argument("--window", help="local hours for preventive calls, e.g. 18:00-20:00 ('none' to clear)")
-    p.add_argument("--pause", help="no preventive calls between two dates, e.g. 2026-12-20..2027-01-05 "
-                                   "('none' to clear)")
-    p.set_defaults(func=cmd_members_preferences)
+    members_cmd.register_member_actions(members)  # import, list, show, edit, remove, preferences
 
 
 def _register_sip_accounts(person: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -221,20 +133,6 @@ def _instance_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instance-dir", type=Path, help="where the instance lives (default: the standard place)")
 
 
-def _zone(session: Session, code: str) -> PoliceZone:
-    zone = zone_by_code(session, code)
-    if zone is None:
-        raise CommandError(f"no police zone with code {code!r} (add it with `binfoon zone add`)")
-    return zone
-
-
-def _bin(session: Session, number: int) -> Bin:
-    found = bin_by_number(session, number)
-    if found is None:
-        raise CommandError(f"no BIN number {number} (add it with `binfoon bin add`)")
-    return found
-
-
 def cmd_zone_add(settings: Settings, args: argparse.Namespace) -> int:
     """Add a police zone."""
     engine = open_database(settings.resolved_database_url)
@@ -245,98 +143,6 @@ def cmd_zone_add(settings: Settings, args: argparse.Namespace) -> int:
     except IntegrityError:
         raise CommandError(f"police zone {args.code!r} already exists") from None
     print(f"police zone {args.code} added")
-    return 0
-
-
-def cmd_bin_add(settings: Settings, args: argparse.Namespace) -> int:
-    """Add a BIN to a zone."""
-    if args.number <= 0:
-        raise CommandError("--number must be a positive number (it is typed on a phone keypad)")
-    engine = open_database(settings.resolved_database_url)
-    try:
-        with session_scope(engine) as session:
-            add_bin(session, args.number, args.name, _zone(session, args.zone), LANGUAGES[args.language],
-                    args.street, actor())
-    except IntegrityError:
-        raise CommandError(f"BIN number {args.number} already exists") from None
-    print(f"BIN {args.number} ({args.name}) added to zone {args.zone}")
-    return 0
-
-
-def _json(data: Any) -> None:
-    print(json.dumps(data, ensure_ascii=False, indent=1, default=str))
-
-
-def cmd_bin_list(settings: Settings, args: argparse.Namespace) -> int:
-    """List the BINs with their ids, zone, language, mode and member counts."""
-    engine = open_database(settings.resolved_database_url)
-    with session_scope(engine) as session:
-        rows = [bin_as_dict(session, bin_) for bin_, _members in bins_with_member_counts(session)]
-    if args.json:
-        _json(rows)
-        return 0
-    for b in rows:
-        mode = "  one-level" if b["one_level"] else ""
-        print(f"{b['number']:>6}  {b['name']}  zone {b['zone']}  {b['language']}  {b['members']} members  "
-              f"{len(b['coordinators'])} coordinator(s)  (id {b['id']}){mode}")
-    return 0
-
-
-def cmd_bin_show(settings: Settings, args: argparse.Namespace) -> int:
-    """One BIN's details."""
-    engine = open_database(settings.resolved_database_url)
-    with session_scope(engine) as session:
-        b = bin_as_dict(session, _bin(session, args.number))
-    if args.json:
-        _json(b)
-        return 0
-    print(f"BIN {b['number']} (id {b['id']}): {b['name']}, zone {b['zone']} ({b['zone_name']}), {b['language']}, "
-          f"{'one-level: police messages go straight to the members' if b['one_level'] else 'reviewed by its coordinators'}")
-    print(f"  streets:      {', '.join(b['streets']) or 'none'}")
-    print(f"  members:      {b['members']}")
-    print(f"  messages:     {b['messages']}")
-    for c in b["coordinators"]:
-        print(f"  coordinator   {c['id']:>6}  {c['name']}  priority {c['priority']}  {c['phone'] or '-'}"
-              f"{'' if c['active'] else '  [deactivated]'}")
-    if not b["coordinators"]:
-        print("  coordinators: none (nobody reviews its messages)")
-    return 0
-
-
-def cmd_bin_edit(settings: Settings, args: argparse.Namespace) -> int:
-    """Change a BIN (audited with old and new values); nothing given is an error."""
-    if all(v is None for v in (args.name, args.language, args.zone, args.one_level, args.street)):
-        raise CommandError("nothing to change: give --name, --language, --zone, --one-level or --street")
-    if args.name is not None and not args.name.strip():
-        raise CommandError("--name: the name is empty")
-    engine = open_database(settings.resolved_database_url)
-    with session_scope(engine) as session:
-        bin_ = _bin(session, args.number)
-        changed = change_bin(session, bin_, actor(), name=args.name.strip() if args.name else None,
-                             language=LANGUAGES[args.language] if args.language else None,
-                             zone=_zone(session, args.zone) if args.zone else None,
-                             one_level=None if args.one_level is None else args.one_level == "yes",
-                             streets=args.street)
-    print(f"BIN {args.number}: " + (f"{', '.join(changed)} changed" if changed else "nothing changed"))
-    return 0
-
-
-def cmd_bin_remove(settings: Settings, args: argparse.Namespace) -> int:
-    """Delete a BIN without messages; one with people in it needs ``--yes``."""
-    engine = open_database(settings.resolved_database_url)
-    try:
-        with session_scope(engine) as session:
-            bin_ = _bin(session, args.number)
-            details = bin_as_dict(session, bin_)
-            people = details["members"] + len(details["coordinators"])
-            if people and not args.yes and not details["messages"]:
-                raise CommandError(f"BIN {args.number} has {details['members']} member(s) and "
-                                   f"{len(details['coordinators'])} coordinator(s): they lose their role in it. "
-                                   "Nothing was removed; add --yes to remove it")
-            roles = remove_bin(session, bin_, actor())
-    except DirectoryRefused as exc:
-        raise CommandError(str(exc)) from None
-    print(f"BIN {args.number} removed ({roles} role(s) in it ended; the people stay in the directory)")
     return 0
 
 
@@ -416,204 +222,14 @@ def cmd_person_add(settings: Settings, args: argparse.Namespace) -> int:
     with session_scope(engine) as session:
         new = NewPerson(name=args.name, role=role, language=LANGUAGES[args.language], phone=phone,
                         second_phone=second, priority=args.priority,
-                        bin_id=_bin(session, args.bin).id if args.bin is not None else None,
-                        zone_id=_zone(session, args.zone).id if args.zone is not None else None,
+                        bin_id=find_bin(session, args.bin).id if args.bin is not None else None,
+                        zone_id=find_zone(session, args.zone).id if args.zone is not None else None,
                         pin_hash=hash_pin(pin, _pepper(settings)) if pin else None)
         try:
             person_id = add_person(session, new, actor(), bin=args.bin, zone=args.zone)
         except NumberTaken as exc:
             raise CommandError(f"phone: {exc}") from None
     print(f"person {person_id} ({args.name}) added as {role.value}")
-    return 0
-
-
-def _read_member_file(raw: str) -> bytes:
-    if raw == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(raw).read_bytes()
-    except OSError as exc:
-        raise CommandError(f"{raw}: {exc.strerror}") from None
-
-
-def cmd_members_import(settings: Settings, args: argparse.Namespace) -> int:
-    """Make a BIN's member list the CSV file's (``merge``: add and update only). A bad file changes
-    nothing; removing anyone needs ``--yes``; ``--dry-run`` only shows what would change."""
-    name = "standard input" if args.file == "-" else args.file
-    data = _read_member_file(args.file)
-    try:
-        rows = parse_member_csv(data, settings.destinations)
-    except CsvImportError as exc:
-        for error in exc.errors:
-            print(f"{name}: {error}", file=sys.stderr)
-        raise CommandError(f"{name}: {len(exc.errors)} error(s); nothing was imported") from None
-    engine = open_database(settings.resolved_database_url)
-    with session_scope(engine) as session:
-        bin_ = _bin(session, args.bin)
-        try:
-            plan = plan_member_import(session, bin_, rows, args.mode)
-        except CsvImportError as exc:
-            for error in exc.errors:
-                print(f"{name}: {error}", file=sys.stderr)
-            raise CommandError(f"{name}: {len(exc.errors)} error(s); nothing was imported") from None
-        if args.dry_run:
-            for line in plan.lines():
-                print(line)
-            print(f"{plan.summary()}; dry run: nothing was written")
-            return 0
-        if plan.removed and not args.yes:
-            for line in plan.lines():
-                print(line)
-            raise CommandError(f"BIN {args.bin}: {len(plan.removed)} member(s) are not in {name} and would be "
-                               "removed. Nothing was written: add --yes to remove them, or --mode merge to keep "
-                               "them")
-        result = apply_member_import(session, bin_, rows, plan, actor())
-    reused = f", {len(plan.reused)} of them already in the directory" if plan.reused else ""
-    print(f"BIN {args.bin}: {result.added} added, {result.updated} updated, {result.removed} removed "
-          f"({len(rows)} members{reused}; mode {args.mode})")
-    return 0
-
-
-def cmd_members_list(settings: Settings, args: argparse.Namespace) -> int:
-    """List a BIN's members with their ids; numbers are masked unless asked for (and then audited)."""
-    engine = open_database(settings.resolved_database_url)
-    with session_scope(engine) as session:
-        people = members_of(session, _bin(session, args.bin).id)
-        if args.show_numbers:
-            record_numbers_shown(session, args.bin, len(people), actor())
-        rows = [member_as_dict(session, person, args.show_numbers) for person in people]
-    if args.json:
-        _json(rows)
-        return 0
-    for m in rows:
-        numbers = " / ".join(n for n in (m["phone"], m["second_phone"]) if n)
-        print(f"{m['id']}\t{m['name']}\t{numbers}\t{m['street'] or ''}\t{m['language']}")
-    return 0
-
-
-def _member(session: Session, person_id: int) -> Person:
-    person = session.get(Person, person_id)
-    if person is None or not any(r.role is Role.MEMBER for r in person.roles):
-        raise CommandError(f"no member with person id {person_id} (see `binfoon members list --bin N`)")
-    return person
-
-
-def cmd_members_show(settings: Settings, args: argparse.Namespace) -> int:
-    """One member household's details (numbers masked unless asked for, then audited)."""
-    engine = open_database(settings.resolved_database_url)
-    with session_scope(engine) as session:
-        person = _member(session, args.person)
-        if args.show_numbers:
-            audit.record(session, actor(), "member.opened", f"person:{person.id}")
-        m = member_as_dict(session, person, args.show_numbers)
-    if args.json:
-        _json(m)
-        return 0
-    print(f"member {m['id']}: {m['name']} ({m['language']}){'' if m['active'] else '  [deactivated]'}")
-    print(f"  BIN(s):  {', '.join(str(b) for b in m['bins'])}")
-    print(f"  numbers: {' / '.join(n for n in (m['phone'], m['second_phone']) if n)}")
-    print(f"  street:  {m['street'] or '-'}")
-    print(f"  window:  {m['window'] or '-'}   pause: {m['pause'] or '-'}")
-    return 0
-
-
-def cmd_members_edit(settings: Settings, args: argparse.Namespace) -> int:
-    """Change a member household; a number another household of the same BIN has is refused."""
-    if all(v is None for v in (args.name, args.street, args.language, args.phone, args.second_phone)):
-        raise CommandError("nothing to change: give --name, --street, --language, --phone or --second-phone")
-    try:
-        phone = settings.destinations.dialable(args.phone) if args.phone is not None else None
-        second = (settings.destinations.dialable(args.second_phone)
-                  if args.second_phone not in (None, "none") else None)
-    except InvalidPhoneNumber as exc:
-        raise CommandError(f"phone: {exc}") from None
-    if args.name is not None and not args.name.strip():
-        raise CommandError("--name: the name is empty")
-    engine = open_database(settings.resolved_database_url)
-    with session_scope(engine) as session:
-        person = _member(session, args.person)
-        primary = phone_of(person, PhoneRank.PRIMARY)
-        current_second = phone_of(person, PhoneRank.SECONDARY)
-        household = Household(
-            name=args.name.strip() if args.name is not None else person.name,
-            street=(None if args.street == "none" else args.street) if args.street is not None else person.street,
-            language=LANGUAGES[args.language] if args.language else person.language,
-            phone=phone or (primary.e164 if primary else ""),
-            second_phone=second if args.second_phone is not None else (current_second.e164 if current_second else None))
-        if household.second_phone == household.phone:
-            raise CommandError("the second phone is the same as the first")
-        for bin_id in [r.bin_id for r in person.roles if r.role is Role.MEMBER]:
-            try:
-                refuse_taken_numbers(session, [n for n in (household.phone, household.second_phone) if n],
-                                     Role.MEMBER, bin_id=bin_id, except_person=person.id)
-            except NumberTaken as exc:
-                raise CommandError(f"phone: {exc}") from None
-        save_member(session, person.id, household, actor())
-    print(f"member {args.person} ({household.name}) saved")
-    return 0
-
-
-def cmd_members_remove(settings: Settings, args: argparse.Namespace) -> int:
-    """Take a household off a BIN (audited); the person and their call history stay."""
-    engine = open_database(settings.resolved_database_url)
-    with session_scope(engine) as session:
-        person = _member(session, args.person)
-        bins = [r.bin_id for r in person.roles if r.role is Role.MEMBER]
-        if args.bin is None and len(bins) > 1:
-            numbers = sorted(session.get_one(Bin, b).number for b in bins if b is not None)
-            raise CommandError(f"person {person.id} ({person.name}) is a member of BINs "
-                               f"{', '.join(map(str, numbers))}: give --bin")
-        bin_ = _bin(session, args.bin) if args.bin is not None else session.get_one(Bin, bins[0])
-        try:
-            remove_member(session, person, bin_, actor())
-        except DirectoryRefused as exc:
-            raise CommandError(str(exc)) from None
-        print(f"member {person.id} ({person.name}) removed from BIN {bin_.number}")
-    return 0
-
-
-def cmd_members_preferences(settings: Settings, args: argparse.Namespace) -> int:
-    """Set or clear a member's personal call window and holiday pause (urgent calls ignore both)."""
-    from ivr.delivery.policy import Window
-
-    try:
-        phone = normalize_phone(args.phone)
-    except InvalidPhoneNumber as exc:
-        raise CommandError(f"phone: {exc}") from None
-    window = pause = None
-    if args.window and args.window != "none":
-        try:
-            parsed = Window.parse(args.window)
-        except ValueError as exc:
-            raise CommandError(f"--window: {exc}") from None
-        window = (parsed.start.strftime("%H:%M"), parsed.end.strftime("%H:%M"))
-    if args.pause and args.pause != "none":
-        try:
-            start, end = (dt.date.fromisoformat(part.strip()) for part in args.pause.split(".."))
-        except ValueError:
-            raise CommandError(f"--pause: {args.pause!r} is not two dates like 2026-12-20..2027-01-05") from None
-        if end < start:
-            raise CommandError("--pause: the pause ends before it starts")
-        pause = (start, end)
-    engine = open_database(settings.resolved_database_url)
-    with session_scope(engine) as session:
-        found = members_by_phone(session, phone, _bin(session, args.bin).id if args.bin is not None else None)
-        where = f" in BIN {args.bin}" if args.bin is not None else ""
-        if not found:
-            raise CommandError(f"no member with phone {mask(phone)}{where}")
-        if len({p.id for p, _b in found}) > 1:
-            matches = "; ".join(f"person {p.id} ({p.name}, BIN {b.number})" for p, b in found)
-            raise CommandError(f"phone {mask(phone)}{where} is the number of more than one member: {matches}. "
-                               "Give --bin (or change the number with `binfoon members edit`)")
-        person = found[0][0]
-        changes: dict[str, Any] = {}
-        if args.window is not None:
-            changes["window"] = window
-        if args.pause is not None:
-            changes["pause"] = pause
-        set_member_preferences(session, person, actor(), **changes)
-        print(f"{person.name}: window {person.call_window_start or '-'}-{person.call_window_end or '-'}, "
-              f"pause {person.pause_from or '-'}..{person.pause_until or '-'}")
     return 0
 
 

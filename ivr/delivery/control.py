@@ -12,7 +12,7 @@ Rules:
 - a cancelled "later" message is never delivered: ``DeliveryDesk.start_campaign`` only starts an
   approved message, and re-reads it under the write lock (its alarm still fires, and does nothing);
 - a retraction (``MessageKind.CANCELLATION``) goes to exactly those who received the first message
-  (``ivr.delivery.store.recipients``) and goes WITHOUT review: the person retracting may already
+  (``ivr.delivery.members.recipients``) and goes WITHOUT review: the person retracting may already
   stop the first message, it can only reach people who heard that one, and every minute counts
   (Hawaii 2018: 38 minutes to correct a false alert). A first campaign still running is stopped
   in the retraction's own transaction, so nobody gets the first message after its retraction;
@@ -33,8 +33,9 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from ivr.delivery.lines_store import caller_and_latest_campaign
+from ivr.delivery.members import recipients
 from ivr.delivery.outcome import placed
-from ivr.delivery.store import caller_and_latest_campaign, recipients
 from ivr.directory.pin_gate import PinRules, check_pin, pin_key
 from ivr.domain.actor import Actor
 from ivr.domain.message import check_transition

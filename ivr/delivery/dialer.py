@@ -2,7 +2,7 @@
 
 Each pass rebuilds the plan from the database, asks the pure policy (``ivr.delivery.policy``)
 what each member needs, and dials what is due: urgent campaigns first, at most ``max_channels``
-calls at once (and a zone's own limit), at most ``max_cps`` new calls a second (the trunk's limits,
+calls at once, at most ``max_cps`` new calls a second (and a zone's own limits on both) (the trunk's limits,
 shared with review and test calls: ``ivr.telephony.outbound``), one call per phone number at a time.
 The attempt is written before it is dialled; its outcome as soon as it is known, in one place
 (``ivr.delivery.outcome``). A number the destination policy bars at the dialler's edge
@@ -30,12 +30,14 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
+from ivr.delivery.members import Member
 from ivr.delivery.outcome import NOT_PLACED, dial_record, dialled_outcome
 from ivr.delivery.policy import (
     Next, RetryPolicy, TrunkRules, TrunkWatch, Verdict, Window, may_dial, next_allowed, next_step, observe_dial,
     observe_registration, probe_started,
 )
-from ivr.delivery.store import CampaignPlan, DeliveryDesk, Member, OpenCall
+from ivr.delivery.store import CampaignPlan, DeliveryDesk, OpenCall
+from ivr.domain.pace import TokenBucket
 from ivr.domain.phone import mask
 from ivr.domain.vocabulary import AttemptOutcome
 from ivr.media.voice import Voice
@@ -123,6 +125,8 @@ class CampaignRunner:
         #: Asterisk could not list its channels at start: interrupted calls wait a fixed grace.
         self._fallback_grace = False
         self._pause_writes: set[asyncio.Task[None]] = set()
+        #: zone id -> its own pace (``police_zones.max_cps``), on top of the trunk's.
+        self._zone_pace: dict[int, TokenBucket] = {}
         #: (campaign, round) of the campaigns to dial at the last pass (``DeliveryDesk.campaign_marks``).
         self._marks: frozenset[tuple[int, int]] = frozenset()
 
@@ -279,6 +283,11 @@ class CampaignRunner:
                     break
                 if step.e164 in live_numbers:
                     continue  # one call per number at a time (members sharing a line, B4)
+                zone_wait_s = self._zone_wait_s(plan)
+                if zone_wait_s > 0:
+                    # The zone's own pace is spent: its next call waits, other zones' campaigns go on.
+                    next_wake = min(next_wake, zone_wait_s)
+                    break
                 if not self.calls.take_token():
                     # Wait for the pace's next token on this plan rather than plan again for every
                     # call: rebuilding the plan takes longer than a token at 50 calls/s (measured:
@@ -302,6 +311,8 @@ class CampaignRunner:
                     self.calls.release(reservation)
                     continue
                 self.calls.claim(reservation, attempt_id, CallKind.MEMBER)
+                if plan.zone_max_cps is not None:
+                    self._zone_pace[plan.zone_id].take(time.monotonic())
                 if self.trunk.down:
                     self.trunk = probe_started(self.trunk, attempt_id)
                     log.info("probing the trunk with member call %s", attempt_id)
@@ -350,6 +361,16 @@ class CampaignRunner:
                 finals[member.view.person_id] = finals[member.covered_by]  # type: ignore[index]
         everyone = len(finals) == len(plan.members)
         return due, (finals if everyone else None), soonest
+
+    def _zone_wait_s(self, plan: CampaignPlan) -> float:
+        """Seconds until the plan's zone may start another call (0: now); a changed zone pace takes effect."""
+        if plan.zone_max_cps is None:
+            self._zone_pace.pop(plan.zone_id, None)
+            return 0.0
+        bucket = self._zone_pace.get(plan.zone_id)
+        if bucket is None or bucket.rate != plan.zone_max_cps:
+            bucket = self._zone_pace[plan.zone_id] = TokenBucket(plan.zone_max_cps, 1.0, time.monotonic())
+        return bucket.wait_s(time.monotonic())
 
     def _allowed(self, member: Member, at: dt.datetime) -> dt.datetime:
         windows = [self.limits.allowed_hours]

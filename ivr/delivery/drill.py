@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from ivr.delivery.store import campaign_members
+from ivr.delivery.members import campaign_members
 from ivr.domain.actor import Actor
 from ivr.domain.message import check_transition
 from ivr.domain.phone import mask

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from ivr.delivery.members import Member, campaign_members
 from ivr.delivery.outcome import placed
 from ivr.delivery.policy import RetryPolicy, Verdict, next_step
 from ivr.delivery.states import FINAL_STATES, LIVE_STATES, category
-from ivr.delivery.store import Member, campaign_members, delivery_pause
+from ivr.delivery.store import delivery_pause
 from ivr.domain.csvsafe import safe_cell
 from ivr.domain.phone import mask
 from storage import audit

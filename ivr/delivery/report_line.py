@@ -32,7 +32,8 @@ from dataclasses import dataclass, replace
 from ivr.delivery.control import stop_with_pin
 from ivr.delivery.dialer import member_prompts
 from ivr.delivery.line_limits import LineLimits
-from ivr.delivery.store import CoordinatorReport, DeliveryDesk, ReplayRefused
+from ivr.delivery.lines_store import CoordinatorReport, ReplayRefused
+from ivr.delivery.store import DeliveryDesk
 from ivr.directory.pin_gate import PinRules, pin_key
 from ivr.domain.phone import caller_e164
 from ivr.telephony.call import Call, CallHungUp

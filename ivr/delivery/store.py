@@ -5,9 +5,8 @@ Rules:
   and the unique (campaign, member, attempt number) makes a double dial impossible;
 - a confirmation is committed before the member hears "thank you"; a confirmation Asterisk wrote
   durably while the app was down (CEL) is taken in on start, exactly once;
-- members who share a phone number are called once; a confirmation on it counts for all of them;
-  the same primary number makes one member stand in for the other (``covered_by``), any other shared
-  number (a secondary) has one history for all who list it (``MemberView.shared``);
+- members who share a phone number are called once (``ivr.delivery.members``); a confirmation on it
+  counts for all of them;
 - the plan is always rebuilt from the database: the dialer keeps no state it could lose;
 - a pause of all delivery (the trunk is down) is stored too, so ``campaign watch`` and the web
   board (other processes) show it: one row, ``PAUSE_KEY``, present while paused;
@@ -32,19 +31,17 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ivr.delivery.line_limits import UNVERIFIED_TEXT, UNVERIFIED_VIA, LineLimits, LineVerdict, admit_call
-from ivr.delivery.policy import AttemptView, MemberView
-from ivr.delivery.states import RECEIVED
+from ivr.delivery.lines_store import CallerLines
+from ivr.delivery.members import DIALLING, Member, campaign_members, first_call_still_up
 from ivr.delivery.outcome import answered_outcome
 from ivr.domain.message import check_transition
 from ivr.domain.schedule import due
+from ivr.domain.vocabulary import (
+    AttemptOutcome, AttemptStatus, CampaignStatus, MessageStatus, PhoneRank, Role, Urgency,
+)
 from storage import audit
-from storage.db import Desk
 from storage.models import (
     CallAttempt, Campaign, Checkpoint, Confirmation, Message, Person, PhoneNumber, RoleAssignment, utcnow,
-)
-from ivr.domain.vocabulary import (
-    AttemptOutcome, AttemptStatus, CampaignStatus, MessageKind, MessageStatus, PhoneRank, Role, Urgency,
 )
 from storage.recordings import RecordingCorrupted, RecordingStore
 
@@ -79,19 +76,6 @@ class OpenCall:
 
 
 @dataclass(frozen=True)
-class Member:
-    """A member of a campaign with what the plan needs beyond the policy's view."""
-
-    view: MemberView
-    name: str
-    language: str
-    window: tuple[str, str] | None
-    pause: tuple[dt.date, dt.date] | None
-    #: Another member of this campaign with the same phone number, who is called instead.
-    covered_by: int | None = None
-
-
-@dataclass(frozen=True)
 class CampaignPlan:
     """A running campaign and its members, as the database says now."""
 
@@ -110,6 +94,8 @@ class CampaignPlan:
     drill: bool = False
     #: The campaign's round (a re-notify starts the next one).
     round: int = 1
+    #: New member calls a second for the zone's campaigns (``None``: only the trunk's pace applies).
+    zone_max_cps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -126,25 +112,6 @@ class MemberBrief:
 
 
 @dataclass(frozen=True)
-class CoordinatorReport:
-    """What the report line tells a coordinator about their BIN's latest campaign, and what it needs
-    to replay that campaign's message."""
-
-    person_id: int
-    message_id: int
-    language: str
-    confirmed: int
-    members: int
-    urgent: bool
-    #: A drill: its replay is announced as a test.
-    drill: bool
-
-
-#: How the report line is named in the audit: the coordinator is known by caller ID only.
-REPORT_LINE_VIA = "report line (caller ID, unverified)"
-
-
-@dataclass(frozen=True)
 class CampaignStart:
     """A due message's campaign: its id, and whether this call created it (or found it)."""
 
@@ -152,12 +119,8 @@ class CampaignStart:
     created: bool
 
 
-class ReplayRefused(PermissionError):
-    """The caller may not replay this message on the report line (the refusal is already audited)."""
-
-
-class DeliveryDesk(Desk):
-    """The database side of campaigns."""
+class DeliveryDesk(CallerLines):
+    """The database side of campaigns (and, from ``CallerLines``, of the lines people call in on)."""
 
     def __init__(self, engine: Engine, store: RecordingStore, clock: Callable[[], dt.datetime] = utcnow) -> None:
         super().__init__(engine)
@@ -210,7 +173,7 @@ class DeliveryDesk(Desk):
 
     def _plans(self, s: Session) -> list[CampaignPlan]:
         campaigns = s.scalars(select(Campaign).where(
-            Campaign.status.in_((CampaignStatus.SCHEDULED, CampaignStatus.RUNNING))).order_by(Campaign.id)).all()
+            Campaign.status.in_(DIALLING)).order_by(Campaign.id)).all()
         plans = []
         for campaign in campaigns:
             message = campaign.message
@@ -222,7 +185,7 @@ class DeliveryDesk(Desk):
                           .values(status=CampaignStatus.RUNNING, started_at=self.clock())
                           .execution_options(synchronize_session=False))
                 s.refresh(campaign)
-                if campaign.status not in _DIALLING:
+                if campaign.status not in DIALLING:
                     continue  # stopped meanwhile
             take = next((r for r in message.recordings if r.take == message.submitted_take), None)
             if take is None:
@@ -237,7 +200,7 @@ class DeliveryDesk(Desk):
                                 message.bin.zone.max_channels,
                                 campaign.round_started_at or campaign.created_at or self.clock(),
                                 campaign.not_before, recording, take.sha256, drill=message.drill,
-                                round=campaign.round or 1)
+                                round=campaign.round or 1, zone_max_cps=message.bin.zone.max_cps)
             plan.members.extend(campaign_members(s, campaign, message))
             plans.append(plan)
         plans.sort(key=lambda p: (not p.urgent, p.campaign_id))
@@ -252,7 +215,7 @@ class DeliveryDesk(Desk):
             # PostgreSQL: the campaign's row is locked, so a stop (which locks it too) waits for this
             # attempt or this attempt sees the stop.
             if s.scalar(select(Campaign.status).where(Campaign.id == campaign_id).with_for_update()) \
-                    not in _DIALLING:
+                    not in DIALLING:
                 return None
             if s.scalar(select(Confirmation.id).where(Confirmation.campaign_id == campaign_id,
                                                       Confirmation.person_id == person_id)) is not None:
@@ -265,7 +228,7 @@ class DeliveryDesk(Desk):
             # transaction holds the database's write lock, so this read sees any stop committed
             # before it, and no stop can commit until this attempt has.
             campaign = s.execute(select(Campaign.status, Campaign.round).where(Campaign.id == campaign_id)).one()
-            if campaign.status not in _DIALLING:
+            if campaign.status not in DIALLING:
                 raise _Stopped
             attempt.round = campaign.round
             return attempt.id
@@ -279,7 +242,7 @@ class DeliveryDesk(Desk):
         was started, stopped or re-notified by another process (the command line, the web console)."""
         def work(s: Session) -> frozenset[tuple[int, int]]:
             return frozenset((cid, rnd) for cid, rnd in s.execute(select(Campaign.id, Campaign.round).where(
-                Campaign.status.in_(_DIALLING))))
+                Campaign.status.in_(DIALLING))))
         return await self.tx(work)
 
     async def attempt_dialled(self, attempt_id: str, dial_outcome: str, cause: int | None,
@@ -404,32 +367,14 @@ class DeliveryDesk(Desk):
         except IntegrityError:
             return False
 
-    async def confirm_callback(self, campaign_id: int, person_id: int) -> bool:
-        """A member who called in confirmed the latest message: known by caller ID alone, which can be
-        spoofed, so it is stored and audited as unverified (``line_limits.UNVERIFIED_VIA``)."""
-        def work(s: Session) -> bool:
-            if s.scalar(select(Confirmation.id).where(Confirmation.campaign_id == campaign_id,
-                                                      Confirmation.person_id == person_id)):
-                return False
-            s.add(Confirmation(attempt_id=None, campaign_id=campaign_id, person_id=person_id,
-                               confirmed_at=self.clock(), via=UNVERIFIED_VIA))
-            s.flush()
-            audit.record(s, f"caller:{person_id}", "confirmation.stored", f"campaign:{campaign_id}",
-                         person=person_id, via=UNVERIFIED_TEXT)
-            return True
-        try:
-            return await self.tx(work)
-        except IntegrityError:
-            return False
-
     async def finish(self, campaign_id: int, finals: dict[int, str], round_: int | None = None) -> None:
         """Every member has a final outcome: the campaign and its message are done. Not when the
         campaign was stopped, or re-notified (a round after ``round_``), since the plan was read."""
         def work(s: Session) -> None:
             campaign = s.scalars(select(Campaign).where(Campaign.id == campaign_id).with_for_update()).one()
-            if campaign.status not in _DIALLING or (round_ is not None and (campaign.round or 1) != round_):
+            if campaign.status not in DIALLING or (round_ is not None and (campaign.round or 1) != round_):
                 return
-            if _first_call_still_up(s, campaign.message):
+            if first_call_still_up(s, campaign.message):
                 # A follow-up (a retraction) goes to whoever received the first message: a call of it
                 # still up at its stop may yet make one more recipient, who must not be left out.
                 return
@@ -487,104 +432,6 @@ class DeliveryDesk(Desk):
                 row.updated_at = self.clock()
         await self.tx(work)
 
-    # -- call-back and the report line ---------------------------------------------------------
-    async def latest_for_caller(self, caller_e164: str, limits: LineLimits = LineLimits()
-                                ) -> tuple[int, int, str, Path, bool] | None | str:
-        """For a member calling in: (campaign id, person id, language, recording, urgent) of their BIN's
-        latest delivered message; ``"unknown"`` if the number is no member's, ``None`` if there is none,
-        ``"limited"`` when this caller ID or the line is over its limits (``ivr.delivery.line_limits``;
-        the call is counted before anything is read)."""
-        def work(s: Session) -> tuple[int, int, str, Path, bool] | None | str:
-            found = caller_and_latest_campaign(s, caller_e164, Role.MEMBER)
-            if admit_call(s, "callback", caller_e164, found != "unknown", limits, self.clock()) \
-                    is not LineVerdict.OPEN:
-                return "limited"
-            if not isinstance(found, tuple):
-                return found
-            person, campaign = found
-            message = campaign.message
-            take = next(r for r in message.recordings if r.take == message.submitted_take)
-            audit.record(s, f"caller:{person.id}", "recording.played", f"message:{message.id}", via=UNVERIFIED_TEXT)
-            return (campaign.id, person.id, person.language.value,
-                    self.store.open_verified(Path(take.path), take.sha256), message.urgency is Urgency.URGENT)
-        return await self.tx(work)
-
-    async def report_for_coordinator(self, caller_e164: str, limits: LineLimits = LineLimits()
-                                     ) -> CoordinatorReport | None | str:
-        """For a coordinator calling in: the counts of their BIN's latest campaign and its message;
-        ``"unknown"`` if the number is no coordinator's, ``None`` if there is no campaign yet,
-        ``"limited"`` when this caller ID or the line is over its limits (counted first)."""
-        def work(s: Session) -> CoordinatorReport | None | str:
-            found = caller_and_latest_campaign(s, caller_e164, Role.COORDINATOR)
-            if admit_call(s, "report", caller_e164, found != "unknown", limits, self.clock()) \
-                    is not LineVerdict.OPEN:
-                return "limited"
-            if not isinstance(found, tuple):
-                return found
-            person, campaign = found
-            members = len(campaign_members(s, campaign, campaign.message))
-            confirmed = len(set(s.scalars(select(Confirmation.person_id).where(
-                Confirmation.campaign_id == campaign.id))))
-            audit.record(s, f"person:{person.id}", "campaign.report_heard", f"campaign:{campaign.id}",
-                         via=REPORT_LINE_VIA)
-            message = campaign.message
-            return CoordinatorReport(person.id, message.id, person.language.value, confirmed, members,
-                                     message.urgency is Urgency.URGENT, bool(message.drill))
-        return await self.tx(work)
-
-    async def replay_for_coordinator(self, person_id: int, message_id: int) -> Path:
-        """The sent recording of a message, checksum verified, for a coordinator on the report line;
-        ``recording.played`` is committed before the path is handed back.
-
-        Raises ``ReplayRefused`` (the refusal audited) unless ``person_id`` is an active coordinator of
-        the message's BIN (checked here, not only by the line that found the message),
-        ``LookupError`` if the message has no sent recording, ``RecordingCorrupted`` (a security alert
-        raised) if its file is missing or altered.
-        """
-        actor = f"person:{person_id}"
-
-        def work(s: Session) -> Path | None:
-            message = s.get(Message, message_id)
-            refusal = _report_replay_refusal(s, person_id, message)
-            if refusal is not None:
-                audit.record(s, actor, "recording.play_refused", f"message:{message_id}", reason=refusal,
-                             via=REPORT_LINE_VIA)
-                return None
-            take = next((r for r in message.recordings if r.take == message.submitted_take), None)
-            if take is None:
-                raise LookupError(f"message {message_id} has no sent recording")
-            # Audited in the same transaction: if the file does not open, neither row nor play.
-            audit.record(s, actor, "recording.played", f"message:{message_id}", take=take.take,
-                         sha256=take.sha256, to="phone", via=REPORT_LINE_VIA)
-            return self.store.open_verified(Path(take.path), take.sha256)
-        try:
-            found = await self.tx(work)
-        except RecordingCorrupted as exc:
-            # The same security alert the archive raises for a refused recording (its own committed row).
-            reason = str(exc)
-            log.warning("security alert: message:%d: stored recording refused: %s", message_id, reason)
-            await self.tx(lambda s: audit.record(s, "system", "security.alert", f"message:{message_id}",
-                                                 kind="recording_refused", reason=reason))
-            raise
-        if found is None:
-            raise ReplayRefused(f"person {person_id} may not replay message {message_id} on the report line")
-        return found
-
-    async def stoppable_for_coordinator(self, caller_e164: str) -> int | None:
-        """The campaign a coordinator calling the report line may be offered to stop: their BIN's
-        latest, while it runs, and only if they have a PIN (the caller ID alone can be spoofed)."""
-        def work(s: Session) -> int | None:
-            found = caller_and_latest_campaign(s, caller_e164, Role.COORDINATOR)
-            if not isinstance(found, tuple):
-                return None
-            person, campaign = found
-            return campaign.id if campaign.status in _DIALLING and person.pin_hash else None
-        return await self.tx(work)
-
-
-#: Campaigns whose members may be dialled (a stopped or finished one is not).
-_DIALLING = (CampaignStatus.SCHEDULED, CampaignStatus.RUNNING)
-
 
 class _Stopped(Exception):
     """The campaign was stopped while an attempt was being written: the attempt is rolled back."""
@@ -592,115 +439,3 @@ class _Stopped(Exception):
 
 #: Failures that cost a member a try (``uncharge`` gives it back when the trunk was to blame).
 _CHARGED_FAILURES = (AttemptOutcome.CONGESTION, AttemptOutcome.FAILED, AttemptOutcome.REJECTED)
-
-
-def caller_and_latest_campaign(s: Session, caller_e164: str, role: Role) -> tuple[Person, Campaign] | None | str:
-    """The active person with ``role`` calling from ``caller_e164`` and their BIN's latest campaign;
-    ``"unknown"`` if the number is nobody's with that role, ``None`` if the BIN has no campaign yet."""
-    row = s.execute(select(Person, RoleAssignment.bin_id).join(PhoneNumber).join(RoleAssignment).where(
-        PhoneNumber.e164 == caller_e164, RoleAssignment.role == role, Person.active.is_(True))).first()
-    if row is None:
-        return "unknown"
-    person, bin_id = row
-    campaign = s.scalars(select(Campaign).join(Message).where(Message.bin_id == bin_id)
-                         .order_by(Campaign.id.desc()).limit(1)).first()
-    return None if campaign is None else (person, campaign)
-
-
-def is_coordinator_of(s: Session, person_id: int, bin_id: int) -> bool:
-    """Whether the person is active and a coordinator of the BIN."""
-    return s.scalar(select(RoleAssignment.id).join(Person).where(
-        RoleAssignment.person_id == person_id, RoleAssignment.role == Role.COORDINATOR,
-        RoleAssignment.bin_id == bin_id, Person.active.is_(True)).limit(1)) is not None
-
-
-def _report_replay_refusal(s: Session, person_id: int, message: Message | None) -> str | None:
-    """Why the person may not hear the message on the report line; ``None`` if they may: only an
-    active coordinator of the message's BIN, and only a message that went out (it has a campaign)."""
-    if message is None or not is_coordinator_of(s, person_id, message.bin_id):
-        return "not a coordinator of the message's BIN"
-    if s.scalar(select(Campaign.id).where(Campaign.message_id == message.id).limit(1)) is None:
-        return "not sent"
-    return None
-
-
-def recipients(s: Session, message: Message) -> list[int]:
-    """Who a message goes to (person ids): the BIN's members; for a follow-up, those who received the first."""
-    members = list(s.scalars(select(Person.id).join(RoleAssignment).where(
-        RoleAssignment.role == Role.MEMBER, RoleAssignment.bin_id == message.bin_id, Person.active.is_(True))
-        .order_by(Person.id).distinct()))
-    if message.kind is MessageKind.ALERT or message.follow_up_of_id is None:
-        return members
-    # A follow-up or cancellation goes only to those who received the first message.
-    first = s.scalars(select(Campaign).where(Campaign.message_id == message.follow_up_of_id)).first()
-    if first is None:
-        return []
-    heard = received(s, first.id)
-    return [p for p in members if p in heard]
-
-
-def _first_call_still_up(s: Session, message: Message) -> bool:
-    """Whether ``message`` is a follow-up and a call of its first message's campaign has no outcome yet
-    (its recipients, ``recipients``, are not all known)."""
-    if message.kind is MessageKind.ALERT or message.follow_up_of_id is None:
-        return False
-    first = s.scalar(select(Campaign.id).where(Campaign.message_id == message.follow_up_of_id))
-    return first is not None and s.scalar(select(CallAttempt.id).where(
-        CallAttempt.campaign_id == first, CallAttempt.outcome.is_(None)).limit(1)) is not None
-
-
-def received(s: Session, campaign_id: int) -> set[int]:
-    """Members who heard a campaign's message (confirmed, answered, or on their answering machine)."""
-    confirmed = set(s.scalars(select(Confirmation.person_id).where(Confirmation.campaign_id == campaign_id)))
-    heard = set(s.scalars(select(CallAttempt.person_id).where(
-        CallAttempt.campaign_id == campaign_id, CallAttempt.outcome.in_(RECEIVED))))
-    return confirmed | heard
-
-
-def campaign_members(s: Session, campaign: Campaign, message: Message) -> list[Member]:
-    """The members of a campaign with their numbers, attempts and confirmations.
-
-    Plain column queries, a handful per campaign whatever its size: the dialer plans on every pass.
-    """
-    wanted = recipients(s, message)
-    people = {row.id: row for row in s.execute(select(
-        Person.id, Person.name, Person.language, Person.call_window_start, Person.call_window_end,
-        Person.pause_from, Person.pause_until).where(Person.id.in_(wanted)))}
-    phones: dict[int, list[tuple[str, str]]] = {}
-    for person_id, rank, e164 in s.execute(select(PhoneNumber.person_id, PhoneNumber.rank, PhoneNumber.e164)
-                                           .where(PhoneNumber.person_id.in_(wanted))):
-        phones.setdefault(person_id, []).append((rank.value, e164))
-    attempts: dict[int, list[AttemptView]] = {}
-    #: Every attempt on each number, whoever it was for: a line shared by members has one history.
-    on_number: dict[str, list[tuple[int, AttemptView]]] = {}
-    #: The highest attempt number of earlier rounds (a re-notify's numbers go on from there).
-    earlier: dict[int, int] = {}
-    current = campaign.round or 1
-    for person_id, no, rank, outcome, ended, e164, round_ in s.execute(select(
-            CallAttempt.person_id, CallAttempt.attempt_no, CallAttempt.rank, CallAttempt.outcome,
-            CallAttempt.ended_at, CallAttempt.e164, CallAttempt.round).where(CallAttempt.campaign_id == campaign.id)):
-        if (round_ or 1) < current:
-            earlier[person_id] = max(earlier.get(person_id, 0), no)
-            if outcome is not None:
-                continue  # an earlier round's call that is over does not count in this round
-        view = AttemptView(no, rank.value, outcome, ended)
-        attempts.setdefault(person_id, []).append(view)
-        on_number.setdefault(e164, []).append((person_id, view))
-    confirmed = set(s.scalars(select(Confirmation.person_id).where(Confirmation.campaign_id == campaign.id)))
-    first_with_number: dict[str, int] = {}
-    out = []
-    for person_id in wanted:
-        person = people[person_id]
-        numbers = tuple(sorted(phones.get(person_id, []), key=lambda p: 0 if p[0] == PhoneRank.PRIMARY.value else 1))
-        covered_by = None
-        if numbers:
-            covered_by = first_with_number.setdefault(numbers[0][1], person_id)
-            covered_by = None if covered_by == person_id else covered_by
-        window = (person.call_window_start, person.call_window_end) \
-            if person.call_window_start and person.call_window_end else None
-        pause = (person.pause_from, person.pause_until) if person.pause_from and person.pause_until else None
-        shared = tuple((e164, a) for _, e164 in numbers for other, a in on_number.get(e164, ()) if other != person_id)
-        view = MemberView(person_id, numbers, tuple(attempts.get(person_id, ())), person_id in confirmed, shared,
-                          earlier.get(person_id, 0))
-        out.append(Member(view, person.name, person.language.value, window, pause, covered_by))
-    return out

@@ -3,7 +3,7 @@
 A file with any error is refused whole, with every error line-numbered (``CsvImportError``); a
 number the destination policy refuses (premium, satellite, outside the allowed countries:
 ``ivr.domain.destinations``) is such an error.
-Pure: no database here; ``ivr.directory.store.import_members`` writes what this accepts.
+Pure: no database here; ``ivr.directory.member_import.import_members`` writes what this accepts.
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
-"""The directory: zones, BINs, people, and the member list a coordinator keeps as a CSV file.
+"""The directory: zones, BINs and their member households, and what a signed-in viewer sees of them.
 
-All the SQL of BINs, people, members and their phone numbers lives here; the command line and
-the web console call these functions with a session of their own transaction.
+All the SQL of zones, BINs and members lives here (people and their numbers: ``ivr.directory.people``;
+the member file's import: ``ivr.directory.member_import``); the command line and the web console call
+these functions with a session of their own transaction.
 
-A member is a household: one row, one primary number (and maybe a second). The coordinator's
-file is the truth for their BIN, so an import *replaces* the BIN's member list, matching
-existing members by primary number so their history stays linked. A file with any error is
-refused whole, with every error line-numbered (``ivr.directory.member_csv``), and nothing is written.
+A member is a household: one row, one primary number (and maybe a second).
 """
 
 from __future__ import annotations
@@ -18,15 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from ivr.directory.member_csv import (
-    COLUMNS,
-    LANGUAGES,
-    REQUIRED,
-    CsvImportError,
-    LineError,
-    MemberRow,
-    parse_member_csv,
-)
+from ivr.directory.people import coordinators_of, number_holders, phone_of, set_phone
 from ivr.domain.phone import mask
 from storage import audit
 from storage.models import Bin, BinStreet, DrillSchedule, Message, Person, PhoneNumber, PoliceZone, RoleAssignment
@@ -34,39 +24,6 @@ from ivr.domain.vocabulary import Escalation, Language, PhoneRank, ReviewMode, R
 
 if TYPE_CHECKING:
     from ivr.directory.accounts import Viewer
-
-__all__ = [  # the member file's names stay importable from here
-    "COLUMNS", "LANGUAGES", "REQUIRED", "CsvImportError", "ImportPlan", "ImportResult", "LineError", "MemberRow",
-    "import_members", "parse_member_csv", "plan_member_import",
-]
-
-
-@dataclass(frozen=True)
-class ImportResult:
-    """What an import changed."""
-
-    added: int
-    updated: int
-    removed: int
-
-
-
-
-def phone_of(person: Person, rank: PhoneRank) -> PhoneNumber | None:
-    """The person's number of that rank."""
-    return next((p for p in person.phones if p.rank is rank), None)
-
-
-def set_phone(person: Person, rank: PhoneRank, e164: str | None) -> None:
-    """Give the person this number of that rank (``None``: none of that rank)."""
-    current = phone_of(person, rank)
-    if e164 is None:
-        if current is not None:
-            person.phones.remove(current)
-    elif current is None:
-        person.phones.append(PhoneNumber(rank=rank, e164=e164))
-    else:
-        current.e164 = e164
 
 
 # -- zones and BINs ----------------------------------------------------------------------------
@@ -90,11 +47,21 @@ def bin_by_number(s: Session, number: int) -> Bin | None:
     return s.scalars(select(Bin).where(Bin.number == number)).first()
 
 
+def _clean_streets(streets: list[str]) -> list[str]:
+    return [st.strip() for st in dict.fromkeys(streets) if st.strip()]
+
+
+def _replace_streets(bin_: Bin, streets: list[str]) -> None:
+    """The BIN's streets become ``streets``; the streets it keeps are the same rows."""
+    keep = {st.street: st for st in bin_.streets}
+    bin_.streets = [keep.get(street) or BinStreet(street=street) for street in streets]
+
+
 def add_bin(s: Session, number: int, name: str, zone: PoliceZone, language: Language, streets: list[str],
             actor: str) -> Bin:
     """A new BIN of ``zone`` (a taken number raises ``IntegrityError``); audited."""
     bin_ = Bin(number=number, name=name, zone=zone, language=language)
-    bin_.streets = [BinStreet(street=st.strip()) for st in dict.fromkeys(streets) if st.strip()]
+    bin_.streets = [BinStreet(street=street) for street in _clean_streets(streets)]
     s.add(bin_)
     s.flush()
     audit.record(s, actor, "bin.add", f"bin:{number}", name=name, zone=zone.code)
@@ -107,9 +74,9 @@ def member_count(s: Session, bin_id: int) -> int:
         RoleAssignment.role == Role.MEMBER, RoleAssignment.bin_id == bin_id)) or 0
 
 
-def bins_with_member_counts(s: Session) -> list[tuple[Bin, int]]:
-    """Every BIN by number, with its member count."""
-    return [(bin_, member_count(s, bin_.id)) for bin_ in s.scalars(select(Bin).order_by(Bin.number))]
+def all_bins(s: Session) -> list[Bin]:
+    """Every BIN, by number."""
+    return list(s.scalars(select(Bin).order_by(Bin.number)))
 
 
 def edit_bin(s: Session, bin_: Bin, name: str | None, language: Language, streets: list[str] | None,
@@ -121,8 +88,7 @@ def edit_bin(s: Session, bin_: Bin, name: str | None, language: Language, street
         bin_.name = name
     bin_.language = language
     if streets is not None:
-        keep = {st.street: st for st in bin_.streets}
-        bin_.streets = [keep.get(street) or BinStreet(street=street) for street in streets]
+        _replace_streets(bin_, streets)
     audit.record(s, actor, "bin.edit", f"bin:{bin_.number}", name=bin_.name, language=language.value,
                  streets=len(bin_.streets))
 
@@ -167,11 +133,10 @@ def change_bin(s: Session, bin_: Bin, actor: str, *, name: str | None = None, la
         changes["one_level"] = [bin_.one_level, one_level]
         bin_.one_level = one_level
     if streets is not None:
-        wanted = [st.strip() for st in dict.fromkeys(streets) if st.strip()]
+        wanted = _clean_streets(streets)
         if wanted != [st.street for st in bin_.streets]:
             changes["streets"] = [len(bin_.streets), len(wanted)]
-            keep = {st.street: st for st in bin_.streets}
-            bin_.streets = [keep.get(street) or BinStreet(street=street) for street in wanted]
+            _replace_streets(bin_, wanted)
     if changes:
         audit.record(s, actor, "bin.edit", f"bin:{bin_.number}", **changes)
     return list(changes)
@@ -196,6 +161,81 @@ def remove_bin(s: Session, bin_: Bin, actor: str) -> int:
     return roles
 
 
+# -- members -----------------------------------------------------------------------------------
+def members_of(s: Session, bin_id: int) -> list[Person]:
+    """A BIN's member households by name."""
+    return list(s.scalars(select(Person).join(RoleAssignment).where(
+        RoleAssignment.role == Role.MEMBER, RoleAssignment.bin_id == bin_id).order_by(Person.name, Person.id)))
+
+
+def record_numbers_shown(s: Session, bin_number: int, count: int, actor: str) -> None:
+    """Audit that a BIN's full member numbers were shown (before they are)."""
+    audit.record(s, actor, "members.show_numbers", f"bin:{bin_number}", count=count)
+
+
+def member_bin(s: Session, person_id: int) -> Bin | None:
+    """The BIN a member belongs to (the first, should they be in several)."""
+    return s.scalars(select(Bin).join(RoleAssignment, RoleAssignment.bin_id == Bin.id).where(
+        RoleAssignment.person_id == person_id, RoleAssignment.role == Role.MEMBER)).first()
+
+
+def members_by_phone(s: Session, e164: str, bin_id: int | None = None) -> list[tuple[Person, Bin]]:
+    """Every (member household, BIN) with this number (first or second), in one BIN or all: more than
+    one means the number alone does not say whose it is."""
+    query = select(Person, Bin).join(PhoneNumber, PhoneNumber.person_id == Person.id).join(
+        RoleAssignment, RoleAssignment.person_id == Person.id).join(Bin, Bin.id == RoleAssignment.bin_id).where(
+        PhoneNumber.e164 == e164, RoleAssignment.role == Role.MEMBER)
+    if bin_id is not None:
+        query = query.where(Bin.id == bin_id)
+    return [(person, bin_) for person, bin_ in s.execute(query.order_by(Person.id, Bin.number)).unique()]
+
+
+def phone_taken(s: Session, bin_id: int, e164: str, person_id: int | None = None) -> bool:
+    """Is ``e164`` a number (first or second) of another active household of this BIN (``person_id``: the
+    one edited)? The directory's one rule, as the command line applies it (``people.refuse_taken_numbers``)."""
+    return bool(number_holders(s, e164, Role.MEMBER, bin_id=bin_id, except_person=person_id))
+
+
+@dataclass(frozen=True)
+class Household:
+    """A member household's details as typed in a form (numbers already normalized)."""
+
+    name: str
+    street: str | None
+    language: Language
+    phone: str
+    second_phone: str | None
+
+
+def new_member(s: Session, bin_: Bin, household: Household) -> Person:
+    """A new person who is a member household of ``bin_``, added to the session (not flushed, not audited)."""
+    person = Person(name=household.name, street=household.street, language=household.language)
+    person.roles.append(RoleAssignment(role=Role.MEMBER, bin_id=bin_.id))
+    set_phone(person, PhoneRank.PRIMARY, household.phone)
+    set_phone(person, PhoneRank.SECONDARY, household.second_phone)
+    s.add(person)
+    return person
+
+
+def add_member(s: Session, bin_: Bin, household: Household, actor: str) -> int:
+    """Add one member household to ``bin_``; audited; its person id."""
+    person = new_member(s, bin_, household)
+    s.flush()
+    audit.record(s, actor, "member.add", f"person:{person.id}", bin=bin_.number, phone=mask(household.phone))
+    return person.id
+
+
+def save_member(s: Session, person_id: int, household: Household, actor: str) -> None:
+    """Replace a member's name, street, language and numbers; audited."""
+    person = s.get_one(Person, person_id)
+    person.name = household.name
+    person.street = household.street
+    person.language = household.language
+    set_phone(person, PhoneRank.PRIMARY, household.phone)
+    set_phone(person, PhoneRank.SECONDARY, household.second_phone)
+    audit.record(s, actor, "member.edit", f"person:{person_id}", phone=mask(household.phone))
+
+
 def member_as_dict(s: Session, person: Person, show_numbers: bool = False) -> dict[str, Any]:
     """A member household's details and its BINs (numbers masked unless ``show_numbers``, which the caller audits)."""
     bins = list(s.scalars(select(Bin).join(RoleAssignment, RoleAssignment.bin_id == Bin.id).where(
@@ -218,176 +258,6 @@ def remove_member(s: Session, person: Person, bin_: Bin, actor: str) -> None:
     audit.record(s, actor, "member.remove", f"person:{person.id}", bin=bin_.number)
 
 
-# -- people ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class NewPerson:
-    """A person to add with one role (``bin_id``/``zone_id`` as the role needs)."""
-
-    name: str
-    role: Role
-    language: Language
-    phone: str
-    second_phone: str | None = None
-    #: Coordinators are called lowest first; ``None``: after the BIN's last coordinator.
-    priority: int | None = None
-    bin_id: int | None = None
-    zone_id: int | None = None
-    pin_hash: str | None = None
-
-
-class NumberTaken(ValueError):
-    """A phone number already identifies someone else in the same role and scope; the message names them."""
-
-    def __init__(self, e164: str, holders: list[Person], role: Role) -> None:
-        self.holders = holders
-        names = ", ".join(f"person {p.id} ({p.name})" for p in holders)
-        super().__init__(f"{mask(e164)} is already the number of {names} as {role.value}: one number is one "
-                         "person per role and BIN (police and admins: in the whole installation), since the "
-                         "caller ID says who calls")
-
-
-#: Roles whose number identifies the caller across the whole installation (the police and admin
-#: lines look the caller ID up in every zone), not only within a BIN.
-GLOBAL_IDENTITY_ROLES = (Role.POLICE_OFFICER, Role.POLICE_APPROVER, Role.ADMIN)
-
-
-def number_holders(s: Session, e164: str, role: Role, *, bin_id: int | None = None,
-                   except_person: int | None = None) -> list[Person]:
-    """The active people who have ``e164`` (first or second number) in ``role``: in the same BIN for
-    coordinators and members, anywhere for the police and admins (``GLOBAL_IDENTITY_ROLES``)."""
-    query = select(Person).join(PhoneNumber).join(RoleAssignment).where(
-        PhoneNumber.e164 == e164, RoleAssignment.role == role, Person.active.is_(True))
-    if role not in GLOBAL_IDENTITY_ROLES:
-        query = query.where(RoleAssignment.bin_id == bin_id)
-    if except_person is not None:
-        query = query.where(Person.id != except_person)
-    return list(s.scalars(query.order_by(Person.id)).unique())
-
-
-def refuse_taken_numbers(s: Session, numbers: list[str], role: Role, *, bin_id: int | None = None,
-                         except_person: int | None = None) -> None:
-    """Raise ``NumberTaken`` when one of ``numbers`` already identifies another person in that role and scope."""
-    for e164 in numbers:
-        holders = number_holders(s, e164, role, bin_id=bin_id, except_person=except_person)
-        if holders:
-            raise NumberTaken(e164, holders, role)
-
-
-def next_coordinator_priority(s: Session, bin_id: int) -> int:
-    """The priority after the BIN's last coordinator (1 for the first): a new one is called last."""
-    last = s.scalar(select(func.max(RoleAssignment.priority)).where(
-        RoleAssignment.role == Role.COORDINATOR, RoleAssignment.bin_id == bin_id))
-    return 1 if last is None else last + 1
-
-
-def add_person(s: Session, new: NewPerson, actor: str, **audited: object) -> int:
-    """Add a person with one role and their numbers; audited (with ``audited`` as details); their id.
-
-    Refused with ``NumberTaken`` when a number already identifies someone else in that role and scope;
-    a coordinator without a priority goes after the BIN's last one."""
-    numbers = [new.phone] + ([new.second_phone] if new.second_phone else [])
-    refuse_taken_numbers(s, numbers, new.role, bin_id=new.bin_id)
-    priority = new.priority
-    if priority is None:
-        priority = next_coordinator_priority(s, new.bin_id) if new.role is Role.COORDINATOR and new.bin_id else 0
-    assignment = RoleAssignment(role=new.role, priority=priority, bin_id=new.bin_id, zone_id=new.zone_id)
-    person = Person(name=new.name, language=new.language, pin_hash=new.pin_hash)
-    person.roles.append(assignment)
-    person.phones.append(PhoneNumber(rank=PhoneRank.PRIMARY, e164=new.phone))
-    if new.second_phone:
-        person.phones.append(PhoneNumber(rank=PhoneRank.SECONDARY, e164=new.second_phone))
-    s.add(person)
-    s.flush()
-    audit.record(s, actor, "person.add", f"person:{person.id}", role=new.role.value, **audited,
-                 phone=mask(new.phone), priority=priority)
-    return person.id
-
-
-def coordinators_of(s: Session, bin_id: int) -> list[Person]:
-    """A BIN's coordinators, in calling order."""
-    return list(s.scalars(select(Person).join(RoleAssignment).where(
-        RoleAssignment.role == Role.COORDINATOR, RoleAssignment.bin_id == bin_id).order_by(RoleAssignment.priority)))
-
-
-# -- members -----------------------------------------------------------------------------------
-def members_of(s: Session, bin_id: int) -> list[Person]:
-    """A BIN's member households by name."""
-    return list(s.scalars(select(Person).join(RoleAssignment).where(
-        RoleAssignment.role == Role.MEMBER, RoleAssignment.bin_id == bin_id).order_by(Person.name, Person.id)))
-
-
-def record_numbers_shown(s: Session, bin_number: int, count: int, actor: str) -> None:
-    """Audit that a BIN's full member numbers were shown (before they are)."""
-    audit.record(s, actor, "members.show_numbers", f"bin:{bin_number}", count=count)
-
-
-def member_bin(s: Session, person_id: int) -> Bin | None:
-    """The BIN a member belongs to (the first, should they be in several)."""
-    return s.scalars(select(Bin).join(RoleAssignment, RoleAssignment.bin_id == Bin.id).where(
-        RoleAssignment.person_id == person_id, RoleAssignment.role == Role.MEMBER)).first()
-
-
-def member_by_phone(s: Session, e164: str) -> Person | None:
-    """The member household that has this number (first or second)."""
-    return s.scalars(select(Person).join(PhoneNumber).join(RoleAssignment).where(
-        PhoneNumber.e164 == e164, RoleAssignment.role == Role.MEMBER)).first()
-
-
-def members_by_phone(s: Session, e164: str, bin_id: int | None = None) -> list[tuple[Person, Bin]]:
-    """Every (member household, BIN) with this number (first or second), in one BIN or all: more than
-    one means the number alone does not say whose it is."""
-    query = select(Person, Bin).join(PhoneNumber, PhoneNumber.person_id == Person.id).join(
-        RoleAssignment, RoleAssignment.person_id == Person.id).join(Bin, Bin.id == RoleAssignment.bin_id).where(
-        PhoneNumber.e164 == e164, RoleAssignment.role == Role.MEMBER)
-    if bin_id is not None:
-        query = query.where(Bin.id == bin_id)
-    return [(person, bin_) for person, bin_ in s.execute(query.order_by(Person.id, Bin.number)).unique()]
-
-
-def phone_taken(s: Session, bin_id: int, e164: str, person_id: int | None = None) -> bool:
-    """Is ``e164`` the first number of another household of this BIN (``person_id``: the one edited)?"""
-    others = select(PhoneNumber.id).join(Person).join(RoleAssignment).where(
-        RoleAssignment.role == Role.MEMBER, RoleAssignment.bin_id == bin_id, PhoneNumber.rank == PhoneRank.PRIMARY,
-        PhoneNumber.e164 == e164)
-    if person_id is not None:
-        others = others.where(Person.id != person_id)
-    return s.scalar(others.limit(1)) is not None
-
-
-@dataclass(frozen=True)
-class Household:
-    """A member household's details as typed in a form (numbers already normalized)."""
-
-    name: str
-    street: str | None
-    language: Language
-    phone: str
-    second_phone: str | None
-
-
-def add_member(s: Session, bin_: Bin, household: Household, actor: str) -> int:
-    """Add one member household to ``bin_``; audited; its person id."""
-    person = Person(name=household.name, street=household.street, language=household.language)
-    person.roles.append(RoleAssignment(role=Role.MEMBER, bin_id=bin_.id))
-    set_phone(person, PhoneRank.PRIMARY, household.phone)
-    set_phone(person, PhoneRank.SECONDARY, household.second_phone)
-    s.add(person)
-    s.flush()
-    audit.record(s, actor, "member.add", f"person:{person.id}", bin=bin_.number, phone=mask(household.phone))
-    return person.id
-
-
-def save_member(s: Session, person_id: int, household: Household, actor: str) -> None:
-    """Replace a member's name, street, language and numbers; audited."""
-    person = s.get_one(Person, person_id)
-    person.name = household.name
-    person.street = household.street
-    person.language = household.language
-    set_phone(person, PhoneRank.PRIMARY, household.phone)
-    set_phone(person, PhoneRank.SECONDARY, household.second_phone)
-    audit.record(s, actor, "member.edit", f"person:{person_id}", phone=mask(household.phone))
-
-
 _UNCHANGED: Any = object()
 
 
@@ -405,10 +275,20 @@ def set_member_preferences(s: Session, person: Person, actor: str, *,
     audit.record(s, actor, "member.preferences", f"person:{person.id}", window=shown_window, pause=shown_pause)
 
 
+def record_test_call(s: Session, person_id: int, call_id: str, actor: str) -> tuple[str, str]:
+    """Write (audit) a test call to a member before it is placed; returns its number and language."""
+    person = s.get_one(Person, person_id)
+    phone = phone_of(person, PhoneRank.PRIMARY)
+    if phone is None:
+        raise LookupError(f"person {person_id} has no phone number")
+    audit.record(s, actor, "member.test_call", f"person:{person_id}", call=call_id)
+    return phone.e164, person.language.value
+
+
 # -- what a signed-in viewer sees (the web console) --------------------------------------------
 def bins_in_scope(s: Session, viewer: Viewer) -> list[Bin]:
     """The BINs this viewer sees, by number."""
-    return [b for b in s.scalars(select(Bin).order_by(Bin.number)) if viewer.sees_bin(b.id, b.zone_id)]
+    return [b for b in all_bins(s) if viewer.sees_bin(b.id, b.zone_id)]
 
 
 def bin_in_scope(s: Session, viewer: Viewer, number: int) -> Bin | None:
@@ -490,167 +370,3 @@ def open_member(s: Session, person: Person, bin_: Bin, actor: str) -> dict[str, 
                        "language": person.language.value, "phone": primary.e164 if primary else "",
                        "second_phone": second.e164 if second else ""},
             "bin": {"number": bin_.number, "name": bin_.name}}
-
-
-@dataclass(frozen=True)
-class PlannedMember:
-    """One household an import touches: its line in the file (0: not in the file), name, first number,
-    the person (``None``: a new one) and, for a change, what changes."""
-
-    line: int
-    name: str
-    phone: str
-    person_id: int | None = None
-    changes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ImportPlan:
-    """What an import of a member file would do, worked out before anything is written.
-
-    ``reused``: people already in the directory with the row's number (a coordinator, a member of
-    another BIN) who become members of this BIN as the same person, not a duplicate. ``removed`` is
-    empty in merge mode: merge never removes anyone."""
-
-    bin_number: int
-    mode: str
-    added: tuple[PlannedMember, ...]
-    reused: tuple[PlannedMember, ...]
-    changed: tuple[PlannedMember, ...]
-    unchanged: tuple[PlannedMember, ...]
-    removed: tuple[PlannedMember, ...]
-
-    def lines(self) -> list[str]:
-        """One line per household added, reused, changed or removed (numbers masked)."""
-        out = [f"add      line {m.line:<4} {m.name}  {mask(m.phone)}" for m in self.added]
-        out += [f"reuse    line {m.line:<4} {m.name}  {mask(m.phone)}  (person {m.person_id}, already in the "
-                "directory)" for m in self.reused]
-        out += [f"change   line {m.line:<4} {m.name}  {mask(m.phone)}  (person {m.person_id}: "
-                f"{', '.join(m.changes)})" for m in self.changed]
-        out += [f"remove             {m.name}  {mask(m.phone)}  (person {m.person_id})" for m in self.removed]
-        return out
-
-    def summary(self) -> str:
-        """``BIN 12: 1 added, ... (mode replace)``."""
-        return (f"BIN {self.bin_number}: {len(self.added) + len(self.reused)} added, {len(self.changed)} changed, "
-                f"{len(self.unchanged)} unchanged, {len(self.removed)} removed (mode {self.mode})")
-
-
-IMPORT_MODES = ("replace", "merge")
-
-
-def _member_changes(person: Person, row: MemberRow, language: Language) -> tuple[str, ...]:
-    second = phone_of(person, PhoneRank.SECONDARY)
-    changes = []
-    if person.name != row.name:
-        changes.append("name")
-    if (person.street or None) != row.street:
-        changes.append("street")
-    if person.language is not language:
-        changes.append("language")
-    if (second.e164 if second else None) != row.second_phone:
-        changes.append("second phone")
-    return tuple(changes)
-
-
-def plan_member_import(session: Session, bin_: Bin, rows: list[MemberRow], mode: str = "replace") -> ImportPlan:
-    """What importing ``rows`` into ``bin_`` would change (reads only). ``replace``: the file is the
-    whole list, members not in it are removed; ``merge``: add and update, never remove.
-
-    Raises ``CsvImportError`` (line-numbered) when a row's number already belongs to another member
-    of this BIN than the one it matches: one number is one household per BIN."""
-    if mode not in IMPORT_MODES:
-        raise ValueError(f"mode must be one of {', '.join(IMPORT_MODES)}, not {mode!r}")
-    current = members_of(session, bin_.id)
-    by_phone: dict[str, Person] = {}
-    any_number: dict[str, Person] = {}
-    for person in current:
-        for number in person.phones:
-            any_number.setdefault(number.e164, person)
-            if number.rank is PhoneRank.PRIMARY:
-                by_phone[number.e164] = person
-    added: list[PlannedMember] = []
-    reused: list[PlannedMember] = []
-    changed: list[PlannedMember] = []
-    unchanged: list[PlannedMember] = []
-    errors: list[LineError] = []
-    kept: set[int] = set()
-    for row in rows:
-        person = by_phone.get(row.phone)
-        for number, label in ((row.phone, "phone"), (row.second_phone, "second phone")):
-            other = any_number.get(number) if number else None
-            if other is not None and other is not person:
-                errors.append(LineError(row.line, f"{label} {mask(number or '')} is already the number of member "
-                                                  f"person {other.id} ({other.name}) of BIN {bin_.number}"))
-        if person is not None:
-            kept.add(person.id)
-            changes = _member_changes(person, row, row.language or bin_.language)
-            (changed if changes else unchanged).append(PlannedMember(row.line, row.name, row.phone, person.id,
-                                                                     changes))
-            continue
-        known = session.scalars(select(Person).join(PhoneNumber).where(
-            PhoneNumber.e164 == row.phone, PhoneNumber.rank == PhoneRank.PRIMARY, Person.active.is_(True))
-            .order_by(Person.id)).first()
-        if known is not None:
-            reused.append(PlannedMember(row.line, row.name, row.phone, known.id))
-        else:
-            added.append(PlannedMember(row.line, row.name, row.phone))
-    if errors:
-        raise CsvImportError(errors)
-    removed = [] if mode == "merge" else [
-        PlannedMember(0, p.name, (phone_of(p, PhoneRank.PRIMARY) or PhoneNumber(e164="")).e164, p.id)
-        for p in current if p.id not in kept]
-    return ImportPlan(bin_.number, mode, tuple(added), tuple(reused), tuple(changed), tuple(unchanged),
-                      tuple(removed))
-
-
-def apply_member_import(session: Session, bin_: Bin, rows: list[MemberRow], plan: ImportPlan,
-                        actor: str) -> ImportResult:
-    """Write ``plan`` (made by ``plan_member_import`` for these ``rows`` in this transaction); audited."""
-    by_line = {row.line: row for row in rows}
-    for planned in plan.added:
-        row = by_line[planned.line]
-        person = Person(name=row.name, street=row.street, language=row.language or bin_.language)
-        person.roles.append(RoleAssignment(role=Role.MEMBER, bin_id=bin_.id))
-        set_phone(person, PhoneRank.PRIMARY, row.phone)
-        set_phone(person, PhoneRank.SECONDARY, row.second_phone)
-        session.add(person)
-    for planned in plan.reused:
-        # The same person joins this BIN's members; their name and numbers stay theirs.
-        person = session.get_one(Person, planned.person_id)  # held: the collection's events need their owner
-        person.roles.append(RoleAssignment(role=Role.MEMBER, bin_id=bin_.id))
-    for planned in plan.changed:
-        row = by_line[planned.line]
-        person = session.get_one(Person, planned.person_id)
-        person.name = row.name
-        person.street = row.street
-        person.language = row.language or bin_.language
-        set_phone(person, PhoneRank.SECONDARY, row.second_phone)
-    for planned in plan.removed:
-        person = session.get_one(Person, planned.person_id)
-        for role in [r for r in person.roles if r.role is Role.MEMBER and r.bin_id == bin_.id]:
-            person.roles.remove(role)
-    session.flush()
-    result = ImportResult(len(plan.added) + len(plan.reused), len(plan.changed) + len(plan.unchanged),
-                          len(plan.removed))
-    audit.record(session, actor, "members.import", f"bin:{bin_.number}", added=result.added,
-                 updated=result.updated, removed=result.removed, reused=len(plan.reused), mode=plan.mode)
-    return result
-
-
-def import_members(session: Session, bin_: Bin, rows: list[MemberRow], actor: str,
-                   mode: str = "replace") -> ImportResult:
-    """Make ``bin_``'s member list equal to ``rows`` (``merge``: add and update only), in the caller's
-    transaction. Who may remove members without a confirmation is the caller's business (the command
-    line asks for ``--yes``)."""
-    return apply_member_import(session, bin_, rows, plan_member_import(session, bin_, rows, mode), actor)
-
-
-def record_test_call(s: Session, person_id: int, call_id: str, actor: str) -> tuple[str, str]:
-    """Write (audit) a test call to a member before it is placed; returns its number and language."""
-    person = s.get_one(Person, person_id)
-    phone = phone_of(person, PhoneRank.PRIMARY)
-    if phone is None:
-        raise LookupError(f"person {person_id} has no phone number")
-    audit.record(s, actor, "member.test_call", f"person:{person_id}", call=call_id)
-    return phone.e164, person.language.value

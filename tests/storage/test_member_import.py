@@ -7,7 +7,7 @@ import time
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from ivr.directory.store import CsvImportError, import_members, parse_member_csv
+from ivr.directory.member_import import CsvImportError, import_members, parse_member_csv
 from storage.db import open_database, session_scope
 from storage.models import Base, Bin, Person, PoliceZone, RoleAssignment
 from ivr.domain.vocabulary import Language, Role
@@ -112,7 +112,7 @@ def test_thousand_members_import_and_reimport_replaces(db_url: str) -> None:
 
 
 def _plan(engine: Engine, data: bytes, mode: str) -> object:
-    from ivr.directory.store import plan_member_import
+    from ivr.directory.member_import import plan_member_import
 
     with session_scope(engine) as s:
         return plan_member_import(s, s.scalars(select(Bin).where(Bin.number == 12)).one(), parse_member_csv(data), mode)
@@ -120,7 +120,7 @@ def _plan(engine: Engine, data: bytes, mode: str) -> object:
 
 def test_plan_merge_and_reuse_on_both_databases(db_url: str) -> None:
     """The plan reads only; merge never removes; a person with the row's number is reused, not doubled."""
-    from ivr.directory.store import import_members
+    from ivr.directory.member_import import import_members
 
     engine = _engine_with_bin(db_url)
     _import(engine, (HEADER + "Jan,09 123 45 67,,Dorp 1,nl\nAn,0470 12 34 56,,Dorp 2,nl\n").encode())

@@ -403,6 +403,21 @@ def test_a_member_is_added_and_edited(site: Site) -> None:
         assert s.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "member.opened")) == 1
 
 
+def test_a_number_another_household_has_is_refused_also_as_a_second_number(site: Site) -> None:
+    """One number, one household: the web applies the command line's rule to first and second numbers."""
+    client = site.signed_in("admin")
+    token = csrf_of(client.get("/bins/12").text)
+    with session_scope(site.engine) as s:
+        taken = next(p.e164 for p in s.get_one(Person, site.members[1]).phones)
+    form = {"csrf": token, "name": "Dirk", "phone": "0470 22 33 44", "second_phone": taken, "street": "",
+            "language": "nl"}
+    before = dump(site.engine)
+    added = client.post("/bins/12/members", data=form)
+    edited = client.post(f"/members/{site.members[0]}", data=form)
+    assert [added.status_code, edited.status_code] == [400, 400]
+    assert dump(site.engine) == before
+
+
 def test_a_bin_without_a_name_is_not_saved(site: Site) -> None:
     client = site.signed_in("admin")
     token = csrf_of(client.get("/bins/12").text)

@@ -26,34 +26,35 @@ from ivr.delivery.drill import DrillError, DrillRefused, ReachReport, latest_dri
 from ivr.directory.accounts import Viewer
 from ivr.directory.test_calls import last_result
 from ivr.domain.actor import Actor
-from ivr.directory.store import (
-    LANGUAGES as CSV_LANGUAGES,
-)
-from ivr.directory.store import (
+from ivr.directory.member_csv import LANGUAGES as CSV_LANGUAGES
+from ivr.directory.member_import import (
     IMPORT_MODES,
     CsvImportError,
-    Household,
     ImportPlan,
     ImportResult,
     MemberRow,
-    add_member,
     apply_member_import,
+    parse_member_csv,
+    plan_member_import,
+)
+from ivr.directory.store import (
+    Household,
+    add_member,
     bin_in_scope,
     bin_overview,
     bin_with_members,
     edit_bin,
     member_in_scope,
     open_member,
-    parse_member_csv,
     phone_taken,
-    plan_member_import,
     save_member,
 )
 from ivr.domain.destinations import DestinationPolicy, TestCallLog
 from ivr.domain.phone import InvalidPhoneNumber, mask
-from ivr.web.console import Console, ConsoleUnavailable
+from ivr.web.console import Console
 from ivr.web.i18n import tr
 from ivr.web.pages.base import UPLOAD_OVERHEAD_BYTES, BodyTooLarge, PageBase, PageError
+from ivr.web.test_calls import ConsoleUnavailable
 from storage import audit
 from storage.models import Bin, Person
 from ivr.domain.vocabulary import Language
@@ -276,7 +277,8 @@ class BinPages(PageBase):
         form = await self.form(request)
         values = {k: " ".join(str(form.get(k, "")).split()) for k in MEMBER_FIELDS}
         errors, phone, second = self._member_errors(values, lang, self.settings.destinations)
-        if not errors and await self.console.tx(lambda s: phone_taken(s, bin_.id, phone, person_id)):
+        if not errors and await self.console.tx(
+                lambda s: any(phone_taken(s, bin_.id, n, person_id) for n in (phone, second) if n)):
             errors.append(tr("member_error_phone_taken", lang, bin=bin_.number))
         if errors:
             return self.render(request, "member.html", 400, viewer=viewer, errors=errors,
@@ -293,7 +295,8 @@ class BinPages(PageBase):
         form = await self.form(request)
         values = {k: " ".join(str(form.get(k, "")).split()) for k in MEMBER_FIELDS}
         errors, phone, second = self._member_errors(values, lang, self.settings.destinations)
-        if not errors and await self.console.tx(lambda s: phone_taken(s, self._bin(s, viewer, number).id, phone)):
+        if not errors and await self.console.tx(
+                lambda s: any(phone_taken(s, self._bin(s, viewer, number).id, n) for n in (phone, second) if n)):
             # The import keys households by their first number: one number, one household.
             errors.append(tr("member_error_phone_taken", lang, bin=number))
         if errors:

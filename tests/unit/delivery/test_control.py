@@ -16,7 +16,8 @@ from ivr.delivery.control import (
 )
 from ivr.delivery.report import campaign_report
 from ivr.delivery.policy import RetryPolicy
-from ivr.delivery.store import DeliveryDesk, received, recipients
+from ivr.delivery.members import received, recipients
+from ivr.delivery.store import DeliveryDesk
 from ivr.domain.actor import Actor
 from ivr.domain.vocabulary import (
     AttemptOutcome, CampaignStatus, Decision, Language, MessageKind, MessageStatus, Role,

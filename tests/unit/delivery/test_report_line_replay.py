@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from ivr.delivery.lines_store import ReplayRefused
 from ivr.delivery.report_line import MAX_REPLAYS, ReportEnd, ReportHeard, coordinator_report
-from ivr.delivery.store import ReplayRefused
 from ivr.directory.pin_gate import PinRules
 from ivr.domain.vocabulary import Role, Urgency
 from ivr.police_line.store import Officer

@@ -1,0 +1,188 @@
+"""Importing a coordinator's member file into their BIN: a plan worked out before anything is
+written, then the plan written in the same transaction.
+
+The coordinator's file is the truth for their BIN, so an import *replaces* the BIN's member list
+(``merge``: adds and updates only), matching existing members by primary number so their history
+stays linked. A file with any error is refused whole, with every error line-numbered
+(``ivr.directory.member_csv``), and nothing is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ivr.directory.member_csv import CsvImportError, LineError, MemberRow, parse_member_csv
+from ivr.directory.people import phone_of, set_phone
+from ivr.directory.store import Household, members_of, new_member
+from ivr.domain.phone import mask
+from ivr.domain.vocabulary import Language, PhoneRank, Role
+from storage import audit
+from storage.models import Bin, Person, PhoneNumber, RoleAssignment
+
+__all__ = [  # with the member file's names an importer needs
+    "IMPORT_MODES", "CsvImportError", "ImportPlan", "ImportResult", "MemberRow", "PlannedMember",
+    "apply_member_import", "import_members", "parse_member_csv", "plan_member_import",
+]
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import changed."""
+
+    added: int
+    updated: int
+    removed: int
+
+
+@dataclass(frozen=True)
+class PlannedMember:
+    """One household an import touches: its line in the file (0: not in the file), name, first number,
+    the person (``None``: a new one) and, for a change, what changes."""
+
+    line: int
+    name: str
+    phone: str
+    person_id: int | None = None
+    changes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImportPlan:
+    """What an import of a member file would do, worked out before anything is written.
+
+    ``reused``: people already in the directory with the row's number (a coordinator, a member of
+    another BIN) who become members of this BIN as the same person, not a duplicate. ``removed`` is
+    empty in merge mode: merge never removes anyone."""
+
+    bin_number: int
+    mode: str
+    added: tuple[PlannedMember, ...]
+    reused: tuple[PlannedMember, ...]
+    changed: tuple[PlannedMember, ...]
+    unchanged: tuple[PlannedMember, ...]
+    removed: tuple[PlannedMember, ...]
+
+    def lines(self) -> list[str]:
+        """One line per household added, reused, changed or removed (numbers masked)."""
+        out = [f"add      line {m.line:<4} {m.name}  {mask(m.phone)}" for m in self.added]
+        out += [f"reuse    line {m.line:<4} {m.name}  {mask(m.phone)}  (person {m.person_id}, already in the "
+                "directory)" for m in self.reused]
+        out += [f"change   line {m.line:<4} {m.name}  {mask(m.phone)}  (person {m.person_id}: "
+                f"{', '.join(m.changes)})" for m in self.changed]
+        out += [f"remove             {m.name}  {mask(m.phone)}  (person {m.person_id})" for m in self.removed]
+        return out
+
+    def summary(self) -> str:
+        """``BIN 12: 1 added, ... (mode replace)``."""
+        return (f"BIN {self.bin_number}: {len(self.added) + len(self.reused)} added, {len(self.changed)} changed, "
+                f"{len(self.unchanged)} unchanged, {len(self.removed)} removed (mode {self.mode})")
+
+
+IMPORT_MODES = ("replace", "merge")
+
+
+def _member_changes(person: Person, row: MemberRow, language: Language) -> tuple[str, ...]:
+    second = phone_of(person, PhoneRank.SECONDARY)
+    changes = []
+    if person.name != row.name:
+        changes.append("name")
+    if (person.street or None) != row.street:
+        changes.append("street")
+    if person.language is not language:
+        changes.append("language")
+    if (second.e164 if second else None) != row.second_phone:
+        changes.append("second phone")
+    return tuple(changes)
+
+
+def plan_member_import(session: Session, bin_: Bin, rows: list[MemberRow], mode: str = "replace") -> ImportPlan:
+    """What importing ``rows`` into ``bin_`` would change (reads only). ``replace``: the file is the
+    whole list, members not in it are removed; ``merge``: add and update, never remove.
+
+    Raises ``CsvImportError`` (line-numbered) when a row's number already belongs to another member
+    of this BIN than the one it matches: one number is one household per BIN."""
+    if mode not in IMPORT_MODES:
+        raise ValueError(f"mode must be one of {', '.join(IMPORT_MODES)}, not {mode!r}")
+    current = members_of(session, bin_.id)
+    by_phone: dict[str, Person] = {}
+    any_number: dict[str, Person] = {}
+    for person in current:
+        for number in person.phones:
+            any_number.setdefault(number.e164, person)
+            if number.rank is PhoneRank.PRIMARY:
+                by_phone[number.e164] = person
+    added: list[PlannedMember] = []
+    reused: list[PlannedMember] = []
+    changed: list[PlannedMember] = []
+    unchanged: list[PlannedMember] = []
+    errors: list[LineError] = []
+    kept: set[int] = set()
+    for row in rows:
+        person = by_phone.get(row.phone)
+        for number, label in ((row.phone, "phone"), (row.second_phone, "second phone")):
+            other = any_number.get(number) if number else None
+            if other is not None and other is not person:
+                errors.append(LineError(row.line, f"{label} {mask(number or '')} is already the number of member "
+                                                  f"person {other.id} ({other.name}) of BIN {bin_.number}"))
+        if person is not None:
+            kept.add(person.id)
+            changes = _member_changes(person, row, row.language or bin_.language)
+            (changed if changes else unchanged).append(PlannedMember(row.line, row.name, row.phone, person.id,
+                                                                     changes))
+            continue
+        known = session.scalars(select(Person).join(PhoneNumber).where(
+            PhoneNumber.e164 == row.phone, PhoneNumber.rank == PhoneRank.PRIMARY, Person.active.is_(True))
+            .order_by(Person.id)).first()
+        if known is not None:
+            reused.append(PlannedMember(row.line, row.name, row.phone, known.id))
+        else:
+            added.append(PlannedMember(row.line, row.name, row.phone))
+    if errors:
+        raise CsvImportError(errors)
+    removed = [] if mode == "merge" else [
+        PlannedMember(0, p.name, primary.e164 if (primary := phone_of(p, PhoneRank.PRIMARY)) else "", p.id)
+        for p in current if p.id not in kept]
+    return ImportPlan(bin_.number, mode, tuple(added), tuple(reused), tuple(changed), tuple(unchanged),
+                      tuple(removed))
+
+
+def apply_member_import(session: Session, bin_: Bin, rows: list[MemberRow], plan: ImportPlan,
+                        actor: str) -> ImportResult:
+    """Write ``plan`` (made by ``plan_member_import`` for these ``rows`` in this transaction); audited."""
+    by_line = {row.line: row for row in rows}
+    for planned in plan.added:
+        row = by_line[planned.line]
+        new_member(session, bin_, Household(row.name, row.street, row.language or bin_.language, row.phone,
+                                            row.second_phone))
+    for planned in plan.reused:
+        # The same person joins this BIN's members; their name and numbers stay theirs.
+        person = session.get_one(Person, planned.person_id)  # held: the collection's events need their owner
+        person.roles.append(RoleAssignment(role=Role.MEMBER, bin_id=bin_.id))
+    for planned in plan.changed:
+        row = by_line[planned.line]
+        person = session.get_one(Person, planned.person_id)
+        person.name = row.name
+        person.street = row.street
+        person.language = row.language or bin_.language
+        set_phone(person, PhoneRank.SECONDARY, row.second_phone)
+    for planned in plan.removed:
+        person = session.get_one(Person, planned.person_id)
+        for role in [r for r in person.roles if r.role is Role.MEMBER and r.bin_id == bin_.id]:
+            person.roles.remove(role)
+    session.flush()
+    result = ImportResult(len(plan.added) + len(plan.reused), len(plan.changed) + len(plan.unchanged),
+                          len(plan.removed))
+    audit.record(session, actor, "members.import", f"bin:{bin_.number}", added=result.added,
+                 updated=result.updated, removed=result.removed, reused=len(plan.reused), mode=plan.mode)
+    return result
+
+
+def import_members(session: Session, bin_: Bin, rows: list[MemberRow], actor: str,
+                   mode: str = "replace") -> ImportResult:
+    """Make ``bin_``'s member list equal to ``rows`` (``merge``: add and update only), in the caller's
+    transaction. Who may remove members without a confirmation is the caller's business (the command
+    line asks for ``--yes``)."""
+    return apply_member_import(session, bin_, rows, plan_member_import(session, bin_, rows, mode), actor)
