@@ -35,7 +35,8 @@ from ivr.asterisk.officers import ReloadError, endpoint_of_channel
 from ivr.scheduler import AlarmClock
 from ivr.chain.steps import DELIVER, DRILL, Chain, ChainObserver
 from ivr.config import Settings
-from ivr.delivery.dialer import CampaignRunner, DialerLimits, retry_policies
+from ivr.delivery.dialer import CampaignRunner, DialerLimits
+from ivr.delivery.policy import retry_policies
 from ivr.delivery.member_call import MemberRules, member_call, member_call_start
 from ivr.delivery.line_limits import LineLimits
 from ivr.delivery.member_callback import member_callback

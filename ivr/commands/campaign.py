@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from ivr.commands.common import CommandError, actor, refuse_overwrite
 from ivr.config import Settings
 from ivr.delivery.control import ControlError, renotify, stop_campaign
-from ivr.delivery.dialer import retry_policies
+from ivr.delivery.policy import retry_policies
 from ivr.delivery.report import campaign_report, record_export, render_progress
 from ivr.domain.actor import Actor
 from storage.db import open_database, session_scope

@@ -15,7 +15,7 @@ from ivr.archive.coordinator_log import UnknownBin, collect, record_report, to_c
 from ivr.archive.store import Archive
 from ivr.commands.common import CommandError, actor, parse_when, refuse_overwrite
 from ivr.config import Settings
-from ivr.delivery.dialer import retry_policies
+from ivr.delivery.policy import retry_policies
 from storage.db import open_database, session_scope
 from storage.models import utcnow
 from storage.recordings import RecordingStore

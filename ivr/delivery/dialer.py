@@ -24,17 +24,18 @@ An outage is never a member's failure, and a number never has two calls at once:
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from ivr.delivery.members import Member
 from ivr.delivery.outcome import NOT_PLACED, dial_record, dialled_outcome
 from ivr.delivery.policy import (
     Next, RetryPolicy, TrunkRules, TrunkWatch, Verdict, Window, may_dial, next_allowed, next_step, observe_dial,
-    observe_registration, probe_started,
+    member_prompts, observe_registration, probe_started,
 )
 from ivr.delivery.store import CampaignPlan, DeliveryDesk, OpenCall
 from ivr.domain.pace import TokenBucket
@@ -43,9 +44,6 @@ from ivr.domain.vocabulary import AttemptOutcome
 from ivr.media.voice import Voice
 from ivr.telephony.outbound import CallEnd, CallKind, OutboundCalls, answered
 from storage import audit
-
-if TYPE_CHECKING:
-    from ivr.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +264,7 @@ class CampaignRunner:
             if finished is not None:
                 if not any(v[0] == plan.campaign_id for v in self._live.values()):
                     await self.desk.finish(plan.campaign_id, finished, plan.round)
-                    log.info("campaign %d done: %s", plan.campaign_id, _count(finished))
+                    log.info("campaign %d done: %s", plan.campaign_id, dict(Counter(finished.values())))
                 continue
             if soonest is not None:
                 next_wake = min(next_wake, max(0.0, (soonest - now).total_seconds()))
@@ -495,28 +493,3 @@ class CampaignRunner:
 def _up(attempt_id: str, live: set[str]) -> bool:
     """True if the call's channel (or, for a Local channel, its other half) is in ``live``."""
     return attempt_id in live or f"{attempt_id}-2" in live
-
-
-def member_prompts(urgent: bool, drill: bool) -> dict[str, str]:
-    """The prompts a member call plays around the recording (dialplan variable -> prompt id): a drill's
-    every prompt says it is a test, so nobody takes it for a real alert."""
-    if drill:
-        return {"BINFOON_HEADER": "member_header_drill", "BINFOON_KEYS": "member_keys_drill",
-                "BINFOON_THANKS": "member_thanks_drill"}
-    return {"BINFOON_HEADER": "member_header_urgent" if urgent else "member_header_preventive",
-            "BINFOON_KEYS": "member_keys", "BINFOON_THANKS": "member_thanks"}
-
-
-def retry_policies(settings: "Settings") -> dict[bool, RetryPolicy]:
-    """The retry policies by urgency (``True``: urgent) from the settings."""
-    return {urgent: RetryPolicy(
-        settings.urgent_retries if urgent else settings.preventive_retries,
-        settings.urgent_retry_after_s if urgent else settings.preventive_retry_after_s,
-        settings.retry_backoff, settings.no_key_retries, settings.no_key_retry_after_s) for urgent in (True, False)}
-
-
-def _count(finals: dict[int, str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for outcome in finals.values():
-        out[outcome] = out.get(outcome, 0) + 1
-    return out

@@ -6,7 +6,7 @@ Rules:
   once (it needs no review: an admin, a coordinator of the BIN or the zone's police start it); the
   running service delivers it (``Chain.reconcile`` finds every approved, due message);
 - a drill is preventive, never urgent: its calls respect quiet hours like any preventive campaign,
-  and every prompt of its calls says it is a test (``dialer.member_prompts``);
+  and every prompt of its calls says it is a test (``policy.member_prompts``);
 - a schedule is one row per BIN (``drill_schedules``); when its alarm fires, ``next_at`` moves on
   and the drill is created in the same transaction (persist first, then act): two processes, or an
   alarm that fires twice, make one drill (the date moves by a conditional UPDATE: only the process

@@ -9,7 +9,7 @@ message the keys are reminded until ``reminders`` are spent. The confirmation is
 "thank you". On an answering machine (the dialplan waited for its beep) the message plays once,
 followed by a moment of silence so that nothing of its end is cut.
 A drill ("Testbericht BIN-foon") says so in every prompt: the header, the keys and the thanks are
-the drill's (``dialer.member_prompts``), as the dialplan's fallback plays them.
+the drill's (``policy.member_prompts``), as the dialplan's fallback plays them.
 The flow sets BINFOON_DONE=1 when it has handled the call, so the dialplan's own fallback (for an
 application that is down) never plays the message a second time.
 """
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ivr.delivery.dialer import member_prompts
+from ivr.delivery.policy import member_prompts
 from ivr.delivery.drill import campaign_is_drill
 from ivr.delivery.store import DeliveryDesk
 from ivr.telephony.agi import is_originated_channel

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 
-from ivr.delivery.dialer import member_prompts
+from ivr.delivery.policy import member_prompts
 from ivr.delivery.drill import campaign_is_drill
 from ivr.delivery.line_limits import LineLimits
 from ivr.delivery.store import DeliveryDesk

@@ -22,8 +22,12 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from ivr.domain.vocabulary import AttemptOutcome as O
+
+if TYPE_CHECKING:
+    from ivr.config import Settings
 
 #: Dial outcomes after which the same number is tried again (policy permitting).
 TRANSIENT = frozenset({O.BUSY, O.NO_ANSWER, O.REJECTED, O.CONGESTION, O.FAILED})
@@ -314,3 +318,21 @@ def may_dial(watch: TrunkWatch, now: dt.datetime) -> bool:
 def probe_started(watch: TrunkWatch, attempt_id: str) -> TrunkWatch:
     """The call ``attempt_id`` is the probe of a down trunk (placed because ``may_dial`` allowed it)."""
     return replace(watch, probing=attempt_id) if watch.down else watch
+
+
+def member_prompts(urgent: bool, drill: bool) -> dict[str, str]:
+    """The prompts a member call plays around the recording (dialplan variable -> prompt id): a drill's
+    every prompt says it is a test, so nobody takes it for a real alert."""
+    if drill:
+        return {"BINFOON_HEADER": "member_header_drill", "BINFOON_KEYS": "member_keys_drill",
+                "BINFOON_THANKS": "member_thanks_drill"}
+    return {"BINFOON_HEADER": "member_header_urgent" if urgent else "member_header_preventive",
+            "BINFOON_KEYS": "member_keys", "BINFOON_THANKS": "member_thanks"}
+
+
+def retry_policies(settings: "Settings") -> dict[bool, RetryPolicy]:
+    """The retry policies by urgency (``True``: urgent) from the settings."""
+    return {urgent: RetryPolicy(
+        settings.urgent_retries if urgent else settings.preventive_retries,
+        settings.urgent_retry_after_s if urgent else settings.preventive_retry_after_s,
+        settings.retry_backoff, settings.no_key_retries, settings.no_key_retry_after_s) for urgent in (True, False)}

@@ -30,7 +30,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from ivr.delivery.control import stop_with_pin
-from ivr.delivery.dialer import member_prompts
+from ivr.delivery.policy import member_prompts
 from ivr.delivery.line_limits import LineLimits
 from ivr.delivery.lines_store import CoordinatorReport, ReplayRefused
 from ivr.delivery.store import DeliveryDesk

@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from ivr.config import Settings
 from ivr.delivery.board import board_rows, stage_of
-from ivr.delivery.dialer import retry_policies
+from ivr.delivery.policy import retry_policies
 from ivr.delivery.policy import RetryPolicy
 from ivr.delivery.progress import confirmation_times
 from ivr.delivery.report import CampaignReport, campaign_report

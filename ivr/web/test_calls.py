@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 from sqlalchemy.orm import Session
 
 from ivr.config import Settings
-from ivr.delivery.dialer import member_prompts
+from ivr.delivery.policy import member_prompts
 from ivr.directory.accounts import Viewer
 from ivr.directory.store import record_test_call
 from ivr.directory.test_calls import TestCallResult, answered_outcome, last_result, record_result

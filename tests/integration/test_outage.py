@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from ivr.delivery.dialer import retry_policies
+from ivr.delivery.policy import retry_policies
 from ivr.delivery.outcome import NOT_PLACED
 from ivr.delivery.policy import NOT_A_TRY
 from ivr.delivery.report import campaign_report

@@ -20,7 +20,7 @@ from ivr.archive import cap
 from ivr.archive.coordinator_log import collect, to_csv
 from ivr.cli import main
 from ivr.config import Settings
-from ivr.delivery.dialer import retry_policies
+from ivr.delivery.policy import retry_policies
 from ivr.domain.vocabulary import MessageKind, Urgency
 from storage.db import session_scope
 from storage.models import Message, Person

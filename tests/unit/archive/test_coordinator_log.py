@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ivr.delivery.dialer import retry_policies
+from ivr.delivery.policy import retry_policies
 from ivr.cli import main
 from ivr.config import Settings
 from ivr.archive.coordinator_log import (

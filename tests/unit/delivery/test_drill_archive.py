@@ -17,7 +17,7 @@ from ivr.archive.coordinator_log import collect
 from ivr.archive.store import Archive
 from ivr.cli import main
 from ivr.config import Settings
-from ivr.delivery.dialer import retry_policies
+from ivr.delivery.policy import retry_policies
 from ivr.delivery.drill import start_drill
 from ivr.directory.accounts import Viewer
 from ivr.domain.actor import Actor
