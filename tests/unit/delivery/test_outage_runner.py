@@ -93,7 +93,12 @@ async def test_a_call_a_crash_left_up_is_waited_for_then_its_member_is_called_ag
     dialer.live = {orphan}
     await runner.start()
     try:
-        await asyncio.sleep(0.5)
+        # Until the other member's call is over (a fixed sleep failed once under a loaded full run).
+        deadline = time.monotonic() + 10.0
+        while runner.calls.busy > 1 or _dials(dialer, "+3296000001") < 1:
+            assert time.monotonic() < deadline, runner.calls.busy
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the dialer's passes meanwhile: the number left up is still not dialled
         assert _dials(dialer, "+3296000000") == 0 and _dials(dialer, "+3296000001") == 1
         assert runner.calls.busy == 1  # the call still holds its channel
         dialer.live = set()
