@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ivr.delivery.policy import member_prompts
-from ivr.delivery.drill import campaign_is_drill
 from ivr.delivery.store import DeliveryDesk
 from ivr.telephony.agi import is_originated_channel
 from ivr.telephony.call import Call, CallHungUp
@@ -83,8 +82,7 @@ async def member_call(call: Call, channel: DurableMark, desk: DeliveryDesk, atte
     """The whole member conversation."""
     brief = await desk.member_brief(attempt_id, amd_status or None)
     call.language = brief.language
-    drill = await desk.tx(lambda s: campaign_is_drill(s, brief.campaign_id))
-    prompts = member_prompts(brief.urgent, drill)
+    prompts = member_prompts(brief.urgent, brief.drill)
     header, keys, thanks = prompts["BINFOON_HEADER"], prompts["BINFOON_KEYS"], prompts["BINFOON_THANKS"]
     if amd_status == "MACHINE":
         await call.say(header)

@@ -109,6 +109,8 @@ class MemberBrief:
     urgent: bool
     recording: Path
     confirmed: bool
+    #: A drill: every prompt of the call says it is a test.
+    drill: bool = False
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,8 @@ class DeliveryDesk(CallerLines):
                          take=take.take, to=f"person:{person.id}")
             return MemberBrief(attempt_id, campaign.id, person.id, person.language.value,
                                message.urgency is Urgency.URGENT,
-                               self.store.open_verified(Path(take.path), take.sha256), confirmed is not None)
+                               self.store.open_verified(Path(take.path), take.sha256), confirmed is not None,
+                               message.drill)
         return await self.tx(work)
 
     async def confirm(self, attempt_id: str, via: str = "call", at: dt.datetime | None = None) -> bool:
