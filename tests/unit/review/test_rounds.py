@@ -42,12 +42,16 @@ class FakeDialer:
     ready = True
 
     def __init__(self, world: World, after: StepLog, tmp_path: Path, keys: Mapping[str, list[object]],
-                 ring_s: float = 0.02) -> None:
+                 ring_s: float = 0.02, ring_until: int | None = None) -> None:
         self.world = world
         self.after = after
         self.tmp_path = tmp_path
         self.keys = keys
         self.ring_s = ring_s
+        # A call rings until this many ring at once (at most ring_s): concurrency is then shown by the
+        # code under test, not by a short sleep that a loaded machine outlasts.
+        self.ring_until = ring_until
+        self._all_ringing = asyncio.Event()
         self.calls: OutboundCalls | None = None
         self.dialled: list[str] = []
         self.active = 0
@@ -60,8 +64,16 @@ class FakeDialer:
         self.dialled.append(number)
         self.active += 1
         self.peak = max(self.peak, self.active)
+        if self.ring_until is not None and self.active >= self.ring_until:
+            self._all_ringing.set()
         try:
-            await asyncio.sleep(self.ring_s)
+            if self.ring_until is None:
+                await asyncio.sleep(self.ring_s)
+            else:
+                try:
+                    await asyncio.wait_for(self._all_ringing.wait(), self.ring_s)
+                except asyncio.TimeoutError:
+                    pass
         finally:
             self.active -= 1
         if number not in self.keys:
@@ -96,10 +108,10 @@ async def _submitted(world: World, tmp_path: Path, urgency: Urgency) -> int:
 
 
 async def _round(world: World, tmp_path: Path, clock: Clock, keys: Mapping[str, list[object]],
-                 urgency: Urgency = Urgency.URGENT, max_channels: int = 10
+                 urgency: Urgency = Urgency.URGENT, max_channels: int = 10, **ringing: float
                  ) -> tuple[int, FakeDialer, StepLog, AlarmClock, ReviewDispatcher]:
     after = StepLog()
-    dialer = FakeDialer(world, after, tmp_path, keys)
+    dialer = FakeDialer(world, after, tmp_path, keys, **ringing)  # type: ignore[arg-type]
     calls = OutboundCalls(dialer, max_channels=max_channels, max_cps=1000)  # type: ignore[arg-type]
     dialer.calls = calls
     alarms = AlarmClock(world.engine)
@@ -137,7 +149,8 @@ async def test_sequential_round_calls_in_order_and_stops_at_the_first_decision(t
 async def test_parallel_round_calls_everyone_at_once_and_one_decision_wins(tmp_path: Path, clock: Clock) -> None:
     world = _world(tmp_path, clock, coordinators=3, mode=ReviewMode.PARALLEL)
     phones = [phone for _, phone in world.coordinators]
-    message_id, dialer, after, _, _ = await _round(world, tmp_path, clock, {phone: ["1"] for phone in phones})
+    message_id, dialer, after, _, _ = await _round(world, tmp_path, clock, {phone: ["1"] for phone in phones},
+                                                   ring_s=5.0, ring_until=3)
     assert sorted(dialer.dialled) == sorted(phones) and dialer.peak == 3
     assert len(after.decisions) == 1              # one decision stored and handed on
     assert sorted(dialer.ends).count("forward_now") == 1
@@ -148,7 +161,8 @@ async def test_parallel_round_calls_everyone_at_once_and_one_decision_wins(tmp_p
 
 async def test_the_channel_limit_holds_review_calls_too(tmp_path: Path, clock: Clock) -> None:
     world = _world(tmp_path, clock, coordinators=3, mode=ReviewMode.PARALLEL)
-    _, dialer, _, _, _ = await _round(world, tmp_path, clock, {}, max_channels=2)
+    # Rings 0.5 s unless all three ring at once: a broken limit shows as peak 3 at once.
+    _, dialer, _, _, _ = await _round(world, tmp_path, clock, {}, max_channels=2, ring_s=0.5, ring_until=3)
     assert len(dialer.dialled) == 3 and dialer.peak == 2
 
 
