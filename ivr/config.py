@@ -236,6 +236,49 @@ class Settings:
     test_calls_per_member_hour: int = 3
     test_calls_per_person_hour: int = 10
 
+    # -- SMS and e-mail copies, the contact ladder (issue 17, ``ivr.copies``, ``ivr.domain.channels``) --
+    #: A member's channels when they chose none, per urgency (the police circular; a zone may set its own).
+    copy_channels_urgent: str = "voice+sms"
+    copy_channels_preventive: str = "voice+email"
+    #: The contact ladder: a called member who has not confirmed this long after their last call gets
+    #: the SMS copy, even if they chose calls only (a zone may turn it off or set its own delay).
+    ladder_sms: bool = True
+    ladder_after_s: float = 900.0
+    #: Kannel's smsbox sendsms URL (empty: no SMS copies are sent; they stay queued and are reported).
+    #: ``binfoon kannel config`` writes the Kannel configuration for the operator's SMPP account.
+    sms_sendsms_url: str = ""
+    #: The sendsms account: its name here, its password in a 0600 file (never in this file).
+    sms_username: str = "binfoon"
+    sms_password_file: str = ""
+    #: The sender shown on SMS (empty: ``caller_id_number``, the BIN line members may call back).
+    sms_sender: str = ""
+    #: Where the service takes Kannel's delivery reports and members' replies (loopback; 0: off).
+    sms_callback_port: int = 8491
+    #: The operator's SMPP account (``binfoon kannel config``): host, port, system id, password file.
+    smpp_host: str = ""
+    smpp_port: int = 2775
+    smpp_system_id: str = ""
+    smpp_password_file: str = ""
+    #: The SMTP relay for e-mail copies (empty host: no e-mail copies are sent); ``starttls`` (587),
+    #: ``tls`` (465) or ``none`` (loopback only); the account's password in a 0600 file.
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_security: str = "starttls"
+    smtp_username: str = ""
+    smtp_password_file: str = ""
+    #: CA bundle (PEM) that signs the relay's certificate (empty: the system's CAs).
+    smtp_ca_file: str = ""
+    #: The From address of e-mail copies, and where List-Unsubscribe mails go (empty: ``email_from``).
+    email_from: str = "bin@localhost"
+    email_unsubscribe_to: str = ""
+    #: The public address of the web console's unsubscribe page (List-Unsubscribe one-click; empty: mailto only).
+    email_unsubscribe_url: str = ""
+    #: The key (0600, made on first use) that signs unsubscribe links and Kannel's callback URLs.
+    #: Empty: ``<data_dir>/copies.key``.
+    copies_key_file: str = ""
+    #: A copy whose hand-over failed for a passing reason is tried again this many times.
+    copy_max_tries: int = 5
+
     # -- the SIP port under attack (RELIABILITY A10, ``ivr.domain.sip_bans``, ``ivr.telephony.security``) --
     #: This many failed SIP authentications from one address within ``sip_ban_window_s`` ban that
     #: address (a PJSIP ACL) for ``sip_ban_s``; 0 turns banning off.
@@ -273,6 +316,11 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'binfoon.db'}"
+
+    @property
+    def copies_key_path(self) -> Path:
+        """The key that signs unsubscribe links and Kannel's callback URLs (``copies_key_file``)."""
+        return Path(self.copies_key_file) if self.copies_key_file else self.data_dir / "copies.key"
 
     @property
     def pin_pepper_path(self) -> Path:
@@ -452,6 +500,22 @@ def settings_with_origins(
             ipaddress.ip_network(entry, strict=False)
         except ValueError:
             raise ConfigError(f"sip_ban_exempt: {entry!r} is not an IP address or CIDR") from None
+    from ivr.domain.channels import InvalidChannels, parse_channels
+
+    for key in ("copy_channels_urgent", "copy_channels_preventive"):
+        try:
+            parse_channels(getattr(settings, key))
+        except InvalidChannels as exc:
+            raise ConfigError(f"{where.get(key, 'default')}: {key}: {exc}") from None
+    if settings.ladder_after_s < 0 or settings.copy_max_tries < 1:
+        raise ConfigError("ladder_after_s must be >= 0 and copy_max_tries >= 1")
+    if settings.smtp_security not in ("starttls", "tls", "none"):
+        raise ConfigError(f"smtp_security must be starttls, tls or none, not {settings.smtp_security!r}")
+    if settings.smtp_security == "none" and settings.smtp_host not in ("", "127.0.0.1", "::1", "localhost"):
+        # The password and the members' addresses would cross the network in clear.
+        raise ConfigError(f"smtp_security = none is for a relay on loopback only, not {settings.smtp_host!r}")
+    if not 0 <= settings.sms_callback_port <= 65535:
+        raise ConfigError("sms_callback_port must be 0..65535 (0: off)")
     if not 1 <= settings.speech_beam_size <= 10 or settings.speech_time_cap_s <= 0:
         raise ConfigError("speech_beam_size must be 1..10 and speech_time_cap_s > 0")
     if settings.speech_compute_type not in ("int8", "int8_float32", "float32"):

@@ -38,6 +38,9 @@ from ivr.domain.vocabulary import (
     AttemptOutcome,
     AttemptStatus,
     CampaignStatus,
+    Channel,
+    CopyReason,
+    CopyStatus,
     Decision,
     Escalation,
     Language,
@@ -135,6 +138,14 @@ class PoliceZone(Base):
     second_approver: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: Review rounds of a waiting preventive message before the author is told (``None``: the setting).
     review_max_rounds: Mapped[int | None] = mapped_column(Integer)
+    #: The channels of a member who chose none, per urgency ("voice+sms"; ``None``: the setting,
+    #: ``copy_channels_urgent`` / ``copy_channels_preventive``; ``ivr.domain.channels``).
+    urgent_channels: Mapped[str | None] = mapped_column(String(40))
+    preventive_channels: Mapped[str | None] = mapped_column(String(40))
+    #: The contact ladder: an SMS copy to a member who has not confirmed this long after their last
+    #: call (``ladder_after_s``; ``None``: the settings ``ladder_sms`` / ``ladder_after_s``).
+    ladder_sms: Mapped[bool | None] = mapped_column(Boolean)
+    ladder_after_s: Mapped[float | None] = mapped_column(Float)
     bins: Mapped[list[Bin]] = relationship(back_populates="zone")
 
 
@@ -184,6 +195,16 @@ class Person(Base):
     #: A holiday pause: no preventive calls from ``pause_from`` to ``pause_until`` (dates, inclusive).
     pause_from: Mapped[dt.date | None] = mapped_column(Date)
     pause_until: Mapped[dt.date | None] = mapped_column(Date)
+    #: Written copies go here (a member's e-mail address; ``None``: none).
+    email: Mapped[str | None] = mapped_column(String(254))
+    #: The member's own channels ("voice+sms", "sms+email" for text only; ``None``: the zone's
+    #: defaults for the message's urgency). ``ivr.domain.channels`` reads and writes it.
+    channels: Mapped[str | None] = mapped_column(String(40))
+    #: Opt-outs, each with its moment: calls (on the BIN call-back line), SMS ("STOP"), e-mail
+    #: (List-Unsubscribe). ``None``: not opted out. Back in clears it.
+    calls_opt_out_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    sms_opt_out_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    email_opt_out_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     phones: Mapped[list[PhoneNumber]] = relationship(back_populates="person", cascade="all, delete-orphan")
     roles: Mapped[list[RoleAssignment]] = relationship(back_populates="person", cascade="all, delete-orphan")
@@ -436,6 +457,53 @@ class Confirmation(Base):
     confirmed_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     #: call (the app heard the key), cel (recovered from Asterisk's durable record), callback.
     via: Mapped[str] = mapped_column(String(20), default="call")
+
+
+class TextCopy(Base):
+    """One SMS or e-mail copy of a campaign's message to one member: written (QUEUED) before it is
+    sent, its id the idempotency key towards Kannel and the SMTP relay; at most one per member and
+    channel in a campaign, so a crash or a second node can never send a copy twice."""
+
+    __tablename__ = "text_copies"
+    __table_args__ = (UniqueConstraint("campaign_id", "person_id", "channel"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    channel: Mapped[Channel] = mapped_column(_enum(Channel))
+    reason: Mapped[CopyReason] = mapped_column(_enum(CopyReason))
+    #: The mobile number (E.164) or e-mail address it goes to.
+    address: Mapped[str] = mapped_column(String(254))
+    status: Mapped[CopyStatus] = mapped_column(_enum(CopyStatus), default=CopyStatus.QUEUED, index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    #: When it was handed to the gateway (SENDING), accepted (SENT), reported delivered, or failed.
+    sending_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    failed_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    #: Hand-overs tried (a temporary failure is tried again, a bounded number of times).
+    tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: Kannel's answer / the last delivery report, or the relay's refusal (bounce), cut short.
+    detail: Mapped[str | None] = mapped_column(String(200))
+    #: Segments of an SMS (1 or 2); the Message-ID of an e-mail.
+    segments: Mapped[int | None] = mapped_column(Integer)
+    provider_ref: Mapped[str | None] = mapped_column(String(200))
+
+
+class SmsReply(Base):
+    """An SMS a member sent back (Kannel's MO): "1"/"OK" confirms, "STOP" opts out, "START" back in."""
+
+    __tablename__ = "sms_replies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+    from_e164: Mapped[str] = mapped_column(String(20), index=True)
+    #: The text as received, cut to 160 characters (it is the member's, not trusted).
+    text: Mapped[str] = mapped_column(String(160))
+    #: confirm, stop, start, or unknown (``ivr.domain.channels.reply_action``).
+    action: Mapped[str] = mapped_column(String(20))
+    #: The campaign a confirmation counted for (``None``: none was open for that number).
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"))
+    #: Kannel's own id for the message (%I), so a retried callback is taken once.
+    gateway_ref: Mapped[str | None] = mapped_column(String(64), unique=True)
 
 
 class Transcript(Base):

@@ -74,3 +74,12 @@ def caller_e164(caller_id: str) -> str:
         return normalize_phone(caller_id)
     except InvalidPhoneNumber:
         return ""
+
+
+#: Mobile ranges of Belgium and its neighbours (E.164 prefixes): an SMS copy goes to these only.
+MOBILE_PREFIXES = ("+324", "+316", "+336", "+337", "+4915", "+4916", "+4917", "+3526")
+
+
+def is_mobile(e164: str) -> bool:
+    """Whether an E.164 number is a mobile one (can receive an SMS)."""
+    return e164.startswith(MOBILE_PREFIXES)

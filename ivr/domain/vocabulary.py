@@ -147,3 +147,34 @@ class WebRole(enum.Enum):
     POLICE = "police"            # send alerts and follow them, for the zones of the person's police roles
     COORDINATOR = "coordinator"  # the person's own BINs: their messages and member lists
     ADMIN = "admin"              # everything
+
+
+class Channel(enum.StrEnum):
+    """How a member is reached: a call (the original recording), or a written copy (issue 17)."""
+
+    VOICE = "voice"
+    SMS = "sms"
+    EMAIL = "email"
+
+
+class CopyStatus(enum.StrEnum):
+    """The life of one SMS or e-mail copy (``storage.models.TextCopy``), written before it is sent.
+
+    QUEUED (written) -> SENDING (handed to Kannel / the SMTP relay, answer pending) -> SENT (accepted)
+    -> DELIVERED (an SMS delivery report said so); FAILED, BOUNCED and CANCELLED are final too."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    BOUNCED = "bounced"
+    CANCELLED = "cancelled"
+
+
+class CopyReason(enum.StrEnum):
+    """Why a member gets a written copy."""
+
+    CHOICE = "choice"        # the member (or the zone's default for the urgency) chose it beside the call
+    TEXT_ONLY = "text_only"  # the member is not called (deaf, or opted out of calls): copies at once
+    LADDER = "ladder"        # the member did not confirm the call: the SMS copy follows (contact ladder)
