@@ -35,6 +35,7 @@ from ivr.asterisk.officers import ReloadError, endpoint_of_channel
 from ivr.scheduler import AlarmClock
 from ivr.chain.steps import DELIVER, DRILL, Chain, ChainObserver
 from ivr.config import Settings
+from ivr.copies.build import build_copies
 from ivr.delivery.dialer import CampaignRunner, DialerLimits
 from ivr.delivery.policy import retry_policies
 from ivr.delivery.member_call import MemberRules, member_call, member_call_start
@@ -161,6 +162,9 @@ class BinfoonApp:
                                           settings.outage_probe_max_s)),
             retry_policies(settings),
             clock)
+        #: SMS and e-mail copies of every campaign's message, and the contact ladder (issue 17): ``None``
+        #: when neither Kannel nor an SMTP relay is configured. A member's SMS "1" wakes the dialer.
+        self.copies = build_copies(settings, engine, recordings, clock, on_confirmed=self.campaigns.wake)
         self.chain.reviews = self.reviews
         self.chain.tz = settings.tz  # a scheduled drill keeps its local hour
         self.chain.dialer = self.campaigns
@@ -246,6 +250,9 @@ class BinfoonApp:
         if status:
             self.campaigns.trunk_registration(status)
         await self.campaigns.start()
+        if self.copies is not None:
+            # After the dialer: a copy's plan reads the calls it made (the ladder).
+            await self.copies.start()
         await self.chain.reconcile(at_start=True)
         self._poller = asyncio.get_running_loop().create_task(self._poll(), name="binfoon-poll")
         # The backlog (recordings kept while no model was installed) is done in the background.
@@ -277,6 +284,8 @@ class BinfoonApp:
         self.alarms.shutdown()
         await self.reviews.stop()
         await self.campaigns.stop()
+        if self.copies is not None:
+            await self.copies.stop()
         await self.chain.stop()
         for task in list(self._tasks):
             task.cancel()

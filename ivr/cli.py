@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ivr.commands import audit as audit_cmd
 
     audit_cmd.register(sub)
+    from ivr.commands import kannel as kannel_cmd
+
+    kannel_cmd.register(sub)
     return parser
 
 

@@ -501,12 +501,18 @@ def settings_with_origins(
         except ValueError:
             raise ConfigError(f"sip_ban_exempt: {entry!r} is not an IP address or CIDR") from None
     from ivr.domain.channels import InvalidChannels, parse_channels
+    from ivr.domain.vocabulary import Channel
 
     for key in ("copy_channels_urgent", "copy_channels_preventive"):
         try:
-            parse_channels(getattr(settings, key))
+            chosen = parse_channels(getattr(settings, key))
         except InvalidChannels as exc:
             raise ConfigError(f"{where.get(key, 'default')}: {key}: {exc}") from None
+        if Channel.VOICE not in chosen:
+            # The dialer decides who it calls without the settings (``ivr.delivery.members``): a member
+            # who chose nothing is called unless their zone's own default leaves voice out.
+            raise ConfigError(f"{where.get(key, 'default')}: {key}: must include voice (a zone may set a "
+                              "text-only default of its own)")
     if settings.ladder_after_s < 0 or settings.copy_max_tries < 1:
         raise ConfigError("ladder_after_s must be >= 0 and copy_max_tries >= 1")
     if settings.smtp_security not in ("starttls", "tls", "none"):

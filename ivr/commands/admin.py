@@ -85,6 +85,15 @@ def register_zone_actions(zone: argparse._SubParsersAction) -> None:  # type: ig
                    help="review rounds of a waiting preventive message before its author is told")
     p.add_argument("--one-level", action="append", default=[], metavar="BIN=on|off",
                    help="a BIN of the zone goes straight to its members (repeatable)")
+    p.add_argument("--urgent-channels", metavar="CHANNELS|none",
+                   help="channels of a member who chose none, for urgent messages (voice, sms, email joined by +; "
+                        "none: the setting copy_channels_urgent)")
+    p.add_argument("--preventive-channels", metavar="CHANNELS|none",
+                   help="the same for preventive messages (none: the setting copy_channels_preventive)")
+    p.add_argument("--ladder-sms", choices=["yes", "no", "none"],
+                   help="the contact ladder: an SMS copy to a called member who did not confirm (none: the setting)")
+    p.add_argument("--ladder-after-s", type=_optional(_seconds), metavar="SECONDS|none",
+                   help="that SMS this long after the member's last call (none: the setting ladder_after_s)")
     p.set_defaults(func=cmd_zone_edit)
 
 
@@ -110,6 +119,16 @@ def _positive_float(raw: str) -> float:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{raw} is not allowed: give a number above 0")
+    return value
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{raw} is not allowed: give 0 seconds or more")
     return value
 
 
@@ -225,6 +244,17 @@ def _zone_line(z: admin.ZoneRow) -> str:
             f"{z.bins} BIN(s)")
 
 
+def _copies_line(z: admin.ZoneRow, settings: Settings) -> str:
+    """The zone's default channels and contact ladder, each marked when it is the setting's."""
+    def own(value: Any, setting: Any, shown: Callable[[Any], str] = str) -> str:
+        return shown(value) if value is not None else f"{shown(setting)} (setting)"
+
+    ladder = own(z.ladder_sms, settings.ladder_sms, lambda on: "on" if on else "off")
+    after = own(z.ladder_after_s, settings.ladder_after_s, lambda s: f"{s:g} s")
+    return (f"  channels: urgent {own(z.urgent_channels, settings.copy_channels_urgent)}, preventive "
+            f"{own(z.preventive_channels, settings.copy_channels_preventive)}; ladder SMS {ladder}, after {after}")
+
+
 def cmd_zone_list(settings: Settings, args: argparse.Namespace) -> int:
     """List the zones and their settings."""
     rows = _in_tx(settings, admin.list_zones)
@@ -243,6 +273,7 @@ def cmd_zone_show(settings: Settings, args: argparse.Namespace) -> int:
         _dump(d.as_dict())
         return 0
     print(_zone_line(d.zone))
+    print(_copies_line(d.zone, settings))
     for b in d.bin_rows:
         print(f"  BIN {b.number:<6} {b.name:<24} {b.members} member(s){'  one-level' if b.one_level else ''}")
     for p in d.police:
@@ -269,6 +300,14 @@ def cmd_zone_edit(settings: Settings, args: argparse.Namespace) -> int:
             fields[name] = None if value is NONE else value
     if args.second_approver is not None:
         fields["second_approver"] = args.second_approver == "yes"
+    for name in ("urgent_channels", "preventive_channels"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = None if value.strip().lower() in ("none", "default") else value
+    if args.ladder_sms is not None:
+        fields["ladder_sms"] = None if args.ladder_sms == "none" else args.ladder_sms == "yes"
+    if args.ladder_after_s is not None:
+        fields["ladder_after_s"] = None if args.ladder_after_s is NONE else args.ladder_after_s
     one_levels = _one_levels(args.one_level)
     if not fields and not one_levels:
         raise CommandError("nothing to change: give a setting (see --help)")

@@ -19,9 +19,14 @@ from ivr.commands.common import CommandError, actor, refuse_overwrite
 from ivr.config import Settings
 from ivr.delivery.control import ControlError, renotify, stop_campaign
 from ivr.delivery.policy import retry_policies
-from ivr.delivery.report import campaign_report, record_export, render_progress
+from ivr.delivery.report import (COPY_LABELS, MemberLine, campaign_report, record_export, render_copies,
+                                 render_progress)
 from ivr.domain.actor import Actor
 from storage.db import open_database, session_scope
+
+
+#: How long ``campaign watch`` waits for a ladder SMS past its due time before it ends without it.
+LADDER_GRACE = dt.timedelta(seconds=60)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -105,13 +110,18 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
     engine = open_database(settings.resolved_database_url)
     while True:
         try:
-            report = campaign_report(engine, args.id, retry_policies(settings), dt.datetime.now(dt.timezone.utc))
+            report = campaign_report(engine, args.id, retry_policies(settings), dt.datetime.now(dt.timezone.utc),
+                                     settings)
         except LookupError as exc:
             raise CommandError(str(exc)) from None
         line = render_progress(report.campaign_id, report.status, report.counts(), len(report.members),
-                               paused=report.paused)
-        # A stopped campaign is over once the calls up at the stop have finished.
+                               paused=report.paused, copies=report.copies, ladder=report.ladder,
+                               ladder_waiting=report.ladder_waiting, ladder_due_at=report.ladder_due_at)
+        # A stopped campaign is over once the calls up at the stop have finished; a done one once the
+        # contact ladder's SMS are written (or should have been: SMS on, a little after they fell due).
         over = report.status == "done" or (report.status == "stopped" and not report.counts().get("in_call_at_stop"))
+        if over and report.status == "done" and settings.sms_sendsms_url and report.ladder_due_at is not None:
+            over = dt.datetime.now(dt.timezone.utc) > report.ladder_due_at + LADDER_GRACE
         if report.status == "stopped" and report.stopped_at is not None:
             line += f"  STOPPED {report.stopped_at:%Y-%m-%d %H:%M:%S} UTC by {report.stopped_by}"
         end = "\n" if args.once or over or not sys.stdout.isatty() else "\r"
@@ -126,7 +136,8 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     """The report; the CSV export is audited (it names households)."""
     engine = open_database(settings.resolved_database_url)
     try:
-        report = campaign_report(engine, args.id, retry_policies(settings), dt.datetime.now(dt.timezone.utc))
+        report = campaign_report(engine, args.id, retry_policies(settings), dt.datetime.now(dt.timezone.utc),
+                                 settings)
     except LookupError as exc:
         raise CommandError(str(exc)) from None
     counts = {k: v for k, v in report.counts().items() if v}
@@ -146,7 +157,10 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
                           "not_placed": report.not_placed, "paused": report.paused, "round": report.round,
                           "stopped_at": report.stopped_at.isoformat() if report.stopped_at else None,
                           "stopped_by": report.stopped_by, "calls_after_stop": report.calls_after_stop,
-                          "in_call_at_stop": sum(1 for m in report.members if m.in_call_at_stop)}, indent=2))
+                          "in_call_at_stop": sum(1 for m in report.members if m.in_call_at_stop),
+                          **report.copies, "ladder": report.ladder, "ladder_waiting": report.ladder_waiting,
+                          "ladder_due_at": report.ladder_due_at.isoformat() if report.ladder_due_at else None},
+                         indent=2))
         return 0
     rounds = f" (round {report.round})" if report.round > 1 else ""
     print(f"campaign {report.campaign_id} for message {report.message_id}: {report.status}{rounds}; "
@@ -156,9 +170,22 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
               + ("" if report.status == "stopped" else "; resumed by a re-notify"))
     if report.paused:
         print(f"  delivery PAUSED: {report.paused}")
+    written = render_copies(report.copies, report.ladder, report.ladder_waiting, report.ladder_due_at)
+    if written:
+        print(f"  copies: {written}")
     for line in report.members:
         note = "  (in a call at the stop)" if line.in_call_at_stop and line.state != "in_call_at_stop" else ""
-        print(f"  {line.name:<24} {line.number:<14} {line.state:<18} {line.attempts} call(s){note}")
+        print(f"  {line.name:<24} {line.number:<14} {line.state:<18} {line.attempts} call(s)  "
+              f"{line.channels or '-':<15} {_copies_of(line)}{note}")
     if args.csv:
         print(f"CSV written to {args.csv} (members) and {attempts_csv_path(args.csv)} (every attempt)")
     return 0
+
+
+def _copies_of(line: MemberLine) -> str:
+    """A member's written copies for the report: "SMS delivered (ladder) · e-mail bounced: 550 no such
+    user": a ladder's marked, a failure's reason as Kannel or the relay gave it."""
+    said = [f"{COPY_LABELS.get(c.channel, c.channel)} {c.status}" + (" (ladder)" if c.reason == "ladder" else "")
+            + (f": {c.detail}" if c.detail and c.status in ("failed", "bounced") else "") for c in line.copies]
+    via = "  confirmed by SMS" if line.confirmed_via == "sms" else ""
+    return (" · ".join(said) or "no copy") + via

@@ -1,8 +1,10 @@
 """``binfoon members import|list|show|edit|remove|preferences``: a BIN's member households, kept by
 its coordinator as a CSV file and changed one by one.
 
-Every change is audited; every error is a clear message and writes nothing; full numbers are shown
-only when asked for, and that is audited too.
+Every change is audited; every error is a clear message and writes nothing; full numbers (and
+e-mail addresses) are shown only when asked for, and that is audited too. A member's channels are
+their own ("voice+sms", "text" for text only) or their zone's defaults; a choice they cannot receive
+(SMS without a mobile number, e-mail without an address) is refused.
 """
 
 from __future__ import annotations
@@ -24,16 +26,22 @@ from ivr.directory.people import NumberTaken, phone_of, refuse_taken_numbers
 from ivr.directory.store import (
     DirectoryRefused,
     Household,
+    clear_opt_out,
     member_as_dict,
+    member_bin,
     members_by_phone,
     members_of,
+    opt_outs,
     record_numbers_shown,
     remove_member,
     save_member,
     set_member_preferences,
+    unreachable_channels,
+    zone_channel_defaults,
 )
+from ivr.domain.channels import InvalidChannels, check_email, format_channels, parse_channels
 from ivr.domain.phone import InvalidPhoneNumber, mask, normalize_phone
-from ivr.domain.vocabulary import PhoneRank, Role
+from ivr.domain.vocabulary import Channel, PhoneRank, Role, Urgency
 from storage import audit
 from storage.db import open_database, session_scope
 from storage.models import Bin, Person
@@ -42,7 +50,8 @@ from storage.models import Bin, Person
 def register_member_actions(members: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the member actions to the ``members`` command (called by ``ivr.commands.directory``)."""
     p = members.add_parser("import", help="make a BIN's members those of a CSV file (name, phone, second phone, "
-                                          "street, language); shows what changes, removes only with --yes")
+                                          "street, language, channels, email); shows what changes, removes "
+                                          "only with --yes")
     p.add_argument("--bin", type=int, required=True)
     p.add_argument("file", metavar="FILE", help="the CSV file, or - for standard input")
     p.add_argument("--mode", choices=["replace", "merge"], default="replace",
@@ -57,18 +66,25 @@ def register_member_actions(members: argparse._SubParsersAction) -> None:  # typ
     p.add_argument("--show-numbers", action="store_true", help="show full phone numbers (audited)")
     p.add_argument("--json", action="store_true", help="as JSON")
     p.set_defaults(func=cmd_members_list)
-    p = members.add_parser("show", help="one member household: numbers (masked), BINs, window and pause")
+    p = members.add_parser("show", help="one member household: numbers and e-mail (masked), BINs, window and "
+                                        "pause, channels and opt-outs")
     p.add_argument("person", type=int, metavar="ID", help="the member's person id (see `binfoon members list`)")
-    p.add_argument("--show-numbers", action="store_true", help="show full phone numbers (audited)")
+    p.add_argument("--show-numbers", action="store_true", help="show full phone numbers and e-mail (audited)")
     p.add_argument("--json", action="store_true", help="as JSON")
     p.set_defaults(func=cmd_members_show)
-    p = members.add_parser("edit", help="change a member household's name, street, language or numbers (audited)")
+    p = members.add_parser("edit", help="change a member household's name, street, language, numbers, channels "
+                                        "or e-mail (audited)")
     p.add_argument("person", type=int, metavar="ID", help="the member's person id")
     p.add_argument("--name")
     p.add_argument("--street", help="the street ('none' to clear)")
     p.add_argument("--language", choices=["nl", "fr", "de"])
     p.add_argument("--phone", help="the first number")
     p.add_argument("--second-phone", help="the second number ('none' to clear)")
+    p.add_argument("--channels", help="the member's own channels: voice, sms, email joined by + (e.g. voice+sms), "
+                                      "'text' for text only; 'default' for the zone's defaults")
+    p.add_argument("--email", help="where e-mail copies go ('none' to clear)")
+    p.add_argument("--clear-opt-out", action="append", default=[], choices=["calls", "sms", "email"],
+                   help="take the member back in on a channel they opted out of (repeatable; audited)")
     p.set_defaults(func=cmd_members_edit)
     p = members.add_parser("remove", help="take a household off a BIN's members (its call history stays)")
     p.add_argument("person", type=int, metavar="ID", help="the member's person id")
@@ -165,6 +181,8 @@ def cmd_members_show(settings: Settings, args: argparse.Namespace) -> int:
         if args.show_numbers:
             audit.record(session, actor(), "member.opened", f"person:{person.id}")
         m = member_as_dict(session, person, args.show_numbers)
+        defaults = _defaults_line(session, person, settings)
+        shown_opt_outs = _opt_outs_line(person, settings)
     if args.json:
         print_json(m)
         return 0
@@ -173,13 +191,40 @@ def cmd_members_show(settings: Settings, args: argparse.Namespace) -> int:
     print(f"  numbers: {' / '.join(n for n in (m['phone'], m['second_phone']) if n)}")
     print(f"  street:  {m['street'] or '-'}")
     print(f"  window:  {m['window'] or '-'}   pause: {m['pause'] or '-'}")
+    print(f"  channels: {m['channels'] or 'zone default: ' + defaults}")
+    print(f"  e-mail:  {m['email'] or '-'}")
+    print(f"  opt-outs: {shown_opt_outs or 'none'}")
     return 0
 
 
+#: How the command line names each opt-out (``--clear-opt-out``) and shows it.
+OPT_OUT_NAMES = {"calls": Channel.VOICE, "sms": Channel.SMS, "email": Channel.EMAIL}
+
+
+def _opt_outs_line(person: Person, settings: Settings) -> str:
+    """``calls since 2026-12-06 14:03; sms since ...`` (local time), or ``""`` for none."""
+    names = {channel: name for name, channel in OPT_OUT_NAMES.items()}
+    return "; ".join(f"{names[c]} since {when.astimezone(settings.tz):%Y-%m-%d %H:%M}"
+                     for c, when in opt_outs(person).items())
+
+
+def _defaults_line(session: Session, person: Person, settings: Settings) -> str:
+    """The channels a member without their own gets: ``urgent voice+sms, preventive voice+email``."""
+    bin_ = member_bin(session, person.id)
+    if bin_ is None:
+        return "-"
+    defaults = zone_channel_defaults(bin_.zone, settings)
+    return ", ".join(f"{u.value} {format_channels(defaults[u])}" for u in (Urgency.URGENT, Urgency.PREVENTIVE))
+
+
 def cmd_members_edit(settings: Settings, args: argparse.Namespace) -> int:
-    """Change a member household; a number another household of the same BIN has is refused."""
-    if all(v is None for v in (args.name, args.street, args.language, args.phone, args.second_phone)):
-        raise CommandError("nothing to change: give --name, --street, --language, --phone or --second-phone")
+    """Change a member household; a number another household of the same BIN has is refused, and so
+    are channels the household could not receive (SMS without a mobile number, e-mail without an address)."""
+    editing = any(v is not None for v in (args.name, args.street, args.language, args.phone, args.second_phone,
+                                          args.channels, args.email))
+    if not editing and not args.clear_opt_out:
+        raise CommandError("nothing to change: give --name, --street, --language, --phone, --second-phone, "
+                           "--channels, --email or --clear-opt-out")
     try:
         phone = settings.destinations.dialable(args.phone) if args.phone is not None else None
         second = (settings.destinations.dialable(args.second_phone)
@@ -188,6 +233,17 @@ def cmd_members_edit(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(f"phone: {exc}") from None
     if args.name is not None and not args.name.strip():
         raise CommandError("--name: the name is empty")
+    channels = email = None
+    try:
+        if args.channels not in (None, "default"):
+            channels = format_channels(parse_channels(args.channels))
+    except InvalidChannels as exc:
+        raise CommandError(f"--channels: {exc}") from None
+    try:
+        if args.email not in (None, "none"):
+            email = check_email(args.email)
+    except ValueError as exc:
+        raise CommandError(f"--email: {exc}") from None
     engine = open_database(settings.resolved_database_url)
     with session_scope(engine) as session:
         person = _member(session, args.person)
@@ -198,17 +254,32 @@ def cmd_members_edit(settings: Settings, args: argparse.Namespace) -> int:
             street=(None if args.street == "none" else args.street) if args.street is not None else person.street,
             language=LANGUAGES[args.language] if args.language else person.language,
             phone=phone or (primary.e164 if primary else ""),
-            second_phone=second if args.second_phone is not None else (current_second.e164 if current_second else None))
+            second_phone=second if args.second_phone is not None else (current_second.e164 if current_second else None),
+            channels=channels if args.channels is not None else person.channels,
+            email=email if args.email is not None else person.email)
         if household.second_phone == household.phone:
             raise CommandError("the second phone is the same as the first")
+        unreachable = unreachable_channels(household.channels, (household.phone, household.second_phone),
+                                           household.email) if editing else []
+        if Channel.SMS in unreachable:
+            raise CommandError(f"channels {household.channels}: SMS needs a mobile number, and the member has none "
+                               "(give --channels without sms, or a mobile --phone / --second-phone)")
+        if Channel.EMAIL in unreachable:
+            raise CommandError(f"channels {household.channels}: e-mail needs an address (give --email, or "
+                               "--channels without email)")
         for bin_id in [r.bin_id for r in person.roles if r.role is Role.MEMBER]:
             try:
                 refuse_taken_numbers(session, [n for n in (household.phone, household.second_phone) if n],
                                      Role.MEMBER, bin_id=bin_id, except_person=person.id)
             except NumberTaken as exc:
                 raise CommandError(f"phone: {exc}") from None
-        save_member(session, person.id, household, actor())
-    print(f"member {args.person} ({household.name}) saved")
+        if editing:
+            save_member(session, person.id, household, actor())
+        cleared = {name: clear_opt_out(session, person, OPT_OUT_NAMES[name], actor())
+                   for name in dict.fromkeys(args.clear_opt_out)}
+    done = ["saved"] if editing else []
+    done += [f"{name}: back in" if was else f"{name}: not opted out, nothing to clear" for name, was in cleared.items()]
+    print(f"member {args.person} ({household.name}) {'; '.join(done)}")
     return 0
 
 

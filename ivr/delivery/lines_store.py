@@ -5,6 +5,8 @@ Rules:
   the line's limits (``ivr.delivery.line_limits``) before anything is read, and what is told or
   stored is audited as told to, or said by, an unverified caller;
 - a call-back confirmation is stored as unverified (``line_limits.UNVERIFIED_VIA``);
+- a member's opt-out of calls (and back in) on the call-back line is written with its moment and
+  audited as the member's, by caller ID (unverified): a coordinator sees it and can undo it;
 - a replay on the report line checks again that the caller coordinates the message's BIN, and is
   audited (``recording.played``) in the transaction that opens the recording, so the row is
   committed before the path is handed back to be played;
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: How the report line is named in the audit: the coordinator is known by caller ID only.
 REPORT_LINE_VIA = "report line (caller ID, unverified)"
+#: Who the audit names for an opt-out of calls (or back in) made on the BIN call-back line.
+CALLBACK_MEMBER_ACTOR = "member (call-back line)"
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,25 @@ class CallerLines(Desk):
             return await self.tx(work)
         except IntegrityError:
             return False
+
+    async def calls_opted_out(self, person_id: int) -> bool:
+        """Whether the member has opted out of BIN calls (``Person.calls_opt_out_at``)."""
+        return await self.tx(lambda s: s.get_one(Person, person_id).calls_opt_out_at is not None)
+
+    async def set_calls_opt_out(self, person_id: int, opted_out: bool) -> bool:
+        """A member on the call-back line, twice confirmed, stops BIN calls (``opted_out``) or takes
+        them again: written with its moment and audited (``member.calls_opt_out`` / ``member.calls_opt_in``)
+        as said by the member, known by caller ID alone. ``False`` (nothing written) when it already was so."""
+        def work(s: Session) -> bool:
+            person = s.get_one(Person, person_id, with_for_update=True)
+            if (person.calls_opt_out_at is not None) == opted_out:
+                return False
+            now = self.clock()
+            person.calls_opt_out_at = now if opted_out else None
+            audit.record(s, CALLBACK_MEMBER_ACTOR, "member.calls_opt_out" if opted_out else "member.calls_opt_in",
+                         f"person:{person_id}", via=UNVERIFIED_TEXT, at=now.isoformat())
+            return True
+        return await self.tx(work)
 
     # -- the report line ------------------------------------------------------------------------
     async def report_for_coordinator(self, caller_e164: str, limits: LineLimits = LineLimits()

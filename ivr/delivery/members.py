@@ -7,7 +7,10 @@ Rules:
   in for the other (``Member.covered_by``), any other shared number (a secondary) has one history
   for all who list it (``MemberView.shared``);
 - a re-notify is a new round (``Campaign.round``): a member's attempts are the current round's (and
-  any call still up from an earlier one), their numbers go on from the earlier rounds'.
+  any call still up from an earlier one), their numbers go on from the earlier rounds';
+- a member the message does not reach by phone (``ivr.domain.channels.is_called``: text only, opted
+  out of calls, no number) is marked so (``Member.called``): the dialer never dials them nor waits
+  for them (their written copies are ``ivr.copies``'), and nobody is covered by them.
 Functions run in the caller's transaction (``Session``).
 """
 
@@ -15,12 +18,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ivr.delivery.policy import AttemptView, MemberView
 from ivr.delivery.states import RECEIVED
+from ivr.domain.channels import Contact, InvalidChannels, is_called, parse_channels, zone_defaults
 from ivr.domain.vocabulary import CampaignStatus, MessageKind, PhoneRank, Role
 from storage.models import CallAttempt, Campaign, Confirmation, Message, Person, PhoneNumber, RoleAssignment
 
@@ -39,6 +44,9 @@ class Member:
     pause: tuple[dt.date, dt.date] | None
     #: Another member of this campaign with the same phone number, who is called instead.
     covered_by: int | None = None
+    #: Whether the dialer calls this member at all (``is_called``: not text only, not opted out of
+    #: calls, a number to call).
+    called: bool = True
 
 
 def recipients(s: Session, message: Message) -> list[int]:
@@ -75,18 +83,20 @@ def received(s: Session, campaign_id: int) -> set[int]:
 
 
 def campaign_members(s: Session, campaign: Campaign, message: Message) -> list[Member]:
-    """The members of a campaign with their numbers, attempts and confirmations.
+    """The members of a campaign with their numbers, attempts and confirmations, and whether the
+    dialer calls them (``Member.called``).
 
     Plain column queries, a handful per campaign whatever its size: the dialer plans on every pass.
     """
     wanted = recipients(s, message)
     people = {row.id: row for row in s.execute(select(
         Person.id, Person.name, Person.language, Person.call_window_start, Person.call_window_end,
-        Person.pause_from, Person.pause_until).where(Person.id.in_(wanted)))}
+        Person.pause_from, Person.pause_until, Person.channels, Person.calls_opt_out_at).where(Person.id.in_(wanted)))}
     phones: dict[int, list[tuple[str, str]]] = {}
     for person_id, rank, e164 in s.execute(select(PhoneNumber.person_id, PhoneNumber.rank, PhoneNumber.e164)
                                            .where(PhoneNumber.person_id.in_(wanted))):
         phones.setdefault(person_id, []).append((rank.value, e164))
+    called = {pid: _called(people[pid], phones.get(pid, []), message) for pid in wanted}
     attempts: dict[int, list[AttemptView]] = {}
     #: Every attempt on each number, whoever it was for: a line shared by members has one history.
     on_number: dict[str, list[tuple[int, AttemptView]]] = {}
@@ -110,7 +120,7 @@ def campaign_members(s: Session, campaign: Campaign, message: Message) -> list[M
         person = people[person_id]
         numbers = tuple(sorted(phones.get(person_id, []), key=lambda p: 0 if p[0] == PhoneRank.PRIMARY.value else 1))
         covered_by = None
-        if numbers:
+        if numbers and called[person_id]:  # only a member who is called stands in for another
             covered_by = first_with_number.setdefault(numbers[0][1], person_id)
             covered_by = None if covered_by == person_id else covered_by
         window = (person.call_window_start, person.call_window_end) \
@@ -119,5 +129,24 @@ def campaign_members(s: Session, campaign: Campaign, message: Message) -> list[M
         shared = tuple((e164, a) for _, e164 in numbers for other, a in on_number.get(e164, ()) if other != person_id)
         view = MemberView(person_id, numbers, tuple(attempts.get(person_id, ())), person_id in confirmed, shared,
                           earlier.get(person_id, 0))
-        out.append(Member(view, person.name, person.language.value, window, pause, covered_by))
+        out.append(Member(view, person.name, person.language.value, window, pause, covered_by, called[person_id]))
     return out
+
+
+def _called(person: Any, numbers: list[tuple[str, str]], message: Message) -> bool:
+    """Whether the dialer calls this member for ``message`` (``ivr.domain.channels.is_called``): their
+    own channels, else their zone's default for the urgency. The settings' defaults always include
+    voice (``ivr.config`` refuses others), so only the zone's own can leave it out; a stored choice
+    that cannot be read counts as none, a zone's as voice (called, as before there were choices)."""
+    zone = message.bin.zone
+    try:
+        defaults = zone_defaults(zone.urgent_channels, zone.preventive_channels, "voice", "voice")
+    except InvalidChannels:
+        defaults = zone_defaults(None, None, "voice", "voice")
+    try:
+        chosen = parse_channels(person.channels) if person.channels else None
+    except InvalidChannels:
+        chosen = None
+    contact = Contact(person.id, chosen, tuple(e164 for _, e164 in numbers), None,
+                      calls_opted_out=person.calls_opt_out_at is not None)
+    return is_called(contact, message.urgency, defaults)

@@ -203,7 +203,8 @@ class DeliveryDesk(CallerLines):
                                 campaign.round_started_at or campaign.created_at or self.clock(),
                                 campaign.not_before, recording, take.sha256, drill=message.drill,
                                 round=campaign.round or 1, zone_max_cps=message.bin.zone.max_cps)
-            plan.members.extend(campaign_members(s, campaign, message))
+            # Only the members it calls: one who is not (text only, opted out) is neither dialled nor waited for.
+            plan.members.extend(m for m in campaign_members(s, campaign, message) if m.called)
             plans.append(plan)
         plans.sort(key=lambda p: (not p.urgent, p.campaign_id))
         return plans

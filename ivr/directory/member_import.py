@@ -5,6 +5,11 @@ The coordinator's file is the truth for their BIN, so an import *replaces* the B
 (``merge``: adds and updates only), matching existing members by primary number so their history
 stays linked. A file with any error is refused whole, with every error line-numbered
 (``ivr.directory.member_csv``), and nothing is written.
+
+Channels and e-mail (issue 17): a file with a ``channels`` or ``email`` column sets them (an empty
+cell: the zone's default channels, no address); a file without that column leaves them as they are,
+and a member's choice must still be one they can receive (SMS: a mobile number; e-mail: an address).
+A person reused from the directory keeps their own channels and address, like their name and numbers.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from sqlalchemy.orm import Session
 
 from ivr.directory.member_csv import CsvImportError, LineError, MemberRow, parse_member_csv
 from ivr.directory.people import phone_of, set_phone
-from ivr.directory.store import Household, members_of, new_member
+from ivr.directory.store import Household, members_of, new_member, unreachable_channels
+from ivr.domain.channels import mask_email
 from ivr.domain.phone import mask
-from ivr.domain.vocabulary import Language, PhoneRank, Role
+from ivr.domain.vocabulary import Channel, Language, PhoneRank, Role
 from storage import audit
 from storage.models import Bin, Person, PhoneNumber, RoleAssignment
 
@@ -40,7 +46,8 @@ class ImportResult:
 @dataclass(frozen=True)
 class PlannedMember:
     """One household an import touches: its line in the file (0: not in the file), name, first number,
-    the person (``None``: a new one) and, for a change, what changes."""
+    the person (``None``: a new one) and, for a change, what changes (for a new one: the channels and
+    e-mail address it gets, if any)."""
 
     line: int
     name: str
@@ -67,7 +74,8 @@ class ImportPlan:
 
     def lines(self) -> list[str]:
         """One line per household added, reused, changed or removed (numbers masked)."""
-        out = [f"add      line {m.line:<4} {m.name}  {mask(m.phone)}" for m in self.added]
+        out = [f"add      line {m.line:<4} {m.name}  {mask(m.phone)}"
+               + (f"  ({', '.join(m.changes)})" if m.changes else "") for m in self.added]
         out += [f"reuse    line {m.line:<4} {m.name}  {mask(m.phone)}  (person {m.person_id}, already in the "
                 "directory)" for m in self.reused]
         out += [f"change   line {m.line:<4} {m.name}  {mask(m.phone)}  (person {m.person_id}: "
@@ -84,6 +92,14 @@ class ImportPlan:
 IMPORT_MODES = ("replace", "merge")
 
 
+def _shown_channels(channels: str | None) -> str:
+    return channels or "zone default"
+
+
+def _shown_email(email: str | None) -> str:
+    return mask_email(email) if email else "none"
+
+
 def _member_changes(person: Person, row: MemberRow, language: Language) -> tuple[str, ...]:
     second = phone_of(person, PhoneRank.SECONDARY)
     changes = []
@@ -95,7 +111,33 @@ def _member_changes(person: Person, row: MemberRow, language: Language) -> tuple
         changes.append("language")
     if (second.e164 if second else None) != row.second_phone:
         changes.append("second phone")
+    if "channels" in row.given and person.channels != row.channels:
+        changes.append(f"channels {_shown_channels(person.channels)} -> {_shown_channels(row.channels)}")
+    if "email" in row.given and person.email != row.email:
+        changes.append(f"e-mail {_shown_email(person.email)} -> {_shown_email(row.email)}")
     return tuple(changes)
+
+
+def _new_contact(row: MemberRow) -> tuple[str, ...]:
+    """What a new member's line shows besides name and number: their channels and address, if given."""
+    return tuple(([f"channels {row.channels}"] if row.channels else [])
+                 + ([f"e-mail {mask_email(row.email)}"] if row.email else []))
+
+
+def _unreachable_choice(row: MemberRow, person: Person | None) -> str | None:
+    """Why the channels a member ends up with (the file's, or their own where the file has no such
+    column) cannot reach them, or ``None``. The file alone was checked when it was read."""
+    if {"channels", "email"} <= row.given:
+        return None
+    kept = person.channels if person is not None else None
+    channels = row.channels if "channels" in row.given else kept
+    email = row.email if "email" in row.given else (person.email if person is not None else None)
+    missing = unreachable_channels(channels, (row.phone, row.second_phone), email)
+    if Channel.SMS in missing:
+        return f"channels {channels}: SMS needs a mobile number, and no number of this line is one"
+    if Channel.EMAIL in missing:
+        return f"channels {channels}: e-mail needs an address, and this member would have none"
+    return None
 
 
 def plan_member_import(session: Session, bin_: Bin, rows: list[MemberRow], mode: str = "replace") -> ImportPlan:
@@ -103,7 +145,8 @@ def plan_member_import(session: Session, bin_: Bin, rows: list[MemberRow], mode:
     whole list, members not in it are removed; ``merge``: add and update, never remove.
 
     Raises ``CsvImportError`` (line-numbered) when a row's number already belongs to another member
-    of this BIN than the one it matches: one number is one household per BIN."""
+    of this BIN than the one it matches (one number is one household per BIN), or when a member's
+    channels, with what the file leaves as it is, could not reach them."""
     if mode not in IMPORT_MODES:
         raise ValueError(f"mode must be one of {', '.join(IMPORT_MODES)}, not {mode!r}")
     current = members_of(session, bin_.id)
@@ -128,6 +171,8 @@ def plan_member_import(session: Session, bin_: Bin, rows: list[MemberRow], mode:
                 errors.append(LineError(row.line, f"{label} {mask(number or '')} is already the number of member "
                                                   f"person {other.id} ({other.name}) of BIN {bin_.number}"))
         if person is not None:
+            if (unreachable := _unreachable_choice(row, person)) is not None:
+                errors.append(LineError(row.line, unreachable))
             kept.add(person.id)
             changes = _member_changes(person, row, row.language or bin_.language)
             (changed if changes else unchanged).append(PlannedMember(row.line, row.name, row.phone, person.id,
@@ -139,7 +184,9 @@ def plan_member_import(session: Session, bin_: Bin, rows: list[MemberRow], mode:
         if known is not None:
             reused.append(PlannedMember(row.line, row.name, row.phone, known.id))
         else:
-            added.append(PlannedMember(row.line, row.name, row.phone))
+            if (unreachable := _unreachable_choice(row, None)) is not None:
+                errors.append(LineError(row.line, unreachable))
+            added.append(PlannedMember(row.line, row.name, row.phone, changes=_new_contact(row)))
     if errors:
         raise CsvImportError(errors)
     removed = [] if mode == "merge" else [
@@ -156,7 +203,7 @@ def apply_member_import(session: Session, bin_: Bin, rows: list[MemberRow], plan
     for planned in plan.added:
         row = by_line[planned.line]
         new_member(session, bin_, Household(row.name, row.street, row.language or bin_.language, row.phone,
-                                            row.second_phone))
+                                            row.second_phone, row.channels, row.email))
     for planned in plan.reused:
         # The same person joins this BIN's members; their name and numbers stay theirs.
         person = session.get_one(Person, planned.person_id)  # held: the collection's events need their owner
@@ -168,6 +215,10 @@ def apply_member_import(session: Session, bin_: Bin, rows: list[MemberRow], plan
         person.street = row.street
         person.language = row.language or bin_.language
         set_phone(person, PhoneRank.SECONDARY, row.second_phone)
+        if "channels" in row.given:
+            person.channels = row.channels
+        if "email" in row.given:
+            person.email = row.email
     for planned in plan.removed:
         person = session.get_one(Person, planned.person_id)
         for role in [r for r in person.roles if r.role is Role.MEMBER and r.bin_id == bin_.id]:
@@ -175,8 +226,10 @@ def apply_member_import(session: Session, bin_: Bin, rows: list[MemberRow], plan
     session.flush()
     result = ImportResult(len(plan.added) + len(plan.reused), len(plan.changed) + len(plan.unchanged),
                           len(plan.removed))
+    contact = sum(1 for m in plan.changed if any(c.startswith(("channels ", "e-mail ")) for c in m.changes))
     audit.record(session, actor, "members.import", f"bin:{bin_.number}", added=result.added,
-                 updated=result.updated, removed=result.removed, reused=len(plan.reused), mode=plan.mode)
+                 updated=result.updated, removed=result.removed, reused=len(plan.reused), mode=plan.mode,
+                 channels_or_email_changed=contact)
     return result
 
 

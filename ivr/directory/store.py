@@ -4,7 +4,10 @@ All the SQL of zones, BINs and members lives here (people and their numbers: ``i
 the member file's import: ``ivr.directory.member_import``); the command line and the web console call
 these functions with a session of their own transaction.
 
-A member is a household: one row, one primary number (and maybe a second).
+A member is a household: one row, one primary number (and maybe a second), their own channels
+("voice+sms"; none: their zone's defaults per urgency, ``zone_channel_defaults``) and e-mail address,
+and the opt-outs they asked for (calls on the BIN call-back line, SMS by "STOP", e-mail by
+List-Unsubscribe), which an editor may clear (audited).
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from ivr.directory.people import coordinators_of, number_holders, phone_of, set_phone
-from ivr.domain.phone import mask
+from ivr.domain.channels import format_channels, mask_email, parse_channels, zone_defaults
+from ivr.domain.phone import is_mobile, mask
 from storage import audit
 from storage.models import Bin, BinStreet, DrillSchedule, Message, Person, PhoneNumber, PoliceZone, RoleAssignment
-from ivr.domain.vocabulary import Escalation, Language, PhoneRank, ReviewMode, Role
+from ivr.domain.vocabulary import Channel, Escalation, Language, PhoneRank, ReviewMode, Role, Urgency
 
 if TYPE_CHECKING:
+    from ivr.config import Settings
     from ivr.directory.accounts import Viewer
 
 
@@ -40,6 +45,12 @@ def add_zone(s: Session, code: str, name: str, review_mode: ReviewMode, escalati
     s.flush()
     audit.record(s, actor, "zone.add", f"zone:{code}", name=name)
     return zone
+
+
+def zone_channel_defaults(zone: PoliceZone, settings: Settings) -> dict[Urgency, frozenset[Channel]]:
+    """The channels of a member of ``zone`` who chose none, per urgency: the zone's, else the settings'."""
+    return zone_defaults(zone.urgent_channels, zone.preventive_channels, settings.copy_channels_urgent,
+                         settings.copy_channels_preventive)
 
 
 def bin_by_number(s: Session, number: int) -> Bin | None:
@@ -205,11 +216,28 @@ class Household:
     language: Language
     phone: str
     second_phone: str | None
+    #: The household's own channels as stored ("voice+sms"; ``None``: the zone's defaults).
+    channels: str | None = None
+    email: str | None = None
+
+
+def unreachable_channels(channels: str | None, numbers: tuple[str | None, ...], email: str | None) -> list[Channel]:
+    """The chosen ``channels`` ("voice+sms"; ``None``: the zone's defaults, always fine) that cannot
+    reach a household with these numbers and address: SMS without a mobile number, e-mail without an
+    address (an editor fixes one or the other before saving)."""
+    chosen = parse_channels(channels) if channels else frozenset()
+    out = []
+    if Channel.SMS in chosen and not any(is_mobile(n) for n in numbers if n):
+        out.append(Channel.SMS)
+    if Channel.EMAIL in chosen and not email:
+        out.append(Channel.EMAIL)
+    return out
 
 
 def new_member(s: Session, bin_: Bin, household: Household) -> Person:
     """A new person who is a member household of ``bin_``, added to the session (not flushed, not audited)."""
-    person = Person(name=household.name, street=household.street, language=household.language)
+    person = Person(name=household.name, street=household.street, language=household.language,
+                    channels=household.channels, email=household.email)
     person.roles.append(RoleAssignment(role=Role.MEMBER, bin_id=bin_.id))
     set_phone(person, PhoneRank.PRIMARY, household.phone)
     set_phone(person, PhoneRank.SECONDARY, household.second_phone)
@@ -221,19 +249,54 @@ def add_member(s: Session, bin_: Bin, household: Household, actor: str) -> int:
     """Add one member household to ``bin_``; audited; its person id."""
     person = new_member(s, bin_, household)
     s.flush()
-    audit.record(s, actor, "member.add", f"person:{person.id}", bin=bin_.number, phone=mask(household.phone))
+    contact = {"channels": household.channels} if household.channels else {}
+    if household.email:
+        contact["email"] = mask_email(household.email)
+    audit.record(s, actor, "member.add", f"person:{person.id}", bin=bin_.number, phone=mask(household.phone),
+                 **contact)
     return person.id
 
 
 def save_member(s: Session, person_id: int, household: Household, actor: str) -> None:
-    """Replace a member's name, street, language and numbers; audited."""
+    """Replace a member's name, street, language, numbers, channels and e-mail address; audited (a
+    change of channels or address with the old and new value, the address masked)."""
     person = s.get_one(Person, person_id)
+    changes: dict[str, Any] = {}
+    if person.channels != household.channels:
+        changes["channels"] = [person.channels, household.channels]
+    if person.email != household.email:
+        changes["email"] = [mask_email(e) if e else None for e in (person.email, household.email)]
     person.name = household.name
     person.street = household.street
     person.language = household.language
+    person.channels = household.channels
+    person.email = household.email
     set_phone(person, PhoneRank.PRIMARY, household.phone)
     set_phone(person, PhoneRank.SECONDARY, household.second_phone)
-    audit.record(s, actor, "member.edit", f"person:{person_id}", phone=mask(household.phone))
+    audit.record(s, actor, "member.edit", f"person:{person_id}", phone=mask(household.phone), **changes)
+
+
+#: The opt-outs a member can have, by the channel they stop, with the column that holds each.
+OPT_OUTS: dict[Channel, str] = {Channel.VOICE: "calls_opt_out_at", Channel.SMS: "sms_opt_out_at",
+                                Channel.EMAIL: "email_opt_out_at"}
+
+
+def opt_outs(person: Person) -> dict[Channel, dt.datetime]:
+    """The member's opt-outs in force: channel -> since when."""
+    return {channel: when for channel, column in OPT_OUTS.items() if (when := getattr(person, column)) is not None}
+
+
+def clear_opt_out(s: Session, person: Person, channel: Channel, actor: str) -> bool:
+    """An editor takes a member back in on ``channel`` (say, after an opt-out from a spoofed caller
+    ID); audited with the opt-out's date. ``False`` (nothing written) when there was none."""
+    column = OPT_OUTS[channel]
+    since = getattr(person, column)
+    if since is None:
+        return False
+    setattr(person, column, None)
+    audit.record(s, actor, "member.opt_out_cleared", f"person:{person.id}", channel=channel.value,
+                 since=since.isoformat())
+    return True
 
 
 def member_as_dict(s: Session, person: Person, show_numbers: bool = False) -> dict[str, Any]:
@@ -241,11 +304,14 @@ def member_as_dict(s: Session, person: Person, show_numbers: bool = False) -> di
     bins = list(s.scalars(select(Bin).join(RoleAssignment, RoleAssignment.bin_id == Bin.id).where(
         RoleAssignment.person_id == person.id, RoleAssignment.role == Role.MEMBER).order_by(Bin.number)))
     numbers = {p.rank.value: (p.e164 if show_numbers else mask(p.e164)) for p in person.phones}
+    email = person.email if show_numbers or not person.email else mask_email(person.email)
     return {"id": person.id, "name": person.name, "street": person.street, "language": person.language.value,
             "phone": numbers.get(PhoneRank.PRIMARY.value), "second_phone": numbers.get(PhoneRank.SECONDARY.value),
             "bins": [b.number for b in bins], "active": person.active,
             "window": f"{person.call_window_start}-{person.call_window_end}" if person.call_window_start else None,
-            "pause": f"{person.pause_from}..{person.pause_until}" if person.pause_from else None}
+            "pause": f"{person.pause_from}..{person.pause_until}" if person.pause_from else None,
+            "channels": person.channels, "email": email,
+            "opted_out": {c.value: when.isoformat() for c, when in opt_outs(person).items()}}
 
 
 def remove_member(s: Session, person: Person, bin_: Bin, actor: str) -> None:
@@ -361,12 +427,22 @@ def member_in_scope(s: Session, viewer: Viewer, person_id: int) -> tuple[Person,
     return person, bin_
 
 
-def open_member(s: Session, person: Person, bin_: Bin, actor: str) -> dict[str, Any]:
-    """A member's details with full numbers, for an editor; the opening is audited (it shows numbers)."""
+def open_member(s: Session, person: Person, bin_: Bin, actor: str, settings: Settings) -> dict[str, Any]:
+    """A member's details with full numbers and address, for an editor, with ``member_contact``; the
+    opening is audited (it shows numbers)."""
     audit.record(s, actor, "member.opened", f"person:{person.id}")
     second = phone_of(person, PhoneRank.SECONDARY)
     primary = phone_of(person, PhoneRank.PRIMARY)
     return {"member": {"id": person.id, "name": person.name, "street": person.street or "",
                        "language": person.language.value, "phone": primary.e164 if primary else "",
-                       "second_phone": second.e164 if second else ""},
-            "bin": {"number": bin_.number, "name": bin_.name}}
+                       "second_phone": second.e164 if second else "",
+                       "channels": person.channels or "", "email": person.email or ""},
+            "bin": {"number": bin_.number, "name": bin_.name}, **member_contact(person, bin_, settings)}
+
+
+def member_contact(person: Person, bin_: Bin, settings: Settings) -> dict[str, Any]:
+    """What a member's page shows beside the form: their opt-outs (channel -> since) and the channels
+    of a member who chose none (their zone's defaults, per urgency)."""
+    defaults = zone_channel_defaults(bin_.zone, settings)
+    return {"opt_outs": {c.value: when for c, when in opt_outs(person).items()},
+            "default_channels": {u.value: format_channels(c) for u, c in defaults.items()}}

@@ -76,6 +76,12 @@ def check_email(address: str) -> str:
     return f"{local}@{domain.lower()}"
 
 
+def mask_email(address: str) -> str:
+    """An e-mail address with all of the name but its first letter hidden (for lists, logs and audit rows)."""
+    local, _, domain = address.rpartition("@")
+    return f"{local[:1]}***@{domain}" if local else "***"
+
+
 @dataclass(frozen=True)
 class Contact:
     """What the decisions need to know of one member."""

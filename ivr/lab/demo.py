@@ -16,6 +16,7 @@ import dataclasses
 import json
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from ivr.config import Settings
 from ivr.media.compare import locate_file, locate_speech_file
 from ivr.media.tts import synthesize
 from ivr.media.prompts import text
+from ivr.lab.copies_lab import CopiesLab
 from ivr.lab.phone_lab import PhoneLab
 from ivr.lab.network import PhoneScript
 from ivr.telephony.agi import AgiCall
@@ -111,6 +113,7 @@ async def _demo(settings: Settings, runtime: Any, over_pjsip: bool, database: st
         return {"asterisk": {"version": runtime.version, "over_pjsip": over_pjsip},
                 "database": chain["database"],
                 "message": chain["message"], "review": chain["review"], "campaign": chain["campaign"],
+                "sms": chain["sms"], "email": chain["email"],
                 "expected": chain["expected"], "calls": calls,
                 "all_as_expected": ok, "seconds": round(time.monotonic() - started, 2)}
     finally:
@@ -213,20 +216,32 @@ async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any, database: str |
     lane = Lane(12, "Kerkwijk", "+3292100001")
     seed_directory(engine, pin, [lane])
     cases = member_cases(25, message_s=4.0 + 3.5 + 13.0)  # answering check + header + the alert
-    people = seed_members(engine, lane.bin_number, cases)
+    people = seed_members(engine, lane.bin_number, cases, prefix="+32470")  # mobile numbers: SMS reach them
     script_members(lab, engine, people)
+    choices = _choose_channels(engine, people)
     say(f"directory in {where} ({engine.dialect.name}): zone Gent, BIN 12 Kerkwijk with {len(people)} member households, an officer "
         "(PIN drawn for this run), a coordinator")
+    say("  members' channels: " + ", ".join(f"{n} {c}" for c, n in sorted(Counter(choices.values()).items())))
+    texts = CopiesLab(demo_dir)
+    await asyncio.to_thread(texts.start)
+    say(f"text network up: Kannel (bearerbox + smsbox, fake SMSC) at {texts.kannel.sendsms_url}, "
+        f"SMTP relay 127.0.0.1:{texts.smtp.port} (STARTTLS, AUTH)")
     spoken_text = text("demo_police_alert")
     spoken = await asyncio.to_thread(synthesize, spoken_text, "nl", demo_dir / "officer-alert.wav")
     say(f"the officer's alert, spoken by espeak-ng: {spoken}")
     # Demo pace: retries after 10 s instead of 5 minutes, so the whole chain fits in a few minutes.
+    # The ladder's SMS after 5 s instead of 15 minutes.
     config = dataclasses.replace(settings, data_dir=demo_dir, review_ring_timeout_s=20.0, member_ring_timeout_s=8.0,
-                                 urgent_retry_after_s=10.0, no_key_retry_after_s=10.0, max_channels=10)
+                                 urgent_retry_after_s=10.0, no_key_retry_after_s=10.0, max_channels=10,
+                                 ladder_after_s=LADDER_AFTER_S, **texts.settings())
     timeline = Timeline()
     app = BinfoonApp.on_instance(config, engine, lab.asterisk, lab.ami, lab.app, dial_template=lab.dial_template,
                                  observer=timeline)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        await asyncio.to_thread(texts.stop)
+        raise
     web = await _web_console(app, say)
     try:
         # The coordinator listens to the intro, the header and the whole recording, then presses 1.
@@ -273,8 +288,11 @@ async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any, database: str |
             say(f"  stored recording {recording.path}: {recording.duration_s:.2f} s, "
                 f"correlation with what the officer said {match.peak_ncc:.4f}")
         ok = status in ("delivering", "done") and review["decision"] == "forward_now" and recording is not None
-        campaign, expected = await _binfoon2(app, engine, run.message_id, people, say)
+        campaign, expected = await _binfoon2(app, engine, run.message_id, people, say, choices)
         ok = ok and all(campaign.get(k) == v for k, v in expected.items())
+        copies, copies_expected = await _copies(app, engine, run.message_id, people, choices, texts, say)
+        expected.update(copies_expected)
+        ok = ok and copies == copies_expected
         if recording is not None:
             report_message["transcript"] = await _transcript(app, engine, recording.id, spoken_text, say)
             # With a model in use the take must have its transcript; without one it is kept, untranscribed.
@@ -283,11 +301,12 @@ async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any, database: str |
         with session_scope(engine) as s:
             report_message["status"] = s.get_one(Message, run.message_id).status.value
         return {"ok": ok, "message": report_message, "review": review, "campaign": campaign, "expected": expected,
-                "database": engine.dialect.name}
+                "database": engine.dialect.name, **copies}
     finally:
         if web is not None:
             await web.stop()
         await app.stop()
+        await asyncio.to_thread(texts.stop)
 
 
 async def _web_console(app: Any, say: Any) -> Any:
@@ -302,7 +321,7 @@ async def _web_console(app: Any, say: Any) -> Any:
 
 
 async def _binfoon2(app: Any, engine: Any, message_id: int | None, people: dict[int, Any],
-                    say: Any) -> tuple[dict[str, Any], dict[str, int]]:
+                    say: Any, choices: dict[int, str]) -> tuple[dict[str, Any], dict[str, int]]:
     """BINFOON 2: every member is called with the original recording; wait for the final report."""
     from sqlalchemy import select
 
@@ -329,16 +348,102 @@ async def _binfoon2(app: Any, engine: Any, message_id: int | None, people: dict[
         if done or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
-    scripted = expected_counts(people, app.campaigns.policies[True])  # the demo's alert is urgent
+    # The demo's alert is urgent; text-only members are never called.
+    called = {p: case for p, case in people.items() if choices[p] != TEXT_ONLY}
+    scripted = expected_counts(called, app.campaigns.policies[True])
+    scripted["members"], scripted["text_only"] = len(people), len(people) - len(called)
     counts = report.counts()
     measured = {"members": len(report.members), "confirmed": counts["confirmed"],
                 "answering_machine": counts["answering_machine"], "no_answer": counts["no_answer"],
                 "busy": counts["busy"], "answered_no_key": counts["answered_no_key"], "failed": counts["failed"],
-                "attempts": report.attempts,
+                "text_only": counts.get("text_only", 0), "attempts": report.attempts,
                 "calls_to_confirmed_members_after_confirming": report.calls_after_confirming}
     expected = {k: scripted.get(k, 0) for k in ("members", "confirmed", "answering_machine", "no_answer", "busy",
-                                                "answered_no_key", "failed", "attempts")}
+                                                "answered_no_key", "failed", "text_only", "attempts")}
     expected["calls_to_confirmed_members_after_confirming"] = 0
     say(f"  final report: {measured['confirmed']} of {measured['members']} members confirmed, "
         f"{measured['attempts']} calls; scripted: {expected}")
+    return measured, expected
+
+
+#: The demo's members' own channels, by position in the BIN (the rest chose nothing: the zone's default
+#: for an urgent message, a call and an SMS).
+TEXT_ONLY = "sms+email"
+DEMO_CHANNELS: dict[range, str] = {range(11, 16): "voice", range(16, 19): TEXT_ONLY, range(19, 23): "voice+email",
+                                   range(23, 26): "voice+sms+email"}
+#: The contact ladder's delay in the demo.
+LADDER_AFTER_S = 5.0
+
+
+def _choose_channels(engine: Any, people: dict[int, Any]) -> dict[int, str]:
+    """Give the demo's members their channels and e-mail addresses; returns person id -> channels
+    ("default" for those who chose none)."""
+    from storage.db import session_scope
+    from storage.models import Person
+
+    chosen: dict[int, str] = {}
+    with session_scope(engine) as s:
+        for position, person_id in enumerate(sorted(people), start=1):
+            channels = next((c for r, c in DEMO_CHANNELS.items() if position in r), None)
+            person = s.get_one(Person, person_id)
+            person.channels = channels
+            if channels is not None and "email" in channels:
+                person.email = f"huishouden{position}@kerkwijk.demo.invalid"
+            chosen[person_id] = channels or "default"
+    return chosen
+
+
+async def _copies(app: Any, engine: Any, message_id: int | None, people: dict[int, Any], choices: dict[int, str],
+                  texts: Any, say: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The written copies: what the SMSC and the relay received, measured, beside what the members'
+    channels and the scripts imply (SMS by choice, the ladder's SMS to every called member who did not
+    confirm and had none, an e-mail with the original audio to every member with an address)."""
+    from sqlalchemy import select
+
+    from ivr.domain.vocabulary import CopyReason, CopyStatus
+    from storage.db import session_scope
+    from storage.models import Campaign, Confirmation, TextCopy
+
+    sms_by_choice = {p for p, c in choices.items() if c == "default" or "sms" in c}
+    email_wanted = {p for p, c in choices.items() if "email" in c}
+    called = {p for p, c in choices.items() if c != TEXT_ONLY}
+    ladder = {p for p in called - sms_by_choice if people[p].expected != "confirmed"}
+    final = (CopyStatus.DELIVERED, CopyStatus.SENT, CopyStatus.FAILED, CopyStatus.BOUNCED, CopyStatus.CANCELLED)
+    deadline = time.monotonic() + 180
+    while True:
+        with session_scope(engine) as s:
+            campaign_id = s.scalar(select(Campaign.id).where(Campaign.message_id == message_id))
+            copies = list(s.scalars(select(TextCopy).where(TextCopy.campaign_id == campaign_id)))
+            confirmed = set(s.scalars(select(Confirmation.person_id).where(Confirmation.campaign_id == campaign_id)))
+        sms = [c for c in copies if c.channel.value == "sms"]
+        settled = len(sms) == len(sms_by_choice | ladder) and all(c.status in final for c in copies) \
+            and all(c.status is not CopyStatus.SENT for c in sms)  # every SMS's delivery report is in
+        if settled or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    emails = [c for c in copies if c.channel.value == "email"]
+    received = texts.kannel.messages
+    mails = texts.smtp.messages
+    with_audio = sum(1 for m in mails if any(part.get_content_type().startswith("audio/")
+                                             for part in m.message.iter_attachments()))
+    measured = {
+        "sms": {"copies": len(sms), "by_choice": sum(c.reason is not CopyReason.LADDER for c in sms),
+                "ladder": sum(c.reason is CopyReason.LADDER for c in sms),
+                "received_by_smsc": len(received),
+                "delivered_reports": sum(c.status is CopyStatus.DELIVERED for c in sms)},
+        "email": {"copies": len(emails), "accepted_by_relay": len(mails), "with_audio": with_audio,
+                  "sent": sum(c.status is CopyStatus.SENT for c in emails)},
+    }
+    expected = {
+        "sms": {"copies": len(sms_by_choice | ladder), "by_choice": len(sms_by_choice), "ladder": len(ladder),
+                "received_by_smsc": len(sms_by_choice | ladder), "delivered_reports": len(sms_by_choice | ladder)},
+        "email": {"copies": len(email_wanted), "accepted_by_relay": len(email_wanted), "with_audio": len(email_wanted),
+                  "sent": len(email_wanted)},
+    }
+    if confirmed & ladder:
+        say(f"  NOTE: {len(confirmed & ladder)} member(s) scripted not to confirm did confirm")
+    say(f"  SMS: {measured['sms']['received_by_smsc']} at the SMSC ({measured['sms']['by_choice']} by choice, "
+        f"{measured['sms']['ladder']} by the ladder), {measured['sms']['delivered_reports']} delivery reports; "
+        f"e-mail: {measured['email']['accepted_by_relay']} accepted by the relay, {with_audio} with the audio; "
+        f"expected {expected}")
     return measured, expected

@@ -90,6 +90,8 @@ class Progress:
     members: int
     bar: dict[str, int]
     status: str
+    #: The written copies and the members not called (``CampaignReport.copy_summary``).
+    copies: dict[str, Any] = field(default_factory=dict)
 
 
 def bar_of(report: CampaignReport) -> dict[str, int]:
@@ -98,10 +100,11 @@ def bar_of(report: CampaignReport) -> dict[str, int]:
     return {segment: sum(counts.get(state, 0) for state in states) for segment, states in BAR.items()}
 
 
-def progress_of(engine: Engine, campaign_id: int, policies: dict[bool, RetryPolicy], now: dt.datetime) -> Progress:
+def progress_of(engine: Engine, campaign_id: int, policies: dict[bool, RetryPolicy], now: dt.datetime,
+                settings: Settings | None = None) -> Progress:
     """The bar of one campaign, from the same report the dialer's decisions follow."""
-    report = campaign_report(engine, campaign_id, policies, now)
-    return Progress(campaign_id, len(report.members), bar_of(report), report.status)
+    report = campaign_report(engine, campaign_id, policies, now, settings)
+    return Progress(campaign_id, len(report.members), bar_of(report), report.status, report.copy_summary())
 
 
 @dataclass
@@ -186,10 +189,11 @@ class Console(MemberTestCalls):
              "created_at": r.created_at.isoformat(timespec="seconds"),
              "text": (r.text or "")[:120], "campaign": r.campaign_id} for r in rows]
         for item in items:
-            item["progress"] = None
+            item["progress"] = item["copies"] = None
             if item["campaign"] is not None:
-                p = progress_of(self.engine, item["campaign"], self.policies, now)
+                p = progress_of(self.engine, item["campaign"], self.policies, now, self.settings)
                 item["progress"] = {"members": p.members, **p.bar}
+                item["copies"] = p.copies
         return items
 
     # -- the message page ----------------------------------------------------------------------

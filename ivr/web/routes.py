@@ -28,6 +28,7 @@ from ivr.web.console import Console
 from ivr.web.i18n import tr
 from ivr.web.pages import BodyTooLarge, PageError, Pages, SignInRequired
 from ivr.web.pages.base import TEMPLATES
+from ivr.web.pages.unsubscribe import UnsubscribePages
 
 __all__ = ["SCRIPTS", "SESSION_COOKIE", "STATIC", "TEMPLATES", "SecurityHeaders", "create_app"]
 
@@ -44,6 +45,7 @@ def create_app(console: Console, secret_key: str, secure_cookies: bool = False) 
     to HTTPS); turn it on whenever the console is reached through TLS.
     """
     pages = Pages(console, secret_key)
+    unsubscribe = UnsubscribePages(console, secret_key)  # e-mail copies' link (issue 17): no sign-in
 
     async def script(request: Request) -> Response:
         name = request.path_params["name"]
@@ -112,6 +114,9 @@ def create_app(console: Console, secret_key: str, secure_cookies: bool = False) 
         Route("/admin/zones", pages.admin_zones, methods=["GET"]),
         Route("/admin/zones/{code}", pages.admin_zone, methods=["GET"]),
         Route("/admin/zones/{code}", pages.admin_zone_save, methods=["POST"]),
+        # -- the unsubscribe link of e-mail copies (issue 17): the signed token is the authority --
+        Route("/unsubscribe/{token}", unsubscribe.unsubscribe_page, methods=["GET"]),
+        Route("/unsubscribe/{token}", unsubscribe.unsubscribe, methods=["POST"]),
         # Scripts hold no data (it comes from the page or the server): open to all, like the sign-in.
         Route("/static/{name}", script, methods=["GET"]),
     ]

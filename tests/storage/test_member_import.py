@@ -13,6 +13,7 @@ from storage.models import Base, Bin, Person, PoliceZone, RoleAssignment
 from ivr.domain.vocabulary import Language, Role
 
 HEADER = "name,phone,second phone,street,language\n"
+CHANNELS = "naam,telefoon,tweede telefoon,kanalen,e-mail\n"
 
 
 def _engine_with_bin(url: str) -> Engine:
@@ -57,6 +58,15 @@ BAD_FILES = {
     "unknown language": ((HEADER + "Jan,09 123 45 67,,,es\n").encode(), "line 2: unknown language 'es'"),
     "field count": ((HEADER + "Jan,09 123 45 67\n").encode(), "line 2: 2 fields where the header has 5"),
     "empty name": ((HEADER + ",09 123 45 67,,,\n").encode(), "line 2: the name is empty"),
+    # Channels and e-mail (issue 17).
+    "unknown channel": ((CHANNELS + "Jan,0470 12 34 56,,voice+fax,\n").encode(),
+                        "line 2: channels: 'fax' is not a channel"),
+    "sms without a mobile": ((CHANNELS + "Jan,0470 12 34 56,,sms,\nPiet,09 123 45 67,,voice+sms,\n").encode(),
+                             "line 3: channels 'voice+sms': SMS needs a mobile number"),
+    "text only without an address": ((CHANNELS + "Jan,0470 12 34 56,,text,\n").encode(),
+                                     "line 2: channels 'text': e-mail needs an address"),
+    "bad e-mail": ((CHANNELS + "Jan,0470 12 34 56,,voice,jan@@voorbeeld.be\n").encode(),
+                   "line 2: e-mail: 'jan@@voorbeeld.be' is not an e-mail address"),
 }
 
 
@@ -148,4 +158,45 @@ def test_plan_merge_and_reuse_on_both_databases(db_url: str) -> None:
         assert [p.name for p in people] == ["An"]
         assert sorted(s.scalars(select(Bin.number).join(RoleAssignment, RoleAssignment.bin_id == Bin.id).where(
             RoleAssignment.person_id == people[0].id))) == [12, 13]
+    engine.dispose()
+
+
+def _contact(engine: Engine) -> dict[str, tuple[str | None, str | None]]:
+    with session_scope(engine) as s:
+        people = s.scalars(select(Person).join(RoleAssignment).where(RoleAssignment.role == Role.MEMBER)).all()
+        return {p.name: (p.channels, p.email) for p in people}
+
+
+def test_channels_and_email_are_imported_kept_and_cleared(db_url: str) -> None:
+    """The columns set them (written the one way), an empty cell clears them (the zone's defaults), a
+    file without the column leaves them; what a member would be left with must reach them."""
+    engine = _engine_with_bin(db_url)
+    _import(engine, (CHANNELS + "Jan,0470 12 34 56,,Text,Jan@Voorbeeld.BE\n"
+                                "Piet,09 123 45 67,0471 22 33 44,sms / call,\n"
+                                "An,09 765 43 21,,,an@voorbeeld.be\n").encode())
+    assert _contact(engine) == {"Jan": ("sms+email", "Jan@voorbeeld.be"), "Piet": ("voice+sms", None),
+                                "An": (None, "an@voorbeeld.be")}
+    # A file without the channels and e-mail columns changes neither (an older file keeps the choices).
+    _import(engine, (HEADER + "Jan,0470 12 34 56,,Dorp 1,nl\nPiet,09 123 45 67,0471 22 33 44,,nl\n"
+                              "An,09 765 43 21,,,nl\n").encode())
+    assert _contact(engine) == {"Jan": ("sms+email", "Jan@voorbeeld.be"), "Piet": ("voice+sms", None),
+                                "An": (None, "an@voorbeeld.be")}
+    # Without the e-mail column Jan keeps his address, so "text" still reaches him; Piet's landline
+    # alone cannot take the SMS he chose: that line is refused, and nothing of the file is written.
+    before = _dump(engine)
+    with pytest.raises(CsvImportError) as info:
+        _import(engine, (HEADER + "Jan,0470 12 34 56,,Dorp 1,nl\nPiet,09 123 45 67,,,nl\n").encode())
+    assert [str(e) for e in info.value.errors] == [
+        "line 3: channels voice+sms: SMS needs a mobile number, and no number of this line is one"]
+    assert _dump(engine) == before
+    # Empty cells: back to the zone's defaults, no address.
+    _import(engine, (CHANNELS + "Jan,0470 12 34 56,,,\nPiet,09 123 45 67,0471 22 33 44,,\n"
+                                "An,09 765 43 21,,,\n").encode())
+    assert _contact(engine) == {"Jan": (None, None), "Piet": (None, None), "An": (None, None)}
+    with session_scope(engine) as s:
+        from storage.models import AuditEntry
+
+        rows = s.scalars(select(AuditEntry).where(AuditEntry.action == "members.import")
+                         .order_by(AuditEntry.id)).all()
+        assert [r.details["channels_or_email_changed"] for r in rows] == [0, 0, 3]
     engine.dispose()

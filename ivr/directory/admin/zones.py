@@ -1,6 +1,8 @@
 """The admin's tools over zones: list, show, edit their settings, a BIN's one-level mode (the rules:
 ``ivr.directory.admin``). A zone asks for a second approver only if it has two active police (one
-speaks, the other approves)."""
+speaks, the other approves). A zone's default channels per urgency and its contact ladder (issue 17)
+are its own or, when cleared (``None``), the settings' (``copy_channels_urgent``/``_preventive``,
+``ladder_sms``, ``ladder_after_s``); channels are stored as written by ``format_channels``."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from sqlalchemy.orm import Session
 from ivr.directory.admin.checks import ZONE_ROLES, AdminError, check_name, get_bin, get_zone, require_admin
 from ivr.directory.admin.persons import PersonRow, person_row
 from ivr.domain.actor import Actor
+from ivr.domain.channels import InvalidChannels, format_channels, parse_channels
 from ivr.domain.vocabulary import Escalation, ReviewMode, Role
 from storage import audit
 from storage.models import Bin, Person, PoliceZone, RoleAssignment
@@ -60,13 +63,20 @@ class ZoneRow:
     second_approver: bool
     review_max_rounds: int | None
     bins: int
+    #: Default channels per urgency ("voice+sms") and the contact ladder; ``None``: the setting.
+    urgent_channels: str | None = None
+    preventive_channels: str | None = None
+    ladder_sms: bool | None = None
+    ladder_after_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """For ``--json``."""
         return {"code": self.code, "name": self.name, "review_mode": self.review_mode,
                 "urgent_escalation": self.urgent_escalation, "max_channels": self.max_channels,
                 "max_cps": self.max_cps, "second_approver": self.second_approver,
-                "review_max_rounds": self.review_max_rounds, "bins": self.bins}
+                "review_max_rounds": self.review_max_rounds, "bins": self.bins,
+                "urgent_channels": self.urgent_channels, "preventive_channels": self.preventive_channels,
+                "ladder_sms": self.ladder_sms, "ladder_after_s": self.ladder_after_s}
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,8 @@ class ZoneDetails:
 def _zone_row(s: Session, zone: PoliceZone) -> ZoneRow:
     bins = s.scalar(select(func.count(Bin.id)).where(Bin.zone_id == zone.id)) or 0
     return ZoneRow(zone.code, zone.name, zone.review_mode.value, zone.urgent_escalation.value, zone.max_channels,
-                   zone.max_cps, zone.second_approver, zone.review_max_rounds, bins)
+                   zone.max_cps, zone.second_approver, zone.review_max_rounds, bins, zone.urgent_channels,
+                   zone.preventive_channels, zone.ladder_sms, zone.ladder_after_s)
 
 
 def list_zones(s: Session) -> list[ZoneRow]:
@@ -126,6 +137,26 @@ def _positive_float(field_name: str, value: Any) -> float | None:
     return float(value)
 
 
+def _channels(field_name: str, value: Any) -> str | None:
+    """A channel choice as stored ("voice+sms"), from its written form; ``None`` clears it."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise AdminError(f"{field_name}: channels such as voice+sms (or none)")
+    try:
+        return format_channels(parse_channels(value))
+    except InvalidChannels as exc:
+        raise AdminError(f"{field_name}: {exc}") from None
+
+
+def _seconds(field_name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise AdminError(f"{field_name}: a number of seconds, 0 or more (or none)")
+    return float(value)
+
+
 def _active_police(s: Session, zone: PoliceZone) -> int:
     """How many active people are police officers or approvers of ``zone``."""
     return s.scalar(select(func.count(func.distinct(RoleAssignment.person_id)))
@@ -136,9 +167,14 @@ def _active_police(s: Session, zone: PoliceZone) -> int:
 
 def edit_zone(s: Session, code: str, actor: Actor, *, name: Any = UNCHANGED, max_channels: Any = UNCHANGED,
               max_cps: Any = UNCHANGED, review_mode: Any = UNCHANGED, urgent_escalation: Any = UNCHANGED,
-              second_approver: Any = UNCHANGED, review_max_rounds: Any = UNCHANGED) -> list[str]:
+              second_approver: Any = UNCHANGED, review_max_rounds: Any = UNCHANGED,
+              urgent_channels: Any = UNCHANGED, preventive_channels: Any = UNCHANGED, ladder_sms: Any = UNCHANGED,
+              ladder_after_s: Any = UNCHANGED) -> list[str]:
     """Change a zone's settings; a field left ``UNCHANGED`` stays, ``None`` clears a limit (the
     global setting applies). Every value is checked before any is written. Returns what changed.
+
+    ``urgent_channels``/``preventive_channels`` are written choices ("voice+sms", "call, sms", "text"),
+    stored as ``format_channels`` writes them; ``ladder_sms`` is a bool, ``ladder_after_s`` seconds (>= 0).
 
     ``second_approver`` is refused in a zone with fewer than two active police officers or approvers:
     an urgent message waiting for a second approval there could never go."""
@@ -153,6 +189,16 @@ def edit_zone(s: Session, code: str, actor: Actor, *, name: Any = UNCHANGED, max
         wanted["max_cps"] = _positive_float("max_cps", max_cps)
     if review_max_rounds is not UNCHANGED:
         wanted["review_max_rounds"] = _positive_int("review_max_rounds", review_max_rounds)
+    if urgent_channels is not UNCHANGED:
+        wanted["urgent_channels"] = _channels("urgent_channels", urgent_channels)
+    if preventive_channels is not UNCHANGED:
+        wanted["preventive_channels"] = _channels("preventive_channels", preventive_channels)
+    if ladder_sms is not UNCHANGED:
+        if ladder_sms is not None and not isinstance(ladder_sms, bool):
+            raise AdminError("ladder_sms: yes or no (or none)")
+        wanted["ladder_sms"] = ladder_sms
+    if ladder_after_s is not UNCHANGED:
+        wanted["ladder_after_s"] = _seconds("ladder_after_s", ladder_after_s)
     if review_mode is not UNCHANGED:
         try:
             wanted["review_mode"] = ReviewMode(review_mode)

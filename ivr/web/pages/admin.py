@@ -1,5 +1,6 @@
 """The admin's tools (admins only): persons (list, details, edit, deactivate, roles, PIN reset and
-unlock) and zones (settings, their BINs' one-level mode).
+unlock) and zones (settings, their BINs' one-level mode, their default channels per urgency and
+contact ladder: each empty field means the setting, shown beside it).
 
 Rules: every handler refuses anyone but an admin (403) before it reads anything, and the feature
 (``ivr.directory.admin``) checks again and audits every change; every form is a POST with the
@@ -21,6 +22,7 @@ from ivr.directory import admin
 from ivr.directory.accounts import Viewer
 from ivr.directory.pin_gate import rules_from_settings
 from ivr.domain.actor import Actor
+from ivr.domain.channels import format_channels, parse_channels
 from ivr.domain.vocabulary import Escalation, ReviewMode, Role
 from ivr.web.i18n import tr
 from ivr.web.pages.base import PageBase, PageError
@@ -29,6 +31,8 @@ from storage.models import utcnow
 #: What the persons list can be filtered on (``state``: active, inactive or all).
 STATES = ("active", "inactive", "all")
 PERSON_ACTIONS = ("edit", "deactivate", "activate", "role_add", "role_remove", "unlock", "pin_reset")
+#: The channel choices a zone's form offers: every set, as ``format_channels`` writes it, calls first.
+CHANNEL_CHOICES = ("voice", "voice+sms", "voice+email", "voice+sms+email", "sms", "email", "sms+email")
 
 
 def actor_of(viewer: Viewer) -> Actor:
@@ -175,8 +179,13 @@ class AdminPages(PageBase):
             details = admin.zone_details(s, code)
         except admin.AdminError:
             raise PageError(404, "error_not_found") from None
+        settings = self.settings
         return {"zone": details.zone, "bins": details.bin_rows, "police": details.police,
-                "review_modes": [m.value for m in ReviewMode], "escalations": [e.value for e in Escalation]}
+                "review_modes": [m.value for m in ReviewMode], "escalations": [e.value for e in Escalation],
+                "channel_choices": CHANNEL_CHOICES,
+                "setting": {"urgent_channels": format_channels(parse_channels(settings.copy_channels_urgent)),
+                            "preventive_channels": format_channels(parse_channels(settings.copy_channels_preventive)),
+                            "ladder_sms": settings.ladder_sms, "ladder_after_s": f"{settings.ladder_after_s:g}"}}
 
     async def admin_zone(self, request: Request) -> Response:
         """One zone: its settings form, with its BINs' one-level switches."""
@@ -193,7 +202,9 @@ class AdminPages(PageBase):
         form = await self.form(request)
         text = {k: str(form.get(k, "")).strip()[:200] for k in ("name", "max_channels", "max_cps",
                                                                "review_max_rounds", "review_mode",
-                                                               "urgent_escalation")}
+                                                               "urgent_escalation", "urgent_channels",
+                                                               "preventive_channels", "ladder_sms",
+                                                               "ladder_after_s")}
         errors = []
         values: dict[str, Any] = {"name": text["name"], "review_mode": text["review_mode"],
                                   "urgent_escalation": text["urgent_escalation"],
@@ -207,6 +218,15 @@ class AdminPages(PageBase):
             values["max_cps"] = float(text["max_cps"].replace(",", ".")) if text["max_cps"] else None
         except ValueError:
             errors.append(tr("admin_error_number", lang, field=tr("admin_zone_max_cps", lang)))
+        # Empty: the setting applies. A choice that is none of the offered ones is refused by edit_zone.
+        values["urgent_channels"] = text["urgent_channels"] or None
+        values["preventive_channels"] = text["preventive_channels"] or None
+        values["ladder_sms"] = {"": None, "yes": True, "no": False}.get(text["ladder_sms"], text["ladder_sms"])
+        try:
+            values["ladder_after_s"] = (float(text["ladder_after_s"].replace(",", "."))
+                                        if text["ladder_after_s"] else None)
+        except ValueError:
+            errors.append(tr("admin_error_seconds", lang, field=tr("admin_zone_ladder_after_s", lang)))
         actor = actor_of(viewer)
 
         def save(s: Session) -> None:

@@ -9,6 +9,9 @@ must pass the destination policy (``Settings.destinations``); test calls are lim
 per signed-in person (``TestCallLog``; an alert for the admins when refused); a drill of the whole
 BIN (the "Testbericht BIN-foon") is started by its coordinators and admins (checked again by the
 drill feature, ``ivr.delivery.drill``), and the page shows the latest drills' reach reports.
+A member's channels are ticked boxes (none: their zone's defaults, shown beside them); a choice the
+member cannot receive (SMS without a mobile number, e-mail without an address) is refused; their
+opt-outs are shown read-only, and an editor may take them back in on one channel (audited).
 """
 
 from __future__ import annotations
@@ -43,12 +46,18 @@ from ivr.directory.store import (
     bin_in_scope,
     bin_overview,
     bin_with_members,
+    clear_opt_out,
     edit_bin,
+    member_contact,
     member_in_scope,
     open_member,
     phone_taken,
     save_member,
+    unreachable_channels,
+    zone_channel_defaults,
 )
+from ivr.domain.channels import ORDER as CHANNEL_ORDER
+from ivr.domain.channels import check_email, format_channels
 from ivr.domain.destinations import DestinationPolicy, TestCallLog
 from ivr.domain.phone import InvalidPhoneNumber, mask
 from ivr.web.console import Console
@@ -57,7 +66,7 @@ from ivr.web.pages.base import UPLOAD_OVERHEAD_BYTES, BodyTooLarge, PageBase, Pa
 from ivr.web.test_calls import ConsoleUnavailable
 from storage import audit
 from storage.models import Bin, Person
-from ivr.domain.vocabulary import Language
+from ivr.domain.vocabulary import Channel, Language
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +79,17 @@ def _removing(plan: ImportPlan) -> str:
     return ",".join(str(m.person_id) for m in sorted(plan.removed, key=lambda m: m.person_id or 0))
 
 
-#: The fields of a member household's form.
-MEMBER_FIELDS = ("name", "phone", "second_phone", "street", "language")
+#: The fields of a member household's form (and ``channels``: a box per ticked channel).
+MEMBER_FIELDS = ("name", "phone", "second_phone", "street", "language", "email")
+
+
+def _member_values(form: Any) -> dict[str, str]:
+    """A member form's values, spaces tidied; ``channels`` as stored ("voice+sms"; ``""``: none ticked,
+    the zone's defaults). A box that is no channel is ignored, like a field the form does not have."""
+    values = {k: " ".join(str(form.get(k, "")).split()) for k in MEMBER_FIELDS}
+    ticked = {str(v) for v in form.getlist("channels")}
+    values["channels"] = format_channels(frozenset(c for c in CHANNEL_ORDER if c.value in ticked))
+    return values
 
 
 class BinPages(PageBase):
@@ -97,7 +115,13 @@ class BinPages(PageBase):
         return bin_
 
     def _bin_context(self, viewer: Viewer, number: int) -> dict[str, Any]:
-        context = dict(self.console.run(lambda s: bin_with_members(s, viewer, self._bin(s, viewer, number))))
+        def work(s: Session) -> dict[str, Any]:
+            bin_ = self._bin(s, viewer, number)
+            defaults = zone_channel_defaults(bin_.zone, self.settings)
+            return {**bin_with_members(s, viewer, bin_),
+                    "default_channels": {u.value: format_channels(c) for u, c in defaults.items()}}
+
+        context = self.console.run(work)
         context["identity_editable"] = viewer.is_admin
         context["drills"] = self.console.run(lambda s: _drill_reports(s, number))
         return context
@@ -264,25 +288,34 @@ class BinPages(PageBase):
 
         def work(s: Session) -> dict[str, Any]:
             person, bin_ = self._editable_member(s, viewer, person_id)
-            return {**open_member(s, person, bin_, viewer.actor), "last_test_call": last_result(s, person_id)}
+            return {**open_member(s, person, bin_, viewer.actor, self.settings),
+                    "last_test_call": last_result(s, person_id)}
 
         return self.render(request, "member.html", viewer=viewer, **await self.console.tx(work))
 
     async def member_save(self, request: Request) -> Response:
-        """Save a member's name, numbers, street and language; bad input writes nothing."""
+        """Save a member's name, numbers, street, language, channels and e-mail address; bad input writes
+        nothing. The opt-out buttons post here too (``clear_opt_out``: the channel), alone."""
         viewer = await self.viewer(request)
         person_id = int(request.path_params["id"])
         lang = self.language(request)
         bin_ = await self.console.tx(lambda s: self._editable_member(s, viewer, person_id)[1])
         form = await self.form(request)
-        values = {k: " ".join(str(form.get(k, "")).split()) for k in MEMBER_FIELDS}
+        if "clear_opt_out" in form:
+            return await self._clear_opt_out(request, viewer, person_id, str(form.get("clear_opt_out")))
+        values = _member_values(form)
         errors, phone, second = self._member_errors(values, lang, self.settings.destinations)
         if not errors and await self.console.tx(
                 lambda s: any(phone_taken(s, bin_.id, n, person_id) for n in (phone, second) if n)):
             errors.append(tr("member_error_phone_taken", lang, bin=bin_.number))
         if errors:
+            def contact(s: Session) -> dict[str, Any]:
+                person, found = self._editable_member(s, viewer, person_id)
+                return member_contact(person, found, self.settings)
+
             return self.render(request, "member.html", 400, viewer=viewer, errors=errors,
-                               member={"id": person_id, **values}, bin={"number": bin_.number, "name": bin_.name})
+                               member={"id": person_id, **values}, bin={"number": bin_.number, "name": bin_.name},
+                               **await self.console.tx(contact))
         household = self._household(values, phone, second)
         await self.console.tx(lambda s: save_member(s, person_id, household, viewer.actor))
         self.flash(request, tr("saved", lang))
@@ -293,7 +326,7 @@ class BinPages(PageBase):
         viewer, number = await self._editable_bin(request)
         lang = self.language(request)
         form = await self.form(request)
-        values = {k: " ".join(str(form.get(k, "")).split()) for k in MEMBER_FIELDS}
+        values = _member_values(form)
         errors, phone, second = self._member_errors(values, lang, self.settings.destinations)
         if not errors and await self.console.tx(
                 lambda s: any(phone_taken(s, self._bin(s, viewer, number).id, n) for n in (phone, second) if n)):
@@ -307,9 +340,27 @@ class BinPages(PageBase):
         self.flash(request, tr("saved", lang))
         return RedirectResponse(f"/bins/{number}", 303)
 
+    async def _clear_opt_out(self, request: Request, viewer: Viewer, person_id: int, raw: str) -> Response:
+        """An editor takes the member back in on one channel they opted out of (audited by the directory)."""
+        try:
+            channel = Channel(raw)
+        except ValueError:
+            raise PageError(400, "error_bad_request") from None
+
+        def work(s: Session) -> bool:
+            person, _bin = self._editable_member(s, viewer, person_id)
+            return clear_opt_out(s, person, channel, viewer.actor)
+
+        lang = self.language(request)
+        if await self.console.tx(work):
+            self.flash(request, tr("member_opt_out_cleared", lang, channel=tr(f"channel_{channel.value}", lang)))
+        return RedirectResponse(f"/members/{person_id}", 303)
+
     @staticmethod
     def _household(values: dict[str, str], phone: str, second: str | None) -> Household:
-        return Household(values["name"], values["street"] or None, CSV_LANGUAGES[values["language"]], phone, second)
+        email = check_email(values["email"]) if values["email"] else None
+        return Household(values["name"], values["street"] or None, CSV_LANGUAGES[values["language"]], phone, second,
+                         values["channels"] or None, email)
 
     @staticmethod
     def _member_errors(values: dict[str, str], lang: str,
@@ -331,6 +382,18 @@ class BinPages(PageBase):
             errors.append(tr("member_error_same_phone", lang))
         if values["language"] not in CSV_LANGUAGES:
             errors.append(tr("error_language", lang))
+        email = None
+        if values["email"]:
+            try:
+                email = check_email(values["email"])
+            except ValueError:
+                errors.append(tr("member_error_email", lang))
+        if not errors:
+            unreachable = unreachable_channels(values["channels"] or None, (phone, second), email)
+            if Channel.SMS in unreachable:
+                errors.append(tr("member_error_sms_no_mobile", lang))
+            if Channel.EMAIL in unreachable:
+                errors.append(tr("member_error_email_no_address", lang))
         return errors, phone, second
 
     async def member_test_call(self, request: Request) -> Response:

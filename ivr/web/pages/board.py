@@ -1,4 +1,5 @@
-"""The live board: messages in progress with their stage and campaign bar, also as JSON and a stream."""
+"""The live board: messages in progress with their stage, campaign bar and written copies, also as JSON and
+a stream."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ivr.directory.accounts import load_viewer
+from ivr.delivery.report import COPY_CHANNELS, REACH_STATES
 from ivr.delivery.states import BAR
 from ivr.delivery.store import delivery_pause
+from ivr.domain.vocabulary import CopyStatus
 from ivr.web.i18n import tr
 from ivr.web.pages.base import PageBase
 
@@ -36,6 +39,32 @@ async def _first_of(*events: asyncio.Event) -> None:
 STAGES = ("with_coordinators", "scheduled", "delivering", "done", "rejected", "cancelled", "draft")
 
 
+def copy_words(language: str) -> dict[str, list[list[str]]]:
+    """The words of a copies line in ``language``, in the order it says them (lists: a JSON object's
+    keys would be sorted on the way to the page's script)."""
+    return {"channels": [[c.value, tr(f"copies_{c.value}", language)] for c in COPY_CHANNELS],
+            "statuses": [[s.value, tr(f"copy_status_{s.value}", language)] for s in CopyStatus],
+            "extra": [[key, tr(f"copies_{key}", language)]
+                      for key in ("ladder", "ladder_waiting", *REACH_STATES)]}
+
+
+def copies_text(copies: dict[str, Any] | None, words: dict[str, list[list[str]]]) -> str:
+    """A campaign's written copies in one line, e.g. "Sms: 10 afgeleverd, 1 mislukt · E-mail: 8 verstuurd
+    · contactladder: 3 · enkel tekst: 2" (``CampaignReport.copy_summary``; "" when there is nothing to
+    say). ``board.js`` writes the same line from the same words when the board changes."""
+    if not copies:
+        return ""
+    parts = []
+    for channel, name in words["channels"]:
+        by_status = copies.get(channel) or {}
+        said = ", ".join(f"{by_status[status]} {word}" for status, word in words["statuses"]
+                         if by_status.get(status))
+        if said:
+            parts.append(f"{name}: {said}")
+    parts += [f"{word}: {copies[key]}" for key, word in words["extra"] if copies.get(key)]
+    return " · ".join(parts)
+
+
 def with_pause(console: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mark the messages being delivered with why delivery is paused (the trunk is down), if it is:
     ``paused`` is the dialer's reason and since when, or ``None`` (blocking)."""
@@ -56,8 +85,10 @@ class BoardPages(PageBase):
         lang = self.language(request)
         stage_texts = {stage: tr(f"stage_{stage}", lang) for stage in STAGES}
         empty_bar = {"members": 0, **{segment: 0 for segment in BAR}}
+        words = copy_words(lang)
+        copy_lines = {item["id"]: copies_text(item.get("copies"), words) for item in items}
         return self.render(request, "board.html", viewer=viewer, items=items, segments=list(BAR),
-                           stage_texts=stage_texts, empty_bar=empty_bar)
+                           stage_texts=stage_texts, empty_bar=empty_bar, copy_words=words, copy_lines=copy_lines)
 
     async def board_state(self, request: Request) -> Response:
         """The board as JSON (what the live stream sends)."""

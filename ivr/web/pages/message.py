@@ -35,6 +35,7 @@ from ivr.delivery.states import BAR
 from ivr.web.console import bar_of
 from ivr.web.i18n import tr
 from ivr.web.pages.base import PageBase, PageError
+from ivr.web.pages.board import copies_text, copy_words
 from storage.models import Message
 from storage.recordings import RecordingCorrupted
 
@@ -66,11 +67,13 @@ class MessagePages(PageBase):
         chart = ""
         bar = None
         stopped = None
+        copies = ""
         if delivery:
             now = console.clock()
             campaign = await asyncio.to_thread(campaign_report, console.engine, delivery["campaign"],
-                                               console.policies, now)
+                                               console.policies, now, self.settings)
             members = campaign.members
+            copies = copies_text(campaign.copy_summary(), copy_words(self.language(request)))
             if campaign.stopped_at is not None:
                 stopped = {"at": campaign.stopped_at, "by": campaign.stopped_by, "now": campaign.status == "stopped"}
             bar = {"members": len(campaign.members), **bar_of(campaign)}
@@ -78,7 +81,7 @@ class MessagePages(PageBase):
             chart = confirmations_svg(start, times, len(campaign.members),
                                       label=tr("message_chart", self.language(request)))
         return self.render(request, "message.html", viewer=viewer, members=members, chart=chart, bar=bar,
-                           segments=list(BAR), stopped=stopped, **data)
+                           segments=list(BAR), stopped=stopped, copies=copies, **data)
 
     async def message_audio(self, request: Request) -> Response:
         """The original recording, streamed (ranges allowed); each play is audited before a byte is sent."""
@@ -143,7 +146,7 @@ class MessagePages(PageBase):
 
         campaign_id = await self.console.tx(work)
         report = await asyncio.to_thread(campaign_report, self.console.engine, campaign_id, self.console.policies,
-                                         self.console.clock())
+                                         self.console.clock(), self.settings)
         return Response(report.to_csv(), media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="binfoon-message-{message_id}.csv"'})
 

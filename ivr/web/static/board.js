@@ -3,7 +3,20 @@
   const live = document.getElementById('live');
   const stages = JSON.parse(live.dataset.stages);
   const known = new Set([...document.querySelectorAll('#board tbody tr')].map(r => Number(r.dataset.id)));
+  const copyWords = JSON.parse(document.getElementById('board').dataset.copyWords);
   function pct(n, total) { return total ? (100 * n / total) + '%' : '0%'; }
+  // The written copies in one line, as the server writes it (ivr/web/pages/board.py copies_text).
+  function copiesText(copies) {
+    if (!copies) return '';
+    const parts = [];
+    for (const [channel, name] of copyWords.channels) {
+      const byStatus = copies[channel] || {};
+      const said = copyWords.statuses.filter(([status]) => byStatus[status]).map(([status, word]) => byStatus[status] + ' ' + word);
+      if (said.length) parts.push(name + ': ' + said.join(', '));
+    }
+    for (const [key, word] of copyWords.extra) if (copies[key]) parts.push(word + ': ' + copies[key]);
+    return parts.join(' · ');
+  }
   function update(items) {
     if (items.some(i => !known.has(i.id))) { location.reload(); return; }  // a new message: draw it server-side
     for (const item of items) {
@@ -13,6 +26,9 @@
       const paused = row.querySelector('[data-paused]');  // the trunk is down: delivery waits
       if (paused) { paused.hidden = !item.paused; paused.querySelector('[data-paused-why]').textContent = item.paused || ''; }
       const cell = row.querySelector('[data-progress]');
+      const copies = cell.querySelector('[data-copies]');
+      copies.textContent = copiesText(item.copies);
+      copies.hidden = !copies.textContent;
       cell.querySelector('[data-barbox]').hidden = !item.progress;
       cell.querySelector('[data-none]').hidden = !!item.progress;
       if (!item.progress) continue;

@@ -127,6 +127,34 @@ def test_zones_are_listed_shown_and_edited(directory: Path, capsys: pytest.Captu
     assert _actions(directory)[-3:] == ["zone.edited", "bin.one_level", "zone.edited"]
 
 
+def test_a_zone_s_default_channels_and_ladder_are_shown_set_and_cleared(
+        directory: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["zone", "show", "5415"]) == 0
+    assert ("  channels: urgent voice+sms (setting), preventive voice+email (setting); ladder SMS on (setting), "
+            "after 900 s (setting)") in capsys.readouterr().out.splitlines()
+    assert main(["zone", "edit", "5415", "--urgent-channels", "voice+sms+email", "--preventive-channels", "email",
+                 "--ladder-sms", "no", "--ladder-after-s", "300"]) == 0
+    assert main(["zone", "show", "5415"]) == 0
+    assert ("  channels: urgent voice+sms+email, preventive email; ladder SMS off, after 300 s"
+            in capsys.readouterr().out.splitlines())
+    assert main(["zone", "show", "5415", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["urgent_channels"], shown["preventive_channels"], shown["ladder_sms"], shown["ladder_after_s"]) == (
+        "voice+sms+email", "email", False, 300.0)
+    assert main(["zone", "edit", "5415", "--urgent-channels", "voice+pigeon"]) == 1
+    assert "urgent_channels: 'pigeon' is not a channel" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["zone", "edit", "5415", "--ladder-after-s", "-5"])
+    assert main(["zone", "edit", "5415", "--urgent-channels", "none", "--preventive-channels", "default",
+                 "--ladder-sms", "none", "--ladder-after-s", "none"]) == 0
+    with session_scope(_engine(directory)) as s:
+        zone = s.scalars(select(PoliceZone)).one()
+        assert (zone.urgent_channels, zone.preventive_channels, zone.ladder_sms, zone.ladder_after_s) == (
+            None, None, None, None)
+    assert _actions(directory)[-2:] == ["zone.edited", "zone.edited"]
+
+
 def test_the_audit_log_is_searched_and_each_search_is_audited(directory: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()

@@ -233,7 +233,8 @@ def test_members_list_show_edit_remove(url: str, tmp_path: Path, capsys: pytest.
     assert main(["members", "list", "--bin", "12", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0] == {"id": lid, "name": "Lid 0", "street": "Dorp 0", "language": "nl", "phone": "+32*****500",
-                       "second_phone": None, "bins": [12], "active": True, "window": None, "pause": None}
+                       "second_phone": None, "bins": [12], "active": True, "window": None, "pause": None,
+                       "channels": None, "email": None, "opted_out": {}}
     assert main(["members", "list", "--bin", "12"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith(f"{lid}\tLid 0\t+32*****500")
     assert main(["members", "show", str(lid), "--json"]) == 0
@@ -251,6 +252,102 @@ def test_members_list_show_edit_remove(url: str, tmp_path: Path, capsys: pytest.
     assert capsys.readouterr().out == f"member {lid} (Lid Nul) removed from BIN 12\n"
     assert "Lid Nul" not in _members(url) and _audit(url, "member.remove")[-1].details["bin"] == 12
     assert main(["members", "show", str(lid)]) == 1
+
+
+# -- members: channels, e-mail and opt-outs (issue 17) ----------------------------------------------
+def _person(url: str, person_id: int) -> Person:
+    with session_scope(open_database(url)) as s:
+        person = s.get_one(Person, person_id)
+        s.expunge(person)
+        return person
+
+
+def test_members_edit_channels_and_email_refuses_what_cannot_reach_them(
+        url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["members", "import", "--bin", "12",
+                 _csv(tmp_path, "Lid Vast,09 123 45 00,Dorp\nLid Gsm,0470 12 34 56,Dorp\n")]) == 0
+    vast, gsm = _members(url)["Lid Vast"], _members(url)["Lid Gsm"]
+    capsys.readouterr()
+    refused = [([str(vast), "--channels", "voice+sms"], "SMS needs a mobile number"),
+               ([str(vast), "--channels", "text", "--email", "a@b.be"], "SMS needs a mobile number"),
+               ([str(gsm), "--channels", "sms, email"], "e-mail needs an address"),
+               ([str(gsm), "--channels", "fax"], "'fax' is not a channel"),
+               ([str(gsm), "--email", "jan@"], "is not an e-mail address")]
+    for argv, why in refused:
+        assert main(["members", "edit", *argv]) == 1, argv
+        assert why in capsys.readouterr().err, argv
+    assert _audit(url, "member.edit") == []  # nothing written
+    assert main(["members", "edit", str(gsm), "--channels", "text", "--email", "Jan.Peeters@Telenet.BE"]) == 0
+    person = _person(url, gsm)
+    assert (person.channels, person.email) == ("sms+email", "Jan.Peeters@telenet.be")
+    assert _audit(url, "member.edit")[-1].details == {"phone": "+32******456", "channels": [None, "sms+email"],
+                                                      "email": [None, "J***@telenet.be"]}
+    capsys.readouterr()
+    assert main(["members", "show", str(gsm)]) == 0
+    out = capsys.readouterr().out
+    assert "channels: sms+email" in out and "e-mail:  J***@telenet.be" in out and "opt-outs: none" in out
+    assert main(["members", "show", str(gsm), "--show-numbers", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["channels"], shown["email"], shown["opted_out"]) == ("sms+email", "Jan.Peeters@telenet.be", {})
+    # The zone's defaults, for a member without their own channels: the settings', then the zone's.
+    assert main(["members", "show", str(vast)]) == 0
+    assert "channels: zone default: urgent voice+sms, preventive voice+email" in capsys.readouterr().out
+    assert main(["zone", "edit", "5415", "--urgent-channels", "call, sms, email"]) == 0
+    assert main(["members", "show", str(vast)]) == 0
+    assert "channels: zone default: urgent voice+sms+email, preventive voice+email" in capsys.readouterr().out
+    # The address cannot go while e-mail is chosen; both back to the zone's default and none.
+    assert main(["members", "edit", str(gsm), "--email", "none"]) == 1
+    assert main(["members", "edit", str(gsm), "--channels", "default", "--email", "none"]) == 0
+    person = _person(url, gsm)
+    assert (person.channels, person.email) == (None, None)
+    assert _audit(url, "member.edit")[-1].details["channels"] == ["sms+email", None]
+
+
+def test_members_show_opt_outs_and_an_editor_clears_one_audited(
+        url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import datetime as dt
+
+    assert main(["members", "import", "--bin", "12", _csv(tmp_path, "Lid Gsm,0470 12 34 56,Dorp\n")]) == 0
+    gsm = _members(url)["Lid Gsm"]
+    with session_scope(open_database(url)) as s:
+        person = s.get_one(Person, gsm)
+        person.calls_opt_out_at = dt.datetime(2026, 12, 6, 14, 3, tzinfo=dt.timezone.utc)
+        person.sms_opt_out_at = dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.timezone.utc)
+    capsys.readouterr()
+    assert main(["members", "show", str(gsm)]) == 0  # local time, Brussels
+    assert "opt-outs: calls since 2026-12-06 15:03; sms since 2026-12-07 09:00" in capsys.readouterr().out
+    assert main(["members", "show", str(gsm), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["opted_out"] == {"voice": "2026-12-06T14:03:00+00:00",
+                                                               "sms": "2026-12-07T08:00:00+00:00"}
+    assert main(["members", "edit", str(gsm), "--clear-opt-out", "calls"]) == 0
+    assert capsys.readouterr().out == f"member {gsm} (Lid Gsm) calls: back in\n"
+    person = _person(url, gsm)
+    assert person.calls_opt_out_at is None and person.sms_opt_out_at is not None
+    [cleared] = _audit(url, "member.opt_out_cleared")
+    assert (cleared.subject, cleared.details) == (f"person:{gsm}", {"channel": "voice",
+                                                                   "since": "2026-12-06T14:03:00+00:00"})
+    assert main(["members", "edit", str(gsm), "--clear-opt-out", "calls"]) == 0
+    assert "calls: not opted out, nothing to clear" in capsys.readouterr().out
+    assert len(_audit(url, "member.opt_out_cleared")) == 1 and _audit(url, "member.edit") == []
+
+
+def test_import_dry_run_shows_channel_and_email_changes(
+        url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "kanalen.csv"
+    path.write_text("naam,telefoon,kanalen,e-mail\nLid Gsm,0470 12 34 56,,\n", encoding="utf-8")
+    assert main(["members", "import", "--bin", "12", str(path)]) == 0
+    path.write_text("naam,telefoon,kanalen,e-mail\nLid Gsm,0470 12 34 56,text,lid@voorbeeld.be\n"
+                    "Nieuw,0471 22 33 44,voice+sms,\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["members", "import", "--bin", "12", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("add      line 3    Nieuw") and out[0].endswith("(channels voice+sms)")
+    assert out[1].startswith("change   line 2    Lid Gsm") and out[1].endswith(
+        "channels zone default -> sms+email, e-mail none -> l***@voorbeeld.be)")
+    assert _person(url, _members(url)["Lid Gsm"]).channels is None  # a dry run writes nothing
+    path.write_text("naam,telefoon,kanalen,e-mail\nLid Gsm,0470 12 34 56,voice+fax,\n", encoding="utf-8")
+    assert main(["members", "import", "--bin", "12", str(path)]) == 1
+    assert f"{path}: line 2: channels: 'fax' is not a channel" in capsys.readouterr().err
 
 
 # -- archive search --as ---------------------------------------------------------------------------

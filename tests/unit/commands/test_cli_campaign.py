@@ -1,11 +1,14 @@
 """``binfoon campaign report|watch`` as a coordinator uses them, on a campaign the real dialer ran
-(against the fake dialer of test_campaign_runner): the CSVs list every member and every attempt,
-and the progress line is rendered from the counts by one pure function."""
+(against the fake dialer of test_campaign_runner): the CSVs list every member and every attempt
+(and each member's written copies), and the progress line is rendered from the counts by one pure
+function."""
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,11 +17,12 @@ import pytest
 from sqlalchemy import select
 
 from ivr.cli import main
+from ivr.commands import campaign as campaign_commands
 from ivr.delivery.report import ATTEMPT_COLUMNS, render_progress
 from ivr.telephony.dialer import Dialled
 from storage.db import session_scope
-from storage.models import AuditEntry, Campaign, PhoneNumber
-from ivr.domain.vocabulary import PhoneRank
+from storage.models import AuditEntry, CallAttempt, Campaign, Person, PhoneNumber, RoleAssignment, TextCopy
+from ivr.domain.vocabulary import Channel, CopyReason, CopyStatus, Language, PhoneRank, Role
 from tests.unit.delivery.test_campaign_runner import FakeDialer, _add_members, _run_one_campaign
 from tests.world import World, build_world
 
@@ -114,3 +118,98 @@ def test_progress_line_from_counts() -> None:
     # Nothing yet, nobody to call, and every state missing from the counts.
     assert render_progress(1, "scheduled", {"queued": 4}, 4, width=4) == "campaign 1 (scheduled) [....] 0/4  queued 4"
     assert render_progress(2, "done", {}, 0, width=4) == "campaign 2 (done) [####] 0/0"
+
+
+async def test_watch_and_report_follow_the_written_copies(world: World, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17: the copies beside the calls, and a text-only member who is never called."""
+    with session_scope(world.engine) as s:
+        deaf = Person(name="Dove Lid", language=Language.NL, email="doof@example.be", channels="email")
+        deaf.phones.append(PhoneNumber(rank=PhoneRank.PRIMARY, e164="+3295000009"))
+        deaf.roles.append(RoleAssignment(role=Role.MEMBER, bin_id=world.bin_id))
+        s.add(deaf)
+        s.flush()
+        deaf_id = deaf.id
+    campaign_id, (busy, confirms, absent) = await _ran_campaign(world, tmp_path)
+    with session_scope(world.engine) as s:
+        assert deaf_id not in {a.person_id for a in s.scalars(select(CallAttempt))}  # the dialer left them out
+        s.add_all([
+            TextCopy(campaign_id=campaign_id, person_id=deaf_id, channel=Channel.EMAIL, reason=CopyReason.TEXT_ONLY,
+                     address="doof@example.be", status=CopyStatus.BOUNCED, detail="550 unknown user"),
+            TextCopy(campaign_id=campaign_id, person_id=absent, channel=Channel.SMS, reason=CopyReason.LADDER,
+                     address="+32470000002", status=CopyStatus.DELIVERED),
+            TextCopy(campaign_id=campaign_id, person_id=busy, channel=Channel.SMS, reason=CopyReason.CHOICE,
+                     address="+32470000001", status=CopyStatus.SENT)])
+
+    assert main(["campaign", "watch", str(campaign_id), "--once"]) == 0
+    line = capsys.readouterr().out
+    assert line == (f"campaign {campaign_id} (done) [" + "#" * 40 + "] 4/4  confirmed 2  no answer 1  text only 1"
+                    "  | SMS 1 sent, 1 delivered · e-mail 1 bounced · ladder 1\n")
+
+    out = tmp_path / "copies.csv"
+    assert main(["campaign", "report", str(campaign_id), "--csv", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 of 4 members confirmed, 6 calls" in printed
+    assert "  copies: SMS 1 sent, 1 delivered · e-mail 1 bounced · ladder 1\n" in printed
+    [deaf_line] = [p for p in printed.splitlines() if "Dove Lid" in p]
+    assert "text_only" in deaf_line and "0 call(s)" in deaf_line and "e-mail bounced: 550 unknown user" in deaf_line
+    [absent_line] = [p for p in printed.splitlines() if p.startswith("  Lid 2 ")]
+    assert "no_answer" in absent_line and "SMS delivered (ladder)" in absent_line
+    rows = {int(r["person_id"]): r for r in csv.DictReader(io.StringIO(out.read_text(encoding="utf-8")))}
+    assert {pid: (r["state"], r["channels"], r["sms"], r["sms_reason"], r["email"], r["email_reason"])
+            for pid, r in rows.items()} == {
+        busy: ("confirmed", "voice+sms", "sent", "choice", "", ""),  # their second number is a mobile
+        confirms: ("confirmed", "voice", "", "", "", ""),
+        absent: ("no_answer", "voice", "delivered", "ladder", "", ""),
+        deaf_id: ("text_only", "email", "", "", "bounced", "text_only")}
+    assert "doof@example.be" not in out.read_text(encoding="utf-8")
+
+    assert main(["campaign", "report", str(campaign_id), "--json", "--csv", str(out), "--force"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["members"], data["text_only"], data["ladder"]) == (4, 1, 1)
+    assert data["sms"] == {"queued": 0, "sending": 0, "sent": 1, "delivered": 1, "failed": 0, "bounced": 0,
+                           "cancelled": 0}
+    assert data["email"]["bounced"] == 1 and sum(data["email"].values()) == 1
+
+
+async def test_watch_goes_on_until_the_ladders_sms_is_written(world: World, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The calls are over, but the member nobody reached has a mobile: their ladder SMS is due. With SMS
+    on, ``watch`` shows it coming and ends once the copy desk has written it (not at the last call)."""
+    _, absent = _add_members(world, 2, prefix="+3247")  # mobiles: the second never answers
+    dialer = CausedDialer(world.desk, {"+3247000001": "no_answer"})  # type: ignore[arg-type]
+    await _run_one_campaign(world, tmp_path, dialer)
+    with session_scope(world.engine) as s:
+        campaign = s.scalars(select(Campaign)).one()
+        campaign_id = campaign.id
+        campaign.message.bin.zone.ladder_after_s = 0.0  # due as the last call ended
+    def no_wait(seconds: float) -> None:
+        raise AssertionError("watch waited for a ladder SMS that cannot be sent")
+
+    # Without an SMS gateway no ladder SMS can come: the watch ends with the calls.
+    monkeypatch.setattr(campaign_commands.time, "sleep", no_wait)
+    assert main(["campaign", "watch", str(campaign_id), "--interval", "0.2"]) == 0
+    assert "| ladder 0 (+1 due by" in capsys.readouterr().out
+    monkeypatch.setenv("BINFOON_SMS_SENDSMS_URL", "http://127.0.0.1:13013/cgi-bin/sendsms")
+    monkeypatch.setattr(campaign_commands, "LADDER_GRACE", dt.timedelta(hours=1))  # only the copy ends the wait
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:  # the copy desk writes the ladder's SMS
+            with session_scope(world.engine) as s:
+                s.add(TextCopy(campaign_id=campaign_id, person_id=absent, channel=Channel.SMS,
+                               reason=CopyReason.LADDER, address="+3247000001", status=CopyStatus.QUEUED))
+        assert len(waits) < 50, "watch did not end once the ladder's SMS was written"
+
+    monkeypatch.setattr(campaign_commands.time, "sleep", sleep)
+    assert main(["campaign", "watch", str(campaign_id), "--interval", "0.2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(waits) == 2 and len(lines) == 3, lines
+    with session_scope(world.engine) as s:
+        last_call_ended = max(a.ended_at for a in s.scalars(select(CallAttempt)
+                                                             .where(CallAttempt.person_id == absent)))
+    assert lines[0].endswith(f"confirmed 1  no answer 1  | ladder 0 (+1 due by {last_call_ended:%H:%M:%S} UTC)")
+    assert lines[1] == lines[0]
+    assert lines[2].endswith("confirmed 1  no answer 1  | SMS 1 queued · ladder 1")

@@ -317,7 +317,7 @@ async def test_a_call_back_confirmation_is_reported_as_unverified(world: World, 
     [line] = report.members
     assert line.confirmed_at is not None and line.confirmed_via == "callback-unverified"
     header, row = report.to_csv().splitlines()[:2]
-    assert header.endswith(",confirmed_at,confirmed_via") and row.endswith(",callback-unverified")
+    assert ",confirmed_at,confirmed_via," in header and ",callback-unverified," in row
 
 
 async def test_a_key_the_flow_heard_counts_as_heard_on_the_call_even_if_the_cel_poller_took_it_first(

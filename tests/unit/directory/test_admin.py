@@ -211,6 +211,36 @@ def test_zones_are_edited_whole_or_not_at_all(world: World, person: PersonFactor
         _tx(world, lambda s: admin.edit_zone(s, "nope", ROOT, max_channels=1))
 
 
+def test_a_zone_s_default_channels_and_ladder_are_set_checked_and_cleared(world: World) -> None:
+    """Issue 17: written choices are stored the one way; bad ones write nothing; ``None`` is the setting's."""
+    changed = _tx(world, lambda s: admin.edit_zone(s, "5415", ROOT, urgent_channels="sms, call",
+                                                   preventive_channels="text", ladder_sms=False, ladder_after_s=600))
+    assert changed == ["urgent_channels", "preventive_channels", "ladder_sms", "ladder_after_s"]
+    row = next(z for z in _tx(world, admin.list_zones) if z.code == "5415")
+    assert (row.urgent_channels, row.preventive_channels, row.ladder_sms, row.ladder_after_s) == (
+        "voice+sms", "sms+email", False, 600.0)
+    assert row.as_dict()["urgent_channels"] == "voice+sms"
+    [audited] = _audit(world, "zone.edited")
+    assert audited.details == {"urgent_channels": [None, "voice+sms"], "preventive_channels": [None, "sms+email"],
+                               "ladder_sms": [None, False], "ladder_after_s": [None, 600.0]}
+    before = dump(world.engine)
+    for kwargs in ({"urgent_channels": "voice+fax"}, {"preventive_channels": ""}, {"urgent_channels": 3},
+                   {"ladder_sms": "yes"}, {"ladder_after_s": -1}, {"ladder_after_s": float("inf")},
+                   {"ladder_after_s": True}):
+        with pytest.raises(admin.AdminError):
+            _tx(world, lambda s, kw=kwargs: admin.edit_zone(s, "5415", ROOT, max_channels=2, **kw))
+    assert dump(world.engine) == before
+    assert _tx(world, lambda s: admin.edit_zone(s, "5415", ROOT, urgent_channels="voice+sms", ladder_after_s=0)) == [
+        "ladder_after_s"]  # the same choice written otherwise is no change; 0 s: at once
+    assert _tx(world, lambda s: admin.edit_zone(s, "5415", ROOT, urgent_channels=None, preventive_channels=None,
+                                                ladder_sms=None, ladder_after_s=None)) == [
+        "urgent_channels", "preventive_channels", "ladder_sms", "ladder_after_s"]
+    with session_scope(world.engine) as s:
+        zone = s.scalars(select(PoliceZone).where(PoliceZone.code == "5415")).one()
+        assert (zone.urgent_channels, zone.preventive_channels, zone.ladder_sms, zone.ladder_after_s) == (
+            None, None, None, None)
+
+
 def test_zone_details_show_the_bins_and_their_one_level_mode(world: World, person: PersonFactory) -> None:
     person(Role.MEMBER)
     person(Role.MEMBER, active=False)

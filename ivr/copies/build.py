@@ -1,0 +1,50 @@
+"""The copies' composition: the gateways the settings configure, the desk, the sender, Kannel's callbacks.
+
+A channel is on when its gateway is configured: SMS with ``sms_sendsms_url`` (Kannel's smsbox, its
+password in ``sms_password_file``), e-mail with ``smtp_host`` (the relay, its password in
+``smtp_password_file``). Without either there is no sender: no copy is planned or sent. Secrets come
+from their 0600 files; a missing or readable-by-others one stops the start with a clear message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+
+from ivr.asterisk.secrets import read_secret_file
+from ivr.config import Settings
+from ivr.copies.callbacks import KannelCallbacks, callback_app
+from ivr.copies.email import MailOrigin, SmtpMailer
+from ivr.copies.kannel import KannelGateway, dlr_signer
+from ivr.copies.sender import Composer, CopySender, SenderLimits
+from ivr.copies.store import CopyDesk, CopyRules
+from ivr.copies.tokens import load_copies_key
+from storage.models import utcnow
+from storage.recordings import RecordingStore
+
+
+def build_copies(settings: Settings, engine: Engine, recordings: RecordingStore,
+                 clock: Callable[[], dt.datetime] = utcnow, *, on_confirmed: Callable[[], None] | None = None,
+                 limits: SenderLimits | None = None) -> CopySender | None:
+    """The copy sender of ``settings`` (``None``: neither SMS nor e-mail is configured). ``on_confirmed``
+    is told when a member's SMS reply confirmed a campaign (the dialer's ``wake``)."""
+    if not settings.sms_sendsms_url and not settings.smtp_host:
+        return None
+    key = load_copies_key(settings.copies_key_path)
+    sms = KannelGateway.from_settings(settings, dlr_signer(key)) if settings.sms_sendsms_url else None
+    mailer = None
+    if settings.smtp_host:
+        password = read_secret_file("smtp_password_file", settings.smtp_password_file) \
+            if settings.smtp_password_file else ""
+        mailer = SmtpMailer(settings.smtp_host, settings.smtp_port, settings.smtp_security, settings.smtp_username,
+                            password, settings.smtp_ca_file or None)
+    desk = CopyDesk(engine, recordings, clock, CopyRules.from_settings(settings))
+    composer = Composer(settings.caller_id_number, settings.sms_sender or settings.caller_id_number,
+                        MailOrigin.from_settings(settings), key)
+    sender = CopySender(desk, composer, sms=sms, mailer=mailer, limits=limits or SenderLimits(), clock=clock)
+    if sms is not None and settings.sms_callback_port:
+        sender.callbacks = KannelCallbacks(callback_app(desk, key, on_confirmed=on_confirmed, clock=clock),
+                                           settings.sms_callback_port)
+    return sender

@@ -1,0 +1,287 @@
+"""The copy sender: writes the SMS and e-mail copies that are due, then hands each to its gateway once.
+
+Each pass rebuilds the plan from the database (``CopyDesk.plan``), claims what is to go
+(``CopyDesk.claim``: QUEUED -> SENDING, committed before the hand-over), composes each copy
+(``ivr.copies.sms_text``, ``ivr.copies.email``) and hands it to Kannel or the SMTP relay, a few at a
+time and SMS at a steady pace, then stores the answer. The database is the truth; this loop only
+acts on it, and never dies of one pass's failure.
+
+Resuming after a crash (issue 17 item 6): a copy left SENDING was maybe handed over, maybe not.
+- an e-mail is sent again at once with the same Message-ID (``<copy id@domain>``): SMTP has no
+  idempotency key, and the window is between the relay's "250 queued" and our commit; the same
+  Message-ID lets the member's mail program show the rare second one as the same message;
+- an SMS waits ``sms_resume_grace_s`` first: Kannel calls its delivery report again while we were
+  down (``http-request-retry``), and a report (8: the SMSC has it, 1: delivered) proves the hand-over
+  happened, so it is not sent again; only when none came is it sent again, with the same copy id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ivr.copies.email import EmailContent, MailOrigin, compose_email
+from ivr.copies.gateways import EmailCopy, Mailer, SendFailed, SendRefused, SmsCopy, SmsGateway
+from ivr.copies.sms_text import SmsContent, compose_sms
+from ivr.copies.store import CopyDesk, CopyJob
+from ivr.copies.tokens import unsubscribe_token
+from ivr.domain.channels import mask_email
+from ivr.domain.pace import TokenBucket
+from ivr.domain.phone import mask
+from ivr.domain.vocabulary import Channel, CopyStatus
+from storage.models import utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SenderLimits:
+    """How fast and how many at once copies go, and how long they wait."""
+
+    #: SMS handed to Kannel a second at most (the operator's SMPP account has its own cap; Kannel
+    #: queues the rest, but a steady pace keeps its queue, and our answers, short).
+    sms_per_s: float = 10.0
+    #: Copies being handed over at once (SMS and e-mail together).
+    concurrency: int = 8
+    #: A copy of a message with neither typed text nor a transcript yet waits this long after it was
+    #: queued for the transcript, then goes without it.
+    text_wait_s: float = 120.0
+    #: A copy a crashed process left SENDING: an SMS waits this long for Kannel's delivery report.
+    sms_resume_grace_s: float = 60.0
+    #: The plan is read again at least this often (copies that fall due, other processes' work).
+    poll_s: float = 2.0
+    #: How long ``stop`` lets hand-overs in progress finish (their answers stored) before cutting them.
+    stop_grace_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Composer:
+    """What goes into every copy besides its message: the call-back number, the SMS sender, where
+    e-mail comes from, and the key that signs unsubscribe links."""
+
+    #: The BIN line members call back on (``caller_id_number``).
+    callback_number: str
+    #: The SMS sender (``sms_sender``, else the call-back number).
+    sms_sender: str
+    mail_origin: MailOrigin | None = None
+    #: The copies key (``ivr.copies.tokens``): unsubscribe links.
+    key: bytes | None = None
+
+    def sms(self, job: CopyJob) -> tuple[SmsCopy, int]:
+        """The SMS of ``job`` and how many SMS it is (``ValueError``: it cannot be composed)."""
+        text = compose_sms(SmsContent(job.language, job.bin_name, job.urgency, job.drill, self.callback_number,
+                                      job.text, job.transcript))
+        return SmsCopy(job.copy_id, job.address, self.sms_sender, text.text, text.unicode), text.segments
+
+    def email(self, job: CopyJob, now: dt.datetime) -> EmailCopy:
+        """The e-mail of ``job`` (``ValueError``: it cannot be composed)."""
+        if self.mail_origin is None or self.key is None:
+            raise ValueError("e-mail copies need email_from and the copies key")
+        content = EmailContent(job.copy_id, job.address, job.language, job.bin_number, job.bin_name, job.urgency,
+                               job.drill, job.message_id, self.callback_number, job.text, job.transcript,
+                               job.recording)
+        return compose_email(content, self.mail_origin, unsubscribe_token(self.key, job.person_id), now)
+
+
+class Listener(Protocol):
+    """Kannel's callback listener (``ivr.copies.callbacks``), started before and stopped after the loop."""
+
+    async def start(self) -> str: ...
+
+    async def stop(self) -> None: ...
+
+
+class CopySender:
+    """Sends the written copies until stopped."""
+
+    def __init__(self, desk: CopyDesk, composer: Composer, *, sms: SmsGateway | None = None,
+                 mailer: Mailer | None = None, limits: SenderLimits = SenderLimits(),
+                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.desk = desk
+        self.composer = composer
+        self.sms = sms
+        self.mailer = mailer
+        self.limits = limits
+        self.clock = clock
+        #: Kannel's delivery reports and members' replies (``ivr.copies.callbacks``), when SMS is on.
+        self.callbacks: Listener | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sending: dict[str, asyncio.Task[None]] = {}
+        #: Copies a previous process left SENDING -> when (the clock's time) they may be sent again.
+        self._orphans: dict[str, dt.datetime] = {}
+        self._pace = TokenBucket(limits.sms_per_s, 1.0, time.monotonic())
+        self._pace_lock = asyncio.Lock()
+        self._planned_at = float("-inf")
+        self._replan = True
+        #: Copies handed over by this process, by channel and result, and passes made (monitoring, tests).
+        self.handed: dict[str, int] = {}
+        self.passes = 0
+
+    @property
+    def channels_on(self) -> frozenset[Channel]:
+        """The channels that have a gateway: only these get copies."""
+        return frozenset(c for c, on in ((Channel.SMS, self.sms), (Channel.EMAIL, self.mailer)) if on is not None)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Listen for Kannel's callbacks, take in the copies a previous process left SENDING, then send."""
+        if self.callbacks is not None:
+            where = await self.callbacks.start()
+            log.info("Kannel's delivery reports and replies are taken on %s", where)
+        now = self.clock()
+        for orphan in await self.desk.orphans():
+            if orphan.channel not in self.channels_on:
+                continue  # its gateway is off now: it stays SENDING until it is on again
+            wait = self.limits.sms_resume_grace_s if orphan.channel is Channel.SMS else 0.0
+            self._orphans[orphan.copy_id] = now + dt.timedelta(seconds=wait)
+        if self._orphans:
+            log.warning("%d copies were being handed over when the service stopped: e-mails go again now, "
+                        "SMS after %.0f s unless Kannel reports them", len(self._orphans),
+                        self.limits.sms_resume_grace_s)
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="copy-sender")
+
+    async def stop(self) -> None:
+        """Stop sending: hand-overs in progress get ``stop_grace_s`` to finish and store their answer;
+        one cut short stays SENDING and is resumed at the next start."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        pending = list(self._sending.values())
+        if pending:
+            _done, late = await asyncio.wait(pending, timeout=self.limits.stop_grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self.callbacks is not None:
+            await self.callbacks.stop()
+
+    def wake(self) -> None:
+        """Something changed (a campaign started, a transcript came): plan again now."""
+        self._replan = True
+        self._wake.set()
+
+    # -- the loop -------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            try:
+                wait_s = await self._pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("copy sender pass failed; trying again in a second")
+                wait_s = 1.0
+            self.passes += 1
+            try:
+                async with asyncio.timeout(max(0.01, wait_s)):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _pass(self) -> float:
+        """Plan (at most every ``poll_s`` unless woken), claim what the free hand-over slots can take,
+        start each; returns how long to sleep when nothing wakes the loop."""
+        channels = self.channels_on
+        if not channels:
+            return self.limits.poll_s
+        wait_s = self.limits.poll_s
+        now_mono = time.monotonic()
+        if self._replan or now_mono - self._planned_at >= self.limits.poll_s:
+            self._replan = False
+            self._planned_at = now_mono
+            due = await self.desk.plan(channels)
+            if due is not None:
+                wait_s = min(wait_s, max(0.0, (due - self.clock()).total_seconds()))
+        free = self.limits.concurrency - len(self._sending)
+        if free <= 0:
+            return wait_s  # a hand-over that ends wakes the loop
+        now = self.clock()
+        ready = [cid for cid, at in self._orphans.items() if at <= now][:free]
+        for copy_id in ready:
+            del self._orphans[copy_id]
+        if self._orphans:
+            wait_s = min(wait_s, max(0.0, (min(self._orphans.values()) - now).total_seconds()))
+        jobs = await self.desk.claim(free, channels=channels, orphans=ready, text_wait_s=self.limits.text_wait_s)
+        for job in jobs:
+            task = asyncio.get_running_loop().create_task(self._hand_over(job), name=f"copy-{job.copy_id}")
+            self._sending[job.copy_id] = task
+        return wait_s
+
+    # -- one copy -------------------------------------------------------------------------------
+    async def _hand_over(self, job: CopyJob) -> None:
+        """Compose ``job``, hand it to its gateway once, store the answer (the copy is SENDING already)."""
+        try:
+            if job.channel is Channel.SMS:
+                await self._send_sms(job)
+            else:
+                await self._send_email(job)
+        except asyncio.CancelledError:
+            raise  # stopping: the copy stays SENDING and is resumed at the next start
+        except Exception:
+            log.exception("copy %s: hand-over failed on our side; tried again later", job.copy_id)
+            await self._record(job, "failed", self.desk.failed(job.copy_id, "internal error (see the service log)"))
+        finally:
+            self._sending.pop(job.copy_id, None)
+            self._wake.set()
+
+    async def _send_sms(self, job: CopyJob) -> None:
+        assert self.sms is not None
+        try:
+            sms, segments = self.composer.sms(job)
+        except ValueError as exc:
+            await self._record(job, "refused", self.desk.failed(job.copy_id, f"not composed: {exc}", final=True))
+            return
+        await self._sms_turn()
+        try:
+            answer = await self.sms.send(sms)
+        except SendRefused as exc:
+            await self._record(job, "refused", self.desk.failed(job.copy_id, str(exc), final=True))
+            return
+        except SendFailed as exc:
+            await self._record(job, "failed", self.desk.failed(job.copy_id, str(exc)))
+            return
+        await self._record(job, "sent", self.desk.sent(job.copy_id, answer, segments=segments))
+        log.info("SMS copy %s to %s handed to Kannel (%d SMS%s)", job.copy_id, mask(job.address), segments,
+                 ", resumed" if job.resumed else "")
+
+    async def _send_email(self, job: CopyJob) -> None:
+        assert self.mailer is not None
+        try:
+            mail = self.composer.email(job, self.clock())
+        except ValueError as exc:
+            await self._record(job, "refused", self.desk.failed(job.copy_id, f"not composed: {exc}", final=True))
+            return
+        try:
+            answer = await self.mailer.send(mail)
+        except SendRefused as exc:
+            await self._record(job, "bounced", self.desk.bounced(job.copy_id, str(exc)))
+            return
+        except SendFailed as exc:
+            await self._record(job, "failed", self.desk.failed(job.copy_id, str(exc)))
+            return
+        await self._record(job, "sent", self.desk.sent(job.copy_id, answer, provider_ref=mail.message_id))
+        log.info("e-mail copy %s to %s accepted by the relay%s", job.copy_id, mask_email(job.address),
+                 ", resumed" if job.resumed else "")
+
+    async def _record(self, job: CopyJob, result: str, stored: Awaitable[object]) -> None:
+        """Store the hand-over's result (``stored``: the desk's step); count it."""
+        outcome = await stored
+        key = f"{job.channel.value}.{result}"
+        self.handed[key] = self.handed.get(key, 0) + 1
+        if result == "failed" and outcome is CopyStatus.QUEUED:
+            log.warning("copy %s (%s) not handed over, tried again later", job.copy_id, job.channel.value)
+        elif result in ("failed", "refused", "bounced"):
+            log.warning("copy %s (%s) %s for good", job.copy_id, job.channel.value, result)
+
+    async def _sms_turn(self) -> None:
+        """Wait for the SMS pace's next token (SMS leave one after the other, in claim order)."""
+        async with self._pace_lock:
+            while not self._pace.take(time.monotonic()):
+                await asyncio.sleep(self._pace.wait_s(time.monotonic()))
