@@ -244,7 +244,7 @@ class Settings:
     #: the SMS copy, even if they chose calls only (a zone may turn it off or set its own delay).
     ladder_sms: bool = True
     ladder_after_s: float = 900.0
-    #: Kannel's smsbox sendsms URL (empty: no SMS copies are sent; they stay queued and are reported).
+    #: Kannel's smsbox sendsms URL (empty: SMS copies are off; none is planned).
     #: ``binfoon kannel config`` writes the Kannel configuration for the operator's SMPP account.
     sms_sendsms_url: str = ""
     #: The sendsms account: its name here, its password in a 0600 file (never in this file).
