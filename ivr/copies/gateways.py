@@ -12,6 +12,12 @@ class SendFailed(Exception):
     """The hand-over failed for a passing reason (gateway or relay away, busy): tried again later."""
 
 
+class SendUncertain(Exception):
+    """The hand-over may or may not have reached the gateway or relay (a read timeout after the request
+    was sent): never retried at once; the copy stays SENDING and is settled like a crash's orphan (an
+    SMS waits for Kannel's delivery report, an e-mail is sent again with the same Message-ID)."""
+
+
 class SendRefused(Exception):
     """The gateway or relay refused this copy for good (a bad number, a mailbox that does not exist):
     recorded as failed or bounced, never tried again. The message is the refusal, cut short."""
