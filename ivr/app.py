@@ -135,7 +135,8 @@ class BinfoonApp:
                                 pin_rules=rules_from_settings(settings),  # per account and line; the pepper
                                 clock=clock)
         self.review_desk = ReviewDesk(engine, recordings, clock=clock)
-        self.delivery = DeliveryDesk(engine, recordings, clock=clock)
+        self.delivery = DeliveryDesk(engine, recordings, clock=clock, copy_channels=(
+            settings.copy_channels_urgent, settings.copy_channels_preventive))
         #: The admin line: the police line's PIN policy, the same recording store.
         self.replays = ReplayDesk(engine, recordings, pin_policy=self.desk.pin_policy, clock=clock,
                                   pin_rules=self.desk.pin_rules)

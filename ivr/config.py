@@ -272,12 +272,21 @@ class Settings:
     email_from: str = "bin@localhost"
     email_unsubscribe_to: str = ""
     #: The public address of the web console's unsubscribe page (List-Unsubscribe one-click; empty: mailto only).
+    #: https:// (http:// only on localhost), plain ASCII.
     email_unsubscribe_url: str = ""
+    #: The original recording goes to members' mailboxes, attached to the e-mail copy (audited); a
+    #: zone's policy may forbid it: false sends the e-mail with the words only.
+    email_attach_audio: bool = True
     #: The key (0600, made on first use) that signs unsubscribe links and Kannel's callback URLs.
     #: Empty: ``<data_dir>/copies.key``.
     copies_key_file: str = ""
-    #: A copy whose hand-over failed for a passing reason is tried again this many times.
-    copy_max_tries: int = 5
+    #: A copy whose hand-over failed for a passing reason (the gateway or relay down) is tried again
+    #: after a growing pause (30 s, doubling, at most 10 min) until this long after it was queued
+    #: (its SMS's quiet hours not counted), then given up (FAILED).
+    copy_retry_for_s: float = 6 * 3600.0
+    #: And at most this many hand-overs of one copy, whatever the time: each one whose answer was lost
+    #: may have reached the member, so this bounds the duplicates of a copy that keeps failing so.
+    copy_max_tries: int = 50
 
     # -- the SIP port under attack (RELIABILITY A10, ``ivr.domain.sip_bans``, ``ivr.telephony.security``) --
     #: This many failed SIP authentications from one address within ``sip_ban_window_s`` ban that
@@ -513,8 +522,13 @@ def settings_with_origins(
             # who chose nothing is called unless their zone's own default leaves voice out.
             raise ConfigError(f"{where.get(key, 'default')}: {key}: must include voice (a zone may set a "
                               "text-only default of its own)")
-    if settings.ladder_after_s < 0 or settings.copy_max_tries < 1:
-        raise ConfigError("ladder_after_s must be >= 0 and copy_max_tries >= 1")
+    if settings.ladder_after_s < 0 or settings.copy_max_tries < 1 or settings.copy_retry_for_s <= 0:
+        raise ConfigError("ladder_after_s must be >= 0, copy_max_tries >= 1 and copy_retry_for_s > 0")
+    if settings.email_unsubscribe_url:
+        problem = _public_url_problem(settings.email_unsubscribe_url)
+        if problem is not None:
+            raise ConfigError(f"{where.get('email_unsubscribe_url', 'default')}: email_unsubscribe_url = "
+                              f"{settings.email_unsubscribe_url!r} {problem}")
     if settings.smtp_security not in ("starttls", "tls", "none"):
         raise ConfigError(f"smtp_security must be starttls, tls or none, not {settings.smtp_security!r}")
     if settings.smtp_security == "none" and settings.smtp_host not in ("", "127.0.0.1", "::1", "localhost"):
@@ -528,6 +542,28 @@ def settings_with_origins(
         raise ConfigError(f"speech_compute_type must be int8, int8_float32 or float32, "
                           f"not {settings.speech_compute_type!r}")
     return settings, where
+
+
+def _public_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be put in members' e-mails as a link (``None``: it can): it goes into a
+    mail header (List-Unsubscribe), so plain ASCII, no spaces; https, except on this machine."""
+    from urllib.parse import urlsplit
+
+    if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
+        return "must be plain ASCII without spaces (write a non-ASCII host name in its xn-- form)"
+    if any(c in url for c in "<>\"\\"):
+        return "must not contain <, >, quotes or backslashes"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        _ = parts.port  # a port that is no number raises here
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if not host:
+        return "must be https://host/path"
+    if parts.scheme == "https" or (parts.scheme == "http" and host in ("localhost", "127.0.0.1", "::1")):
+        return None
+    return "must start with https:// (http:// only for localhost)"
 
 
 def shown_value(name: str, value: Any) -> str:

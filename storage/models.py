@@ -401,6 +401,9 @@ class Campaign(Base):
     #: Re-notify rounds: 1 at first; "call again everyone who has not confirmed" starts the next.
     round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     round_started_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    #: When its copies at the start (``ivr.copies``) were written: they are planned once, with the
+    #: members of that moment; after it only the contact ladder is planned (migration 0013).
+    copies_planned_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     message: Mapped[Message] = relationship()
 
 
@@ -468,7 +471,7 @@ class TextCopy(Base):
     __table_args__ = (UniqueConstraint("campaign_id", "person_id", "channel"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
-    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
     channel: Mapped[Channel] = mapped_column(_enum(Channel))
     reason: Mapped[CopyReason] = mapped_column(_enum(CopyReason))
     #: The mobile number (E.164) or e-mail address it goes to.
@@ -480,8 +483,11 @@ class TextCopy(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     failed_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
-    #: Hand-overs tried (a temporary failure is tried again, a bounded number of times).
+    #: Hand-overs tried (a passing failure is tried again, with a growing pause, for a bounded time).
     tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: A QUEUED copy is not taken before this time (``None``: at once): the pause after a passing
+    #: failure, or the end of the quiet hours for a preventive message's SMS.
+    retry_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     #: Kannel's answer / the last delivery report, or the relay's refusal (bounce), cut short.
     detail: Mapped[str | None] = mapped_column(String(200))
     #: Segments of an SMS (1 or 2); the Message-ID of an e-mail.

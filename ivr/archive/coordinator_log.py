@@ -11,9 +11,11 @@ was done). This module makes it from the archive. Rules:
   ``Message.drill``): a test never mixes with the police's real messages, their figures or rates
   (a drill's own figures are its reach report, ``ivr.delivery.drill.reach_report``).
 * Delivered = members who heard the message (confirmed, answered without a key, answering machine:
-  ``ivr.delivery.states.DELIVERED_STATES``); confirmed = pressed 1. Rates are over the campaign's
-  members (for a follow-up: those who received the first message); ``None`` when there is no
-  campaign or nobody to call.
+  ``ivr.delivery.states.DELIVERED_STATES``) or, not having heard it, got it in writing: an SMS or
+  e-mail copy sent or delivered (a text-only member's, or the contact ladder's SMS; issue 17).
+  Confirmed = pressed 1 (or replied by SMS). Rates are over the campaign's members, those not
+  called included (for a follow-up: those who received the first message); ``None`` when there is
+  no campaign or nobody to reach.
 * Time to 95 %: from the campaign's start (the approval when it has none) to the confirmation that
   brings the confirmed members to at least 95 % of the members, rounded up (19 of 20, 10 of 10);
   ``None`` ("niet bereikt") if that never happened.
@@ -33,6 +35,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from ivr.archive.store import Archive
+from ivr.config import Settings
+from ivr.delivery.members import RECEIVED_COPIES
 from ivr.delivery.policy import RetryPolicy
 from ivr.delivery.report import CampaignReport, campaign_report
 from ivr.delivery.states import DELIVERED_STATES
@@ -45,6 +49,8 @@ from ivr.domain.vocabulary import Decision, MessageKind, MessageStatus, Urgency
 
 #: The share of members whose confirmation the log times ("time to reach 95 % of members").
 TARGET_PERCENT = 95
+#: A written copy in one of these states reached its member ("delivered" in the log).
+WRITTEN = tuple(status.value for status in RECEIVED_COPIES)
 
 URGENCY_NL = {Urgency.URGENT: "dringend", Urgency.PREVENTIVE: "preventief"}
 KIND_NL = {MessageKind.ALERT: "melding", MessageKind.UPDATE: "opvolging",
@@ -151,7 +157,11 @@ def make_entry(message: Message, text: str | None, text_source: str | None, deci
         start = campaign.started_at or decided_at
         counts = report.counts()
         members = len(report.members)
-        delivered = sum(counts.get(state, 0) for state in DELIVERED_STATES)
+        # A copy handed over (SENT) is as far as we can know an e-mail went (no delivery report comes
+        # for one), and it is what a follow-up counts as received (``received_in_writing``): a member
+        # reached in writing only (text only, or the ladder's SMS after unanswered calls) is delivered.
+        delivered = sum(1 for line in report.members if line.state in DELIVERED_STATES
+                        or any(copy.status in WRITTEN for copy in line.copies))
         confirmed = counts.get("confirmed", 0)
         time_to = time_to_share(start, (line.confirmed_at for line in report.members), members)
     return LogEntry(
@@ -170,8 +180,10 @@ def make_entry(message: Message, text: str | None, text_source: str | None, deci
 
 
 def collect(engine: Engine, archive: Archive, bin_number: int, since: dt.datetime, until: dt.datetime,
-            policies: dict[bool, RetryPolicy], now: dt.datetime) -> CoordinatorLog:
+            policies: dict[bool, RetryPolicy], now: dt.datetime, settings: Settings | None = None) -> CoordinatorLog:
     """The log of BIN ``bin_number`` for messages created in ``[since, until)``, oldest first.
+    ``settings`` give the channels of members who chose none, as the campaign report reads them
+    (``None``: the built-in settings).
 
     Raises ``UnknownBin`` when no BIN has that number, ``ValueError`` when ``until`` is not after ``since``.
     """
@@ -214,7 +226,7 @@ def collect(engine: Engine, archive: Archive, bin_number: int, since: dt.datetim
                                                        Message.status != MessageStatus.DRAFT)
                 .order_by(Message.id))]
         # Read after the session closes (it opens its own); the rows above stay loaded.
-        report = campaign_report(engine, campaign.id, policies, now) if campaign is not None else None
+        report = campaign_report(engine, campaign.id, policies, now, settings) if campaign is not None else None
         log.entries.append(make_entry(message, text or None, source, decision, decided_by, campaign, report,
                                       follow_ups))
     return log
@@ -346,7 +358,8 @@ def to_html(log: CoordinatorLog, tz: dt.tzinfo) -> str:
 {body}
 </tbody>
 </table>
-<p class="meta">Bereikt: het bericht werd beluisterd (bevestigd, opgenomen zonder toets, of antwoordapparaat).
+<p class="meta">Bereikt: het bericht werd beluisterd (bevestigd, opgenomen zonder toets, of antwoordapparaat),
+of kwam als sms of e-mail aan (verstuurd of afgeleverd: leden die enkel tekst kozen, of de sms van de contactladder).
 Tijd tot {TARGET_PERCENT} %: vanaf de start van de oproepen tot de bevestiging die {TARGET_PERCENT} % van de leden
 haalt.</p>
 </body>

@@ -86,8 +86,8 @@ def register_zone_actions(zone: argparse._SubParsersAction) -> None:  # type: ig
     p.add_argument("--one-level", action="append", default=[], metavar="BIN=on|off",
                    help="a BIN of the zone goes straight to its members (repeatable)")
     p.add_argument("--urgent-channels", metavar="CHANNELS|none",
-                   help="channels of a member who chose none, for urgent messages (voice, sms, email joined by +; "
-                        "none: the setting copy_channels_urgent)")
+                   help="channels of a member who chose none, for urgent messages (voice, sms, email joined by +, "
+                        "always with voice; none: the setting copy_channels_urgent)")
     p.add_argument("--preventive-channels", metavar="CHANNELS|none",
                    help="the same for preventive messages (none: the setting copy_channels_preventive)")
     p.add_argument("--ladder-sms", choices=["yes", "no", "none"],

@@ -119,9 +119,16 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
                                ladder_waiting=report.ladder_waiting, ladder_due_at=report.ladder_due_at)
         # A stopped campaign is over once the calls up at the stop have finished; a done one once the
         # contact ladder's SMS are written (or should have been: SMS on, a little after they fell due).
+        # A preventive message's ladder SMS due in the quiet hours waits for the morning: the watch does
+        # not, it says until when the SMS is deferred and ends.
         over = report.status == "done" or (report.status == "stopped" and not report.counts().get("in_call_at_stop"))
         if over and report.status == "done" and settings.sms_sendsms_url and report.ladder_due_at is not None:
-            over = dt.datetime.now(dt.timezone.utc) > report.ladder_due_at + LADDER_GRACE
+            now = dt.datetime.now(dt.timezone.utc)
+            sends_at = report.ladder_sends_at or report.ladder_due_at
+            deferred = sends_at > report.ladder_due_at + LADDER_GRACE
+            over = deferred or now > report.ladder_due_at + LADDER_GRACE
+            if over and report.ladder_waiting and sends_at > now:
+                line += f"  | ladder SMS deferred until {sends_at:%Y-%m-%d %H:%M} UTC (quiet hours)"
         if report.status == "stopped" and report.stopped_at is not None:
             line += f"  STOPPED {report.stopped_at:%Y-%m-%d %H:%M:%S} UTC by {report.stopped_by}"
         end = "\n" if args.once or over or not sys.stdout.isatty() else "\r"

@@ -155,6 +155,7 @@ def render_report(report: ReachReport) -> str:
     lines = [f"drill {report.message_id}  BIN {report.bin_number} ({report.bin_name})  {campaign}, {report.status}",
              f"  {c['members']} members: {c['reached']} reached ({c['confirmed']} confirmed), "
              f"{c['not_reached']} not reached" + (f", {c['pending']} still being called" if c["pending"] else "")
+             + (f", {c['not_called']} not called (text only or opted out of calls)" if c["not_called"] else "")
              + f"; {c['wrong_numbers']} wrong number(s)"]
     for w in report.wrong_numbers:
         cause = f", cause {w.cause}" if w.cause is not None else ""

@@ -24,6 +24,7 @@ from ivr.directory.member_csv import LANGUAGES
 from ivr.directory.member_import import CsvImportError, apply_member_import, parse_member_csv, plan_member_import
 from ivr.directory.people import NumberTaken, phone_of, refuse_taken_numbers
 from ivr.directory.store import (
+    OPT_OUT_NAMES,
     DirectoryRefused,
     Household,
     clear_opt_out,
@@ -81,7 +82,7 @@ def register_member_actions(members: argparse._SubParsersAction) -> None:  # typ
     p.add_argument("--phone", help="the first number")
     p.add_argument("--second-phone", help="the second number ('none' to clear)")
     p.add_argument("--channels", help="the member's own channels: voice, sms, email joined by + (e.g. voice+sms), "
-                                      "'text' for text only; 'default' for the zone's defaults")
+                                      "'text' for text only; 'default' (or 'none') for the zone's defaults")
     p.add_argument("--email", help="where e-mail copies go ('none' to clear)")
     p.add_argument("--clear-opt-out", action="append", default=[], choices=["calls", "sms", "email"],
                    help="take the member back in on a channel they opted out of (repeatable; audited)")
@@ -143,6 +144,8 @@ def cmd_members_import(settings: Settings, args: argparse.Namespace) -> int:
                                "removed. Nothing was written: add --yes to remove them, or --mode merge to keep "
                                "them")
         result = apply_member_import(session, bin_, rows, plan, actor())
+    for line in plan.not_applied_lines():  # people already in the directory keep their own channels, address
+        print(line)
     reused = f", {len(plan.reused)} of them already in the directory" if plan.reused else ""
     print(f"BIN {args.bin}: {result.added} added, {result.updated} updated, {result.removed} removed "
           f"({len(rows)} members{reused}; mode {args.mode})")
@@ -197,14 +200,15 @@ def cmd_members_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-#: How the command line names each opt-out (``--clear-opt-out``) and shows it.
-OPT_OUT_NAMES = {"calls": Channel.VOICE, "sms": Channel.SMS, "email": Channel.EMAIL}
+#: The opt-out each ``--clear-opt-out`` name clears (the names ``members show`` and its JSON use).
+OPT_OUT_CHANNELS = {name: channel for channel, name in OPT_OUT_NAMES.items()}
+#: What ``--channels`` takes for "no choice of their own: the zone's defaults" (any case).
+ZONE_DEFAULT_WORDS = ("default", "none")
 
 
 def _opt_outs_line(person: Person, settings: Settings) -> str:
     """``calls since 2026-12-06 14:03; sms since ...`` (local time), or ``""`` for none."""
-    names = {channel: name for name, channel in OPT_OUT_NAMES.items()}
-    return "; ".join(f"{names[c]} since {when.astimezone(settings.tz):%Y-%m-%d %H:%M}"
+    return "; ".join(f"{OPT_OUT_NAMES[c]} since {when.astimezone(settings.tz):%Y-%m-%d %H:%M}"
                      for c, when in opt_outs(person).items())
 
 
@@ -235,12 +239,12 @@ def cmd_members_edit(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError("--name: the name is empty")
     channels = email = None
     try:
-        if args.channels not in (None, "default"):
+        if args.channels is not None and args.channels.strip().lower() not in ZONE_DEFAULT_WORDS:
             channels = format_channels(parse_channels(args.channels))
     except InvalidChannels as exc:
         raise CommandError(f"--channels: {exc}") from None
     try:
-        if args.email not in (None, "none"):
+        if args.email is not None and args.email.strip().lower() != "none":
             email = check_email(args.email)
     except ValueError as exc:
         raise CommandError(f"--email: {exc}") from None
@@ -275,7 +279,7 @@ def cmd_members_edit(settings: Settings, args: argparse.Namespace) -> int:
                 raise CommandError(f"phone: {exc}") from None
         if editing:
             save_member(session, person.id, household, actor())
-        cleared = {name: clear_opt_out(session, person, OPT_OUT_NAMES[name], actor())
+        cleared = {name: clear_opt_out(session, person, OPT_OUT_CHANNELS[name], actor())
                    for name in dict.fromkeys(args.clear_opt_out)}
     done = ["saved"] if editing else []
     done += [f"{name}: back in" if was else f"{name}: not opted out, nothing to clear" for name, was in cleared.items()]

@@ -77,7 +77,7 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     archive = Archive(engine, RecordingStore(settings.data_dir / "recordings"), operator=actor())
     now = utcnow()
     try:
-        log = collect(engine, archive, args.bin, since, until, retry_policies(settings), now)
+        log = collect(engine, archive, args.bin, since, until, retry_policies(settings), now, settings)
     except UnknownBin as exc:
         raise CommandError(f"{exc} (see `binfoon bin list`)") from None
     outputs = [name for name, path in (("html", args.html), ("csv", args.csv)) if path is not None]

@@ -4,12 +4,17 @@ A channel is on when its gateway is configured: SMS with ``sms_sendsms_url`` (Ka
 password in ``sms_password_file``), e-mail with ``smtp_host`` (the relay, its password in
 ``smtp_password_file``). Without either there is no sender: no copy is planned or sent. Secrets come
 from their 0600 files; a missing or readable-by-others one stops the start with a clear message.
+
+The gateways' blocking I/O runs in threads of their own (``concurrency`` of them), not in the loop's
+default executor: that one runs every database transaction of the service, and a relay that does not
+answer (30 s per socket operation) would hold its threads while members' calls wait for the database.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import Engine
 
@@ -32,18 +37,21 @@ def build_copies(settings: Settings, engine: Engine, recordings: RecordingStore,
     is told when a member's SMS reply confirmed a campaign (the dialer's ``wake``)."""
     if not settings.sms_sendsms_url and not settings.smtp_host:
         return None
+    limits = limits or SenderLimits()
     key = load_copies_key(settings.copies_key_path)
-    sms = KannelGateway.from_settings(settings, dlr_signer(key)) if settings.sms_sendsms_url else None
-    mailer = None
-    if settings.smtp_host:
-        password = read_secret_file("smtp_password_file", settings.smtp_password_file) \
-            if settings.smtp_password_file else ""
-        mailer = SmtpMailer(settings.smtp_host, settings.smtp_port, settings.smtp_security, settings.smtp_username,
-                            password, settings.smtp_ca_file or None)
+    smtp_password = read_secret_file("smtp_password_file", settings.smtp_password_file) \
+        if settings.smtp_host and settings.smtp_password_file else ""
+    # One thread per hand-over at once (made when first needed); shut down by the sender's ``stop``.
+    threads = ThreadPoolExecutor(max_workers=limits.concurrency, thread_name_prefix="binfoon-copies")
+    sms = KannelGateway.from_settings(settings, dlr_signer(key), executor=threads) \
+        if settings.sms_sendsms_url else None
+    mailer = SmtpMailer(settings.smtp_host, settings.smtp_port, settings.smtp_security, settings.smtp_username,
+                        smtp_password, settings.smtp_ca_file or None, executor=threads) \
+        if settings.smtp_host else None
     desk = CopyDesk(engine, recordings, clock, CopyRules.from_settings(settings))
     composer = Composer(settings.caller_id_number, settings.sms_sender or settings.caller_id_number,
                         MailOrigin.from_settings(settings), key)
-    sender = CopySender(desk, composer, sms=sms, mailer=mailer, limits=limits or SenderLimits(), clock=clock)
+    sender = CopySender(desk, composer, sms=sms, mailer=mailer, limits=limits, clock=clock, executor=threads)
     if sms is not None and settings.sms_callback_port:
         sender.callbacks = KannelCallbacks(callback_app(desk, key, on_confirmed=on_confirmed, clock=clock),
                                            settings.sms_callback_port)

@@ -12,8 +12,16 @@ Rules:
 - every copy is its own SMTP transaction (one recipient); with ``starttls`` nothing is sent unless the
   relay offers STARTTLS and its certificate verifies; AUTH only ever inside TLS; ``none`` is for a
   relay on loopback only;
-- the relay's answers decide: unreachable, timed out or 4xx is ``SendFailed`` (tried again later);
-  5xx to the recipient or the message is ``SendRefused`` (a bounce, its text kept);
+- the relay's answers decide: only a refusal of this recipient's address or mailbox is a bounce
+  (``SendRefused``, its text kept): an enhanced status 5.1.x or 5.2.x, or without one a plain 550, 551
+  or 553 to RCPT. Every other refusal would refuse every member alike (5.7.x "Relay access denied",
+  530 authentication required, 5.3.4 message too big, 5.5.x), so it is ``SendFailed`` (tried again
+  later, logged as an error), as are 4xx, an unreachable relay and a timeout before the message was
+  sent. No answer once the message was sent (after DATA's final dot) is ``SendUncertain``: the relay
+  may have queued it (the sender sends it again later with the same Message-ID);
+- the message is built (the recording read and base64-encoded) in ``executor`` with the SMTP exchange,
+  never on the event loop; a recording that cannot be read or is too large is left out and the body
+  says so: the member still gets the text and the number to call;
 - unsubscribing sets ``Person.email_opt_out_at`` once, cancels the member's queued e-mail copies and
   is audited, all in one transaction.
 """
@@ -21,13 +29,16 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import email.policy
 import email.utils
 import ipaddress
+import logging
 import re
 import smtplib
 import ssl
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from email.headerregistry import HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
@@ -38,7 +49,7 @@ from urllib.parse import quote
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from ivr.copies.gateways import EmailCopy, SendFailed, SendRefused
+from ivr.copies.gateways import EmailCopy, SendFailed, SendRefused, SendUncertain
 from ivr.domain.channels import check_email
 from ivr.domain.vocabulary import Channel, CopyStatus, Urgency
 from storage import audit
@@ -46,6 +57,8 @@ from storage.models import Person, TextCopy
 
 if TYPE_CHECKING:
     from ivr.config import Settings
+
+log = logging.getLogger(__name__)
 
 #: What an e-mail copy's fixed words are, per language (Dutch when the member's is not known).
 WORDING: dict[str, dict[str, str]] = {
@@ -59,6 +72,8 @@ WORDING: dict[str, dict[str, str]] = {
                        "in staan; de opname in de bijlage is wat telt):"),
         "nothing_written": "Dit bericht is alleen ingesproken: beluister de opname in de bijlage.",
         "audio": "De opname van het bericht zit in de bijlage ({file}).",
+        "audio_missing": ("De opname kon niet bij deze e-mail worden gevoegd: bel het nummer hieronder om "
+                          "ze te beluisteren."),
         "callback": "Bel {number} om het bericht te beluisteren en te bevestigen dat u het ontving.",
         "why": "U krijgt deze e-mail als lid van BIN {name}. Dit bericht is automatisch verstuurd; "
                "antwoorden worden niet gelezen.",
@@ -77,6 +92,8 @@ WORDING: dict[str, dict[str, str]] = {
                        "des erreurs ; l'enregistrement joint fait foi) :"),
         "nothing_written": "Ce message est uniquement parlé : écoutez l'enregistrement joint.",
         "audio": "L'enregistrement du message est joint à cet e-mail ({file}).",
+        "audio_missing": ("L'enregistrement n'a pas pu être joint à cet e-mail : appelez le numéro ci-dessous "
+                          "pour l'écouter."),
         "callback": "Appelez le {number} pour écouter le message et confirmer que vous l'avez reçu.",
         "why": "Vous recevez cet e-mail en tant que membre du BIN {name}. Ce message est envoyé automatiquement ; "
                "les réponses ne sont pas lues.",
@@ -94,6 +111,8 @@ WORDING: dict[str, dict[str, str]] = {
                        "Fehler enthalten; maßgeblich ist die beigefügte Aufnahme):"),
         "nothing_written": "Diese Nachricht ist nur gesprochen: Hören Sie die beigefügte Aufnahme an.",
         "audio": "Die Aufnahme der Nachricht ist dieser E-Mail beigefügt ({file}).",
+        "audio_missing": ("Die Aufnahme konnte dieser E-Mail nicht beigefügt werden: Rufen Sie die unten "
+                          "stehende Nummer an, um sie anzuhören."),
         "callback": ("Rufen Sie {number} an, um die Nachricht anzuhören und zu bestätigen, dass Sie sie "
                      "erhalten haben."),
         "why": "Sie erhalten diese E-Mail als Mitglied von BIN {name}. Diese Nachricht wurde automatisch versandt; "
@@ -115,6 +134,13 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,76}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
 _SECURITY = ("starttls", "tls", "none")
+#: RFC 3463 enhanced status code at the start of an SMTP answer's text: class.subject.detail.
+_ENHANCED = re.compile(r"^\s*([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![0-9.])")
+#: Enhanced subjects that are this recipient's: 1 addressing (no such user), 2 mailbox (full, disabled).
+_RECIPIENT_SUBJECTS = ("1", "2")
+#: Plain answers to RCPT that refuse the address itself (RFC 5321: mailbox unavailable, not local, not allowed).
+_RECIPIENT_CODES = (550, 551, 553)
+_ADDRESS = re.compile(r"[^\s<>\"]+@[^\s<>\"]+")
 
 
 class _UriList(UnstructuredHeader):
@@ -273,9 +299,14 @@ def compose_email(content: EmailContent, origin: MailOrigin, token: str, now: dt
                      headers=headers)
 
 
+class AttachmentError(ValueError):
+    """An attachment cannot be read or is too large (the message can go without it)."""
+
+
 def mime_message(mail: EmailCopy) -> EmailMessage:
     """The e-mail as it goes on the wire: headers checked again (no CR/LF anywhere), the body as
-    quoted-printable UTF-8, each attachment read from its file (at most ``MAX_ATTACHMENT_BYTES``)."""
+    quoted-printable UTF-8, each attachment read from its file (at most ``MAX_ATTACHMENT_BYTES``).
+    ``AttachmentError`` for one that cannot be read or is larger; ``ValueError`` for a bad header."""
     message = EmailMessage(policy=POLICY)
     fixed = {"Message-ID": mail.message_id, "To": mail.to, "Subject": mail.subject}
     headers = [*fixed.items(), *mail.headers.items()]
@@ -290,15 +321,43 @@ def mime_message(mail: EmailCopy) -> EmailMessage:
     for file_name, path in mail.attachments:
         if _CONTROL.search(file_name) or "/" in file_name:
             raise ValueError(f"not an attachment name: {file_name!r}")
-        with path.open("rb") as source:
-            data = source.read(MAX_ATTACHMENT_BYTES + 1)
+        try:
+            with path.open("rb") as source:
+                data = source.read(MAX_ATTACHMENT_BYTES + 1)
+        except OSError as exc:
+            raise AttachmentError(f"{file_name}: {exc.strerror or exc}") from None
         if len(data) > MAX_ATTACHMENT_BYTES:
-            raise ValueError(f"{file_name}: larger than {MAX_ATTACHMENT_BYTES} bytes")
+            raise AttachmentError(f"{file_name}: larger than {MAX_ATTACHMENT_BYTES} bytes")
         message.add_attachment(data, maintype="audio", subtype="wav", filename=file_name)
     for name, value in headers:
         if name.lower().startswith("content-"):
             message[name] = value
     return message
+
+
+def without_attachments(mail: EmailCopy) -> EmailCopy:
+    """``mail`` with no attachment, its body saying the recording could not be attached (in the
+    language of its Content-Language) where it said the recording was attached."""
+    words = WORDING.get(mail.headers.get("Content-Language", "nl"), WORDING["nl"])
+    body = mail.body
+    for file_name, _ in mail.attachments:
+        said = words["audio"].format(file=file_name)
+        if said in body:
+            body = body.replace(said, words["audio_missing"])
+        else:
+            head, signature, foot = body.partition("\n\n-- \n")
+            body = f"{head}\n\n{words['audio_missing']}{signature}{foot}"
+    return dataclasses.replace(mail, body=body, attachments=())
+
+
+def wire_bytes(mail: EmailCopy) -> tuple[bytes, str]:
+    """The bytes of ``mail`` as they go to the relay, and why its recording was left out (``""``: it was
+    not). Blocking (reads and encodes the recording): for a worker thread. ``ValueError`` for a header
+    or address that cannot go."""
+    try:
+        return mime_message(mail).as_bytes(policy=POLICY), ""
+    except AttachmentError as exc:
+        return mime_message(without_attachments(mail)).as_bytes(policy=POLICY), str(exc)
 
 
 def _is_loopback(host: str) -> bool:
@@ -319,11 +378,13 @@ class SmtpMailer:
     """The ``Mailer`` that hands e-mail copies to an SMTP relay (stdlib ``smtplib`` in a worker thread)."""
 
     def __init__(self, host: str, port: int, security: str = "starttls", username: str = "", password: str = "",
-                 ca_file: str | Path | None = None, timeout: float = 30.0, local_hostname: str | None = None) -> None:
+                 ca_file: str | Path | None = None, timeout: float = 30.0, local_hostname: str | None = None,
+                 executor: Executor | None = None) -> None:
         """``security``: ``starttls`` (STARTTLS required), ``tls`` (implicit, 465) or ``none`` (a relay on
         loopback only). ``ca_file``: the PEM that signs the relay's certificate (``None``: the system's
         CAs). ``username``: AUTH after TLS (never with ``none``). ``timeout``: seconds per socket
-        operation. ``local_hostname``: the EHLO name (``None``: this machine's FQDN)."""
+        operation. ``local_hostname``: the EHLO name (``None``: this machine's FQDN). ``executor``: where
+        the message is built and the exchange runs (``None``: the loop's default executor)."""
         if security not in _SECURITY:
             raise ValueError(f"smtp security must be one of {', '.join(_SECURITY)}, not {security!r}")
         if security == "none" and not _is_loopback(host):
@@ -338,6 +399,7 @@ class SmtpMailer:
         self.ca_file = str(ca_file) if ca_file else None
         self.timeout = float(timeout)
         self.local_hostname = local_hostname
+        self.executor = executor
         self._context: ssl.SSLContext | None = None
 
     def __repr__(self) -> str:
@@ -354,18 +416,25 @@ class SmtpMailer:
 
     async def send(self, mail: EmailCopy) -> str:
         """Hand ``mail`` to the relay in its own transaction; returns the relay's answer to the message
-        ("250 ... queued as ..."). ``SendFailed``: try again later; ``SendRefused``: a bounce."""
+        ("250 ... queued as ..."; with why the recording was left out, if it was). ``SendFailed``: try
+        again later; ``SendRefused``: a bounce; ``SendUncertain``: sent, but the relay's answer is lost."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._transaction, mail)
+
+    def _transaction(self, mail: EmailCopy) -> str:
         try:
             _, sender = mailbox(mail.headers.get("From", ""), "From")
             if not mail.to.isascii():
                 raise ValueError(f"{mail.to!r}: an address beyond ASCII needs SMTPUTF8, not used here")
-            wire = mime_message(mail).as_bytes(policy=POLICY)
-        except (OSError, ValueError) as exc:
-            # Nothing to hand over (the recording gone, a header refused): it will not get better.
+            message, left_out = wire_bytes(mail)
+        except ValueError as exc:
+            # Nothing to hand over (a header or an address refused): it will not get better.
             raise SendRefused(one_line(f"not sent: {exc}", DETAIL_CHARS)) from None
-        return await asyncio.to_thread(self._transaction, sender, mail.to, wire)
+        if left_out:
+            log.warning("e-mail copy %s goes without its recording (%s)", mail.copy_id, left_out)
+        answer = self._exchange(sender, mail.to, message)
+        return one_line(f"{answer}; sent without the recording ({left_out})", DETAIL_CHARS) if left_out else answer
 
-    def _transaction(self, sender: str, to: str, wire: bytes) -> str:
+    def _exchange(self, sender: str, to: str, wire: bytes) -> str:
         try:
             if self.security == "tls":
                 smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, local_hostname=self.local_hostname,
@@ -385,11 +454,11 @@ class SmtpMailer:
             if self.username:
                 smtp.login(self.username, self._password)
             return self._deliver(smtp, sender, to, wire)
-        except (SendFailed, SendRefused):
+        except (SendFailed, SendRefused, SendUncertain):
             raise
         except smtplib.SMTPResponseException as exc:
             # AUTH refused, a command refused outside RCPT/DATA: the relay's setting, not the member's mailbox.
-            raise SendFailed(_answer(exc.smtp_code, exc.smtp_error)) from None
+            raise self._refusal(exc.smtp_code, exc.smtp_error, at_rcpt=False, whose="the service") from None
         except (smtplib.SMTPException, OSError) as exc:
             smtp.close()  # broken or timed out: no QUIT to wait for
             raise SendFailed(self._failure(exc)) from None
@@ -404,29 +473,58 @@ class SmtpMailer:
                     pass
             smtp.close()
 
-    @staticmethod
-    def _deliver(smtp: smtplib.SMTP, sender: str, to: str, wire: bytes) -> str:
+    def _deliver(self, smtp: smtplib.SMTP, sender: str, to: str, wire: bytes) -> str:
         code, said = smtp.mail(sender)
         if code != 250:
             # Our own sender refused: the relay's setting, not the member's mailbox.
-            raise SendFailed(_answer(code, said))
+            raise self._refusal(code, said, at_rcpt=False, whose="the sender")
         code, said = smtp.rcpt(to)
         if code not in (250, 251):
-            _refused(code, said)
+            raise self._refusal(code, said, at_rcpt=True)
+        # DATA by hand (smtplib's ``data`` hides where it failed): a failure up to the final dot means
+        # the relay has no message; after it, the relay may have queued it.
+        smtp.putcmd("data")
+        code, said = smtp.getreply()
+        if code != 354:
+            raise self._refusal(code, said, at_rcpt=False)
+        body = _DOT_LINE.sub(b"..", wire)
+        smtp.send(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
         try:
-            code, said = smtp.data(wire)
-        except smtplib.SMTPDataError as exc:
-            code, said = exc.smtp_code, exc.smtp_error
+            code, said = smtp.getreply()
+        except (smtplib.SMTPException, OSError) as exc:
+            raise SendUncertain(self._failure(exc) + ": no answer after the message was sent, the relay may "
+                                "have queued it") from None
         if code != 250:
-            _refused(code, said)
+            raise self._refusal(code, said, at_rcpt=False)
         return _answer(code, said)
 
+    def _refusal(self, code: int, said: bytes | str, *, at_rcpt: bool, whose: str = "") -> Exception:
+        """What the relay's refusal means: a bounce (``SendRefused``) when it is this recipient's address or
+        mailbox (see the module's rules), else ``SendFailed``, logged as an error when permanent."""
+        answer = _answer(code, said)
+        if is_bounce(code, said, at_rcpt=at_rcpt) and not whose:
+            return SendRefused(answer)
+        if 500 <= code < 600:
+            log.error("the relay %s:%s refuses %s for a reason that is not the member's mailbox (%s): check "
+                      "the relay's settings for this service", self.host, self.port, whose or "a copy",
+                      _ADDRESS.sub("<address>", answer))
+        return SendFailed(answer)
 
-def _refused(code: int, said: bytes | str) -> None:
-    """A refusal of the recipient or the message: 5xx is for good (a bounce), anything else passes."""
-    if 500 <= code < 600:
-        raise SendRefused(_answer(code, said))
-    raise SendFailed(_answer(code, said))
+
+#: A line of the message that starts with a dot: doubled on the wire (RFC 5321 4.5.2).
+_DOT_LINE = re.compile(rb"(?m)^\.")
+
+
+def is_bounce(code: int, said: bytes | str, *, at_rcpt: bool) -> bool:
+    """Whether the relay's answer ``code said`` refuses this recipient for good (its address or mailbox):
+    an enhanced status 5.1.x or 5.2.x; without an enhanced status, 550, 551 or 553 to RCPT."""
+    if not 500 <= code < 600:
+        return False
+    text = said.decode("utf-8", "replace") if isinstance(said, bytes) else str(said)
+    enhanced = _ENHANCED.match(text)
+    if enhanced is not None:
+        return enhanced.group(1) == "5" and enhanced.group(2) in _RECIPIENT_SUBJECTS
+    return at_rcpt and code in _RECIPIENT_CODES
 
 
 # -- unsubscribing (the link in every e-mail copy) -----------------------------------------------------

@@ -54,7 +54,8 @@ class SmsGateway(Protocol):
     """Where SMS copies go (Kannel's smsbox in production and in the lab)."""
 
     async def send(self, sms: SmsCopy) -> str:
-        """Hand ``sms`` over; returns the gateway's answer. ``SendFailed`` / ``SendRefused`` otherwise."""
+        """Hand ``sms`` over; returns the gateway's answer. ``SendFailed`` / ``SendRefused`` /
+        ``SendUncertain`` otherwise."""
         ...
 
 
@@ -62,5 +63,6 @@ class Mailer(Protocol):
     """Where e-mail copies go (the configured SMTP relay)."""
 
     async def send(self, mail: EmailCopy) -> str:
-        """Hand ``mail`` over; returns the relay's answer. ``SendFailed`` / ``SendRefused`` (a bounce) otherwise."""
+        """Hand ``mail`` over; returns the relay's answer. ``SendFailed`` / ``SendRefused`` (a bounce) /
+        ``SendUncertain`` otherwise."""
         ...

@@ -10,9 +10,17 @@ Sending (``KannelGateway``):
   id and the signature must be URL-safe as they are (never percent-escaped); without a callback
   listener (``sms_callback_port = 0``) no reports are asked for;
 - smsbox's answer decides: 2xx (``0: Accepted for delivery``, ``3: Queued for later delivery``) is the
-  copy handed over; 4xx (a number refused, the account refused, "Not routable") is ``SendRefused``,
-  except a full queue; 5xx, a full queue, no connection or no answer in time is ``SendFailed``.
-  Kannel has no idempotency key: an answer lost after smsbox took the copy means a second SMS on retry.
+  copy handed over; 400 (a field of this request refused: "Missing receiver number, rejected") is
+  ``SendRefused``; every other answer is a state of the whole gateway, not of this copy, so
+  ``SendFailed`` (tried again later) and logged as an error: 401/403 (a wrong sendsms password, an
+  address ``user-allow-ip`` does not allow, "Not routable. Do not try again." when bearerbox has no
+  SMSC for it, the operator's link included), 404 (a wrong ``sms_sendsms_url``), 5xx ("Temporal
+  failure, try again later.");
+- no connection (refused, timed out, TLS failed) or a request not written whole is ``SendFailed``:
+  smsbox acts on a whole request only. No answer once the request went (timed out, the connection
+  closed, an answer that is no HTTP) is ``SendUncertain``: smsbox may have taken the copy, and Kannel
+  has no idempotency key, so the sender waits for its delivery report before sending it again;
+- the blocking HTTP exchange runs in ``executor`` (a worker thread), never on the event loop.
 
 Configuring (``kannel_config``, ``binfoon kannel config``):
 - every value a setting or secret puts in the file is quoted and escaped; line breaks and control
@@ -22,29 +30,43 @@ Configuring (``kannel_config``, ``binfoon kannel config``):
   (``store-type = file``, ``dlr-storage = spool``); smsbox retries a callback the service did not
   answer with 200/202 every ``http-queue-delay`` s, ``http-request-retry`` times (an hour in
   production), so reports and replies wait out a restart of the service; smsbox never answers a member
-  itself (``max-messages = 0``) and logs at warning level (its info lines carry numbers and texts).
+  itself (``max-messages = 0``);
+- bearerbox's status pages need ``status-password`` (else anyone on the machine reads the queue's
+  numbers and texts in ``/store-status``); the admin commands need ``admin-password``;
+- the logs hold numbers: smsbox logs at warning level, which keeps out its info lines (every number and
+  text), but a callback it could not fetch is logged at ERROR with its whole URL (a member's number,
+  words and the reply token). So Kannel's logs and spool are the ``kannel`` user's (``binfoon kannel
+  config``: spool 0700, logs 0750 ``kannel:adm`` with 0640 files, ``UMask=0077`` for the boxes).
+- Kannel does not authenticate the boxes: any local process that reaches bearerbox's smsbox port can
+  attach as an smsbox and send SMS. ``nftables_rules`` lets only the ``kannel`` user reach the admin and
+  smsbox ports, and only ``kannel`` and the service's user the sendsms port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import http.client
+import logging
 import os
 import re
-import urllib.error
+import ssl
+import stat
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ivr.copies.gateways import SendFailed, SendRefused, SmsCopy
+from ivr.copies.gateways import SendFailed, SendRefused, SendUncertain, SmsCopy
 from ivr.copies.sms_text import MAX_SEGMENTS, measure
 from ivr.copies.tokens import sign
 
 if TYPE_CHECKING:
     from ivr.config import Settings
+
+log = logging.getLogger(__name__)
 
 #: The purposes the copies key signs Kannel's callbacks for (``ivr.copies.tokens``).
 DLR_PURPOSE = "dlr"
@@ -59,6 +81,10 @@ MAX_ANSWER_BYTES = 4096
 ADMIN_PORT, SMSBOX_PORT, SENDSMS_PORT = 13000, 13001, 13013
 #: Where the Debian package's boxes may write: the queue and delivery reports, and the logs.
 SPOOL_DIR, LOG_DIR = Path("/var/spool/kannel"), Path("/var/log/kannel")
+#: The user Debian's Kannel boxes run as.
+KANNEL_USER = "kannel"
+#: A password file is one short line.
+MAX_SECRET_BYTES = 1024
 
 _COPY_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _URL_SAFE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -68,6 +94,7 @@ _SENDER = re.compile(r"^(\+?[0-9]{3,15}|[A-Za-z0-9]{1,11})$")
 _BASE = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
 _HOST = re.compile(r"^[A-Za-z0-9.:\-\[\]]{1,253}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
 def _one_line(value: str, limit: int = DETAIL_CHARS) -> str:
@@ -104,26 +131,32 @@ def dlr_url(base: str, copy_id: str, signature: str) -> str:
 
 
 def mo_url(base: str, token: str) -> str:
-    """The URL smsbox fetches for every member's SMS: sender, receiver, all words, Kannel's id, the token."""
+    """The URL smsbox fetches for every member's SMS: sender, receiver, all words, Kannel's id, when Kannel
+    received it (Unix seconds: a reply retried after an outage keeps its own time), the token."""
     if not _URL_SAFE.match(token):
         raise ValueError("the reply token is not URL-safe (hex or base64url, 16 to 128 characters)")
-    return f"{check_callback_base(base)}/kannel/mo?from=%p&to=%P&text=%a&id=%I&sig={token}"
+    return f"{check_callback_base(base)}/kannel/mo?from=%p&to=%P&text=%a&id=%I&ts=%T&sig={token}"
 
 
 # -- sending ------------------------------------------------------------------------------------------------
 class KannelGateway:
-    """The ``SmsGateway`` that hands SMS copies to Kannel's smsbox (stdlib ``urllib`` in a worker thread)."""
+    """The ``SmsGateway`` that hands SMS copies to Kannel's smsbox (stdlib ``http.client`` in a worker thread)."""
 
     def __init__(self, sendsms_url: str, username: str, password: str, callback_base: str,
-                 sign: Callable[[str], str], timeout: float = 20.0) -> None:
+                 sign: Callable[[str], str], timeout: float = 20.0, executor: Executor | None = None) -> None:
         """``sendsms_url``: smsbox's ``http://127.0.0.1:13013/cgi-bin/sendsms``. ``callback_base``: where
         the service takes delivery reports (``http://127.0.0.1:<sms_callback_port>``; empty: none are
         asked for, as with ``sms_callback_port = 0``). ``sign``: the
         signature of a copy id its report URL carries (``dlr_signer(key)``). ``timeout``: seconds for
-        each socket operation (connecting, each read)."""
+        each socket operation (connecting, each read). ``executor``: where the blocking exchange runs
+        (``None``: the loop's default executor)."""
         parts = urllib.parse.urlsplit(sendsms_url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment or _CONTROL.search(sendsms_url):
             raise ValueError(f"sms_sendsms_url: not an http URL: {sendsms_url!r}")
+        try:
+            _ = parts.port  # a port that is none raises here
+        except ValueError:
+            raise ValueError(f"sms_sendsms_url: bad port in {sendsms_url!r}") from None
         if not username or _CONTROL.search(username) or not password:
             raise ValueError("the sendsms account needs a user name and a password")
         self.sendsms_url = sendsms_url
@@ -132,22 +165,26 @@ class KannelGateway:
         self.callback_base = check_callback_base(callback_base) if callback_base else ""
         self._sign = sign
         self.timeout = float(timeout)
-        # No proxy from the environment: the request carries the account's password.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+        self.executor = executor
 
     @classmethod
-    def from_settings(cls, settings: Settings, sign: Callable[[str], str]) -> KannelGateway:
+    def from_settings(cls, settings: Settings, sign: Callable[[str], str],
+                      executor: Executor | None = None) -> KannelGateway:
         """The gateway ``settings`` describe (``sms_sendsms_url``, ``sms_username``, the password in
         ``sms_password_file``, reports to ``127.0.0.1:sms_callback_port``). ``KannelConfigError`` for a
         password file that is missing, empty or readable by others."""
         password = read_secret("sms_password_file", settings.sms_password_file)
         port = settings.sms_callback_port
         return cls(settings.sms_sendsms_url, settings.sms_username, password,
-                   f"http://127.0.0.1:{port}" if port else "", sign)
+                   f"http://127.0.0.1:{port}" if port else "", sign, executor=executor)
 
     def __repr__(self) -> str:
+        return f"KannelGateway({self._place}, user={self.username})"
+
+    @property
+    def _place(self) -> str:
         where = urllib.parse.urlsplit(self.sendsms_url)
-        return f"KannelGateway({where.hostname}:{where.port}, user={self.username})"
+        return f"{where.hostname}:{where.port or (443 if where.scheme == 'https' else 80)}"
 
     def request_url(self, sms: SmsCopy) -> str:
         """The sendsms URL for ``sms`` (it holds the password: never logged). ``SendRefused`` for a copy
@@ -177,42 +214,66 @@ class KannelGateway:
 
     async def send(self, sms: SmsCopy) -> str:
         """Hand ``sms`` to smsbox; returns its answer ("0: Accepted for delivery"). ``SendFailed``: try
-        again later; ``SendRefused``: this copy will not go (the answer says why)."""
+        again later; ``SendRefused``: this copy will not go (the answer says why); ``SendUncertain``:
+        the request went but no answer came (smsbox may have taken it)."""
         url = self.request_url(sms)
-        return await asyncio.to_thread(self._get, url)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._get, url)
 
     def _get(self, url: str) -> str:
-        where = urllib.parse.urlsplit(self.sendsms_url)
-        place = f"{where.hostname}:{where.port or 80}"
+        """One GET of ``url`` on its own connection (no proxy, no redirect followed: it holds the password)."""
+        parts = urllib.parse.urlsplit(url)
+        place = self._place
+        connection: http.client.HTTPConnection
+        if parts.scheme == "https":
+            connection = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=self.timeout,
+                                                     context=ssl.create_default_context())
+        else:
+            connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=self.timeout)
         try:
-            with self._opener.open(url, timeout=self.timeout) as answer:
-                status = answer.status
-                body = answer.read(MAX_ANSWER_BYTES)
-        except urllib.error.HTTPError as exc:
-            status = exc.code
             try:
-                body = exc.read(MAX_ANSWER_BYTES)
-            except OSError:
-                body = b""
-            finally:
-                exc.close()
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise SendFailed(_one_line(f"smsbox {place}: {reason or type(exc).__name__}")) from None
+                connection.connect()
+                connection.request("GET", f"{parts.path or '/'}?{parts.query}", headers={"Connection": "close"})
+            except (OSError, http.client.HTTPException) as exc:
+                # Not connected, or the request not written whole: smsbox acts on a whole request only.
+                raise SendFailed(_one_line(f"smsbox {place}: {_reason(exc)}")) from None
+            try:
+                answer = connection.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                raise SendUncertain(_one_line(f"smsbox {place}: no answer after the request was sent "
+                                              f"({_reason(exc)}): it may have taken the copy")) from None
+            status = answer.status
+            try:
+                body = answer.read(MAX_ANSWER_BYTES)
+            except (OSError, http.client.HTTPException):
+                body = b""  # the status said it
+        finally:
+            connection.close()
         said = _one_line(body.decode("utf-8", "replace"))
         if 200 <= status < 300:
             return said or f"{status}"
         detail = _one_line(f"smsbox {status}: {said}")
-        if 400 <= status < 500 and "queue full" not in said.lower():
+        if status == 400:
             raise SendRefused(detail)
+        hint = _HINTS.get(status) or (_HINTS[500] if status >= 500 else "not an answer smsbox gives: is "
+                                      "sms_sendsms_url smsbox's?")
+        log.error("smsbox %s refuses every SMS for now (%s): %s", place, detail, hint)
         raise SendFailed(detail)
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """smsbox never redirects: a redirect is an answer (not followed with the password elsewhere)."""
+#: What an answer other than 2xx and 400 says about the gateway, for the service's log.
+_HINTS = {
+    401: "check sms_username and sms_password_file against Kannel's sendsms-user",
+    403: ("a wrong sendsms password, an address user-allow-ip does not allow, or 'Not routable': bearerbox has "
+          "no SMSC for it (is the operator's SMPP link up? see bearerbox's status page)"),
+    404: "check sms_sendsms_url (smsbox's path is /cgi-bin/sendsms)",
+    500: "smsbox or bearerbox is in trouble (see Kannel's logs); the copies are tried again",
+}
 
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
 
 
 # -- configuring --------------------------------------------------------------------------------------------
@@ -222,20 +283,31 @@ class KannelConfigError(ValueError):
 
 def read_secret(setting: str, path: str) -> str:
     """The password in the file ``path`` (its one line); ``KannelConfigError`` naming ``setting`` for a
-    file that is missing, unreadable, empty, more than one line, or readable or writable by others."""
+    file that is missing, unreadable, a symbolic link, empty, more than one line, or readable or
+    writable by others."""
     if not path:
         raise KannelConfigError(f"{setting}: not set")
     try:
-        info = os.stat(path)
+        # Not followed if it is a link: the mode checked is the mode of what is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise KannelConfigError(f"{setting}: {path} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KannelConfigError(f"{setting}: {path} is a symbolic link; give the file itself") from None
+        raise KannelConfigError(f"{setting}: {path} cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as source:
+        info = os.fstat(source.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise KannelConfigError(f"{setting}: {path} is not a file")
         if info.st_mode & 0o077:
             raise KannelConfigError(f"{setting}: {path} is readable or writable by others (mode "
                                     f"{info.st_mode & 0o777:04o}); chmod 600 it")
-        secret = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-    except FileNotFoundError:
-        raise KannelConfigError(f"{setting}: {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KannelConfigError(f"{setting}: {path} cannot be read ({exc})") from None
-    if not secret.strip() or _CONTROL.search(secret):
+        try:
+            secret = source.read(MAX_SECRET_BYTES + 1).decode("utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KannelConfigError(f"{setting}: {path} cannot be read ({exc})") from None
+    if not secret.strip() or _CONTROL.search(secret) or len(secret) > MAX_SECRET_BYTES:
         raise KannelConfigError(f"{setting}: {path} must hold the password on one line")
     return secret
 
@@ -281,6 +353,8 @@ class KannelSetup:
     """Everything of a Kannel installation but its SMSC connections (production and the lab share it)."""
 
     admin_password: str
+    #: What bearerbox's status pages ask for (they show the queue: numbers and texts).
+    status_password: str
     #: The sendsms account the service uses.
     username: str
     password: str
@@ -297,7 +371,8 @@ class KannelSetup:
     http_request_retry: int = 360
     http_queue_delay: int = 10
     bearerbox_log_level: int = 1
-    #: smsbox's info lines carry numbers and texts: warnings only in production.
+    #: smsbox's info lines carry every number and text: warnings only in production (its errors still
+    #: carry some: the logs are private, see the module's rules).
     smsbox_log_level: int = 2
 
 
@@ -306,12 +381,13 @@ def gateway_groups(setup: KannelSetup) -> list[Group]:
     for name in ("admin_port", "smsbox_port", "sendsms_port"):
         if not 1 <= getattr(setup, name) <= 65535:
             raise KannelConfigError(f"{name}: {getattr(setup, name)} is not a port")
-    if not setup.admin_password or not setup.password or not setup.username:
-        raise KannelConfigError("the admin password and the sendsms account's name and password must not be empty")
+    if not setup.admin_password or not setup.status_password or not setup.password or not setup.username:
+        raise KannelConfigError("the admin and status passwords and the sendsms account's name and password "
+                                "must not be empty")
     loopback = "127.0.0.1"
     core = Group("core", (
         ("admin-port", setup.admin_port), ("admin-interface", loopback), ("admin-password", setup.admin_password),
-        ("admin-deny-ip", "*.*.*.*"), ("admin-allow-ip", loopback),
+        ("status-password", setup.status_password), ("admin-deny-ip", "*.*.*.*"), ("admin-allow-ip", loopback),
         ("smsbox-port", setup.smsbox_port), ("smsbox-interface", loopback),
         ("box-deny-ip", "*.*.*.*"), ("box-allow-ip", loopback),
         ("log-file", str(setup.log_dir / "bearerbox.log")), ("log-level", setup.bearerbox_log_level),
@@ -375,17 +451,19 @@ def sendsms_port(sendsms_url: str) -> int:
 
 
 def kannel_config(settings: Settings, password: str, smpp_password: str, callback_port: int, mo_token: str, *,
-                  admin_password: str, spool_dir: Path = SPOOL_DIR, log_dir: Path = LOG_DIR,
+                  admin_password: str, status_password: str, spool_dir: Path = SPOOL_DIR, log_dir: Path = LOG_DIR,
                   admin_port: int = ADMIN_PORT, smsbox_port: int = SMSBOX_PORT) -> str:
     """The production Kannel configuration for the operator's SMPP account in ``settings``: ``password``
     is the sendsms account's (``sms_username``), ``smpp_password`` the operator's, ``callback_port`` the
-    service's ``sms_callback_port``, ``mo_token`` the reply URL's token, ``admin_password`` bearerbox's
-    admin interface's; smsbox's sendsms port is ``sms_sendsms_url``'s. ``KannelConfigError`` naming the
+    service's ``sms_callback_port``, ``mo_token`` the reply URL's token, ``admin_password`` and
+    ``status_password`` bearerbox's admin commands' and status pages'; smsbox's sendsms port is
+    ``sms_sendsms_url``'s. ``KannelConfigError`` naming the
     setting for anything that cannot go in safely."""
     if not 1 <= callback_port <= 65535:
         raise KannelConfigError(f"sms_callback_port: {callback_port} is not a port (delivery reports and replies "
                                 "need the service's callback listener)")
-    setup = KannelSetup(admin_password=admin_password, username=settings.sms_username, password=password,
+    setup = KannelSetup(admin_password=admin_password, status_password=status_password,
+                        username=settings.sms_username, password=password,
                         callback_base=f"http://127.0.0.1:{callback_port}", mo_token=mo_token,
                         spool_dir=spool_dir, log_dir=log_dir, admin_port=admin_port, smsbox_port=smsbox_port,
                         sendsms_port=sendsms_port(settings.sms_sendsms_url))
@@ -395,3 +473,36 @@ def kannel_config(settings: Settings, password: str, smpp_password: str, callbac
               "sendsms for the service on loopback, delivery reports and members' replies to the service.\n"
               "It holds passwords: readable by the kannel user only. Write it again rather than edit it.")
     return render(groups, header)
+
+
+def nftables_rules(admin_port: int, smsbox_port: int, sendsms_port: int, service_user: str,
+                   kannel_user: str = KANNEL_USER) -> str:
+    """An nftables table (``nft -f``; loading it again replaces it) that keeps other local users off
+    Kannel: on loopback, bearerbox's admin and smsbox ports take connections from ``kannel_user`` only
+    (Kannel does not authenticate a box: anyone who reaches the smsbox port can send SMS), smsbox's
+    sendsms port from ``kannel_user`` and ``service_user`` only. Others are answered with a reset.
+    ``KannelConfigError`` for a port or user name that is none."""
+    for name, port in (("admin_port", admin_port), ("smsbox_port", smsbox_port), ("sendsms_port", sendsms_port)):
+        if not 1 <= port <= 65535:
+            raise KannelConfigError(f"{name}: {port} is not a port")
+    for user in (service_user, kannel_user):
+        if not _USER.match(user):
+            raise KannelConfigError(f"{user!r} is not a user name")
+    users = f'{{ "{kannel_user}", "{service_user}" }}' if service_user != kannel_user else f'"{kannel_user}"'
+    return "\n".join([
+        "# BINfoon's Kannel, written by `binfoon kannel config`: only the kannel user reaches bearerbox's admin and",
+        f"# smsbox ports, only it and {service_user} (the service) smsbox's sendsms port. The user of a",
+        "# connection is known where it leaves (output), so the rules are there. Load: nft -f <this file>.",
+        "table inet binfoon_kannel",
+        "delete table inet binfoon_kannel",
+        "table inet binfoon_kannel {",
+        "\tchain output {",
+        "\t\ttype filter hook output priority filter; policy accept;",
+        f'\t\toifname "lo" tcp dport {{ {admin_port}, {smsbox_port} }} meta skuid "{kannel_user}" accept',
+        f'\t\toifname "lo" tcp dport {{ {admin_port}, {smsbox_port} }} reject with tcp reset',
+        f"\t\toifname \"lo\" tcp dport {sendsms_port} meta skuid {users} accept",
+        f'\t\toifname "lo" tcp dport {sendsms_port} reject with tcp reset',
+        "\t}",
+        "}",
+        "",
+    ])

@@ -1,18 +1,28 @@
 """The copy sender: writes the SMS and e-mail copies that are due, then hands each to its gateway once.
 
-Each pass rebuilds the plan from the database (``CopyDesk.plan``), claims what is to go
-(``CopyDesk.claim``: QUEUED -> SENDING, committed before the hand-over), composes each copy
-(``ivr.copies.sms_text``, ``ivr.copies.email``) and hands it to Kannel or the SMTP relay, a few at a
-time and SMS at a steady pace, then stores the answer. The database is the truth; this loop only
-acts on it, and never dies of one pass's failure.
+The plan is rebuilt from the database (``CopyDesk.plan``) at least every ``poll_s``, in a task of its
+own; every pass, independently of it, claims what the free hand-over slots can take (``CopyDesk.claim``:
+QUEUED -> SENDING, committed before the hand-over), composes each copy (``ivr.copies.sms_text``,
+``ivr.copies.email``) and hands it to Kannel or the SMTP relay, a few at a time and SMS at a steady
+pace, then stores the answer. The loop sleeps until the earliest of: the next copy due (a ladder's
+delay, a retry's pause: the plan says when), an orphan's wait, ``poll_s``. The database is the truth;
+this loop only acts on it, and never dies of one pass's failure. The gateways' blocking I/O runs in
+the copies' own threads (``build_copies``), never in those the database transactions share.
 
-Resuming after a crash (issue 17 item 6): a copy left SENDING was maybe handed over, maybe not.
-- an e-mail is sent again at once with the same Message-ID (``<copy id@domain>``): SMTP has no
-  idempotency key, and the window is between the relay's "250 queued" and our commit; the same
-  Message-ID lets the member's mail program show the rare second one as the same message;
-- an SMS waits ``sms_resume_grace_s`` first: Kannel calls its delivery report again while we were
-  down (``http-request-retry``), and a report (8: the SMSC has it, 1: delivered) proves the hand-over
-  happened, so it is not sent again; only when none came is it sent again, with the same copy id.
+Once a gateway took a copy it is never "failed": storing SENT is tried again a few times, and if
+that still does not work the copy stays SENDING and is settled as an orphan (below).
+
+A copy SENDING whose hand-over's outcome is unknown is an orphan: maybe handed over, maybe not.
+Orphans are left by a crash (found at start), by a gateway that cannot say (``SendUncertain``: the
+request went, no answer came), by an answer that could not be stored, or by another process (every
+``orphan_check_s``, copies SENDING for longer than ``orphan_after_s`` that no hand-over of ours holds).
+- an e-mail is sent again with the same Message-ID (``<copy id@domain>``): at once after a crash,
+  ``email_resume_s`` after an uncertain hand-over. SMTP has no idempotency key, and the window is
+  between the relay's "250 queued" and our commit; the same Message-ID lets the member's mail
+  program show the rare second one as the same message;
+- an SMS waits ``sms_resume_grace_s`` first: Kannel calls its delivery report (again, after a
+  restart: ``http-request-retry``), and a report (8: the SMSC has it, 1: delivered) proves the
+  hand-over happened, so it is not sent again; only when none came is it sent again, same copy id.
 """
 
 from __future__ import annotations
@@ -22,13 +32,14 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
 
 from ivr.copies.email import EmailContent, MailOrigin, compose_email
-from ivr.copies.gateways import EmailCopy, Mailer, SendFailed, SendRefused, SmsCopy, SmsGateway
+from ivr.copies.gateways import EmailCopy, Mailer, SendFailed, SendRefused, SendUncertain, SmsCopy, SmsGateway
 from ivr.copies.sms_text import SmsContent, compose_sms
-from ivr.copies.store import CopyDesk, CopyJob
+from ivr.copies.store import CopyDesk, CopyJob, Orphan
 from ivr.copies.tokens import unsubscribe_token
 from ivr.domain.channels import mask_email
 from ivr.domain.pace import TokenBucket
@@ -37,6 +48,10 @@ from ivr.domain.vocabulary import Channel, CopyStatus
 from storage.models import utcnow
 
 log = logging.getLogger(__name__)
+
+#: Pauses between the tries to store "sent" once the gateway took a copy (a conditional UPDATE: safe
+#: to repeat); after the last the copy stays SENDING and is settled as an orphan.
+SENT_RETRY_PAUSES_S = (0.2, 1.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -51,12 +66,22 @@ class SenderLimits:
     #: A copy of a message with neither typed text nor a transcript yet waits this long after it was
     #: queued for the transcript, then goes without it.
     text_wait_s: float = 120.0
-    #: A copy a crashed process left SENDING: an SMS waits this long for Kannel's delivery report.
+    #: An orphan SMS (a crash, an uncertain hand-over) waits this long for Kannel's delivery report.
     sms_resume_grace_s: float = 60.0
+    #: An e-mail whose hand-over was uncertain is sent again (same Message-ID) this long after.
+    email_resume_s: float = 30.0
     #: The plan is read again at least this often (copies that fall due, other processes' work).
     poll_s: float = 2.0
-    #: How long ``stop`` lets hand-overs in progress finish (their answers stored) before cutting them.
-    stop_grace_s: float = 5.0
+    #: How long ``stop`` waits for hand-overs in progress to end and their answers to be stored: a
+    #: hand-over in a worker thread cannot be called back, so one cut short may have gone (it stays
+    #: SENDING and is settled at the next start). About the gateways' timeout, within the service's
+    #: stop budget (systemd's ``TimeoutStopSec=30``).
+    stop_grace_s: float = 20.0
+    #: Copies left SENDING by others are looked for this often ...
+    orphan_check_s: float = 30.0
+    #: ... and taken when SENDING this long: longer than any hand-over takes (the gateways' timeouts
+    #: per socket operation, a few operations each, with a margin).
+    orphan_after_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -101,24 +126,32 @@ class CopySender:
 
     def __init__(self, desk: CopyDesk, composer: Composer, *, sms: SmsGateway | None = None,
                  mailer: Mailer | None = None, limits: SenderLimits = SenderLimits(),
-                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+                 clock: Callable[[], dt.datetime] = utcnow, executor: Executor | None = None) -> None:
+        """``executor``: the threads the gateways' blocking I/O runs in (``build_copies`` makes them),
+        shut down by ``stop``."""
         self.desk = desk
         self.composer = composer
         self.sms = sms
         self.mailer = mailer
         self.limits = limits
         self.clock = clock
+        self.executor = executor
         #: Kannel's delivery reports and members' replies (``ivr.copies.callbacks``), when SMS is on.
         self.callbacks: Listener | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._plan_task: asyncio.Task[None] | None = None
         self._sending: dict[str, asyncio.Task[None]] = {}
-        #: Copies a previous process left SENDING -> when (the clock's time) they may be sent again.
+        #: Orphans (copies SENDING whose hand-over's outcome is unknown) -> when (the clock's time)
+        #: they may be sent again.
         self._orphans: dict[str, dt.datetime] = {}
         self._pace = TokenBucket(limits.sms_per_s, 1.0, time.monotonic())
         self._pace_lock = asyncio.Lock()
+        #: When the last plan ended (monotonic), and the next copy it said falls due (the clock's time).
         self._planned_at = float("-inf")
+        self._due: dt.datetime | None = None
         self._replan = True
+        self._orphans_checked_at = time.monotonic()
         #: Copies handed over by this process, by channel and result, and passes made (monitoring, tests).
         self.handed: dict[str, int] = {}
         self.passes = 0
@@ -134,33 +167,36 @@ class CopySender:
         if self.callbacks is not None:
             where = await self.callbacks.start()
             log.info("Kannel's delivery reports and replies are taken on %s", where)
-        now = self.clock()
-        for orphan in await self.desk.orphans():
-            if orphan.channel not in self.channels_on:
-                continue  # its gateway is off now: it stays SENDING until it is on again
-            wait = self.limits.sms_resume_grace_s if orphan.channel is Channel.SMS else 0.0
-            self._orphans[orphan.copy_id] = now + dt.timedelta(seconds=wait)
-        if self._orphans:
+        taken = await self._adopt(await self.desk.orphans())
+        if taken:
             log.warning("%d copies were being handed over when the service stopped: e-mails go again now, "
-                        "SMS after %.0f s unless Kannel reports them", len(self._orphans),
-                        self.limits.sms_resume_grace_s)
+                        "SMS after %.0f s unless Kannel reports them", taken, self.limits.sms_resume_grace_s)
+        self._orphans_checked_at = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="copy-sender")
 
     async def stop(self) -> None:
-        """Stop sending: hand-overs in progress get ``stop_grace_s`` to finish and store their answer;
-        one cut short stays SENDING and is resumed at the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Stop sending: no new hand-over starts; those in progress get ``stop_grace_s`` to end and store
+        their answer (a copy that went is recorded SENT); one cut short stays SENDING and is settled
+        at the next start. Then the gateways' threads are let go."""
+        for task in (self._task, self._plan_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._plan_task = None
         pending = list(self._sending.values())
         if pending:
             _done, late = await asyncio.wait(pending, timeout=self.limits.stop_grace_s)
             for task in late:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            if late:
+                log.warning("%d copies still being handed over at stop: left SENDING, settled at the next start",
+                            len(late))
         if self.callbacks is not None:
             await self.callbacks.stop()
+        if self.executor is not None:
+            # A thread still blocked in a gateway ends at its socket timeout; nothing waits for it.
+            self.executor.shutdown(wait=False, cancel_futures=True)
 
     def wake(self) -> None:
         """Something changed (a campaign started, a transcript came): plan again now."""
@@ -186,33 +222,76 @@ class CopySender:
             self._wake.clear()
 
     async def _pass(self) -> float:
-        """Plan (at most every ``poll_s`` unless woken), claim what the free hand-over slots can take,
-        start each; returns how long to sleep when nothing wakes the loop."""
+        """Start a plan when one is due (at most every ``poll_s`` unless woken, or when a copy it said
+        falls due), look for others' orphans now and then, and claim what the free hand-over slots can
+        take, starting each; returns how long to sleep when nothing wakes the loop."""
         channels = self.channels_on
         if not channels:
             return self.limits.poll_s
-        wait_s = self.limits.poll_s
+        now = self.clock()
         now_mono = time.monotonic()
-        if self._replan or now_mono - self._planned_at >= self.limits.poll_s:
+        if self._plan_task is None and (self._replan or now_mono - self._planned_at >= self.limits.poll_s
+                                        or (self._due is not None and self._due <= now)):
             self._replan = False
-            self._planned_at = now_mono
-            due = await self.desk.plan(channels)
-            if due is not None:
-                wait_s = min(wait_s, max(0.0, (due - self.clock()).total_seconds()))
+            self._plan_task = asyncio.get_running_loop().create_task(self._plan(channels), name="copy-plan")
+        if now_mono - self._orphans_checked_at >= self.limits.orphan_check_s:
+            self._orphans_checked_at = now_mono
+            older_than = now - dt.timedelta(seconds=self.limits.orphan_after_s)
+            taken = await self._adopt(await self.desk.orphans(older_than=older_than))
+            if taken:
+                log.warning("%d copies SENDING for over %.0f s without an answer stored: settled as orphans",
+                            taken, self.limits.orphan_after_s)
+        wait_s = self.limits.poll_s
+        if self._due is not None:
+            wait_s = min(wait_s, max(0.0, (self._due - now).total_seconds()))
         free = self.limits.concurrency - len(self._sending)
         if free <= 0:
             return wait_s  # a hand-over that ends wakes the loop
-        now = self.clock()
         ready = [cid for cid, at in self._orphans.items() if at <= now][:free]
         for copy_id in ready:
             del self._orphans[copy_id]
         if self._orphans:
             wait_s = min(wait_s, max(0.0, (min(self._orphans.values()) - now).total_seconds()))
-        jobs = await self.desk.claim(free, channels=channels, orphans=ready, text_wait_s=self.limits.text_wait_s)
+        try:
+            jobs = await self.desk.claim(free, channels=channels, orphans=ready, text_wait_s=self.limits.text_wait_s)
+        except Exception:
+            self._orphans.update((cid, now) for cid in ready)  # still to settle, at the next pass
+            raise
         for job in jobs:
             task = asyncio.get_running_loop().create_task(self._hand_over(job), name=f"copy-{job.copy_id}")
             self._sending[job.copy_id] = task
         return wait_s
+
+    async def _plan(self, channels: frozenset[Channel]) -> None:
+        """Write the copies due now (``CopyDesk.plan``) and keep when the next one falls due; the loop
+        is woken when it is done (to claim what it wrote)."""
+        try:
+            due = await self.desk.plan(channels)
+        except Exception:
+            log.exception("planning the copies failed; planned again in %.0f s", self.limits.poll_s)
+            due = None
+        finally:
+            # Counted from its end: a plan slower than ``poll_s`` does not run back to back.
+            self._planned_at = time.monotonic()
+            self._plan_task = None
+            self._wake.set()
+        # One due now was written, or is a retry the claims take: only a later one is waited for.
+        self._due = due if due is not None and due > self.clock() else None
+
+    async def _adopt(self, orphans: list[Orphan]) -> int:
+        """Take ``orphans`` in (copies SENDING whose hand-over's outcome is unknown): each is sent again
+        once its wait is over (an SMS's grace for a delivery report, an e-mail at once). Those a
+        hand-over of ours holds, those already waiting and those whose gateway is off are left."""
+        now = self.clock()
+        taken = 0
+        for orphan in orphans:
+            if orphan.channel not in self.channels_on or orphan.copy_id in self._sending \
+                    or orphan.copy_id in self._orphans:
+                continue  # a gateway that is off: it stays SENDING until the gateway is on again
+            wait = self.limits.sms_resume_grace_s if orphan.channel is Channel.SMS else 0.0
+            self._orphans[orphan.copy_id] = now + dt.timedelta(seconds=wait)
+            taken += 1
+        return taken
 
     # -- one copy -------------------------------------------------------------------------------
     async def _hand_over(self, job: CopyJob) -> None:
@@ -225,8 +304,14 @@ class CopySender:
         except asyncio.CancelledError:
             raise  # stopping: the copy stays SENDING and is resumed at the next start
         except Exception:
+            # Before the gateway took it (after, ``_accepted`` never raises): not handed over.
             log.exception("copy %s: hand-over failed on our side; tried again later", job.copy_id)
-            await self._record(job, "failed", self.desk.failed(job.copy_id, "internal error (see the service log)"))
+            try:
+                await self._record(job, "failed",
+                                   self.desk.failed(job.copy_id, "internal error (see the service log)"))
+            except Exception:
+                log.exception("copy %s: its failure could not be stored either; it stays SENDING and is "
+                              "settled as an orphan", job.copy_id)
         finally:
             self._sending.pop(job.copy_id, None)
             self._wake.set()
@@ -247,7 +332,10 @@ class CopySender:
         except SendFailed as exc:
             await self._record(job, "failed", self.desk.failed(job.copy_id, str(exc)))
             return
-        await self._record(job, "sent", self.desk.sent(job.copy_id, answer, segments=segments))
+        except SendUncertain as exc:
+            self._uncertain(job, str(exc))
+            return
+        await self._accepted(job, lambda: self.desk.sent(job.copy_id, answer, segments=segments))
         log.info("SMS copy %s to %s handed to Kannel (%d SMS%s)", job.copy_id, mask(job.address), segments,
                  ", resumed" if job.resumed else "")
 
@@ -266,9 +354,38 @@ class CopySender:
         except SendFailed as exc:
             await self._record(job, "failed", self.desk.failed(job.copy_id, str(exc)))
             return
-        await self._record(job, "sent", self.desk.sent(job.copy_id, answer, provider_ref=mail.message_id))
+        except SendUncertain as exc:
+            self._uncertain(job, str(exc))
+            return
+        await self._accepted(job, lambda: self.desk.sent(job.copy_id, answer, provider_ref=mail.message_id))
         log.info("e-mail copy %s to %s accepted by the relay%s", job.copy_id, mask_email(job.address),
                  ", resumed" if job.resumed else "")
+
+    async def _accepted(self, job: CopyJob, store: Callable[[], Awaitable[object]]) -> None:
+        """The gateway took the copy: store SENT (``store``: the desk's step, a conditional UPDATE, so
+        tried again a few times). Never "failed" from here on: that would send it a second time. When
+        storing never works the copy stays SENDING, settled as an orphan (``orphan_after_s``)."""
+        for pause in (0.0, *SENT_RETRY_PAUSES_S):
+            await asyncio.sleep(pause)
+            try:
+                await self._record(job, "sent", store())
+                return
+            except Exception:
+                log.warning("copy %s went, but storing it failed; tried again", job.copy_id, exc_info=True)
+        key = f"{job.channel.value}.unrecorded"
+        self.handed[key] = self.handed.get(key, 0) + 1
+        log.error("copy %s (%s) went, but storing that failed %d times: it stays SENDING and is settled as "
+                  "an orphan", job.copy_id, job.channel.value, 1 + len(SENT_RETRY_PAUSES_S))
+
+    def _uncertain(self, job: CopyJob, detail: str) -> None:
+        """The gateway may or may not have taken the copy: it stays SENDING (no failure counted) and is
+        settled as an orphan: an SMS waits for Kannel's delivery report, an e-mail goes again."""
+        wait = self.limits.sms_resume_grace_s if job.channel is Channel.SMS else self.limits.email_resume_s
+        self._orphans[job.copy_id] = self.clock() + dt.timedelta(seconds=wait)
+        key = f"{job.channel.value}.uncertain"
+        self.handed[key] = self.handed.get(key, 0) + 1
+        log.warning("copy %s (%s): %s; it stays SENDING and is settled in %.0f s", job.copy_id,
+                    job.channel.value, detail, wait)
 
     async def _record(self, job: CopyJob, result: str, stored: Awaitable[object]) -> None:
         """Store the hand-over's result (``stored``: the desk's step); count it."""

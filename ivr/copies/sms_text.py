@@ -9,7 +9,11 @@ Rules:
   a message that does not fit is cut (at a word where one is near) and ends with "..." (GSM-7) or
   "…" (UCS-2); the BIN, the call-back number and the reply hint are never cut;
 - typographic quotes, dashes, the ellipsis and odd spaces become their GSM-7 look-alikes, and all
-  white space (line breaks too) one space: a phone keyboard's ``’`` would otherwise halve what fits.
+  white space (line breaks too) one space: a phone keyboard's ``’`` would otherwise halve what fits;
+- a letter GSM-7 has no code for is written as its GSM-7 look-alike (``ê`` as ``e``, ``ç`` as ``c``,
+  ``œ`` as ``oe``: the accent dropped, the ligature spelt out), so French and Dutch stay GSM-7; the
+  accented letters GSM-7 has (é è à ù ì ò ä ö ü ñ Ä Ö Ü Ñ É Ç) are kept as they are. Only a character
+  with no look-alike (Cyrillic, Greek small letters, an emoji) makes the copy UCS-2.
 
 Pure: no I/O, no clock.
 """
@@ -17,6 +21,7 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from ivr.domain.vocabulary import Urgency
@@ -48,10 +53,12 @@ _PLAIN = str.maketrans({
     "\u00a0": " ", "\u2007": " ", "\u202f": " ", "\u2009": " ", "\u200a": " ", "\u2002": " ", "\u2003": " ",
     "\u200b": "", "\u200c": "", "\u200d": "", "\ufeff": "", "\u00ad": "",
 })
+#: Letters whose look-alike is not their decomposition without accents.
+_SPELT_OUT = {"œ": "oe", "Œ": "OE", "ĳ": "ij", "Ĳ": "IJ", "ł": "l", "Ł": "L", "đ": "d", "Đ": "D"}
 _SPACES = re.compile(r"\s+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
-#: The fixed words of an SMS copy, per language. Each fits GSM-7 (French avoids "ç", which has none).
+#: The fixed words of an SMS copy, per language. Each is GSM-7 as it is (no look-alike needed).
 WORDING: dict[str, dict[str, str]] = {
     "nl": {
         "urgent": "DRINGEND",
@@ -110,9 +117,27 @@ class SmsText:
 
 def plain(text: str) -> str:
     """``text`` on one line for an SMS: GSM-7 look-alikes for typographic quotes, dashes and spaces, the
-    ellipsis as "...", control characters and runs of white space as one space, ends trimmed."""
-    text = text.translate(_PLAIN).replace("…", "...")
+    ellipsis as "...", and for letters without a GSM-7 code (``gsm_letter``); control characters and
+    runs of white space as one space, ends trimmed."""
+    # Composed first: an "e" followed by a combining acute is the GSM-7 "é".
+    text = unicodedata.normalize("NFC", text.translate(_PLAIN).replace("…", "..."))
+    text = "".join(c if c in GSM_BASIC or c in GSM_EXTENSION else gsm_letter(c) for c in text)
     return _SPACES.sub(" ", _CONTROL.sub(" ", text)).strip()
+
+
+def gsm_letter(c: str) -> str:
+    """The GSM-7 look-alike of the character ``c``: itself when GSM-7 has it; ``œ`` spelt ``oe``; else its
+    compatibility decomposition without accents (``ê`` -> ``e``, ``ĳ`` -> ``ij``) when all of that is
+    GSM-7; else ``c`` itself (a Cyrillic letter, an emoji: the copy goes as UCS-2). An accent on its own
+    is dropped."""
+    if c in GSM_BASIC or c in GSM_EXTENSION:
+        return c
+    if unicodedata.combining(c):
+        return ""
+    if c in _SPELT_OUT:
+        return _SPELT_OUT[c]
+    bare = "".join(part for part in unicodedata.normalize("NFKD", c) if not unicodedata.combining(part))
+    return bare if bare and is_gsm(bare) else c
 
 
 def is_gsm(text: str) -> bool:

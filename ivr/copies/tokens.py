@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
 import os
@@ -34,29 +35,39 @@ _TOKEN_BYTES = 1 + _PERSON_BYTES + _MAC_BYTES
 _TOKEN = re.compile(rf"^[A-Za-z0-9_-]{{{len(base64.urlsafe_b64encode(bytes(_TOKEN_BYTES)).rstrip(b'='))}}}$")
 
 
+_HEX = re.compile(r"^[0-9A-Fa-f]+\Z")
+
+
 class CopiesKeyError(RuntimeError):
     """The copies key file cannot be used (readable by others, not a key); the message names the file."""
 
 
-def load_copies_key(path: Path) -> bytes:
-    """The key in ``path``, made on first use (32 random bytes, 0600). Raises ``CopiesKeyError``
-    naming the file when others may read it or it holds no key."""
+def load_copies_key(path: Path, owner: tuple[int, int] | None = None) -> bytes:
+    """The key in ``path``, made on first use (32 random bytes, 0600). ``owner``: (uid, gid) a key made
+    here is given to (root making it for the service: ``binfoon kannel config``); a key that exists
+    keeps its owner. Raises ``CopiesKeyError`` naming the file when others may read it or it holds no key."""
     try:
         return _read_key(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        raise CopiesKeyError(f"copies key {path}: {exc.strerror or exc}") from None
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Written whole under a private name, then linked into place: a process that reads the key
         # never sees half a file, and of two processes making it at once, the first link wins.
         # (``storage.sealed.load_or_create_key`` creates the file first and writes it after.)
         part = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="ascii") as out:
                 out.write(secrets.token_hex(KEY_BYTES) + "\n")
                 out.flush()
                 os.fsync(out.fileno())
+                if owner is not None:
+                    # Given away through the open file, before it has its name: a chown by path after
+                    # the link would follow a symlink the folder's owner put there meanwhile.
+                    os.fchown(out.fileno(), *owner)
             try:
                 os.link(part, path)
             except FileExistsError:
@@ -69,14 +80,23 @@ def load_copies_key(path: Path) -> bytes:
 
 
 def _read_key(path: Path) -> bytes:
-    info = path.lstat()
-    if not stat.S_ISREG(info.st_mode):
-        raise CopiesKeyError(f"copies key {path}: not a regular file")
-    if info.st_mode & 0o077:
-        raise CopiesKeyError(f"copies key {path}: mode {oct(info.st_mode & 0o777)} lets others read the key "
-                             f"that signs unsubscribe links; chmod 600 {path}")
+    # Opened without following a symlink and checked on the open file: what is checked is what is read.
     try:
-        key = bytes.fromhex(path.read_text(encoding="ascii").strip())
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CopiesKeyError(f"copies key {path}: not a regular file") from None
+        raise
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise CopiesKeyError(f"copies key {path}: not a regular file")
+        if info.st_mode & 0o077:
+            raise CopiesKeyError(f"copies key {path}: mode {oct(info.st_mode & 0o777)} lets others read the key "
+                                 f"that signs unsubscribe links; chmod 600 {path}")
+        raw = file.read(4 * KEY_BYTES)
+    try:
+        key = bytes.fromhex(raw.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
         key = b""
     if len(key) != KEY_BYTES:
@@ -97,7 +117,8 @@ def sign(key: bytes, purpose: str, value: str) -> str:
 
 def verify(key: bytes, purpose: str, value: str, signature: str) -> bool:
     """Whether ``signature`` is ``sign(key, purpose, value)`` (compared in constant time)."""
-    if not isinstance(signature, str) or len(signature) != MAC_HEX:
+    # Only hex digits are compared (``compare_digest`` raises on a str beyond ASCII: never a 500 for that).
+    if not isinstance(signature, str) or len(signature) != MAC_HEX or not _HEX.match(signature):
         return False
     return hmac.compare_digest(sign(key, purpose, value), signature.lower())
 

@@ -19,7 +19,9 @@ Rules:
   the message was heard (confirmed, answered without a key, or left on an answering machine), a
   *wrong number* is a number that can never ring (``invalid_number``: Q.850 causes 1, 2, 3, 22, 28, or
   refused by the destination policy, ``barred``); a failed or congested call is the network's, not the
-  number's, and is only "not reached".
+  number's, and is only "not reached"; a member the drill never calls (``Member.called``: text only,
+  opted out of calls, no number) is ``not_called``, counted apart from the phone figures (reached,
+  not reached, pending) unless they confirmed or heard it all the same.
 """
 
 from __future__ import annotations
@@ -361,7 +363,8 @@ class ReachLine:
     name: str
     number: str
     #: ``confirmed``, ``reached`` (heard it, no key), ``machine`` (left on an answering machine),
-    #: ``not_reached`` or ``pending`` (the campaign still runs and may yet reach them).
+    #: ``not_reached``, ``pending`` (the campaign still runs and may yet reach them) or ``not_called``
+    #: (the drill does not call them: text only, opted out of calls, no number).
     state: str
     #: The last outcome of a call to them (``busy``, ``no_answer``...), empty if never called.
     last_outcome: str
@@ -383,13 +386,16 @@ class ReachReport:
     not_reached: int = 0
     #: Members still being called (a running campaign).
     pending: int = 0
+    #: Members the drill does not call (text only, opted out of calls): in no phone figure.
+    not_called: int = 0
     wrong_numbers: list[WrongNumber] = field(default_factory=list)
     created_at: dt.datetime | None = None
 
     def counts(self) -> dict[str, int]:
-        """The figures: members, reached (confirmed included), confirmed, not reached, pending, wrong numbers."""
+        """The figures: members, reached (confirmed included), confirmed, not reached, pending, not called
+        (reached + not reached + pending + not called = members), wrong numbers."""
         return {"members": len(self.members), "reached": self.reached, "confirmed": self.confirmed,
-                "not_reached": self.not_reached, "pending": self.pending,
+                "not_reached": self.not_reached, "pending": self.pending, "not_called": self.not_called,
                 "wrong_numbers": len(self.wrong_numbers)}
 
     def to_json(self) -> dict[str, object]:
@@ -430,6 +436,8 @@ def reach_report(s: Session, message_id: int) -> ReachReport:
         state = states[pid]
         if m.covered_by is not None and state in ("not_reached", "pending") and not own:
             state = states.get(m.covered_by, state)  # shares the number of a member who was called
+        if not m.called and state in ("not_reached", "pending"):
+            state = "not_called"  # nobody waits for their call: they are no phone figure
         number = m.view.numbers[0][1] if m.view.numbers else ""
         last = next((a.outcome.value for a in reversed(own) if a.outcome is not None), "")
         lines.append(ReachLine(pid, names.get(pid, ""), mask(number) if number else "-", state, last, len(own)))
@@ -446,6 +454,7 @@ def reach_report(s: Session, message_id: int) -> ReachReport:
         confirmed=sum(1 for line in lines if line.state == "confirmed"),
         not_reached=sum(1 for line in lines if line.state == "not_reached"),
         pending=sum(1 for line in lines if line.state == "pending"),
+        not_called=sum(1 for line in lines if line.state == "not_called"),
         wrong_numbers=wrong, created_at=_utc(message.created_at))
 
 

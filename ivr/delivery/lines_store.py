@@ -6,7 +6,10 @@ Rules:
   stored is audited as told to, or said by, an unverified caller;
 - a call-back confirmation is stored as unverified (``line_limits.UNVERIFIED_VIA``);
 - a member's opt-out of calls (and back in) on the call-back line is written with its moment and
-  audited as the member's, by caller ID (unverified): a coordinator sees it and can undo it;
+  audited as the member's, by caller ID (unverified): a coordinator sees it and can undo it. The
+  number is all the line knows, so it acts on every active member whose number it is (as an SMS
+  "STOP" does), leaving out those whose own channels have no calls (text only: nothing to stop);
+  the way back is offered only when all of them opted out;
 - a replay on the report line checks again that the caller coordinates the message's BIN, and is
   audited (``recording.played``) in the transaction that opens the recording, so the row is
   committed before the path is handed back to be played;
@@ -27,7 +30,8 @@ from sqlalchemy.orm import Session
 
 from ivr.delivery.line_limits import UNVERIFIED_TEXT, UNVERIFIED_VIA, LineLimits, LineVerdict, admit_call
 from ivr.delivery.members import DIALLING, campaign_members
-from ivr.domain.vocabulary import Role, Urgency
+from ivr.domain.channels import InvalidChannels, parse_channels
+from ivr.domain.vocabulary import Channel, Role, Urgency
 from storage import audit
 from storage.db import Desk
 from storage.models import Campaign, Confirmation, Message, Person, PhoneNumber, RoleAssignment
@@ -106,23 +110,32 @@ class CallerLines(Desk):
         except IntegrityError:
             return False
 
-    async def calls_opted_out(self, person_id: int) -> bool:
-        """Whether the member has opted out of BIN calls (``Person.calls_opt_out_at``)."""
-        return await self.tx(lambda s: s.get_one(Person, person_id).calls_opt_out_at is not None)
+    async def calls_opted_out(self, caller_e164: str) -> bool | None:
+        """What the call-back line offers the caller about BIN calls: ``False`` to stop them (a member
+        whose number it is is still called), ``True`` to take them again (every such member opted
+        out), ``None`` nothing (each one's own channels leave calls out: text only)."""
+        def work(s: Session) -> bool | None:
+            people = callable_members_on(s, caller_e164)
+            return all(p.calls_opt_out_at is not None for p in people) if people else None
+        return await self.tx(work)
 
-    async def set_calls_opt_out(self, person_id: int, opted_out: bool) -> bool:
+    async def set_calls_opt_out(self, caller_e164: str, opted_out: bool) -> int:
         """A member on the call-back line, twice confirmed, stops BIN calls (``opted_out``) or takes
-        them again: written with its moment and audited (``member.calls_opt_out`` / ``member.calls_opt_in``)
-        as said by the member, known by caller ID alone. ``False`` (nothing written) when it already was so."""
-        def work(s: Session) -> bool:
-            person = s.get_one(Person, person_id, with_for_update=True)
-            if (person.calls_opt_out_at is not None) == opted_out:
-                return False
+        them again, for every active member whose number ``caller_e164`` is (``callable_members_on``):
+        written with its moment and audited per member (``member.calls_opt_out`` /
+        ``member.calls_opt_in``) as said by the member, known by caller ID alone. Returns how many
+        changed (0: each already was so)."""
+        def work(s: Session) -> int:
             now = self.clock()
-            person.calls_opt_out_at = now if opted_out else None
-            audit.record(s, CALLBACK_MEMBER_ACTOR, "member.calls_opt_out" if opted_out else "member.calls_opt_in",
-                         f"person:{person_id}", via=UNVERIFIED_TEXT, at=now.isoformat())
-            return True
+            changed = 0
+            for person in callable_members_on(s, caller_e164, lock=True):
+                if (person.calls_opt_out_at is not None) == opted_out:
+                    continue
+                person.calls_opt_out_at = now if opted_out else None
+                audit.record(s, CALLBACK_MEMBER_ACTOR, "member.calls_opt_out" if opted_out else "member.calls_opt_in",
+                             f"person:{person.id}", via=UNVERIFIED_TEXT, at=now.isoformat())
+                changed += 1
+            return changed
         return await self.tx(work)
 
     # -- the report line ------------------------------------------------------------------------
@@ -200,16 +213,38 @@ class CallerLines(Desk):
 
 
 def caller_and_latest_campaign(s: Session, caller_e164: str, role: Role) -> tuple[Person, Campaign] | None | str:
-    """The active person with ``role`` calling from ``caller_e164`` and their BIN's latest campaign;
-    ``"unknown"`` if the number is nobody's with that role, ``None`` if the BIN has no campaign yet."""
-    row = s.execute(select(Person, RoleAssignment.bin_id).join(PhoneNumber).join(RoleAssignment).where(
-        PhoneNumber.e164 == caller_e164, RoleAssignment.role == role, Person.active.is_(True))).first()
-    if row is None:
+    """The active person with ``role`` calling from ``caller_e164`` and the latest campaign of their
+    BINs; ``"unknown"`` if the number is nobody's with that role, ``None`` if the BINs have no
+    campaign yet. Should the number be more than one person's, the latest campaign of any of their
+    BINs is the one, and the person the first (by id) of that campaign's BIN."""
+    rows = s.execute(select(Person, RoleAssignment.bin_id).join(PhoneNumber).join(RoleAssignment).where(
+        PhoneNumber.e164 == caller_e164, RoleAssignment.role == role, Person.active.is_(True))
+        .order_by(Person.id, RoleAssignment.bin_id)).all()
+    if not rows:
         return "unknown"
-    person, bin_id = row
-    campaign = s.scalars(select(Campaign).join(Message).where(Message.bin_id == bin_id)
+    campaign = s.scalars(select(Campaign).join(Message).where(Message.bin_id.in_({bin_id for _, bin_id in rows}))
                          .order_by(Campaign.id.desc()).limit(1)).first()
-    return None if campaign is None else (person, campaign)
+    if campaign is None:
+        return None
+    person = next(p for p, bin_id in rows if bin_id == campaign.message.bin_id)
+    return person, campaign
+
+
+def callable_members_on(s: Session, e164: str, *, lock: bool = False) -> list[Person]:
+    """Every active member (of any BIN) whose number (first or second) ``e164`` is and whose own
+    channels do not leave calls out, by id: whom an opt-out of calls by that number concerns. A
+    stored choice that cannot be read counts as none (called, as the dialer counts it)."""
+    query = select(Person).where(Person.active.is_(True), Person.id.in_(
+        select(PhoneNumber.person_id).where(PhoneNumber.e164 == e164)), Person.id.in_(
+        select(RoleAssignment.person_id).where(RoleAssignment.role == Role.MEMBER))).order_by(Person.id)
+    return [p for p in s.scalars(query.with_for_update() if lock else query) if _may_be_called(p.channels)]
+
+
+def _may_be_called(channels: str | None) -> bool:
+    try:
+        return channels is None or Channel.VOICE in parse_channels(channels)
+    except InvalidChannels:
+        return True
 
 
 def is_coordinator_of(s: Session, person_id: int, bin_id: int) -> bool:

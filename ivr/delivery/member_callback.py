@@ -10,7 +10,10 @@ or                                                                              
   system: "Noted: you will not be called any more. To be called again, call this number and press 9."
 A member who opted out hears "to be called again, press 9" instead, and the same two questions.
 Anything but 1 to either question changes nothing ("Nothing was changed") and the menu comes back.
-The opt-out is written (and audited) before it is confirmed to the member.
+The opt-out is written (and audited) before it is confirmed to the member. The caller ID is all the
+line knows: the opt-out (or the way back) is for every member whose number it is, and "press 9 to be
+called again" is offered only when all of them opted out. A member whose own channels leave calls
+out (text only) is offered neither: there is no call to stop, and none would come back.
 The caller ID is the only key (it can be spoofed): calls are rate-limited per caller ID and per line
 (``ivr.delivery.line_limits``), and a number that is no member's, a caller or line over its limits and
 a member without a message all hear the same "no message for your neighbourhood" and nothing else,
@@ -33,7 +36,7 @@ from ivr.telephony.call import Call
 
 #: The menu key that stops BIN calls (or, for a member who stopped them, takes them again).
 CALLS_KEY = "9"
-#: The keys the menu answers: confirm, hear it again, and the calls key.
+#: The keys the menu answers: confirm, hear it again, and the calls key (when it is offered).
 MENU_KEYS = ("1", "2", CALLS_KEY)
 #: How often the recording plays, and the menu is asked, at most.
 MAX_PLAYS = 3
@@ -70,12 +73,14 @@ async def member_callback(call: Call, desk: DeliveryDesk, key_timeout_s: float,
     campaign_id, person_id, language, recording, urgent = found
     call.language = language
     prompts = member_prompts(urgent, await desk.tx(lambda s: campaign_is_drill(s, campaign_id)))
-    opted_out = await desk.calls_opted_out(person_id)
+    # None: the key is not offered (text only); else whether the way back is (all opted out).
+    opted_out = await desk.calls_opted_out(caller)
+    keys = MENU_KEYS if opted_out is not None else MENU_KEYS[:2]
     await call.say(prompts["BINFOON_HEADER"])
     key = await call.play_audio(recording)
     plays, menus = 1, 0
     while True:
-        if key not in MENU_KEYS:
+        if key not in keys:
             if menus == MAX_MENUS:
                 break
             menus += 1
@@ -85,8 +90,8 @@ async def member_callback(call: Call, desk: DeliveryDesk, key_timeout_s: float,
             await call.say(prompts["BINFOON_THANKS"])
             await call.hangup()
             return CallbackEnd.CONFIRMED
-        if key == CALLS_KEY:
-            if await _change_calls(call, desk, person_id, opted_out, key_timeout_s):
+        if key == CALLS_KEY and opted_out is not None:
+            if await _change_calls(call, desk, caller, opted_out, key_timeout_s):
                 await call.hangup()
                 return CallbackEnd.OPTED_IN if opted_out else CallbackEnd.OPTED_OUT
             key = None  # nothing changed: the menu again
@@ -100,9 +105,11 @@ async def member_callback(call: Call, desk: DeliveryDesk, key_timeout_s: float,
     return CallbackEnd.HEARD
 
 
-async def _menu(call: Call, keys_prompt: str, opted_out: bool, timeout_s: float) -> str | None:
-    """"Press 1 to confirm, 2 to hear it again", then the calls key on offer (a key pressed during
-    the first sentence answers at once)."""
+async def _menu(call: Call, keys_prompt: str, opted_out: bool | None, timeout_s: float) -> str | None:
+    """"Press 1 to confirm, 2 to hear it again", then the calls key on offer, if any (a key pressed
+    during the first sentence answers at once)."""
+    if opted_out is None:
+        return await call.ask(keys_prompt, timeout_s)
     key = await call.say(keys_prompt)
     if key is not None:
         return key
@@ -111,9 +118,10 @@ async def _menu(call: Call, keys_prompt: str, opted_out: bool, timeout_s: float)
     return await call.ask("callback_calls_stop_offer", timeout_s)
 
 
-async def _change_calls(call: Call, desk: DeliveryDesk, person_id: int, opted_out: bool, timeout_s: float) -> bool:
-    """Stop BIN calls (or, for a member who stopped them, take them again) once the member pressed 1
-    to both questions; anything else changes nothing. ``True`` when it changed."""
+async def _change_calls(call: Call, desk: DeliveryDesk, caller: str, opted_out: bool, timeout_s: float) -> bool:
+    """Stop BIN calls (or, for a member who stopped them, take them again) for the members whose
+    number ``caller`` is, once the member pressed 1 to both questions; anything else changes nothing.
+    ``True`` when it changed."""
     if opted_out:
         sure = (await call.ask("callback_calls_back_confirm", timeout_s) == "1"
                 and await call.ask("callback_calls_back_sure", timeout_s) == "1")
@@ -123,6 +131,6 @@ async def _change_calls(call: Call, desk: DeliveryDesk, person_id: int, opted_ou
     if not sure:
         await call.say("callback_calls_unchanged")
         return False
-    await desk.set_calls_opt_out(person_id, not opted_out)  # written before it is said
+    await desk.set_calls_opt_out(caller, not opted_out)  # written before it is said
     await call.say("callback_calls_back_done" if opted_out else "callback_calls_stopped")
     return True

@@ -28,20 +28,19 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from ivr.config import Settings
-from ivr.delivery.members import Member, campaign_members
+from ivr.delivery.members import Member, campaign_members, member_contacts, message_defaults, reach_of
 from ivr.delivery.outcome import placed
-from ivr.delivery.policy import MemberView, RetryPolicy, Verdict, next_step
+from ivr.delivery.policy import MemberView, RetryPolicy, Verdict, Window, next_allowed, next_step
 from ivr.delivery.states import FINAL_STATES, LIVE_STATES, category
 from ivr.delivery.store import delivery_pause
-from ivr.domain.channels import (Contact, InvalidChannels, LadderRules, channels_for, format_channels, ladder_due,
-                                 parse_channels, zone_defaults)
+from ivr.domain.channels import LadderRules, format_channels, ladder_due
 from ivr.domain.csvsafe import safe_cell
 from ivr.domain.phone import mask
 from storage import audit
 from storage.db import session_scope
-from storage.models import CallAttempt, Campaign, Confirmation, Message, Person, PhoneNumber, TextCopy
+from storage.models import CallAttempt, Campaign, Confirmation, Message, Person, TextCopy
 from ivr.domain.vocabulary import (AttemptOutcome, AttemptStatus, CampaignStatus, Channel, CopyReason, CopyStatus,
-                                   PhoneRank, Urgency)
+                                   Urgency)
 
 #: How ``campaign watch`` names the live states (what the issue calls them).
 STATE_LABELS = {"ringing": "dialing/ringing", "waiting_retry": "waiting for retry",
@@ -172,6 +171,9 @@ class CampaignReport:
     #: wait for the allowed hours beyond it).
     ladder_waiting: int = 0
     ladder_due_at: dt.datetime | None = None
+    #: When the last of them may go: its due time, or for a preventive message the end of the quiet
+    #: hours it falls in (``ivr.copies`` holds a preventive SMS there, as the dialer holds its calls).
+    ladder_sends_at: dt.datetime | None = None
 
     def counts(self) -> dict[str, int]:
         """Members per state."""
@@ -279,44 +281,8 @@ def copy_counts(s_or_engine: Session | Engine, campaign_id: int) -> dict[str, di
 
 def channel_defaults(message: Message, settings: Settings) -> dict[Urgency, frozenset[Channel]]:
     """The channels of a member of ``message``'s BIN who chose none, per urgency: the zone's own, else
-    the settings'. A zone's choice that cannot be read counts as none (its members are called then,
-    as the dialer calls them)."""
-    zone = message.bin.zone
-    urgent, preventive = settings.copy_channels_urgent, settings.copy_channels_preventive
-    try:
-        return zone_defaults(zone.urgent_channels, zone.preventive_channels, urgent, preventive)
-    except InvalidChannels:
-        return zone_defaults(None, None, urgent, preventive)
-
-
-def ranked_numbers(s: Session, person_ids: Iterable[int]) -> dict[int, tuple[tuple[str, str], ...]]:
-    """Each person's numbers as (rank, e164), primary first (``MemberView.numbers``' shape)."""
-    numbers: dict[int, list[tuple[str, str]]] = {}
-    for person_id, rank, e164 in s.execute(select(PhoneNumber.person_id, PhoneNumber.rank, PhoneNumber.e164)
-                                           .where(PhoneNumber.person_id.in_(list(person_ids)))):
-        numbers.setdefault(person_id, []).append((rank.value, e164))
-    return {pid: tuple(sorted(own, key=lambda n: n[0] != PhoneRank.PRIMARY.value)) for pid, own in numbers.items()}
-
-
-def member_contacts(s: Session, person_ids: Iterable[int],
-                    numbers: Mapping[int, tuple[tuple[str, str], ...]] | None = None) -> dict[int, Contact]:
-    """What the channel decisions need of each person (``ivr.domain.channels.Contact``): their choice,
-    numbers (primary first; ``ranked_numbers`` if not given), e-mail address and opt-outs. A stored
-    choice that cannot be read counts as no choice (the zone's default), as the dialer counts it."""
-    wanted = list(person_ids)
-    if numbers is None:
-        numbers = ranked_numbers(s, wanted)
-    out = {}
-    for row in s.execute(select(Person.id, Person.channels, Person.email, Person.calls_opt_out_at,
-                                Person.sms_opt_out_at, Person.email_opt_out_at).where(Person.id.in_(wanted))):
-        try:
-            chosen = parse_channels(row.channels) if row.channels else None
-        except InvalidChannels:
-            chosen = None
-        out[row.id] = Contact(row.id, chosen, tuple(e164 for _, e164 in numbers.get(row.id, ())),
-                              row.email or None, row.calls_opt_out_at is not None, row.sms_opt_out_at is not None,
-                              row.email_opt_out_at is not None)
-    return out
+    the settings' (``ivr.delivery.members.message_defaults``)."""
+    return message_defaults(message, settings.copy_channels_urgent, settings.copy_channels_preventive)
 
 
 def reach_state(state: str, *, confirmed: bool, called: bool, called_before: bool,
@@ -387,7 +353,7 @@ def campaign_report(engine: Engine, campaign_id: int, policies: dict[bool, Retry
             if confirmed_at is not None and a.dialled_at is not None and a.dialled_at > confirmed_at:
                 report.calls_after_confirming += 1
         policy = policies[message.urgency.value == "urgent"]
-        reach = {pid: channels_for(contacts[pid], message.urgency, defaults) for pid in everyone}
+        reach = reach_of(s, message, members, contacts, defaults)
         finals: dict[int, str] = {}
         for member in members:
             pid = member.view.person_id
@@ -412,7 +378,10 @@ def campaign_report(engine: Engine, campaign_id: int, policies: dict[bool, Retry
                                              len(by_person.get(pid, [])), confirmations.get(pid),
                                              confirmed_via.get(pid, ""), at_stop, format_channels(reach[pid]),
                                              own_copies))
-            if not stopped and member.called and state in FINAL_STATES:
+            # The copy engine's rule: a member's calls are over when their state is final, or when the
+            # campaign is done (a preventive member whose calls expired still shows as waiting a retry).
+            calls_over = state in FINAL_STATES or campaign.status is CampaignStatus.DONE
+            if not stopped and member.called and calls_over:
                 # The calls of a member covered by a housemate on the same line are the housemate's.
                 calls = by_person.get(member.covered_by if member.covered_by is not None else pid, [])
                 ended = max((a.ended_at for a in calls if a.ended_at is not None
@@ -423,7 +392,18 @@ def campaign_report(engine: Engine, campaign_id: int, policies: dict[bool, Retry
                 if due is not None:
                     dues.append(due)
         report.ladder_waiting, report.ladder_due_at = len(dues), max(dues, default=None)
+        if dues:
+            urgent = message.urgency is Urgency.URGENT
+            report.ladder_sends_at = max(due if urgent else allowed_after(due, settings) for due in dues)
     return report
+
+
+def allowed_after(at: dt.datetime, settings: Settings) -> dt.datetime:
+    """The first moment at or after ``at`` outside the quiet hours (UTC): when a preventive message's
+    SMS due at ``at`` may go (``ivr.copies`` keeps the hours its calls keep)."""
+    quiet_start, quiet_end = settings.quiet_hours.split("-")
+    local = next_allowed(at.astimezone(settings.tz), [Window.parse(f"{quiet_end}-{quiet_start}")])
+    return local.astimezone(dt.timezone.utc)
 
 
 def ladder_rules(message: Message, settings: Settings) -> LadderRules:

@@ -6,7 +6,8 @@ live bar counts it, whether the delivery is over, and whether the message was he
 ("delivered": the coordinator's log counts it; its outcomes are "received": a follow-up goes
 only to those). The report (``CATEGORY``, ``LIVE_STATES``, ``FINAL_STATES``), the coordinator's
 log (``DELIVERED_STATES``), the console's bar (``BAR``) and the follow-ups (``RECEIVED``) all
-read this table, so they cannot disagree.
+read this table, so they cannot disagree. The states outside the dialer's (``OTHER_STATES``: members
+not called, a stopped campaign's) have a row too, so the bar counts every member.
 """
 
 from __future__ import annotations
@@ -48,8 +49,20 @@ STATES: tuple[ReportState, ...] = (
     ReportState("failed", "failed", final=True,
                 outcomes=(O.REJECTED, O.CONGESTION, O.FAILED, O.INVALID_NUMBER, O.CANCELLED, O.EXPIRED)),
 )
-#: The live bar's segments, in the order the console draws them.
-BAR_SEGMENTS = ("confirmed", "answering_machine", "failed", "waiting")
+#: States of a member outside the dialer's table, which the bar counts all the same (its segments
+#: add up to the members): one the dialer does not call (issue 17) and who has not confirmed, with
+#: written copies only (``text_only``) or nothing that reaches them (``no_channel``: not reached);
+#: and a stopped campaign's (``ivr.delivery.report.STOPPED_STATES``): a call up at the stop is
+#: still under way, one never called or whose retries the stop cut short was not reached.
+OTHER_STATES: tuple[ReportState, ...] = (
+    ReportState("text_only", "text_only", final=True),
+    ReportState("no_channel", "failed", final=True),
+    ReportState("in_call_at_stop", "waiting"),
+    ReportState("not_called", "failed", final=True),
+    ReportState("stopped", "failed", final=True),
+)
+#: The live bar's segments, in the order the console draws them (over first, waiting last).
+BAR_SEGMENTS = ("confirmed", "answering_machine", "failed", "text_only", "waiting")
 
 #: Live states, in the order a progress bar shows them.
 LIVE_STATES = tuple(state.name for state in STATES)
@@ -59,9 +72,9 @@ FINAL_STATES = tuple(state.name for state in STATES if state.final)
 DELIVERED_STATES = tuple(state.name for state in STATES if state.delivered)
 #: Final attempt outcome -> the report state it shows as (what ``binfoon demo`` and the coordinator hear).
 CATEGORY: dict[str, str] = {outcome.value: state.name for state in STATES for outcome in state.outcomes}
-#: Live bar segment -> the report states it counts.
-BAR: dict[str, tuple[str, ...]] = {segment: tuple(state.name for state in STATES if state.bar == segment)
-                                   for segment in BAR_SEGMENTS}
+#: Live bar segment -> the report states it counts (every state of a report is in one).
+BAR: dict[str, tuple[str, ...]] = {segment: tuple(state.name for state in STATES + OTHER_STATES
+                                                  if state.bar == segment) for segment in BAR_SEGMENTS}
 #: Outcomes that mean the member heard the message (follow-ups go only to them).
 RECEIVED: tuple[O, ...] = tuple(outcome for state in STATES if state.delivered for outcome in state.outcomes)
 

@@ -32,7 +32,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ivr.delivery.lines_store import CallerLines
-from ivr.delivery.members import DIALLING, Member, campaign_members, first_call_still_up
+from ivr.delivery.members import (DIALLING, Member, campaign_members, first_call_still_up, member_contacts,
+                                  message_defaults, reach_of)
 from ivr.delivery.outcome import answered_outcome
 from ivr.domain.message import check_transition
 from ivr.domain.schedule import due
@@ -57,6 +58,16 @@ class Pause:
 
     reason: str
     since: dt.datetime
+
+
+def _not_called_states(s: Session, campaign: Campaign, message: Message, copy_channels: tuple[str, str]) -> list[str]:
+    """How each member the dialer does not call ends (``ivr.delivery.report.reach_state``'s words):
+    ``confirmed`` (by SMS reply), ``text_only`` (written copies reach them) or ``no_channel``."""
+    members = [m for m in campaign_members(s, campaign, message) if not m.called]
+    contacts = member_contacts(s, [m.view.person_id for m in members])
+    reach = reach_of(s, message, members, contacts, message_defaults(message, *copy_channels))
+    return ["confirmed" if m.view.confirmed else "text_only" if reach[m.view.person_id] else "no_channel"
+            for m in members]
 
 
 def delivery_pause(s: Session) -> Pause | None:
@@ -124,10 +135,14 @@ class CampaignStart:
 class DeliveryDesk(CallerLines):
     """The database side of campaigns (and, from ``CallerLines``, of the lines people call in on)."""
 
-    def __init__(self, engine: Engine, store: RecordingStore, clock: Callable[[], dt.datetime] = utcnow) -> None:
+    def __init__(self, engine: Engine, store: RecordingStore, clock: Callable[[], dt.datetime] = utcnow,
+                 copy_channels: tuple[str, str] = ("voice+sms", "voice+email")) -> None:
         super().__init__(engine)
         self.store = store
         self.clock = clock
+        #: The settings' channels of a member who chose none, urgent and preventive
+        #: (``copy_channels_urgent``/``_preventive``): ``finish`` counts the members not called with them.
+        self.copy_channels = copy_channels
 
     # -- the hand-off from review -----------------------------------------------------------------
     async def start_campaign(self, message_id: int) -> CampaignStart | None:
@@ -391,6 +406,10 @@ class DeliveryDesk(CallerLines):
             counts: dict[str, int] = {}
             for outcome in finals.values():
                 counts[outcome] = counts.get(outcome, 0) + 1
+            # The members the dialer does not call are in no final outcome: counted as the report shows
+            # them (confirmed by SMS, text only, or nothing reaches them: no channel).
+            for state in _not_called_states(s, campaign, message, self.copy_channels):
+                counts[state] = counts.get(state, 0) + 1
             audit.record(s, "system", "campaign.done", f"campaign:{campaign_id}", **counts)
         await self.tx(work)
 

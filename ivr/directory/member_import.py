@@ -9,12 +9,17 @@ stays linked. A file with any error is refused whole, with every error line-numb
 Channels and e-mail (issue 17): a file with a ``channels`` or ``email`` column sets them (an empty
 cell: the zone's default channels, no address); a file without that column leaves them as they are,
 and a member's choice must still be one they can receive (SMS: a mobile number; e-mail: an address).
-A person reused from the directory keeps their own channels and address, like their name and numbers.
+A person reused from the directory keeps their name and numbers; the file's channels (or e-mail
+address) are theirs only if they have none of their own, and must reach them with their numbers;
+where they have their own, the plan's line says the file's were not applied. Every member whose
+channels or address an import changes gets an audit row of their own (``member.edit``, old and new,
+the address masked), as an edit by hand does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -54,6 +59,8 @@ class PlannedMember:
     phone: str
     person_id: int | None = None
     changes: tuple[str, ...] = ()
+    #: For a person reused from the directory: the file's values that are not applied (they have their own).
+    not_applied: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,12 +83,16 @@ class ImportPlan:
         """One line per household added, reused, changed or removed (numbers masked)."""
         out = [f"add      line {m.line:<4} {m.name}  {mask(m.phone)}"
                + (f"  ({', '.join(m.changes)})" if m.changes else "") for m in self.added]
-        out += [f"reuse    line {m.line:<4} {m.name}  {mask(m.phone)}  (person {m.person_id}, already in the "
-                "directory)" for m in self.reused]
+        out += [_reuse_line(m) for m in self.reused]
         out += [f"change   line {m.line:<4} {m.name}  {mask(m.phone)}  (person {m.person_id}: "
                 f"{', '.join(m.changes)})" for m in self.changed]
         out += [f"remove             {m.name}  {mask(m.phone)}  (person {m.person_id})" for m in self.removed]
         return out
+
+    def not_applied_lines(self) -> list[str]:
+        """The lines of people reused from the directory who keep their own channels or address (the
+        file's were not applied): said after an import too, not only in its plan."""
+        return [_reuse_line(m) for m in self.reused if m.not_applied]
 
     def summary(self) -> str:
         """``BIN 12: 1 added, ... (mode replace)``."""
@@ -90,6 +101,13 @@ class ImportPlan:
 
 
 IMPORT_MODES = ("replace", "merge")
+
+
+def _reuse_line(m: PlannedMember) -> str:
+    return (f"reuse    line {m.line:<4} {m.name}  {mask(m.phone)}  (person {m.person_id}, already in the directory"
+            + "".join(f"; {c}" for c in m.changes)
+            + (f"; the file's {' and '.join(m.not_applied)} not applied: the person has their own"
+               if m.not_applied else "") + ")")
 
 
 def _shown_channels(channels: str | None) -> str:
@@ -140,6 +158,41 @@ def _unreachable_choice(row: MemberRow, person: Person | None) -> str | None:
     return None
 
 
+def _reused_contact(person: Person, row: MemberRow) -> tuple[dict[str, str | None], tuple[str, ...], tuple[str, ...]]:
+    """What a reused person takes of the row's channels and e-mail: (values to set, the changes as the
+    plan shows them, the file's values not applied). Only what the person has none of is taken."""
+    values: dict[str, str | None] = {}
+    changes: list[str] = []
+    not_applied: list[str] = []
+    if "channels" in row.given and row.channels != person.channels:
+        if person.channels is None:
+            values["channels"] = row.channels
+            changes.append(f"channels {_shown_channels(None)} -> {_shown_channels(row.channels)}")
+        else:
+            not_applied.append("channels")
+    if "email" in row.given and row.email != person.email:
+        if person.email is None:
+            values["email"] = row.email
+            changes.append(f"e-mail {_shown_email(None)} -> {_shown_email(row.email)}")
+        else:
+            not_applied.append("e-mail")
+    return values, tuple(changes), tuple(not_applied)
+
+
+def _unreachable_for_reused(person: Person, values: dict[str, str | None]) -> str | None:
+    """Why the channels a reused person would have cannot reach them with their own numbers, or ``None``."""
+    if not values:
+        return None
+    channels = values.get("channels", person.channels)
+    missing = unreachable_channels(channels, tuple(n.e164 for n in person.phones), values.get("email", person.email))
+    if Channel.SMS in missing:
+        return (f"channels {channels}: SMS needs a mobile number, and person {person.id} (already in the directory, "
+                "who keeps their numbers) has none")
+    if Channel.EMAIL in missing:
+        return f"channels {channels}: e-mail needs an address, and person {person.id} would have none"
+    return None
+
+
 def plan_member_import(session: Session, bin_: Bin, rows: list[MemberRow], mode: str = "replace") -> ImportPlan:
     """What importing ``rows`` into ``bin_`` would change (reads only). ``replace``: the file is the
     whole list, members not in it are removed; ``merge``: add and update, never remove.
@@ -182,7 +235,10 @@ def plan_member_import(session: Session, bin_: Bin, rows: list[MemberRow], mode:
             PhoneNumber.e164 == row.phone, PhoneNumber.rank == PhoneRank.PRIMARY, Person.active.is_(True))
             .order_by(Person.id)).first()
         if known is not None:
-            reused.append(PlannedMember(row.line, row.name, row.phone, known.id))
+            values, changes, not_applied = _reused_contact(known, row)
+            if (unreachable := _unreachable_for_reused(known, values)) is not None:
+                errors.append(LineError(row.line, unreachable))
+            reused.append(PlannedMember(row.line, row.name, row.phone, known.id, changes, not_applied))
         else:
             if (unreachable := _unreachable_choice(row, None)) is not None:
                 errors.append(LineError(row.line, unreachable))
@@ -204,13 +260,20 @@ def apply_member_import(session: Session, bin_: Bin, rows: list[MemberRow], plan
         row = by_line[planned.line]
         new_member(session, bin_, Household(row.name, row.street, row.language or bin_.language, row.phone,
                                             row.second_phone, row.channels, row.email))
+    contact_changes: dict[int, dict[str, Any]] = {}
     for planned in plan.reused:
-        # The same person joins this BIN's members; their name and numbers stay theirs.
+        # The same person joins this BIN's members; their name and numbers stay theirs, and so do
+        # their channels and address if they have their own (``_reused_contact``).
         person = session.get_one(Person, planned.person_id)  # held: the collection's events need their owner
         person.roles.append(RoleAssignment(role=Role.MEMBER, bin_id=bin_.id))
+        values, _, _ = _reused_contact(person, by_line[planned.line])
+        contact_changes[person.id] = _contact_change(person, values)
+        for key, value in values.items():
+            setattr(person, key, value)
     for planned in plan.changed:
         row = by_line[planned.line]
         person = session.get_one(Person, planned.person_id)
+        contact_changes[person.id] = _contact_change(person, {key: getattr(row, key) for key in row.given})
         person.name = row.name
         person.street = row.street
         person.language = row.language or bin_.language
@@ -226,11 +289,24 @@ def apply_member_import(session: Session, bin_: Bin, rows: list[MemberRow], plan
     session.flush()
     result = ImportResult(len(plan.added) + len(plan.reused), len(plan.changed) + len(plan.unchanged),
                           len(plan.removed))
-    contact = sum(1 for m in plan.changed if any(c.startswith(("channels ", "e-mail ")) for c in m.changes))
+    changed = {pid: change for pid, change in contact_changes.items() if change}
     audit.record(session, actor, "members.import", f"bin:{bin_.number}", added=result.added,
                  updated=result.updated, removed=result.removed, reused=len(plan.reused), mode=plan.mode,
-                 channels_or_email_changed=contact)
+                 channels_or_email_changed=len(changed))
+    for pid, change in sorted(changed.items()):
+        audit.record(session, actor, "member.edit", f"person:{pid}", bin=bin_.number, via="import", **change)
     return result
+
+
+def _contact_change(person: Person, values: dict[str, Any]) -> dict[str, Any]:
+    """The channels and e-mail address ``values`` change of ``person``, as ``member.edit`` rows show them:
+    [old, new], the address masked."""
+    change: dict[str, Any] = {}
+    if "channels" in values and values["channels"] != person.channels:
+        change["channels"] = [person.channels, values["channels"]]
+    if "email" in values and values["email"] != person.email:
+        change["email"] = [mask_email(e) if e else None for e in (person.email, values["email"])]
+    return change
 
 
 def import_members(session: Session, bin_: Bin, rows: list[MemberRow], actor: str,

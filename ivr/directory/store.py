@@ -279,6 +279,8 @@ def save_member(s: Session, person_id: int, household: Household, actor: str) ->
 #: The opt-outs a member can have, by the channel they stop, with the column that holds each.
 OPT_OUTS: dict[Channel, str] = {Channel.VOICE: "calls_opt_out_at", Channel.SMS: "sms_opt_out_at",
                                 Channel.EMAIL: "email_opt_out_at"}
+#: How each opt-out is named where people read it (``--clear-opt-out calls``, ``members show --json``).
+OPT_OUT_NAMES: dict[Channel, str] = {Channel.VOICE: "calls", Channel.SMS: "sms", Channel.EMAIL: "email"}
 
 
 def opt_outs(person: Person) -> dict[Channel, dt.datetime]:
@@ -311,7 +313,7 @@ def member_as_dict(s: Session, person: Person, show_numbers: bool = False) -> di
             "window": f"{person.call_window_start}-{person.call_window_end}" if person.call_window_start else None,
             "pause": f"{person.pause_from}..{person.pause_until}" if person.pause_from else None,
             "channels": person.channels, "email": email,
-            "opted_out": {c.value: when.isoformat() for c, when in opt_outs(person).items()}}
+            "opted_out": {OPT_OUT_NAMES[c]: when.isoformat() for c, when in opt_outs(person).items()}}
 
 
 def remove_member(s: Session, person: Person, bin_: Bin, actor: str) -> None:

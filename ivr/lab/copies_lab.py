@@ -4,6 +4,13 @@ point the service at them, as a police zone's settings point it at Kannel and th
 Used by the demo and by the tests: the service runs exactly as in production (its own sendsms account,
 its password in a 0600 file, the callback listener on loopback, STARTTLS and AUTH towards the relay);
 only the far ends (the SMSC, the mailboxes) are the lab's.
+
+The callback port is drawn when the lab is made and Kannel is told it before the service listens there,
+so it is reserved meanwhile: a socket bound to it with SO_REUSEADDR, never listening, held until
+``stop``. No other process can bind the port then (nor does the kernel give it to an outgoing
+connection), but the service's listener can: it binds with SO_REUSEADDR too
+(``ivr.copies.callbacks.KannelCallbacks``), which Linux allows beside a bound socket that does not
+listen. A service restarted during the lab (a crash test) finds its port still free.
 """
 
 from __future__ import annotations
@@ -22,10 +29,12 @@ from ivr.lab.smtp import SmtpLab
 LAB_EMAIL_FROM = "bin@politie.lab.invalid"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def reserve_port() -> socket.socket:
+    """A loopback TCP port held for a listener that binds it with SO_REUSEADDR (see the module)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 def _secret_file(path: Path, value: str) -> Path:
@@ -43,7 +52,8 @@ class CopiesLab:
 
     def __init__(self, data_dir: Path, *, refused_emails: frozenset[str] = frozenset()) -> None:
         self.data_dir = data_dir
-        self.callback_port = _free_port()
+        self._reservation: socket.socket | None = reserve_port()
+        self.callback_port = int(self._reservation.getsockname()[1])
         self.key = load_copies_key(data_dir / "copies.key")
         self.kannel = KannelLab(f"http://127.0.0.1:{self.callback_port}", mo_token(self.key))
         self.smtp = SmtpLab(refused=refused_emails)
@@ -59,9 +69,12 @@ class CopiesLab:
         return self
 
     def stop(self) -> None:
-        """Stop both (idempotent)."""
+        """Stop both and give the callback port up (idempotent)."""
         self.kannel.stop()
         self.smtp.stop()
+        if self._reservation is not None:
+            self._reservation.close()
+            self._reservation = None
 
     def __enter__(self) -> Self:
         return self.start()

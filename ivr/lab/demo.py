@@ -222,22 +222,22 @@ async def _binfoon1(lab: PhoneLab, settings: Settings, say: Any, database: str |
     say(f"directory in {where} ({engine.dialect.name}): zone Gent, BIN 12 Kerkwijk with {len(people)} member households, an officer "
         "(PIN drawn for this run), a coordinator")
     say("  members' channels: " + ", ".join(f"{n} {c}" for c, n in sorted(Counter(choices.values()).items())))
+    spoken_text = text("demo_police_alert")
+    spoken = await asyncio.to_thread(synthesize, spoken_text, "nl", demo_dir / "officer-alert.wav")
+    say(f"the officer's alert, spoken by espeak-ng: {spoken}")
     texts = CopiesLab(demo_dir)
     await asyncio.to_thread(texts.start)
     say(f"text network up: Kannel (bearerbox + smsbox, fake SMSC) at {texts.kannel.sendsms_url}, "
         f"SMTP relay 127.0.0.1:{texts.smtp.port} (STARTTLS, AUTH)")
-    spoken_text = text("demo_police_alert")
-    spoken = await asyncio.to_thread(synthesize, spoken_text, "nl", demo_dir / "officer-alert.wav")
-    say(f"the officer's alert, spoken by espeak-ng: {spoken}")
     # Demo pace: retries after 10 s instead of 5 minutes, so the whole chain fits in a few minutes.
     # The ladder's SMS after 5 s instead of 15 minutes.
     config = dataclasses.replace(settings, data_dir=demo_dir, review_ring_timeout_s=20.0, member_ring_timeout_s=8.0,
                                  urgent_retry_after_s=10.0, no_key_retry_after_s=10.0, max_channels=10,
                                  ladder_after_s=LADDER_AFTER_S, **texts.settings())
     timeline = Timeline()
-    app = BinfoonApp.on_instance(config, engine, lab.asterisk, lab.ami, lab.app, dial_template=lab.dial_template,
-                                 observer=timeline)
     try:
+        app = BinfoonApp.on_instance(config, engine, lab.asterisk, lab.ami, lab.app, dial_template=lab.dial_template,
+                                     observer=timeline)
         await app.start()
     except BaseException:
         await asyncio.to_thread(texts.stop)
@@ -426,19 +426,27 @@ async def _copies(app: Any, engine: Any, message_id: int | None, people: dict[in
     mails = texts.smtp.messages
     with_audio = sum(1 for m in mails if any(part.get_content_type().startswith("audio/")
                                              for part in m.message.iter_attachments()))
+    numbers = _first_numbers(engine, people)
+    addresses = {p: f"huishouden{i}@kerkwijk.demo.invalid" for i, p in enumerate(sorted(people), start=1)}
+    # Who received, as the SMSC and the relay saw it, against whom the channels and scripts name.
+    sms_to_right_members = sorted(m.receiver for m in received) == sorted(numbers[p] for p in sms_by_choice | ladder)
+    email_to_right_members = sorted(a for m in mails for a in m.rcpt_tos) == sorted(addresses[p] for p in email_wanted)
     measured = {
         "sms": {"copies": len(sms), "by_choice": sum(c.reason is not CopyReason.LADDER for c in sms),
                 "ladder": sum(c.reason is CopyReason.LADDER for c in sms),
                 "received_by_smsc": len(received),
-                "delivered_reports": sum(c.status is CopyStatus.DELIVERED for c in sms)},
+                "delivered_reports": sum(c.status is CopyStatus.DELIVERED for c in sms),
+                "to_the_right_members": sms_to_right_members},
         "email": {"copies": len(emails), "accepted_by_relay": len(mails), "with_audio": with_audio,
-                  "sent": sum(c.status is CopyStatus.SENT for c in emails)},
+                  "sent": sum(c.status is CopyStatus.SENT for c in emails),
+                  "to_the_right_members": email_to_right_members},
     }
     expected = {
         "sms": {"copies": len(sms_by_choice | ladder), "by_choice": len(sms_by_choice), "ladder": len(ladder),
-                "received_by_smsc": len(sms_by_choice | ladder), "delivered_reports": len(sms_by_choice | ladder)},
+                "received_by_smsc": len(sms_by_choice | ladder), "delivered_reports": len(sms_by_choice | ladder),
+                "to_the_right_members": True},
         "email": {"copies": len(email_wanted), "accepted_by_relay": len(email_wanted), "with_audio": len(email_wanted),
-                  "sent": len(email_wanted)},
+                  "sent": len(email_wanted), "to_the_right_members": True},
     }
     if confirmed & ladder:
         say(f"  NOTE: {len(confirmed & ladder)} member(s) scripted not to confirm did confirm")
@@ -447,3 +455,16 @@ async def _copies(app: Any, engine: Any, message_id: int | None, people: dict[in
         f"e-mail: {measured['email']['accepted_by_relay']} accepted by the relay, {with_audio} with the audio; "
         f"expected {expected}")
     return measured, expected
+
+
+def _first_numbers(engine: Any, people: dict[int, Any]) -> dict[int, str]:
+    """Each member's primary number (where the demo's SMS go: they are all mobile)."""
+    from sqlalchemy import select
+
+    from ivr.domain.vocabulary import PhoneRank
+    from storage.db import session_scope
+    from storage.models import PhoneNumber
+
+    with session_scope(engine) as s:
+        return {p.person_id: p.e164 for p in s.scalars(select(PhoneNumber).where(
+            PhoneNumber.person_id.in_(list(people)), PhoneNumber.rank == PhoneRank.PRIMARY))}

@@ -10,10 +10,13 @@ and reply service) with the operator's SMPP account replaced by two fake SMSC gr
   bearerbox counted the message). Nothing is ever routed out through it (``allowed-smsc-id`` names
   an id no SMS carries), so every SMS goes to ``lab-mt``.
 
-Everything is private: its own run directory, configuration and random free loopback ports (never
-/etc/kannel, never a system bearerbox's 13000-13013). Each process runs in its own session and is
-ended by its process group; ``stop`` is idempotent, ``with KannelLab(...) as kannel:`` starts and stops
-it, and labs still running when the interpreter exits are stopped then.
+Everything is private: its own run directory, configuration, passwords (admin, status, sendsms) and
+random free loopback ports (never /etc/kannel, never a system bearerbox's 13000-13013). Each process runs
+in its own session and is ended by its process group; ``stop`` is idempotent, ``with KannelLab(...) as
+kannel:`` starts and stops it, and labs still running when the interpreter exits are stopped then. An
+interpreter killed outright (a pytest-xdist worker, SIGKILL) leaves nothing either: every process is
+told SIGTERM when it dies (``PR_SET_PDEATHSIG``). The boxes log at info level (debug would dump every
+message whole) to ``log/`` in the run directory.
 
 Why a reply may come late, seen while building this: smsbox fetches callbacks over kept-alive
 connections, several at once, so a receiver that serves one connection at a time stalls the others
@@ -25,8 +28,10 @@ connected waits in bearerbox (``start`` returns only once smsbox is connected).
 from __future__ import annotations
 
 import atexit
+import ctypes
 import datetime as dt
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -41,6 +46,7 @@ import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Self
@@ -60,6 +66,12 @@ _FORM = re.compile(r"^(\S+) (\S+) (text|data|ucs-2|udh) (.*)$", re.DOTALL)
 _UDH_FORM = re.compile(r"^(\S+) data (\S*)$")
 _RCVD = re.compile(r"rcvd: sms (\d+)")
 _PORT_TAKEN = "Address already in use"
+#: Kannel's log levels: 0 debug, 1 info, 2 warning. Info: what the lab's post-mortems need.
+LOG_LEVEL = 1
+#: prctl(2): the signal a child gets when the thread that started it ends.
+_PR_SET_PDEATHSIG = 1
+#: Loaded before any fork: the child only calls into it between fork and exec.
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class KannelLabError(RuntimeError):
@@ -192,6 +204,51 @@ class _Inbox:
         self.changed.notify_all()
 
 
+def _dies_with(parent: int) -> Callable[[], None]:
+    """The ``preexec_fn`` that makes a child end (SIGTERM) when ``parent``, this process, ends however."""
+
+    def preexec() -> None:
+        _LIBC.prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGTERM), ctypes.c_ulong(0),
+                    ctypes.c_ulong(0), ctypes.c_ulong(0))
+        if os.getppid() != parent:  # the parent died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+class _Spawner:
+    """Starts the lab's processes from one thread that lives as long as the interpreter: a child's
+    PR_SET_PDEATHSIG fires when the *thread* that forked it ends, and labs are started from worker
+    threads (``asyncio.to_thread``) that end with their event loop, long before the lab is stopped."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[subprocess.Popen[bytes]], list[str], dict[str, Any]]] = \
+            queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, command: list[str], **options: Any) -> subprocess.Popen[bytes]:
+        """``subprocess.Popen(command, **options)``, forked from the spawner's thread, ending with us."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="kannel-lab-spawner", daemon=True)
+                self._thread.start()
+        started: Future[subprocess.Popen[bytes]] = Future()
+        self._jobs.put((started, command, options))
+        return started.result()
+
+    def _run(self) -> None:
+        while True:
+            started, command, options = self._jobs.get()
+            try:
+                # Between fork and exec the child only calls prctl, through a libc loaded before any fork.
+                started.set_result(subprocess.Popen(command, preexec_fn=_dies_with(os.getpid()),  # noqa: PLW1509
+                                                    **options))
+            except Exception as exc:  # noqa: BLE001 - whatever it is, the caller raises it (never a hang)
+                started.set_exception(exc)
+
+
+_spawner = _Spawner()
 _running: weakref.WeakSet[KannelLab] = weakref.WeakSet()
 
 
@@ -221,6 +278,8 @@ class KannelLab:
         # Hex: never the word Kannel's configuration takes for a directive.
         self.password = secrets.token_hex(16)
         self._admin_password = secrets.token_hex(16)
+        #: What bearerbox's status pages ask for (``/status``, ``/store-status``).
+        self.status_password = secrets.token_hex(16)
         self._given_dir = run_dir
         self.run_dir: Path | None = None
         self.admin_port = self.smsbox_port = self.sendsms_port = self.mt_port = self.mo_port = 0
@@ -247,12 +306,13 @@ class KannelLab:
     def config(self) -> str:
         """The lab's Kannel configuration (production's groups, fake SMSCs instead of the SMPP account)."""
         assert self.run_dir is not None
-        setup = KannelSetup(admin_password=self._admin_password, username=self.username, password=self.password,
+        setup = KannelSetup(admin_password=self._admin_password, status_password=self.status_password,
+                            username=self.username, password=self.password,
                             callback_base=self.callback_base, mo_token=self.mo_token,
                             spool_dir=self.run_dir / "spool", log_dir=self.run_dir / "log",
                             admin_port=self.admin_port, smsbox_port=self.smsbox_port, sendsms_port=self.sendsms_port,
                             http_request_retry=self.http_request_retry, http_queue_delay=self.http_queue_delay_s,
-                            bearerbox_log_level=0, smsbox_log_level=0)
+                            bearerbox_log_level=LOG_LEVEL, smsbox_log_level=LOG_LEVEL)
         fake = (("smsc", "fake"), ("our-host", HOST), ("connect-allow-ip", HOST))
         groups = gateway_groups(setup)
         groups[1:1] = [Group("smsc", (*fake, ("smsc-id", MT_SMSC), ("port", self.mt_port))),
@@ -374,7 +434,7 @@ class KannelLab:
         with self._mo_lock:
             before = self._mo_count()
             deadline = time.monotonic() + timeout_s
-            process = subprocess.Popen(
+            process = _spawner.popen(
                 [str(FAKESMSC), "-H", HOST, "-r", str(self.mo_port), "-m", "1", "-i", "0",
                  f"{from_e164} {to_e164} text {text}"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -445,16 +505,16 @@ class KannelLab:
         assert self.run_dir is not None
         out_path = self.run_dir / "log" / f"{name}.out"
         if reader:
-            process = subprocess.Popen(command, cwd=self.run_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = _spawner.popen(command, cwd=self.run_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
             assert process.stdout is not None
             self._reader = threading.Thread(target=self._read, args=(process.stdout, out_path),
                                             name=f"kannel-lab-{name}", daemon=True)
             self._reader.start()
         else:
             with out_path.open("ab") as out:
-                process = subprocess.Popen(command, cwd=self.run_dir, stdin=subprocess.DEVNULL, stdout=out,
-                                           stderr=subprocess.STDOUT, start_new_session=True)
+                process = _spawner.popen(command, cwd=self.run_dir, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         self._processes[name] = process
 
     def _read(self, stream: IO[bytes], copy_to: Path) -> None:

@@ -4,8 +4,12 @@ It behaves like the relay a zone would give us, so ``SmtpMailer`` is tested as i
 - STARTTLS with a certificate for ``localhost`` / ``127.0.0.1``, signed by a CA made for this relay
   (``ca_file``: what the mailer is told to trust); nothing but EHLO, STARTTLS and QUIT before TLS;
 - AUTH (PLAIN, LOGIN) required, only inside TLS, with a password drawn per relay;
-- addresses in ``refused`` get ``550`` at RCPT (a bounce); every accepted message is kept, parsed,
-  with its envelope, in a list the tests read while the relay's thread appends to it;
+- addresses in ``refused`` get ``550 5.1.1`` at RCPT (a bounce), those in ``rcpt_answers`` the answer
+  given there; with ``deny_relay`` every RCPT gets ``554 5.7.1 Relay access denied`` (a relay that
+  does not take our mail at all); every accepted message is kept, parsed, with its envelope, in a
+  list the tests read while the relay's thread appends to it;
+- ``answer_data`` cleared: a message is kept (queued) but its "250" held back until it is set again,
+  as a relay that queued a message and then went silent;
 - ``security="tls"`` listens with implicit TLS instead, ``security="none"`` with neither TLS nor AUTH
   (a relay that does not offer STARTTLS, which the mailer must refuse to use).
 
@@ -14,6 +18,7 @@ Start and stop are idempotent; ``with SmtpLab() as relay:`` starts and stops it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email
 import email.policy
@@ -115,8 +120,12 @@ class _Handler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
+        if self.lab.deny_relay:
+            return f"554 5.7.1 <{address}>: Relay access denied"
         if address.lower() in self.lab.refused:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table"
+        if address.lower() in self.lab.rcpt_answers:
+            return self.lab.rcpt_answers[address.lower()]
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
 
@@ -128,6 +137,8 @@ class _Handler:
         tls = server.transport is not None and server.transport.get_extra_info("ssl_object") is not None
         self.lab._received(Received(str(envelope.mail_from), tuple(envelope.rcpt_tos), parsed, queue_id, tls,
                                     bool(session.authenticated)))
+        while not self.lab.answer_data.is_set():  # queued, the answer held back
+            await asyncio.sleep(0.02)
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
 
@@ -151,7 +162,7 @@ class SmtpLab:
     """A real SMTP relay on 127.0.0.1 (see the module's rules)."""
 
     def __init__(self, security: str = "starttls", username: str = "binfoon-lab",
-                 refused: set[str] | frozenset[str] = frozenset()) -> None:
+                 refused: set[str] | frozenset[str] = frozenset(), *, deny_relay: bool = False) -> None:
         if security not in ("starttls", "tls", "none"):
             raise ValueError(f"security must be starttls, tls or none, not {security!r}")
         self.security = security
@@ -161,6 +172,13 @@ class SmtpLab:
         self.password = secrets.token_urlsafe(18) if security != "none" else ""
         #: Recipients refused with 550 at RCPT (lower case); change it while the relay runs.
         self.refused: set[str] = {address.lower() for address in refused}
+        #: Other answers to RCPT per recipient (lower case), e.g. "552 5.2.2 Mailbox full".
+        self.rcpt_answers: dict[str, str] = {}
+        #: Every RCPT refused "554 5.7.1 Relay access denied" (a relay that takes none of our mail).
+        self.deny_relay = deny_relay
+        #: Cleared: messages are queued but their "250" is held back until it is set again.
+        self.answer_data = threading.Event()
+        self.answer_data.set()
         self.ca_file: Path | None = None
         self._folder: Path | None = None
         self._controller: _Controller | None = None
@@ -201,6 +219,7 @@ class SmtpLab:
 
     def stop(self) -> None:
         """Stop listening and remove the certificates (a second stop does nothing)."""
+        self.answer_data.set()
         controller, self._controller = self._controller, None
         if controller is not None:
             controller.stop(no_assert=True)

@@ -93,7 +93,7 @@ async def test_a_drill_of_forty_members_reaches_them_as_scripted(drill_lab: Phon
                     "reached": sum(1 for c in people.values() if REACH_STATE[c.expected] != "not_reached"),
                     "confirmed": sum(1 for c in people.values() if c.expected == "confirmed"),
                     "not_reached": sum(1 for c in people.values() if REACH_STATE[c.expected] == "not_reached"),
-                    "pending": 0,
+                    "pending": 0, "not_called": 0,  # every member of this drill is called
                     "wrong_numbers": sum(1 for c in people.values() if _wrong_number_expected(c))}
         assert report.counts() == expected
         found = {w.person_id: w.why for w in report.wrong_numbers}

@@ -1,7 +1,9 @@
 """The SMS edge against the real Kannel (Debian's bearerbox and smsbox, with fakesmsc as the SMSCs):
 what ``KannelGateway`` sends arrives with its exact text and numbers, in the parts we count; delivery
-reports and members' replies come back to a loopback receiver, signed; Kannel away is ``SendFailed``,
-a refused request ``SendRefused``; and the production configuration is one the real bearerbox reads."""
+reports and members' replies come back to a loopback receiver, signed; Kannel away or refusing the
+account is ``SendFailed``, no answer once the request went ``SendUncertain``; the status pages need their
+password; the lab leaves no process behind even when its interpreter is killed; and the production
+configuration is one the real bearerbox reads."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -24,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from ivr.config import load_settings
-from ivr.copies.gateways import SendFailed, SendRefused, SmsCopy
+from ivr.copies.gateways import SendFailed, SendUncertain, SmsCopy
 from ivr.copies.kannel import DLR_PURPOSE, dlr_signer, kannel_config, mo_token
 from ivr.copies.sms_text import SmsContent, SmsText, compose_sms, count_segments
 from ivr.copies.tokens import verify
@@ -116,20 +119,23 @@ async def test_copies_arrive_exactly_and_their_delivery_reports_come_back_signed
     long = sms_text("Inbraakpoging {achterdeur} [Kerkstraat 12] ~ 23u; signalement: 1m80, grijze jas, zwarte "
                     "rugzak, vlucht per fiets richting station. Wees waakzaam, sluit ramen en deuren, meld "
                     "verdachte zaken aan de politie (101) en niet via sociale media. Dank u! " * 2)
-    unicode = sms_text("Un vélo volé à Győr… l'auteur porte un blouson « rouge ».", language="fr")
+    unicode = sms_text("Водитель белого фургона… «красный» 🚓", language="fr")
+    # Letters GSM-7 has no code for are written as their look-alikes: French stays GSM-7.
+    french = sms_text("Fête à l'hôtel: façade brûlée, cœur du quartier, l'île et la forêt fermées.", language="fr")
     assert (short.segments, short.unicode) == (1, False)
     assert (long.segments, long.unicode) == (2, False) and "{" in long.text and "€" not in long.text
     assert unicode.unicode is True
+    assert french.unicode is False and "Fete à l'hotel: facade brulée, coeur" in french.text
     sent = {"copy-short": ("+32470000001", short), "copy-long": ("+32470000002", long),
-            "copy-ucs2": ("+32470000003", unicode)}
+            "copy-ucs2": ("+32470000003", unicode), "copy-french": ("+32470000004", french)}
     for copy_id, (to, text) in sent.items():
         answer = await gateway.send(SmsCopy(copy_id=copy_id, to=to, sender=SENDER, text=text.text,
                                             unicode=text.unicode))
         assert answer == "0: Accepted for delivery"
 
-    arrived = await asyncio.to_thread(kannel.wait_for, 3, 60)
+    arrived = await asyncio.to_thread(kannel.wait_for, len(sent), 60)
     by_number = {sms.receiver: sms for sms in arrived}
-    assert len(arrived) == 3 and set(by_number) == {to for to, _ in sent.values()}
+    assert len(arrived) == len(sent) and set(by_number) == {to for to, _ in sent.values()}
     for to, text in sent.values():
         got = by_number[to]
         assert got.sender == SENDER
@@ -147,7 +153,7 @@ async def test_copies_arrive_exactly_and_their_delivery_reports_come_back_signed
 
     await until(lambda: reports() == {copy_id: {"8", "1"} for copy_id in sent}, 60, "two reports per copy")
     await asyncio.sleep(0.5)
-    assert len(receiver.of("/kannel/dlr")) == 6  # one of each per copy, a 2-part SMS included
+    assert len(receiver.of("/kannel/dlr")) == 2 * len(sent)  # one of each per copy, a 2-part SMS included
 
 
 @pytest.mark.parametrize(("text", "parts", "unicode"), [
@@ -214,11 +220,76 @@ async def test_kannel_away_is_a_passing_failure(receiver: Receiver) -> None:
         await gateway.send(SmsCopy(copy_id="copy-1", to="+32470000001", sender=SENDER, text="Hallo"))
 
 
-async def test_a_refused_request_is_refused_for_good(kannel: KannelLab) -> None:
+async def test_a_refused_account_is_a_passing_failure(kannel: KannelLab) -> None:
+    # A wrong sendsms password refuses every copy alike: the gateway's state, not this copy's.
     gateway = kannel.gateway(dlr_signer(KEY), password="not-the-password")
-    with pytest.raises(SendRefused, match="403.*Authorization failed"):
+    with pytest.raises(SendFailed, match="403.*Authorization failed"):
         await gateway.send(SmsCopy(copy_id="copy-1", to="+32470000001", sender=SENDER, text="Hallo"))
     assert kannel.messages == []
+
+
+async def test_no_answer_once_the_request_went_is_uncertain_and_the_sms_may_go(kannel: KannelLab) -> None:
+    bearerbox = kannel._processes["bearerbox"]
+    gateway = kannel.gateway(dlr_signer(KEY), timeout=2)
+    # smsbox takes the request and hands it to bearerbox, which does not answer (yet): nor does smsbox.
+    os.kill(bearerbox.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(SendUncertain, match="no answer after the request was sent"):
+            await gateway.send(SmsCopy(copy_id="copy-1", to="+32470000001", sender=SENDER, text="Hallo"))
+    finally:
+        os.kill(bearerbox.pid, signal.SIGCONT)
+    # The SMS goes after all: sending it again at once would have sent two.
+    (got,) = await asyncio.to_thread(kannel.wait_for, 1, 60)
+    assert (got.receiver, got.text) == ("+32470000001", "Hallo")
+
+
+def test_the_status_pages_need_their_password(kannel: KannelLab) -> None:
+    base = f"http://127.0.0.1:{kannel.admin_port}"
+    for page in ("store-status.txt", "status.txt", "store-status.xml"):
+        for query in ("", "?password=wrong", f"?password={kannel.status_password[:-1]}"):
+            status, shown = _get(f"{base}/{page}{query}")
+            assert "Denied" in shown and len(shown) < 80, (page, query)
+    status, shown = _get(f"{base}/store-status.txt?password={kannel.status_password}")
+    assert status == 200 and "Denied" not in shown
+    assert _get(f"{base}/status.txt?password={kannel.status_password}")[1].startswith("Kannel bearerbox version")
+    # The status password reads; it does not command.
+    assert "Denied" in _get(f"{base}/shutdown?password={kannel.status_password}")[1]
+    assert kannel.running
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has ended (a zombie nobody reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+async def test_a_killed_interpreter_leaves_no_kannel_behind(receiver: Receiver) -> None:
+    # Started from a thread that has ended by then (as asyncio.to_thread does), in an interpreter that
+    # is then killed outright (as a pytest-xdist worker may be): its atexit never runs.
+    script = (
+        "import sys, threading, time\n"
+        "from ivr.lab.kannel import KannelLab\n"
+        f"lab = KannelLab({receiver.base!r}, {MO_TOKEN!r})\n"
+        "starter = threading.Thread(target=lab.start)\n"
+        "starter.start(); starter.join()\n"
+        "assert lab.status()\n"
+        "print(' '.join(str(p.pid) for p in lab._processes.values()), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    python = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=subprocess.PIPE,
+                                                  cwd=Path(__file__).parents[2])
+    try:
+        assert python.stdout is not None
+        line = await asyncio.wait_for(python.stdout.readline(), 90)
+        pids = [int(pid) for pid in line.split()]
+        assert len(pids) == 3 and not any(_gone(pid) for pid in pids)  # the starting thread's end ended nothing
+    finally:
+        python.kill()
+        await python.wait()
+    await until(lambda: all(_gone(pid) for pid in pids), 60, "bearerbox, smsbox and fakesmsc to end")
 
 
 def test_the_lab_leaves_no_process_behind(receiver: Receiver) -> None:
@@ -262,15 +333,17 @@ def test_the_production_configuration_is_read_by_the_real_bearerbox(tmp_path: Pa
                        smpp_host="127.0.0.1", smpp_port=smpp, smpp_system_id="binfoon01",
                        sms_sendsms_url=f"http://127.0.0.1:{sendsms_port}/cgi-bin/sendsms")
     # Quotes, backslashes, '#', '=' and spaces: the sendsms answer proves Kannel read it back exactly.
-    password, admin_password = f'p"a\\ss #=; w{secrets.token_hex(4)}\\', secrets.token_hex(8)
+    password = f'p"a\\ss #=; w{secrets.token_hex(4)}\\'
+    admin_password, status_password = secrets.token_hex(8), secrets.token_hex(8)
     (tmp_path / "spool" / "dlr").mkdir(parents=True)
     (tmp_path / "log").mkdir()
     conf = tmp_path / "kannel.conf"
     conf.write_text(kannel_config(settings, password, 'pw"with\\odd=chars', int(receiver.base.rsplit(":", 1)[1]),
-                                  MO_TOKEN, admin_password=admin_password, spool_dir=tmp_path / "spool",
+                                  MO_TOKEN, admin_password=admin_password, status_password=status_password,
+                                  spool_dir=tmp_path / "spool",
                                   log_dir=tmp_path / "log", admin_port=admin, smsbox_port=smsbox_port))
     boxes: list[subprocess.Popen[bytes]] = []
-    status_url = f"http://127.0.0.1:{admin}/status.txt?password={admin_password}"
+    status_url = f"http://127.0.0.1:{admin}/status.txt?password={status_password}"
 
     def wait(ready: Callable[[str], bool]) -> str:
         deadline = time.monotonic() + 60
@@ -302,6 +375,9 @@ def test_the_production_configuration_is_read_by_the_real_bearerbox(tmp_path: Pa
         assert sendsms(password) == (202, "3: Queued for later delivery")
         assert (tmp_path / "spool" / "binfoon.store").exists()
         assert sendsms(password[:-1])[0] == 403
+        # The queue's numbers and texts are for the status password only.
+        assert _get(f"http://127.0.0.1:{admin}/store-status.txt")[1].strip() == "Denied"
+        assert "+32470000001" in _get(f"http://127.0.0.1:{admin}/store-status.txt?password={status_password}")[1]
     finally:
         for box in reversed(boxes):
             if box.poll() is None:

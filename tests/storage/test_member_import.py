@@ -200,3 +200,61 @@ def test_channels_and_email_are_imported_kept_and_cleared(db_url: str) -> None:
                          .order_by(AuditEntry.id)).all()
         assert [r.details["channels_or_email_changed"] for r in rows] == [0, 0, 3]
     engine.dispose()
+
+
+def test_a_reused_person_takes_the_files_channels_only_without_their_own(db_url: str) -> None:
+    """A person already in the directory keeps their own channels and address (the plan says the file's
+    were not applied); one without takes the file's, if they reach them with their own numbers. Each
+    change of channels or address is audited per person (old and new, the address masked)."""
+    from ivr.directory.member_import import plan_member_import
+    from storage.models import AuditEntry
+
+    engine = _engine_with_bin(db_url)
+    _import(engine, (CHANNELS + "An,0470 12 34 56,,,\nPiet,0471 22 33 44,,voice,piet@voorbeeld.be\n"
+                                "Vaste lijn,09 123 45 67,,,\n").encode())
+    with session_scope(engine) as s:
+        s.add(Bin(number=13, name="Zuid", zone=s.scalars(select(PoliceZone)).one(), language=Language.NL))
+    ids = {name: pid for name, pid in _ids(engine).items()}
+    # The file's second number is a mobile, but a reused person keeps their own numbers: a landline.
+    landline_sms = (CHANNELS + "Vaste lijn,09 123 45 67,0472 00 11 22,sms,\n").encode()
+    with session_scope(engine) as s, pytest.raises(CsvImportError) as info:
+        plan_member_import(s, s.scalars(select(Bin).where(Bin.number == 13)).one(), parse_member_csv(landline_sms))
+    assert [str(e) for e in info.value.errors] == [
+        f"line 2: channels sms: SMS needs a mobile number, and person {ids['Vaste lijn']} (already in the "
+        "directory, who keeps their numbers) has none"]
+    data = (CHANNELS + "An,0470 12 34 56,,voice+sms,an@voorbeeld.be\n"
+                       "Piet,0471 22 33 44,,voice+email,p.peeters@voorbeeld.be\n").encode()
+    with session_scope(engine) as s:
+        zuid = s.scalars(select(Bin).where(Bin.number == 13)).one()
+        plan = plan_member_import(s, zuid, parse_member_csv(data))
+        assert [(m.name, m.changes, m.not_applied) for m in plan.reused] == [
+            ("An", ("channels zone default -> voice+sms", "e-mail none -> a***@voorbeeld.be"), ()),
+            ("Piet", (), ("channels", "e-mail"))]
+        assert plan.not_applied_lines() == [
+            f"reuse    line 3    Piet  +32******344  (person {ids['Piet']}, already in the directory; the file's "
+            "channels and e-mail not applied: the person has their own)"]
+        import_members(s, zuid, parse_member_csv(data), "test")
+    assert _contact(engine)["An"] == ("voice+sms", "an@voorbeeld.be")
+    assert _contact(engine)["Piet"] == ("voice", "piet@voorbeeld.be")
+    with session_scope(engine) as s:
+        edits = [(r.subject, r.details) for r in s.scalars(select(AuditEntry).where(
+            AuditEntry.action == "member.edit").order_by(AuditEntry.id))]
+        [summary] = s.scalars(select(AuditEntry).where(AuditEntry.action == "members.import",
+                                                       AuditEntry.subject == "bin:13")).all()
+    assert edits == [(f"person:{ids['An']}", {"bin": 13, "via": "import", "channels": [None, "voice+sms"],
+                                               "email": [None, "a***@voorbeeld.be"]})]
+    assert summary.details["channels_or_email_changed"] == 1 and summary.details["reused"] == 2
+    # A member of the BIN whose channels the file changes gets a row of their own too.
+    _import(engine, (CHANNELS + "An,0470 12 34 56,,voice+sms,an@voorbeeld.be\n"
+                                "Piet,0471 22 33 44,,voice+sms,piet@voorbeeld.be\n"
+                                "Vaste lijn,09 123 45 67,,,\n").encode())
+    with session_scope(engine) as s:
+        edits = [(r.subject, r.details) for r in s.scalars(select(AuditEntry).where(
+            AuditEntry.action == "member.edit").order_by(AuditEntry.id))][1:]
+    assert edits == [(f"person:{ids['Piet']}", {"bin": 12, "via": "import", "channels": ["voice", "voice+sms"]})]
+    engine.dispose()
+
+
+def _ids(engine: Engine) -> dict[str, int]:
+    with session_scope(engine) as s:
+        return {p.name: p.id for p in s.scalars(select(Person))}

@@ -31,6 +31,10 @@ def test_file_then_environment(tmp_path: Path) -> None:
         ("dial_template = 'PJSIP/trunk'\n", {}, "${NUMBER}"),
         ("asterisk_mode = 'docker'\n", {}, "asterisk_mode"),
         ("ring_timeout_s = \n", {}, "binfoon.toml"),
+        ("email_unsubscribe_url = 'http://bin.example.be/uit'\n", {}, "must start with https://"),
+        ("email_unsubscribe_url = 'https://bïn.example.be/uit'\n", {}, "plain ASCII"),
+        ("email_unsubscribe_url = 'https://bin.example.be/<uit>'\n", {}, "email_unsubscribe_url"),
+        ("copy_retry_for_s = 0\n", {}, "copy_retry_for_s > 0"),
     ],
 )
 def test_bad_settings_fail_clearly(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:
@@ -39,6 +43,13 @@ def test_bad_settings_fail_clearly(tmp_path: Path, toml: str, env: dict[str, str
     with pytest.raises(ConfigError, match=None) as info:
         load_settings(config, environ=env)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["https://bin.example.be/uitschrijven", "http://localhost:8480/uit",
+                                 "http://127.0.0.1/uit"])
+def test_an_unsubscribe_url_over_https_or_on_this_machine_is_taken(url: str) -> None:
+    settings = load_settings(environ={"BINFOON_CONFIG": os.devnull, "BINFOON_EMAIL_UNSUBSCRIBE_URL": url})
+    assert settings.email_unsubscribe_url == url and settings.email_attach_audio
 
 
 def test_yes_no_settings_from_file_and_environment(tmp_path: Path) -> None:

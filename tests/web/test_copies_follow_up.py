@@ -60,8 +60,13 @@ def test_the_board_shows_each_campaigns_copies(site: Site) -> None:
     assert item["copies"]["sms"]["delivered"] == 1 and item["copies"]["email"]["sent"] == 1
     assert sum(item["copies"]["sms"].values()) + sum(item["copies"]["email"].values()) == 2
     assert (item["copies"]["ladder"], item["copies"]["text_only"], item["copies"]["no_channel"]) == (1, 1, 0)
-    # The bar counts the calls: the text-only member is no one waiting for a call.
-    assert item["progress"] == {"members": 2, "confirmed": 0, "answering_machine": 0, "failed": 0, "waiting": 1}
+    # The text-only member is no one waiting for a call: a segment of their own, so the bar adds up.
+    assert item["progress"] == {"members": 2, "confirmed": 0, "answering_machine": 0, "failed": 0,
+                                "text_only": 1, "waiting": 1}
+    page = client.get("/").text
+    row = page[page.index(f'data-id="{message_id}"'):]
+    assert 'data-seg="text_only" style="width:50.0%"' in row and 'data-count="text_only">1<' in row
+    assert "enkel tekst (niet gebeld)" in row
     page = client.get("/").text
     assert "Sms: 1 afgeleverd · E-mail: 1 verstuurd · contactladder: 1 · enkel tekst: 1" in page
     client.get("/lang/fr", headers={"referer": "http://testserver/"})

@@ -132,7 +132,7 @@ async def test_officer_sends_a_typed_alert_and_watches_it_reach_the_members(
                     }});
                 }}""", arg=expected, timeout=120_000)
             widths = await row.locator("[data-seg]").evaluate_all("els => els.map(e => e.style.width)")
-            assert widths == ["60%", "0%", "40%", "0%"]
+            assert widths == ["60%", "0%", "40%", "0%", "0%"]  # confirmed, machine, failed, text only, waiting
             await page.wait_for_function(
                 f"""() => document.querySelector('#board tr[data-id="{message_id}"] [data-stage]')
                         .textContent.trim() === 'afgerond'""", timeout=30_000)

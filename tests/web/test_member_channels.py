@@ -151,20 +151,26 @@ def test_a_zone_s_default_channels_and_ladder_on_the_admin_page(site: Site) -> N
         s.add(colleague)
     form = {"csrf": token, "name": "Gent", "max_channels": "", "max_cps": "", "review_max_rounds": "",
             "review_mode": "sequential", "urgent_escalation": "auto_forward", "urgent_channels": "voice+sms+email",
-            "preventive_channels": "email", "ladder_sms": "no", "ladder_after_s": "600"}
+            "preventive_channels": "voice", "ladder_sms": "no", "ladder_after_s": "600"}
     assert client.post("/admin/zones/5415", data=form).status_code == 303
     with session_scope(site.engine) as s:
         zone = s.scalars(select(PoliceZone).where(PoliceZone.code == "5415")).one()
         assert (zone.urgent_channels, zone.preventive_channels, zone.ladder_sms, zone.ladder_after_s) == (
-            "voice+sms+email", "email", False, 600.0)
+            "voice+sms+email", "voice", False, 600.0)
     page = client.get("/admin/zones/5415").text
     assert '<option value="voice+sms+email" selected>' in page and '<option value="no" selected>' in page
     assert 'name="ladder_after_s" inputmode="decimal" value="600"' in page
     assert _audit(site, "zone.edited")[-1].details["urgent_channels"] == [None, "voice+sms+email"]
     before = dump(site.engine)
+    # The form offers no default without calls (voice always, unless a member opted out or chose text
+    # only); a forged one is refused all the same. A delay below 0 is said in the page's language.
+    assert '<option value="voice+sms+email"' in page and '<option value="sms' not in page
+    assert '<option value="email"' not in page
     for bad, why in [({"urgent_channels": "voice+fax"}, "fax&#39; is not a channel"),
+                     ({"preventive_channels": "sms+email"}, "sms+email leaves out calls"),
                      ({"ladder_sms": "maybe"}, "ladder_sms: yes or no"),
-                     ({"ladder_after_s": "-1"}, "ladder_after_s: a number of seconds"),
+                     ({"ladder_after_s": "-1"}, "Die sms na (seconden na de laatste oproep): een aantal seconden"),
+                     ({"ladder_after_s": "nan"}, "Die sms na (seconden na de laatste oproep): een aantal seconden"),
                      ({"ladder_after_s": "tien"}, "Die sms na")]:
         response = client.post("/admin/zones/5415", data={**form, **bad})
         assert response.status_code == 400 and why in response.text, why

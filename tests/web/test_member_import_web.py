@@ -128,3 +128,27 @@ def test_a_coordinator_of_another_bin_cannot_confirm_a_removal(site: Site) -> No
                      confirm_remove="yes")
     assert response.status_code in (403, 404)
     assert dump(site.engine) == before
+
+
+def test_a_person_already_known_keeps_their_own_channels_and_is_told_so(site: Site) -> None:
+    """Issue 17: the file's channels for someone already in the directory with a choice of their own are
+    not applied; the coordinator is told whose (a warning beside the import's figures)."""
+    from ivr.domain.vocabulary import PhoneRank
+    from storage.models import Bin, PhoneNumber
+    from tests.world import OTHER_ZONE_BIN
+
+    with session_scope(site.engine) as s:
+        known = Person(name="Jan Buur", channels="voice")
+        known.phones.append(PhoneNumber(rank=PhoneRank.PRIMARY, e164="+32470998877"))
+        elsewhere = s.scalars(select(Bin.id).where(Bin.number == OTHER_ZONE_BIN)).one()
+        known.roles.append(RoleAssignment(role=Role.MEMBER, bin_id=elsewhere))
+        s.add(known)
+        s.flush()
+        known_id = known.id
+    client = site.signed_in("coord12")
+    token = csrf_of(client.get("/bins/12").text)
+    assert _post(client, token, b"naam,telefoon,kanalen\nJan,0470 99 88 77,sms\n").status_code == 303
+    page = client.get("/bins/12").text
+    assert 'class="notice warn"' in page and "voor Jan zijn de waarden uit het bestand niet overgenomen" in page  # as the file names him
+    with session_scope(site.engine) as s:
+        assert s.get_one(Person, known_id).channels == "voice"

@@ -2,7 +2,8 @@
 ``ivr.directory.admin``). A zone asks for a second approver only if it has two active police (one
 speaks, the other approves). A zone's default channels per urgency and its contact ladder (issue 17)
 are its own or, when cleared (``None``), the settings' (``copy_channels_urgent``/``_preventive``,
-``ladder_sms``, ``ladder_after_s``); channels are stored as written by ``format_channels``."""
+``ladder_sms``, ``ladder_after_s``); channels are stored as written by ``format_channels`` and always
+include calls (voice always, unless a member opted out or chose text only)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ivr.directory.admin.checks import ZONE_ROLES, AdminError, check_name, get_b
 from ivr.directory.admin.persons import PersonRow, person_row
 from ivr.domain.actor import Actor
 from ivr.domain.channels import InvalidChannels, format_channels, parse_channels
-from ivr.domain.vocabulary import Escalation, ReviewMode, Role
+from ivr.domain.vocabulary import Channel, Escalation, ReviewMode, Role
 from storage import audit
 from storage.models import Bin, Person, PoliceZone, RoleAssignment
 
@@ -138,15 +139,22 @@ def _positive_float(field_name: str, value: Any) -> float | None:
 
 
 def _channels(field_name: str, value: Any) -> str | None:
-    """A channel choice as stored ("voice+sms"), from its written form; ``None`` clears it."""
+    """A zone's default channels as stored ("voice+sms"), from their written form; ``None`` clears them.
+    They always include calls: a member is called unless they opted out or chose text only
+    themselves (issue 17), so a zone cannot make its members text only."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise AdminError(f"{field_name}: channels such as voice+sms (or none)")
     try:
-        return format_channels(parse_channels(value))
+        chosen = parse_channels(value)
     except InvalidChannels as exc:
         raise AdminError(f"{field_name}: {exc}") from None
+    if Channel.VOICE not in chosen:
+        raise AdminError(f"{field_name}: {format_channels(chosen)} leaves out calls; a zone's defaults always "
+                         "include voice (voice, voice+sms, voice+email, voice+sms+email): members are called "
+                         "unless they opted out, and text only is a member's own choice")
+    return format_channels(chosen)
 
 
 def _seconds(field_name: str, value: Any) -> float | None:

@@ -12,6 +12,7 @@ session cookie (signed, not encrypted), a log or the audit log; the page is not 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -31,8 +32,9 @@ from storage.models import utcnow
 #: What the persons list can be filtered on (``state``: active, inactive or all).
 STATES = ("active", "inactive", "all")
 PERSON_ACTIONS = ("edit", "deactivate", "activate", "role_add", "role_remove", "unlock", "pin_reset")
-#: The channel choices a zone's form offers: every set, as ``format_channels`` writes it, calls first.
-CHANNEL_CHOICES = ("voice", "voice+sms", "voice+email", "voice+sms+email", "sms", "email", "sms+email")
+#: The channel choices a zone's form offers, as ``format_channels`` writes them: every set with calls
+#: (a zone's defaults always include them; text only is a member's own choice).
+CHANNEL_CHOICES = ("voice", "voice+sms", "voice+email", "voice+sms+email")
 
 
 def actor_of(viewer: Viewer) -> Actor:
@@ -225,6 +227,8 @@ class AdminPages(PageBase):
         try:
             values["ladder_after_s"] = (float(text["ladder_after_s"].replace(",", "."))
                                         if text["ladder_after_s"] else None)
+            if values["ladder_after_s"] is not None and not 0 <= values["ladder_after_s"] < math.inf:
+                raise ValueError("not a number of seconds, 0 or more")
         except ValueError:
             errors.append(tr("admin_error_seconds", lang, field=tr("admin_zone_ladder_after_s", lang)))
         actor = actor_of(viewer)

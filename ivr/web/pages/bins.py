@@ -266,6 +266,9 @@ class BinPages(PageBase):
             return self._bin_page(request, viewer, 400 if confirm_errors else 200, context, import_confirm=confirm)
         self.flash(request, tr("import_done", lang, added=result.added, updated=result.updated,
                                removed=result.removed, count=len(rows)))
+        kept = [m.name for m in plan.reused if m.not_applied]
+        if kept:  # people already in the directory keep their own channels or address: say so
+            self.flash(request, tr("import_not_applied", lang, names=", ".join(kept)), "warn")
         return RedirectResponse(f"/bins/{number}", 303)
 
     @staticmethod

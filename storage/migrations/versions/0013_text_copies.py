@@ -3,6 +3,7 @@
 - ``people``: ``email``, ``channels`` (the member's own choice), ``calls_opt_out_at``,
   ``sms_opt_out_at``, ``email_opt_out_at``;
 - ``police_zones``: ``urgent_channels``, ``preventive_channels``, ``ladder_sms``, ``ladder_after_s``;
+- ``campaigns``: ``copies_planned_at`` (a campaign's copies at the start are planned once);
 - ``text_copies``: one SMS or e-mail copy per member, channel and campaign, written before it is sent;
 - ``sms_replies``: what members sent back.
 
@@ -32,6 +33,7 @@ def upgrade() -> None:
     op.add_column("police_zones", sa.Column("preventive_channels", sa.String(40), nullable=True))
     op.add_column("police_zones", sa.Column("ladder_sms", sa.Boolean(), nullable=True))
     op.add_column("police_zones", sa.Column("ladder_after_s", sa.Float(), nullable=True))
+    op.add_column("campaigns", sa.Column("copies_planned_at", _TS, nullable=True))
     op.create_table(
         "text_copies",
         sa.Column("id", sa.String(36), nullable=False),
@@ -49,6 +51,7 @@ def upgrade() -> None:
         sa.Column("delivered_at", _TS, nullable=True),
         sa.Column("failed_at", _TS, nullable=True),
         sa.Column("tries", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("retry_at", _TS, nullable=True),
         sa.Column("detail", sa.String(200), nullable=True),
         sa.Column("segments", sa.Integer(), nullable=True),
         sa.Column("provider_ref", sa.String(200), nullable=True),
@@ -56,6 +59,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("campaign_id", "person_id", "channel", name="uq_text_copies_campaign_id"),
     )
     op.create_index("ix_text_copies_campaign_id", "text_copies", ["campaign_id"])
+    op.create_index("ix_text_copies_person_id", "text_copies", ["person_id"])
     op.create_index("ix_text_copies_status", "text_copies", ["status"])
     op.create_table(
         "sms_replies",
@@ -77,7 +81,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("sms_replies")
     op.drop_table("text_copies")
-    for table, column in (("police_zones", "ladder_after_s"), ("police_zones", "ladder_sms"),
+    for table, column in (("campaigns", "copies_planned_at"),
+                          ("police_zones", "ladder_after_s"), ("police_zones", "ladder_sms"),
                           ("police_zones", "preventive_channels"), ("police_zones", "urgent_channels"),
                           ("people", "email_opt_out_at"), ("people", "sms_opt_out_at"),
                           ("people", "calls_opt_out_at"), ("people", "channels"), ("people", "email")):

@@ -301,3 +301,31 @@ def test_cli_needs_the_period(cli_month: Month, capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit) as exc:
         main(["report", "12", "--from", "2026-11-01"])
     assert exc.value.code == 2 and "--to" in capsys.readouterr().err
+
+
+def test_members_reached_in_writing_count_as_delivered(tmp_path: Path) -> None:
+    """Issue 17: a member who did not hear the message but got it in writing (a copy sent or delivered:
+    text only, or the ladder's SMS) counts as delivered; a copy that failed does not."""
+    from ivr.domain.vocabulary import Channel, CopyReason, CopyStatus
+    from storage.models import TextCopy
+
+    lab = make_lab(f"sqlite:///{tmp_path / 'binfoon.db'}", tmp_path)
+    called, deaf, bounced, ladder = add_members(lab, 4)
+    alert = lab.message(T0, transcript="inbraak")
+    decide(lab, alert, Decision.FORWARD_NOW, T0 + MINUTE, lab.coordinator_id)
+    with session_scope(lab.engine) as s:
+        s.get_one(Person, deaf).channels = s.get_one(Person, bounced).channels = "email"
+        s.get_one(Person, deaf).email = s.get_one(Person, bounced).email = "lid@voorbeeld.be"
+    campaign_id = scripted_campaign(lab, alert, T0 + 2 * MINUTE, [called], {called: MINUTE})
+    with session_scope(lab.engine) as s:
+        s.add(CallAttempt(campaign_id=campaign_id, person_id=ladder, e164="+3291000003", attempt_no=1,
+                          status=AttemptStatus.ENDED, dialled_at=T0 + 2 * MINUTE, ended_at=T0 + 3 * MINUTE,
+                          outcome=AttemptOutcome.NO_ANSWER))
+        s.add_all([TextCopy(campaign_id=campaign_id, person_id=pid, channel=channel, reason=reason, address="x",
+                            status=status, created_at=T0)
+                   for pid, channel, reason, status in (
+                       (deaf, Channel.EMAIL, CopyReason.TEXT_ONLY, CopyStatus.SENT),
+                       (bounced, Channel.EMAIL, CopyReason.TEXT_ONLY, CopyStatus.BOUNCED),
+                       (ladder, Channel.SMS, CopyReason.LADDER, CopyStatus.DELIVERED))])
+    [entry] = collect(lab.engine, lab.archive, 12, SINCE, UNTIL, retry_policies(Settings()), UNTIL, Settings()).entries
+    assert (entry.members, entry.delivered, entry.confirmed) == (4, 3, 1)

@@ -133,17 +133,19 @@ def test_a_zone_s_default_channels_and_ladder_are_shown_set_and_cleared(
     assert main(["zone", "show", "5415"]) == 0
     assert ("  channels: urgent voice+sms (setting), preventive voice+email (setting); ladder SMS on (setting), "
             "after 900 s (setting)") in capsys.readouterr().out.splitlines()
-    assert main(["zone", "edit", "5415", "--urgent-channels", "voice+sms+email", "--preventive-channels", "email",
+    assert main(["zone", "edit", "5415", "--urgent-channels", "voice+sms+email", "--preventive-channels", "call",
                  "--ladder-sms", "no", "--ladder-after-s", "300"]) == 0
     assert main(["zone", "show", "5415"]) == 0
-    assert ("  channels: urgent voice+sms+email, preventive email; ladder SMS off, after 300 s"
+    assert ("  channels: urgent voice+sms+email, preventive voice; ladder SMS off, after 300 s"
             in capsys.readouterr().out.splitlines())
     assert main(["zone", "show", "5415", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["urgent_channels"], shown["preventive_channels"], shown["ladder_sms"], shown["ladder_after_s"]) == (
-        "voice+sms+email", "email", False, 300.0)
+        "voice+sms+email", "voice", False, 300.0)
     assert main(["zone", "edit", "5415", "--urgent-channels", "voice+pigeon"]) == 1
     assert "urgent_channels: 'pigeon' is not a channel" in capsys.readouterr().err
+    assert main(["zone", "edit", "5415", "--preventive-channels", "email"]) == 1  # voice always
+    assert "preventive_channels: email leaves out calls" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["zone", "edit", "5415", "--ladder-after-s", "-5"])
     assert main(["zone", "edit", "5415", "--urgent-channels", "none", "--preventive-channels", "default",

@@ -301,6 +301,11 @@ def test_members_edit_channels_and_email_refuses_what_cannot_reach_them(
     person = _person(url, gsm)
     assert (person.channels, person.email) == (None, None)
     assert _audit(url, "member.edit")[-1].details["channels"] == ["sms+email", None]
+    # "none" is the zone's defaults too, as "default" is, in any case (never "no channel at all").
+    for word in ("none", "NONE", "Default"):
+        assert main(["members", "edit", str(gsm), "--channels", "sms"]) == 0
+        assert main(["members", "edit", str(gsm), "--channels", word]) == 0, word
+        assert _person(url, gsm).channels is None, word
 
 
 def test_members_show_opt_outs_and_an_editor_clears_one_audited(
@@ -317,7 +322,8 @@ def test_members_show_opt_outs_and_an_editor_clears_one_audited(
     assert main(["members", "show", str(gsm)]) == 0  # local time, Brussels
     assert "opt-outs: calls since 2026-12-06 15:03; sms since 2026-12-07 09:00" in capsys.readouterr().out
     assert main(["members", "show", str(gsm), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["opted_out"] == {"voice": "2026-12-06T14:03:00+00:00",
+    # The JSON names them as the command line does ("calls", as in --clear-opt-out calls).
+    assert json.loads(capsys.readouterr().out)["opted_out"] == {"calls": "2026-12-06T14:03:00+00:00",
                                                                "sms": "2026-12-07T08:00:00+00:00"}
     assert main(["members", "edit", str(gsm), "--clear-opt-out", "calls"]) == 0
     assert capsys.readouterr().out == f"member {gsm} (Lid Gsm) calls: back in\n"
@@ -361,3 +367,20 @@ def test_archive_search_as_checks_the_person_exists(url: str, capsys: pytest.Cap
         person_id = s.scalars(select(Person.id).where(Person.name == "Coördinator")).one()
     assert main(["archive", "search", "inbraak", "--as", "0470 11 11 11"]) == 0
     assert _audit(url, "archive.searched")[-1].actor == f"person:{person_id}"
+
+
+def test_import_says_whose_own_channels_the_file_did_not_change(
+        url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17: a person already in the directory (here a member of BIN 12) joins BIN 13 keeping their own
+    channels; the import says the file's were not applied, and to whom."""
+    path = tmp_path / "kanalen.csv"
+    path.write_text("name,phone,channels\nJan,0470 12 34 56,voice\n", encoding="utf-8")
+    assert main(["members", "import", "--bin", "12", str(path)]) == 0
+    jan = _members(url)["Jan"]
+    path.write_text("name,phone,channels\nJan Peeters,0470 12 34 56,sms\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["members", "import", "--bin", "13", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (f"reuse    line 2    Jan Peeters  +32******456  (person {jan}, already in the directory; the "
+                      "file's channels not applied: the person has their own)")
+    assert _person(url, jan).channels == "voice"

@@ -213,3 +213,37 @@ async def test_watch_goes_on_until_the_ladders_sms_is_written(world: World, tmp_
     assert lines[0].endswith(f"confirmed 1  no answer 1  | ladder 0 (+1 due by {last_call_ended:%H:%M:%S} UTC)")
     assert lines[1] == lines[0]
     assert lines[2].endswith("confirmed 1  no answer 1  | SMS 1 queued · ladder 1")
+
+
+async def test_watch_says_a_preventive_ladder_sms_waits_for_the_morning_and_ends(
+        world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A preventive message's ladder SMS due in the quiet hours (21:00-08:00) is held until 08:00, as its
+    calls would be: ``watch`` does not wait the night for it, it says until when and ends."""
+    import zoneinfo
+
+    _, absent = _add_members(world, 2, prefix="+3247")
+    dialer = CausedDialer(world.desk, {"+3247000001": "no_answer"})  # type: ignore[arg-type]
+    await _run_one_campaign(world, tmp_path, dialer)
+    brussels = zoneinfo.ZoneInfo("Europe/Brussels")
+    with session_scope(world.engine) as s:
+        campaign = s.scalars(select(Campaign)).one()
+        campaign_id = campaign.id
+        ended = max(a.ended_at for a in s.scalars(select(CallAttempt).where(CallAttempt.person_id == absent)))
+        ended = ended if ended.tzinfo else ended.replace(tzinfo=dt.timezone.utc)
+        local = ended.astimezone(brussels)
+        eleven = local.replace(hour=23, minute=0, second=0, microsecond=0)
+        eleven += dt.timedelta(days=1) if eleven <= local else dt.timedelta(0)
+        campaign.message.urgency = campaign.message.urgency.__class__("preventive")
+        campaign.message.bin.zone.ladder_after_s = (eleven - local).total_seconds()  # due at 23:00 tonight
+    morning = (eleven + dt.timedelta(days=1)).replace(hour=8).astimezone(dt.timezone.utc)
+
+    def no_wait(seconds: float) -> None:
+        raise AssertionError("watch waited the night for a ladder SMS held for the quiet hours")
+
+    monkeypatch.setenv("BINFOON_SMS_SENDSMS_URL", "http://127.0.0.1:13013/cgi-bin/sendsms")
+    monkeypatch.setattr(campaign_commands.time, "sleep", no_wait)
+    assert main(["campaign", "watch", str(campaign_id), "--interval", "0.2"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    due = eleven.astimezone(dt.timezone.utc)
+    assert line.endswith(f"| ladder 0 (+1 due by {due:%H:%M:%S} UTC)  | ladder SMS deferred until "
+                         f"{morning:%Y-%m-%d %H:%M} UTC (quiet hours)"), line

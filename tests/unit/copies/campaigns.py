@@ -50,14 +50,16 @@ def number_of(world: World, person_id: int) -> str:
 
 
 async def campaign(world: World, tmp_path: Path, *, urgency: Urgency = Urgency.URGENT, text: str | None = None,
-                   drill: bool = False, follow_up_of: int | None = None) -> Sent:
-    """A sent message of the world's BIN (its recording stored) and its running campaign."""
+                   drill: bool = False, follow_up_of: int | None = None,
+                   kind: MessageKind = MessageKind.UPDATE) -> Sent:
+    """A sent message of the world's BIN (its recording stored) and its running campaign; with
+    ``follow_up_of``, a follow-up of that message (an update, or a retraction: ``CANCELLATION``)."""
     sent = await sent_message(world, tmp_path, urgency=urgency)
     with session_scope(world.engine) as s:
         message = s.get_one(Message, sent.message_id)
         message.text, message.drill = text, drill
         if follow_up_of is not None:
-            message.follow_up_of_id, message.kind = follow_up_of, MessageKind.UPDATE
+            message.follow_up_of_id, message.kind = follow_up_of, kind
     return sent
 
 

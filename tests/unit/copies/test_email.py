@@ -8,16 +8,28 @@ import datetime as dt
 import email
 import email.policy
 import email.utils
+import logging
 import re
 import socket
+import threading
 import wave
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from ivr.copies.email import POLICY, EmailContent, MailOrigin, SmtpMailer, compose_email, mime_message
-from ivr.copies.gateways import EmailCopy, SendFailed, SendRefused
+import ivr.copies.email as email_module
+from ivr.copies.email import (
+    POLICY,
+    EmailContent,
+    MailOrigin,
+    SmtpMailer,
+    compose_email,
+    is_bounce,
+    mime_message,
+)
+from ivr.copies.gateways import EmailCopy, SendFailed, SendRefused, SendUncertain
 from ivr.copies.tokens import unsubscribe_token
 from ivr.domain.vocabulary import Urgency
 from ivr.lab.smtp import SmtpLab
@@ -268,12 +280,101 @@ async def test_implicit_tls_is_delivered_too(wav: Path) -> None:
         assert received.tls and received.authenticated
 
 
-async def test_a_recording_that_is_gone_is_not_sent(relay: SmtpLab, wav: Path) -> None:
-    mail = compose_email(content(wav), ORIGIN, TOKEN, NOW)
+@pytest.mark.parametrize("language", ["nl", "fr", "de"])
+async def test_a_recording_that_is_gone_is_left_out_and_the_body_says_so(relay: SmtpLab, wav: Path,
+                                                                         language: str) -> None:
+    mail = compose_email(content(wav, language=language), ORIGIN, TOKEN, NOW)
     wav.unlink()
-    with pytest.raises(SendRefused, match="not sent"):
-        await relay.mailer().send(mail)
-    assert relay.messages == []
+    answer = await relay.mailer().send(mail)
+    assert answer.startswith("250 ") and "without the recording (bin-12-bericht-345.wav" in answer
+    [received] = relay.wait_for(1)
+    assert list(received.message.iter_attachments()) == []
+    body = received.message.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert email_module.WORDING[language]["audio_missing"] in text
+    assert "bin-12-bericht-345.wav" not in text  # no longer said to be attached
+    assert email_module.WORDING[language]["callback"].format(number="+3250000000") in text
+
+
+async def test_a_recording_too_large_is_left_out(relay: SmtpLab, wav: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(email_module, "MAX_ATTACHMENT_BYTES", 1000)
+    answer = await relay.mailer().send(compose_email(content(wav), ORIGIN, TOKEN, NOW))
+    assert "larger than 1000 bytes" in answer
+    [received] = relay.wait_for(1)
+    assert list(received.message.iter_attachments()) == []
+
+
+@pytest.mark.parametrize(("code", "said", "at_rcpt", "bounce"), [
+    (550, "5.1.1 <x@example.be>: Recipient address rejected: User unknown", True, True),
+    (552, "5.2.2 Mailbox full", True, True),
+    (552, "5.2.2 Mailbox full", False, True),           # after DATA, the mailbox's too
+    (550, "Requested action not taken: mailbox unavailable", True, True),
+    (553, "Requested action not taken: mailbox name not allowed", True, True),
+    (554, "5.7.1 <x@example.be>: Relay access denied", True, False),
+    (550, "5.7.1 Client host rejected: access denied", True, False),
+    (530, "5.7.0 Authentication required", True, False),
+    (552, "5.3.4 Message size exceeds fixed limit", False, False),
+    (554, "5.5.0 Error: no valid recipients", False, False),
+    (554, "Transaction failed", False, False),
+    (550, "Requested action not taken", False, False),   # a plain 550 to the message: not the address's
+    (450, "4.2.0 Mailbox busy", True, False),
+])
+def test_only_a_refusal_of_the_recipient_is_a_bounce(code: int, said: str, at_rcpt: bool, bounce: bool) -> None:
+    assert is_bounce(code, said.encode(), at_rcpt=at_rcpt) is bounce
+
+
+async def test_a_relay_that_denies_relaying_is_a_failure_not_a_bounce(wav: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    with SmtpLab(deny_relay=True) as lab:
+        with caplog.at_level(logging.ERROR, logger="ivr.copies.email"), \
+                pytest.raises(SendFailed, match=r"^554 5\.7\.1 .*Relay access denied") as caught:
+            await lab.mailer().send(compose_email(content(wav), ORIGIN, TOKEN, NOW))
+        assert type(caught.value) is SendFailed
+        assert lab.messages == []
+    [record] = caplog.records
+    assert "Relay access denied" in record.getMessage() and "lid.17@example.be" not in record.getMessage()
+
+
+@pytest.mark.parametrize(("answer", "outcome"), [
+    ("552 5.2.2 <lid.17@example.be>: Mailbox full", SendRefused),
+    ("550 Mailbox unavailable", SendRefused),
+    ("452 4.5.3 Too many recipients", SendFailed),
+    ("530 5.7.0 Authentication required", SendFailed),
+])
+async def test_the_relays_answer_to_the_recipient_decides(relay: SmtpLab, wav: Path, answer: str,
+                                                          outcome: type[Exception]) -> None:
+    relay.rcpt_answers["lid.17@example.be"] = answer
+    with pytest.raises(outcome) as caught:
+        await relay.mailer().send(compose_email(content(wav), ORIGIN, TOKEN, NOW))
+    assert type(caught.value) is outcome and str(caught.value) == answer
+
+
+async def test_no_answer_once_the_message_was_sent_is_uncertain(relay: SmtpLab, wav: Path) -> None:
+    relay.answer_data.clear()  # the relay queues the message and goes silent
+    try:
+        with pytest.raises(SendUncertain, match="no answer after the message was sent"):
+            await relay.mailer(timeout=2.0).send(compose_email(content(wav), ORIGIN, TOKEN, NOW))
+    finally:
+        relay.answer_data.set()
+    [received] = relay.wait_for(1)  # it did arrive: sending it again gives the same Message-ID
+    assert received.message["Message-ID"].startswith("<6f1c1e0a-")
+
+
+async def test_the_message_is_built_and_sent_in_the_executor(relay: SmtpLab, wav: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    built_in: list[str] = []
+    real = email_module.mime_message
+
+    def recorded(mail: EmailCopy) -> email.message.EmailMessage:
+        built_in.append(threading.current_thread().name)
+        return real(mail)
+
+    monkeypatch.setattr(email_module, "mime_message", recorded)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mail-pool") as pool:
+        await relay.mailer(executor=pool).send(compose_email(content(wav), ORIGIN, TOKEN, NOW))
+    assert len(built_in) == 1 and built_in[0].startswith("mail-pool")  # the recording read off the loop
+    relay.wait_for(1)
 
 
 def test_a_relay_in_clear_must_be_on_loopback_and_never_gets_a_password() -> None:

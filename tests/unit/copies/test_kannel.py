@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
+import logging
 import os
 import socket
 import threading
-import time
 import urllib.parse
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ivr.config import Settings, load_settings
-from ivr.copies.gateways import SendFailed, SendRefused, SmsCopy
+from ivr.copies.gateways import SendFailed, SendRefused, SendUncertain, SmsCopy
 from ivr.copies.kannel import (
     DLR_MASK,
     KannelConfigError,
@@ -43,7 +45,8 @@ def settings(tmp_path: Path, **values: object) -> Settings:
 
 
 def config(tmp_path: Path, password: str = "sendsms-pw", smpp_password: str = "smpp-pw", **values: object) -> str:
-    return kannel_config(settings(tmp_path, **values), password, smpp_password, 8491, TOKEN, admin_password="adm-pw")
+    return kannel_config(settings(tmp_path, **values), password, smpp_password, 8491, TOKEN, admin_password="adm-pw",
+                         status_password="status-pw")
 
 
 def groups(text: str) -> list[dict[str, str]]:
@@ -88,6 +91,7 @@ def test_the_production_configuration(tmp_path: Path) -> None:
     assert core["admin-interface"] == core["smsbox-interface"] == '"127.0.0.1"'
     assert core["admin-allow-ip"] == core["box-allow-ip"] == '"127.0.0.1"'
     assert core["admin-password"] == '"adm-pw"'
+    assert core["status-password"] == '"status-pw"'  # else anyone on the machine reads /store-status
     assert core["store-type"] == '"file"' and core["store-location"] == '"/var/spool/kannel/binfoon.store"'
     assert core["dlr-storage"] == '"spool"'
     smsc = group(text, "smsc")
@@ -102,7 +106,7 @@ def test_the_production_configuration(tmp_path: Path) -> None:
     assert (user["username"], user["password"], user["max-messages"]) == ('"binfoon"', '"sendsms-pw"', "2")
     assert user["user-allow-ip"] == '"127.0.0.1"'
     service = group(text, "sms-service")
-    assert service["get-url"] == f'"http://127.0.0.1:8491/kannel/mo?from=%p&to=%P&text=%a&id=%I&sig={TOKEN}"'
+    assert service["get-url"] == f'"http://127.0.0.1:8491/kannel/mo?from=%p&to=%P&text=%a&id=%I&ts=%T&sig={TOKEN}"'
     assert service["max-messages"] == "0"  # smsbox never answers a member itself
     assert service["catch-all"] == "true" and service["keyword"] == '"default"'
     assert "access-log" not in text  # it would keep every number and text
@@ -144,16 +148,18 @@ def test_settings_the_configuration_cannot_work_with_are_refused(tmp_path: Path)
     with pytest.raises(KannelConfigError, match="smpp_port"):
         config(tmp_path, smpp_port=0)
     with pytest.raises(KannelConfigError, match="sms_callback_port"):
-        kannel_config(settings(tmp_path), "pw", "pw", 0, TOKEN, admin_password="adm")
+        kannel_config(settings(tmp_path), "pw", "pw", 0, TOKEN, admin_password="adm", status_password="st")
     with pytest.raises(KannelConfigError, match="URL-safe"):
-        kannel_config(settings(tmp_path), "pw", "pw", 8491, "not%a&token", admin_password="adm")
+        kannel_config(settings(tmp_path), "pw", "pw", 8491, "not%a&token", admin_password="adm", status_password="st")
+    with pytest.raises(KannelConfigError, match="status passwords"):
+        kannel_config(settings(tmp_path), "pw", "pw", 8491, TOKEN, admin_password="adm", status_password="")
 
 
 # -- callback URLs --------------------------------------------------------------------------------------------
 def test_the_callback_urls() -> None:
     assert dlr_url("http://127.0.0.1:8491/", "c0ffee-1", SIG) == \
         f"http://127.0.0.1:8491/kannel/dlr?copy=c0ffee-1&type=%d&sig={SIG}"
-    assert mo_url("http://127.0.0.1:8491", TOKEN).endswith(f"/kannel/mo?from=%p&to=%P&text=%a&id=%I&sig={TOKEN}")
+    assert mo_url("http://127.0.0.1:8491", TOKEN).endswith(f"/kannel/mo?from=%p&to=%P&text=%a&id=%I&ts=%T&sig={TOKEN}")
     with pytest.raises(ValueError, match="copy id"):
         dlr_url("http://127.0.0.1:8491", "a&b", SIG)
     with pytest.raises(ValueError, match="URL-safe"):
@@ -236,24 +242,38 @@ def test_a_secret_file_must_be_private_and_one_line(tmp_path: Path) -> None:
         read_secret("sms_password_file", str(path))
     with pytest.raises(KannelConfigError, match="does not exist"):
         read_secret("smpp_password_file", str(tmp_path / "missing"))
+    path.write_text("s3cret\n")
+    link = tmp_path / "link"
+    link.symlink_to(path)  # what the mode check saw would not be what is read
+    with pytest.raises(KannelConfigError, match="symbolic link"):
+        read_secret("sms_password_file", str(link))
 
 
 # -- smsbox's answers (a stand-in HTTP server: the real smsbox's are in the integration tests) ----------------
-class Smsbox:
-    """Answers every request with the next (status, body) it was given, or never (``None``)."""
+#: A stand-in answer: never answer (until closed), or close the connection without a word.
+HANG, HANG_UP = "hang", "hang up"
 
-    def __init__(self, answers: list[tuple[int, str] | None]) -> None:
+
+class Smsbox:
+    """Answers every request with the next (status, body) it was given, ``HANG`` or ``HANG_UP``."""
+
+    def __init__(self, answers: list[tuple[int, str] | str]) -> None:
         self.answers = list(answers)
         self.paths: list[str] = []
+        self.closing = threading.Event()
         smsbox = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 smsbox.paths.append(self.path)
                 answer = smsbox.answers.pop(0)
-                if answer is None:
-                    time.sleep(2)
+                if answer == HANG:
+                    smsbox.closing.wait(60)
                     return
+                if answer == HANG_UP:
+                    self.close_connection = True
+                    return
+                assert isinstance(answer, tuple)
                 status, body = answer
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body.encode())))
@@ -269,6 +289,7 @@ class Smsbox:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/cgi-bin/sendsms"
 
     def close(self) -> None:
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -276,33 +297,76 @@ class Smsbox:
 @pytest.mark.parametrize(("answer", "outcome"), [
     ((202, "0: Accepted for delivery"), "0: Accepted for delivery"),
     ((202, "3: Queued for later delivery"), "3: Queued for later delivery"),
-    ((403, "Authorization failed for sendsms"), SendRefused),
-    ((403, "Not routable. Do not try again."), SendRefused),
+    # This request's fields: this copy will not go as it is.
     ((400, "Missing receiver number, rejected"), SendRefused),
+    # The whole gateway's state (the account, the route, the path, smsbox itself): tried again later.
+    ((403, "Authorization failed for sendsms"), SendFailed),
+    ((403, "Not routable. Do not try again."), SendFailed),
+    ((401, "Unauthorized"), SendFailed),
+    ((404, "Unknown service"), SendFailed),
     ((503, "Temporal failure, try again later."), SendFailed),
     ((500, "Sending failed."), SendFailed),
-    ((429, "Sendsms queue full"), SendFailed),
     ((302, ""), SendFailed),
-    (None, SendFailed),
+    # The request went, no answer came: smsbox may have taken it.
+    (HANG, SendUncertain),
+    (HANG_UP, SendUncertain),
 ])
-async def test_smsbox_answers_decide(answer: tuple[int, str] | None, outcome: object,
+async def test_smsbox_answers_decide(answer: tuple[int, str] | str, outcome: object,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # never used: the password stays on loopback
     smsbox = Smsbox([answer])
     try:
         gateway = KannelGateway(smsbox.url, "binfoon", "s3cret-pw", "http://127.0.0.1:8491", lambda copy_id: SIG,
-                                timeout=0.5)
+                                timeout=2.0)
         if isinstance(outcome, str):
             assert await gateway.send(sms()) == outcome
         else:
             with pytest.raises(outcome) as caught:  # type: ignore[call-overload]
                 await gateway.send(sms())
+            assert type(caught.value) is outcome
             assert "s3cret" not in str(caught.value)
-            if answer is not None and answer[1]:
+            if isinstance(answer, tuple) and answer[1]:
                 assert answer[1] in str(caught.value) and str(answer[0]) in str(caught.value)
         assert len(smsbox.paths) == 1 and smsbox.paths[0].startswith("/cgi-bin/sendsms?")
     finally:
         smsbox.close()
+
+
+async def test_a_gateway_wide_refusal_is_logged_as_an_error_without_the_password_or_number(
+        caplog: pytest.LogCaptureFixture) -> None:
+    smsbox = Smsbox([(403, "Not routable. Do not try again."), (400, "Missing receiver number, rejected")])
+    try:
+        gateway = KannelGateway(smsbox.url, "binfoon", "s3cret-pw", "", lambda copy_id: SIG)
+        with caplog.at_level(logging.INFO, logger="ivr.copies.kannel"), pytest.raises(SendFailed):
+            await gateway.send(sms())
+        [record] = caplog.records
+        assert record.levelno == logging.ERROR and "Not routable" in record.getMessage()
+        assert "SMSC" in record.getMessage()
+        assert "s3cret" not in record.getMessage() and "470000001" not in record.getMessage()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ivr.copies.kannel"), pytest.raises(SendRefused):
+            await gateway.send(sms())
+        assert caplog.records == []  # one copy's refusal: the sender says it
+    finally:
+        smsbox.close()
+
+
+async def test_the_exchange_runs_in_the_executor_given() -> None:
+    class Counting(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+            Counting.submitted += 1
+            return super().submit(fn, *args, **kwargs)
+
+    smsbox = Smsbox([(202, "0: Accepted for delivery")])
+    with Counting(max_workers=1) as pool:
+        try:
+            gateway = KannelGateway(smsbox.url, "binfoon", "pw", "", lambda copy_id: SIG, executor=pool)
+            assert await gateway.send(sms()) == "0: Accepted for delivery"
+        finally:
+            smsbox.close()
+    assert Counting.submitted == 1
 
 
 async def test_nobody_listening_is_a_passing_failure() -> None:

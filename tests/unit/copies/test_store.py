@@ -6,15 +6,37 @@ import asyncio
 import datetime as dt
 import zoneinfo
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
-from ivr.copies.store import STOPPED_DETAIL
+from ivr.copies.store import RETRACTED_DETAIL, STOPPED_DETAIL
 from ivr.delivery.store import DeliveryDesk
 from ivr.domain.channels import LadderRules
-from ivr.domain.vocabulary import AttemptOutcome, CampaignStatus, Channel, CopyReason, CopyStatus, Urgency
+from ivr.domain.vocabulary import (
+    AttemptOutcome,
+    CampaignStatus,
+    Channel,
+    CopyReason,
+    CopyStatus,
+    MessageKind,
+    PhoneRank,
+    Urgency,
+)
 from storage.db import session_scope
-from storage.models import AuditEntry, Confirmation, Person, PoliceZone, SmsReply, TextCopy
+from storage.models import (
+    AuditEntry,
+    Campaign,
+    Confirmation,
+    Person,
+    PhoneNumber,
+    PoliceZone,
+    RoleAssignment,
+    SmsReply,
+    TextCopy,
+)
 from tests.conftest import Clock
 from tests.unit.copies.campaigns import (
     call,
@@ -35,6 +57,19 @@ BXL = zoneinfo.ZoneInfo("Europe/Brussels")
 def _audit(world: World, action: str) -> list[AuditEntry]:
     with session_scope(world.engine) as s:
         return list(s.scalars(select(AuditEntry).where(AuditEntry.action == action)))
+
+
+def _add_mobile(world: World, person_id: int, e164: str = "+32499123456") -> str:
+    """A second (mobile) number for ``person_id``."""
+    with session_scope(world.engine) as s:
+        s.add(PhoneNumber(person_id=person_id, rank=PhoneRank.SECONDARY, e164=e164))
+    return e164
+
+
+def _confirmed(world: World) -> list[tuple[int, int, str]]:
+    with session_scope(world.engine) as s:
+        rows = s.scalars(select(Confirmation).order_by(Confirmation.id))
+        return [(c.campaign_id, c.person_id, c.via) for c in rows]
 
 
 # -- the plan: copies at the start ----------------------------------------------------------------
@@ -102,14 +137,23 @@ async def test_a_preventive_sms_waits_for_the_morning_an_email_does_not(
         world: World, tmp_path: Path, clock: Clock) -> None:
     clock.now = dt.datetime(2026, 11, 23, 22, 30, tzinfo=BXL).astimezone(dt.timezone.utc)
     someone = member(world, channels="voice+sms+email", email="lid@example.be")
-    await campaign(world, tmp_path, urgency=Urgency.PREVENTIVE)
+    await campaign(world, tmp_path, urgency=Urgency.PREVENTIVE, text="Let op.")
     desk = copy_desk(world, tz=BXL)
     due = await desk.plan(BOTH)
-    assert due == dt.datetime(2026, 11, 24, 8, 0, tzinfo=BXL)
-    assert set(copies(world)) == {(someone, Channel.EMAIL)}
-    clock.now = due.astimezone(dt.timezone.utc)
-    await desk.plan(BOTH)
-    assert set(copies(world)) == {(someone, Channel.EMAIL), (someone, Channel.SMS)}
+    morning = dt.datetime(2026, 11, 24, 8, 0, tzinfo=BXL)
+    assert due == morning
+    # Written with the others (the copies at the start are planned once), taken in the morning.
+    got = copies(world)
+    assert set(got) == {(someone, Channel.EMAIL), (someone, Channel.SMS)}
+    assert got[(someone, Channel.SMS)].retry_at == morning and got[(someone, Channel.EMAIL)].retry_at is None
+    [job] = await desk.claim(5)
+    assert job.channel is Channel.EMAIL
+    assert await desk.plan(BOTH) == morning
+    clock.now = morning.astimezone(dt.timezone.utc) - dt.timedelta(seconds=1)
+    assert await desk.claim(5) == []
+    clock.advance(seconds=1)
+    [job] = await desk.claim(5)
+    assert job.channel is Channel.SMS
 
 
 async def test_a_campaign_done_long_ago_is_no_longer_planned(world: World, tmp_path: Path, clock: Clock) -> None:
@@ -121,6 +165,61 @@ async def test_a_campaign_done_long_ago_is_no_longer_planned(world: World, tmp_p
     set_campaign(world, sent.campaign_id, CampaignStatus.DONE, clock.now - dt.timedelta(minutes=1))
     await copy_desk(world).plan(BOTH)  # a text-only member's campaign is done at once: still planned
     assert set(copies(world)) == {(text_only, Channel.SMS)}
+
+
+async def test_copies_at_the_start_are_planned_once_with_the_members_of_that_moment(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    early = member(world, channels="sms")
+    sent = await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world)
+    await desk.plan(BOTH)
+    with session_scope(world.engine) as s:
+        assert s.get_one(Campaign, sent.campaign_id).copies_planned_at == clock.now
+    late = member(world)  # imported after the start (voice+sms by default): the alert is not theirs
+    clock.advance(minutes=1)
+    await desk.plan(BOTH)
+    set_campaign(world, sent.campaign_id, CampaignStatus.DONE, clock.now)
+    clock.advance(minutes=10)
+    await desk.plan(BOTH)
+    assert set(copies(world)) == {(early, Channel.SMS)}
+    assert late not in {pid for pid, _ in copies(world)}
+
+
+async def test_a_finished_campaign_is_planned_only_while_a_ladder_sms_can_fall_due(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    missed = member(world, channels="voice")
+    sent = await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world, ladder=LadderRules(True, 900.0), ladder_margin_s=600.0)
+    await desk.plan({Channel.EMAIL})  # its copies at the start planned while SMS was off
+    call(world, sent.campaign_id, missed, AttemptOutcome.NO_ANSWER, clock.now)
+    finished = clock.now
+    set_campaign(world, sent.campaign_id, CampaignStatus.DONE, finished)
+    clock.now = finished + dt.timedelta(seconds=900 + 600 + 1)
+    await desk.plan(BOTH)
+    assert copies(world) == {}  # no longer planned: nothing can fall due any more
+    clock.now = finished + dt.timedelta(seconds=900 + 599)
+    await desk.plan(BOTH)
+    assert set(copies(world)) == {(missed, Channel.SMS)}
+
+
+async def test_a_campaign_that_cannot_be_planned_holds_up_no_other(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    someone = member(world, channels="sms")
+    broken = await campaign(world, tmp_path, text="Eerste.")
+    fine = await campaign(world, tmp_path, text="Tweede.")
+    desk = copy_desk(world)
+    real = desk._copies_at_start
+
+    def copies_at_start(s: Session, campaign: Campaign, *rest: Any) -> bool:
+        if campaign.id == broken.campaign_id:
+            raise ValueError("a setting nobody can read")
+        return real(s, campaign, *rest)
+
+    monkeypatch.setattr(desk, "_copies_at_start", copies_at_start)
+    await desk.plan(BOTH)
+    assert set(copies(world, fine.campaign_id)) == {(someone, Channel.SMS)}
+    assert copies(world, broken.campaign_id) == {}
+    assert f"campaign {broken.campaign_id}: its copies could not be planned" in caplog.text
 
 
 # -- the plan: the ladder -------------------------------------------------------------------------
@@ -194,11 +293,35 @@ async def test_a_preventive_ladder_sms_keeps_the_quiet_hours(world: World, tmp_p
     desk = copy_desk(world, ladder=LadderRules(True, 900.0), tz=BXL)
     assert await desk.plan(BOTH) == clock.now + dt.timedelta(seconds=900)  # 20:55: still allowed
     clock.advance(seconds=1800)  # 21:10: due, but the quiet hours began
-    assert await desk.plan(BOTH) == dt.datetime(2026, 11, 24, 8, 0, tzinfo=BXL)
-    assert copies(world) == {}
-    clock.now = dt.datetime(2026, 11, 24, 8, 0, tzinfo=BXL).astimezone(dt.timezone.utc)
+    morning = dt.datetime(2026, 11, 24, 8, 0, tzinfo=BXL)
+    assert await desk.plan(BOTH) == morning
+    [row] = copies(world).values()
+    assert (row.person_id, row.reason, row.retry_at) == (missed, CopyReason.LADDER, morning)
+    assert await desk.claim(5, text_wait_s=0) == []
+    clock.now = morning.astimezone(dt.timezone.utc)
+    [job] = await desk.claim(5, text_wait_s=0)
+    assert job.reason is CopyReason.LADDER
+
+
+async def test_a_finished_campaigns_ladder_is_for_the_members_it_had(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    """Housemates on one line are called once (the first stands in): the other gets the ladder's SMS
+    too, but someone who joined the line after the campaign finished does not."""
+    line = "+3292555555"
+    caller = member(world, channels="voice", phone=line, created_at=clock.now - dt.timedelta(days=30))
+    housemate = member(world, channels="voice", phone=line, created_at=clock.now - dt.timedelta(days=30))
+    _add_mobile(world, caller, "+32499000001")
+    _add_mobile(world, housemate, "+32499000002")
+    sent = await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world, ladder=LadderRules(True, 900.0))
     await desk.plan(BOTH)
-    assert set(copies(world)) == {(missed, Channel.SMS)}
+    call(world, sent.campaign_id, caller, AttemptOutcome.NO_ANSWER, clock.now)
+    set_campaign(world, sent.campaign_id, CampaignStatus.DONE, clock.now)
+    newcomer = member(world, channels="voice", phone=line, created_at=clock.now + dt.timedelta(minutes=5))
+    _add_mobile(world, newcomer, "+32499000003")
+    clock.advance(seconds=900)
+    await desk.plan(BOTH)
+    assert set(copies(world)) == {(caller, Channel.SMS), (housemate, Channel.SMS)}
 
 
 # -- stops ----------------------------------------------------------------------------------------
@@ -289,7 +412,17 @@ async def test_an_email_claim_opens_the_recording_and_audits_it(world: World, tm
     assert job.recording is not None and job.recording.read_bytes()[:4] == b"RIFF"
     [row] = _audit(world, "recording.emailed")
     assert row.subject == f"message:{sent.message_id}" and row.details["to"] == f"person:{someone}"
-    assert row.actor == f"copy:{job.copy_id}"
+    assert row.details["address"] == "l***@example.be" and row.actor == f"copy:{job.copy_id}"
+
+
+async def test_without_attach_audio_an_email_claim_leaves_the_recording_closed(world: World, tmp_path: Path) -> None:
+    member(world, channels="email", email="lid@example.be")
+    await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world, attach_audio=False)
+    await desk.plan(BOTH)
+    [job] = await desk.claim(5)
+    assert job.recording is None and job.text == "Let op."
+    assert _audit(world, "recording.emailed") == []
 
 
 async def test_a_member_who_opted_out_since_it_was_queued_gets_no_copy(world: World, tmp_path: Path) -> None:
@@ -303,7 +436,119 @@ async def test_a_member_who_opted_out_since_it_was_queued_gets_no_copy(world: Wo
     assert copies(world)[(someone, Channel.EMAIL)].status is CopyStatus.CANCELLED
 
 
-async def test_a_passing_failure_is_tried_again_up_to_the_limit(world: World, tmp_path: Path) -> None:
+async def test_a_ladder_sms_is_cancelled_when_its_member_confirmed_meanwhile(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    missed = member(world, channels="voice")
+    chose_sms = member(world)  # voice+sms by default: their copy is their choice, it goes all the same
+    sent = await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world, ladder=LadderRules(True, 60.0))
+    await desk.plan(BOTH)
+    call(world, sent.campaign_id, missed, AttemptOutcome.NO_ANSWER, clock.now)
+    clock.advance(seconds=60)
+    await desk.plan(BOTH)
+    assert copies(world)[(missed, Channel.SMS)].reason is CopyReason.LADDER
+    with session_scope(world.engine) as s:  # both call back and confirm before the SMS go
+        for pid in (missed, chose_sms):
+            s.add(Confirmation(campaign_id=sent.campaign_id, person_id=pid, confirmed_at=clock.now, via="callback"))
+    [job] = await desk.claim(5)
+    assert job.person_id == chose_sms
+    row = copies(world)[(missed, Channel.SMS)]
+    assert row.status is CopyStatus.CANCELLED and row.detail.startswith("member confirmed")
+
+
+async def test_copies_of_members_who_left_the_bin_or_were_deactivated_are_cancelled(
+        world: World, tmp_path: Path) -> None:
+    left, deactivated, stays = (member(world, channels="sms") for _ in range(3))
+    await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world)
+    await desk.plan(BOTH)
+    with session_scope(world.engine) as s:
+        s.execute(delete(RoleAssignment).where(RoleAssignment.person_id == left))
+        s.get_one(Person, deactivated).active = False
+    jobs = await desk.claim(5)
+    assert [job.person_id for job in jobs] == [stays]
+    got = copies(world)
+    for pid in (left, deactivated):
+        assert got[(pid, Channel.SMS)].status is CopyStatus.CANCELLED
+        assert got[(pid, Channel.SMS)].detail == "no longer an active member of the BIN"
+
+
+async def test_urgent_copies_are_claimed_first_then_the_oldest(world: World, tmp_path: Path, clock: Clock) -> None:
+    member(world, channels="sms")
+    older = await campaign(world, tmp_path, urgency=Urgency.PREVENTIVE, text="Eerst.")
+    desk = copy_desk(world)
+    await desk.plan(BOTH)
+    clock.advance(minutes=1)
+    urgent = await campaign(world, tmp_path, text="Dringend.")
+    await desk.plan(BOTH)
+    clock.advance(minutes=1)
+    newer = await campaign(world, tmp_path, urgency=Urgency.PREVENTIVE, text="Daarna.")
+    await desk.plan(BOTH)
+    order = [job.campaign_id for _ in range(3) for job in await desk.claim(1)]
+    assert order == [urgent.campaign_id, older.campaign_id, newer.campaign_id]
+
+
+async def test_a_preventive_sms_due_again_in_the_quiet_hours_waits_for_the_morning(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    clock.now = dt.datetime(2026, 11, 23, 20, 59, 50, tzinfo=BXL).astimezone(dt.timezone.utc)
+    member(world, channels="sms")
+    await campaign(world, tmp_path, urgency=Urgency.PREVENTIVE, text="Let op.")
+    desk = copy_desk(world, tz=BXL)
+    await desk.plan(BOTH)
+    [job] = await desk.claim(5)
+    assert await desk.failed(job.copy_id, "503 busy") is CopyStatus.QUEUED
+    clock.advance(seconds=30)  # 21:00:20: its pause is over, the quiet hours began
+    assert await desk.claim(5) == []
+    morning = dt.datetime(2026, 11, 24, 8, 0, tzinfo=BXL)
+    [row] = copies(world).values()
+    assert (row.status, row.retry_at) == (CopyStatus.QUEUED, morning)
+    assert await desk.plan(BOTH) == morning
+
+
+async def test_a_passing_failure_waits_a_growing_pause_before_it_is_tried_again(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    member(world, channels="sms")
+    await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world)
+    await desk.plan(BOTH)
+    for pause_s in (30, 60, 120, 240, 480, 600, 600):
+        [job] = await desk.claim(5)
+        assert await desk.failed(job.copy_id, "smsbox: connection refused") is CopyStatus.QUEUED
+        again_at = clock.now + dt.timedelta(seconds=pause_s)
+        assert copies(world)[(job.person_id, Channel.SMS)].retry_at == again_at
+        assert await desk.claim(5) == []            # not at once: the gateway is down
+        assert await desk.plan(BOTH) == again_at    # the sender sleeps until then
+        clock.advance(seconds=pause_s - 1)
+        assert await desk.claim(5) == []
+        clock.advance(seconds=1)
+    [job] = await desk.claim(5)
+    assert job.tries == 8
+
+
+async def test_a_copy_is_given_up_after_the_retry_time(world: World, tmp_path: Path, clock: Clock) -> None:
+    member(world, channels="sms")
+    await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world, retry_for_s=3600.0)
+    await desk.plan(BOTH)
+    queued_at = clock.now
+    tries = 0
+    while True:
+        [job] = await desk.claim(5)
+        tries += 1
+        status = await desk.failed(job.copy_id, "503 busy")
+        if status is CopyStatus.FAILED:
+            break
+        assert status is CopyStatus.QUEUED and clock.now < queued_at + dt.timedelta(hours=1)
+        clock.now = copies(world)[(job.person_id, Channel.SMS)].retry_at
+    assert clock.now >= queued_at + dt.timedelta(hours=1) and tries == 11  # 30 s .. 8 min, then every 10 min
+    [row] = copies(world).values()
+    assert row.tries == tries and row.detail == "503 busy" and row.failed_at == clock.now
+    clock.advance(hours=1)
+    assert await desk.claim(5) == [] and await desk.plan(BOTH) is None
+
+
+async def test_a_copy_is_given_up_after_max_tries_whatever_the_time(
+        world: World, tmp_path: Path, clock: Clock) -> None:
     member(world, channels="sms")
     await campaign(world, tmp_path, text="Let op.")
     desk = copy_desk(world, max_tries=3)
@@ -311,9 +556,26 @@ async def test_a_passing_failure_is_tried_again_up_to_the_limit(world: World, tm
     for expected in (CopyStatus.QUEUED, CopyStatus.QUEUED, CopyStatus.FAILED):
         [job] = await desk.claim(5)
         assert await desk.failed(job.copy_id, "503 busy") is expected
+        clock.advance(minutes=10)
     [row] = copies(world).values()
     assert row.tries == 3 and row.detail == "503 busy" and row.failed_at is not None
     assert await desk.claim(5) == []
+
+
+async def test_a_preventive_sms_gets_its_retry_time_after_the_quiet_hours(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    """Queued at 22:30 (it waits for 08:00): its six hours of tries count from the morning."""
+    clock.now = dt.datetime(2026, 11, 23, 22, 30, tzinfo=BXL).astimezone(dt.timezone.utc)
+    member(world, channels="sms")
+    await campaign(world, tmp_path, urgency=Urgency.PREVENTIVE, text="Let op.")
+    desk = copy_desk(world, tz=BXL)
+    await desk.plan(BOTH)
+    for at, expected in ((dt.datetime(2026, 11, 24, 8, 0, tzinfo=BXL), CopyStatus.QUEUED),
+                         (dt.datetime(2026, 11, 24, 13, 59, tzinfo=BXL), CopyStatus.QUEUED),
+                         (dt.datetime(2026, 11, 24, 14, 9, tzinfo=BXL), CopyStatus.FAILED)):
+        clock.now = at.astimezone(dt.timezone.utc)
+        [job] = await desk.claim(5)
+        assert await desk.failed(job.copy_id, "503 busy") is expected
 
 
 async def test_a_refusal_is_final_at_once_and_a_bounce_is_kept(world: World, tmp_path: Path) -> None:
@@ -397,6 +659,22 @@ async def test_orphans_are_claimed_again_only_while_still_sending(world: World, 
     assert again.copy_id == orphans[Channel.EMAIL] and again.resumed and again.tries == 2
 
 
+async def test_orphans_older_than_a_bound(world: World, tmp_path: Path, clock: Clock) -> None:
+    for _ in range(2):
+        member(world, channels="sms")
+    await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world)
+    await desk.plan(BOTH)
+    [first] = await desk.claim(1)
+    clock.advance(minutes=5)
+    [second] = await desk.claim(1)
+    assert [o.copy_id for o in await desk.orphans(older_than=clock.now - dt.timedelta(minutes=1))] == [first.copy_id]
+    assert [o.copy_id for o in await desk.orphans()] == [first.copy_id, second.copy_id]
+    await desk.sent(first.copy_id, "0: Accepted")
+    still = await desk.orphans(older_than=clock.now + dt.timedelta(seconds=1))
+    assert [o.copy_id for o in still] == [second.copy_id]
+
+
 # -- replies --------------------------------------------------------------------------------------
 async def test_a_reply_1_confirms_the_latest_campaign_and_the_dialer_stops(
         world: World, tmp_path: Path, clock: Clock) -> None:
@@ -415,19 +693,52 @@ async def test_a_reply_1_confirms_the_latest_campaign_and_the_dialer_stops(
     assert (confirmation.campaign_id, confirmation.person_id, confirmation.via) == (sent.campaign_id, someone, "sms")
     assert confirmation.attempt_id is None and reply.campaign_id == sent.campaign_id
     [row] = _audit(world, "confirmation.stored")
-    assert row.details == {"person": someone, "via": "sms"} and number not in row.actor
+    assert row.details == {"person": someone, "via": "sms", "verified": False} and number not in row.actor
     # The dialer reads confirmations: no call is written for this member any more.
     delivery = DeliveryDesk(world.engine, world.desk.store, clock=clock)
     assert await delivery.begin_attempt(sent.campaign_id, someone, number, "primary", 1) is None
 
 
-async def test_a_reply_1_confirms_a_member_being_called_without_a_copy(world: World, tmp_path: Path,
-                                                                       clock: Clock) -> None:
+async def test_a_reply_1_confirms_only_a_campaign_that_called_that_number(world: World, tmp_path: Path,
+                                                                          clock: Clock) -> None:
+    """Being a member of a BIN with a campaign running is not enough: a "1" from a number nobody
+    called, nor texted, confirms nothing (anyone can send an SMS from a number they claim)."""
     someone = member(world, channels="voice")
     sent = await campaign(world, tmp_path)
-    assert await copy_desk(world).take_reply(number_of(world, someone), "", "1", None, clock.now) == "confirm"
+    desk = copy_desk(world)
+    number = number_of(world, someone)
+    assert await desk.take_reply(number, "", "1", None, clock.now) == "confirm"
+    assert _confirmed(world) == []
+    # Called on it (this round), the call over: now it counts.
+    call(world, sent.campaign_id, someone, AttemptOutcome.NO_ANSWER, clock.now)
+    clock.advance(minutes=1)
+    assert await desk.take_reply(number, "", "1", None, clock.now) == "confirm"
+    assert _confirmed(world) == [(sent.campaign_id, someone, "sms")]
+
+
+async def test_a_reply_1_counts_only_from_the_number_the_copy_went_to_after_it_went(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    someone = member(world, channels="sms")
+    other_mobile = _add_mobile(world, someone)
+    older = await campaign(world, tmp_path, text="Eerst.")
+    newer = await campaign(world, tmp_path, text="Daarna.")
+    desk = copy_desk(world)
+    await desk.plan(BOTH)
+    sent_at = clock.now
+    for job in await desk.claim(5):
+        await desk.sent(job.copy_id, "0: Accepted")
+    number = number_of(world, someone)
+    # From their other mobile (no copy went there, no call), or sent before the copy was: nothing.
+    assert await desk.take_reply(other_mobile, "", "1", "k-1", sent_at) == "confirm"
+    assert await desk.take_reply(number, "", "1", "k-2", sent_at - dt.timedelta(seconds=1)) == "confirm"
+    assert _confirmed(world) == []
+    clock.advance(minutes=2)
+    assert await desk.take_reply(number, "", "1", "k-3", clock.now) == "confirm"
+    assert _confirmed(world) == [(newer.campaign_id, someone, "sms")]  # the newest of the two
     with session_scope(world.engine) as s:
-        assert s.scalars(select(Confirmation.campaign_id)).all() == [sent.campaign_id]
+        assert [r.campaign_id for r in s.scalars(select(SmsReply).order_by(SmsReply.id))] == \
+            [None, None, newer.campaign_id]
+    assert older.campaign_id != newer.campaign_id
 
 
 async def test_a_reply_from_an_unknown_number_is_stored_and_does_nothing(world: World, clock: Clock) -> None:
@@ -464,6 +775,22 @@ async def test_stop_opts_out_and_cancels_queued_sms_start_opts_back_in(
     assert len(_audit(world, "member.sms_opt_in")) == 1
 
 
+async def test_stop_from_a_second_number_opts_out_only_whose_sms_go_there(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    """A partner's mobile is often a member's second number: their STOP is theirs alone."""
+    partner = member(world, channels="sms")
+    number = number_of(world, partner)
+    lists_it_second = member(world, channels="sms")
+    _add_mobile(world, lists_it_second, number)
+    landline_only = member(world, channels="voice+sms", mobile=False)
+    _add_mobile(world, landline_only, number)  # their only mobile: their SMS go there
+    desk = copy_desk(world)
+    assert await desk.take_reply(number, "", "STOP", "k-1", clock.now) == "stop"
+    with session_scope(world.engine) as s:
+        opted = {pid: s.get_one(Person, pid).sms_opt_out_at for pid in (partner, lists_it_second, landline_only)}
+    assert opted == {partner: clock.now, lists_it_second: None, landline_only: clock.now}
+
+
 # -- follow-ups -----------------------------------------------------------------------------------
 async def test_a_follow_up_goes_to_those_who_got_the_first_by_call_or_copy(
         world: World, tmp_path: Path, clock: Clock) -> None:
@@ -480,3 +807,55 @@ async def test_a_follow_up_goes_to_those_who_got_the_first_by_call_or_copy(
     follow_up = await campaign(world, tmp_path, text="Opgelost.", follow_up_of=first.message_id)
     await desk.plan({Channel.SMS})
     assert set(copies(world, follow_up.campaign_id)) == {(heard, Channel.SMS), (texted, Channel.SMS)}
+
+
+async def test_a_retraction_goes_in_writing_to_whoever_got_the_first_in_writing(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    by_ladder = member(world, channels="voice")                           # voice only: the ladder's SMS
+    mailed = member(world, channels="sms+email", email="lid@example.be")  # text only: SMS failed, e-mail went
+    heard = member(world, channels="voice")                               # heard the call: no copy
+    missed = member(world, channels="sms")                                # their copy never went
+    first = await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world, ladder=LadderRules(True, 60.0))
+    await desk.plan(BOTH)
+    call(world, first.campaign_id, by_ladder, AttemptOutcome.NO_ANSWER, clock.now)
+    call(world, first.campaign_id, heard, AttemptOutcome.ANSWERED_NO_KEY, clock.now)
+    set_campaign(world, first.campaign_id, CampaignStatus.DONE, clock.now)
+    clock.advance(seconds=60)
+    await desk.plan(BOTH)
+    for job in await desk.claim(10):
+        if job.person_id == by_ladder or job.channel is Channel.EMAIL:
+            await desk.sent(job.copy_id, "accepted")
+        else:
+            await desk.failed(job.copy_id, "not routable", final=True)
+    retraction = await campaign(world, tmp_path, text="Vergeet het vorige bericht.", follow_up_of=first.message_id,
+                                kind=MessageKind.CANCELLATION)
+    await desk.plan(BOTH)
+    got = {key: (c.reason, c.address) for key, c in copies(world, retraction.campaign_id).items()}
+    assert got == {
+        (by_ladder, Channel.SMS): (CopyReason.LADDER, number_of(world, by_ladder)),
+        (mailed, Channel.SMS): (CopyReason.TEXT_ONLY, number_of(world, mailed)),  # their own choice
+        (mailed, Channel.EMAIL): (CopyReason.TEXT_ONLY, "lid@example.be"),
+    }
+    assert heard not in {pid for pid, _ in got} and missed not in {pid for pid, _ in got}
+    with session_scope(world.engine) as s:
+        assert s.get_one(Campaign, retraction.campaign_id).copies_planned_at == clock.now
+
+
+async def test_a_retracted_message_gets_no_more_copies(world: World, tmp_path: Path, clock: Clock) -> None:
+    waiting = member(world, channels="sms")  # a spoken message: their copy waits for the transcript
+    missed = member(world, channels="voice")
+    first = await campaign(world, tmp_path)
+    desk = copy_desk(world, ladder=LadderRules(True, 900.0))
+    await desk.plan(BOTH)
+    call(world, first.campaign_id, missed, AttemptOutcome.NO_ANSWER, clock.now)
+    set_campaign(world, first.campaign_id, CampaignStatus.DONE, clock.now)
+    await campaign(world, tmp_path, text="Vergeet het.", follow_up_of=first.message_id,
+                   kind=MessageKind.CANCELLATION)
+    assert await desk.claim(5, text_wait_s=0) == []  # the claim sees it first
+    clock.advance(seconds=900)  # the ladder's SMS would be due
+    await desk.plan(BOTH)
+    got = copies(world, first.campaign_id)
+    assert set(got) == {(waiting, Channel.SMS)}
+    assert (got[(waiting, Channel.SMS)].status, got[(waiting, Channel.SMS)].detail) == \
+        (CopyStatus.CANCELLED, RETRACTED_DETAIL)

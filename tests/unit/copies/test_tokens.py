@@ -66,6 +66,35 @@ def test_a_file_that_holds_no_key_is_refused(tmp_path: Path) -> None:
         load_copies_key(path)
 
 
+def test_a_key_made_for_another_owner_is_theirs_before_it_has_its_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root making the key for the service (``binfoon kannel config``) gives it away through the open
+    file: never by a chown of the path, which would follow a symlink swapped in after the link."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    by_path: list[object] = []
+    monkeypatch.setattr(os, "chown", lambda *args, **kwargs: by_path.append(args))
+    path = tmp_path / "copies.key"
+    key = load_copies_key(path, owner=(4321, 4322))
+    info = path.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (4321, 4322, 0o600) and by_path == []
+    assert load_copies_key(path, owner=(1, 1)) == key and path.stat().st_uid == 4321  # an existing key keeps its owner
+    assert [p.name for p in tmp_path.iterdir()] == ["copies.key"]
+
+
+def test_a_symlink_or_a_fifo_in_the_keys_place_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.key"
+    load_copies_key(target)
+    link = tmp_path / "copies.key"
+    link.symlink_to(target)
+    with pytest.raises(CopiesKeyError, match="not a regular file"):
+        load_copies_key(link)
+    fifo = tmp_path / "fifo.key"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(CopiesKeyError, match="not a regular file"):
+        load_copies_key(fifo)  # refused at once, not blocked waiting for a writer
+
+
 def test_a_signature_binds_key_purpose_and_value() -> None:
     mac = sign(KEY, "dlr", "copy-1")
     assert len(mac) == MAC_HEX and int(mac, 16) >= 0
@@ -76,6 +105,9 @@ def test_a_signature_binds_key_purpose_and_value() -> None:
     assert not verify(OTHER_KEY, "dlr", "copy-1", mac)
     assert not verify(KEY, "dlr", "copy-1", mac[:-1])
     assert not verify(KEY, "dlr", "copy-1", "")
+    # Anything but hex is no signature (never an error: a request's parameter is hostile).
+    for junk in ("é" * MAC_HEX, mac[:-1] + "é", mac[:-1] + "g", mac[:-1] + "\n", " " * MAC_HEX, "٣" * MAC_HEX):
+        assert not verify(KEY, "dlr", "copy-1", junk)
     with pytest.raises(ValueError):
         sign(KEY, "", "x")
 

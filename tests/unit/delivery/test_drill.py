@@ -38,6 +38,7 @@ from storage.models import (
     Confirmation,
     DrillSchedule,
     Message,
+    Person,
     ReviewDecision,
 )
 from tests.conftest import Clock, PersonFactory
@@ -257,7 +258,7 @@ def test_the_reach_report_counts_who_heard_it_and_finds_wrong_numbers(world: Wor
         report = reach_report(s, message_id)
     assert (report.bin_number, report.campaign_id, report.status) == (12, campaign_id, "done")
     assert report.counts() == {"members": 6, "reached": 4, "confirmed": 2, "not_reached": 2, "pending": 0,
-                               "wrong_numbers": 2}
+                               "not_called": 0, "wrong_numbers": 2}
     states = {line.name: (line.state, line.last_outcome) for line in report.members}
     assert states["Machine"] == ("machine", "voicemail") and states["Busy"] == ("not_reached", "failed")
     wrong = {(w.name, w.rank, w.why, w.cause) for w in report.wrong_numbers}
@@ -265,6 +266,37 @@ def test_the_reach_report_counts_who_heard_it_and_finds_wrong_numbers(world: Wor
     assert all("*" in w.number and w.number != barred.phone for w in report.wrong_numbers)  # masked
     with session_scope(world.engine) as s, pytest.raises(LookupError):
         reach_report(s, 999)
+
+
+def test_members_the_drill_does_not_call_are_no_phone_figure(world: World, clock: Clock,
+                                                             person: PersonFactory) -> None:
+    """A text-only member and one who opted out of calls are never called: neither pending while the
+    drill runs nor "not reached" once it is done, but counted apart; one who confirmed by SMS counts."""
+    called = person(Role.MEMBER, name="Called")
+    deaf = person(Role.MEMBER, name="Text only")
+    opted_out = person(Role.MEMBER, name="No calls")
+    replied = person(Role.MEMBER, name="Replied by SMS")
+    with session_scope(world.engine) as s:
+        s.get_one(Person, deaf.id).channels = "sms"
+        s.get_one(Person, replied.id).channels = "sms"
+        s.get_one(Person, opted_out.id).calls_opt_out_at = clock.now
+    message_id = _drill(world, clock)
+    campaign_id = _campaign_of(world, message_id, clock)
+    with session_scope(world.engine) as s:
+        s.add(Confirmation(campaign_id=campaign_id, person_id=replied.id, via="sms"))
+    with session_scope(world.engine) as s:
+        running = reach_report(s, message_id)
+    assert (running.pending, running.not_reached, running.not_called, running.reached) == (1, 0, 2, 1)
+    with session_scope(world.engine) as s:
+        _attempt(s, campaign_id, called.id, called.phone, 1, AttemptOutcome.NO_ANSWER, "no_answer")
+        s.get_one(Campaign, campaign_id).status = s.get_one(Campaign, campaign_id).status.__class__("done")
+    with session_scope(world.engine) as s:
+        report = reach_report(s, message_id)
+    assert report.counts() == {"members": 4, "reached": 1, "confirmed": 1, "not_reached": 1, "pending": 0,
+                               "not_called": 2, "wrong_numbers": 0}
+    assert {line.name: line.state for line in report.members} == {
+        "Called": "not_reached", "Text only": "not_called", "No calls": "not_called", "Replied by SMS": "confirmed"}
+    assert report.to_json()["counts"]["not_called"] == 2
 
 
 async def test_every_prompt_of_a_drill_call_says_it_is_a_test(world: World, clock: Clock, tmp_path: Path,

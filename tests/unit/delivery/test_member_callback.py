@@ -19,7 +19,7 @@ from ivr.domain.vocabulary import Role, Urgency
 from tests.conftest import PersonFactory
 from tests.fakes import HANG_UP, FakeCall, WhilePlaying
 from tests.unit.delivery.sent import CLIP, OTHER_CLIP, delivery_desk, sent_message
-from tests.world import World
+from tests.world import OTHER_ZONE_BIN, World
 
 KEY_TIMEOUT_S = 1.0
 #: After "press 1 to confirm, 2 to hear it again": the key that stops BIN calls (issue 17).
@@ -256,3 +256,48 @@ async def test_a_drill_offers_the_same_choice(world: World, tmp_path: Path, pers
     end, call = await _opt_call(world, tmp_path, member.id, member.phone, [None])
     assert end is CallbackEnd.HEARD
     assert call.said == ["member_header_drill", "member_keys_drill", OFFER_STOP, "member_goodbye"]
+
+
+async def test_the_opt_out_is_for_every_member_whose_number_it_is(world: World, tmp_path: Path,
+                                                                  person: PersonFactory) -> None:
+    """The caller ID is all the line knows: a number two households share (a member of another BIN, a
+    housemate) stops the calls of both, and offers the way back only once both opted out."""
+    shared = "+32496777001"
+    first = person(Role.MEMBER, phone=shared)
+    other_bin = person(Role.MEMBER, phone=shared, bin_number=OTHER_ZONE_BIN)
+    with session_scope(world.engine) as s:
+        s.get_one(Person, other_bin.id).calls_opt_out_at = NOW - dt.timedelta(days=3)
+    await sent_message(world, tmp_path)
+    # One of them still gets calls: what is offered is to stop them (not "to be called again").
+    end, call = await _opt_call(world, tmp_path, first.id, shared, ["9", "1", "1"])
+    assert end is CallbackEnd.OPTED_OUT and call.said[2] == OFFER_STOP
+    assert _opted_out_at(world, first.id) == NOW
+    assert _opted_out_at(world, other_bin.id) == NOW - dt.timedelta(days=3)  # kept its own moment
+    assert _opt_audit(world) == [("member.calls_opt_out", "member (call-back line)", f"person:{first.id}")]
+    end, call = await _opt_call(world, tmp_path, first.id, shared, ["9", "1", "1"])
+    assert end is CallbackEnd.OPTED_IN and call.said[2] == OFFER_BACK
+    assert _opted_out_at(world, first.id) is None and _opted_out_at(world, other_bin.id) is None
+    assert _opt_audit(world)[1:] == [("member.calls_opt_in", "member (call-back line)", f"person:{p}")
+                                     for p in sorted([first.id, other_bin.id])]
+
+
+async def test_a_text_only_member_is_not_offered_the_calls_key(world: World, tmp_path: Path,
+                                                               person: PersonFactory) -> None:
+    """Text only: no call to stop, none to come back; a 9 is no menu key then. A called household on
+    the same number is still offered it, and only its calls stop."""
+    deaf = person(Role.MEMBER, phone="+32496777002")
+    with session_scope(world.engine) as s:
+        s.get_one(Person, deaf.id).channels = "sms"
+    await sent_message(world, tmp_path)
+    before = dump(world.engine)
+    end, call = await _opt_call(world, tmp_path, deaf.id, deaf.phone, [WhilePlaying("9"), "9"])
+    assert end is CallbackEnd.HEARD  # a 9 is any other key: the menu once, then goodbye
+    assert call.said == ["member_header_urgent", "member_keys", "member_goodbye"]
+    assert OFFER_STOP not in call.said and OFFER_BACK not in call.said
+    after = dump(world.engine)
+    assert {t: rows for t, rows in after.items() if t not in ("line_calls", "audit_log")} == \
+        {t: rows for t, rows in before.items() if t not in ("line_calls", "audit_log")}
+    housemate = person(Role.MEMBER, phone=deaf.phone, bin_number=OTHER_ZONE_BIN)
+    end, call = await _opt_call(world, tmp_path, housemate.id, deaf.phone, ["9", "1", "1"])
+    assert end is CallbackEnd.OPTED_OUT and call.said[2] == OFFER_STOP
+    assert _opted_out_at(world, housemate.id) == NOW and _opted_out_at(world, deaf.id) is None

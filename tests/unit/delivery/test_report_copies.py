@@ -269,3 +269,74 @@ def test_the_ladders_sms_still_to_come_are_counted_with_when_the_last_falls_due(
     with session_scope(world.engine) as s:
         s.get_one(Campaign, campaign_id).status = CampaignStatus.CANCELLED
     assert campaign_report(world.engine, campaign_id, POLICY, now).ladder_waiting == 0
+
+
+def test_a_done_campaigns_members_have_their_calls_over_for_the_ladder(world: World) -> None:
+    """The copy engine's rule: once the campaign is done, every called member's calls are over, even one
+    whose retry never came (a preventive member whose calls expired shows as waiting a retry): their
+    ladder SMS is counted as to come, and when it may go (a preventive one: after the quiet hours)."""
+    expired = _member(world, "Verlopen", ("+32470000041",), channels="voice")
+    campaign_id = _campaign(world, Urgency.PREVENTIVE)
+    late = dt.datetime(2025, 3, 4, 20, 0, tzinfo=dt.timezone.utc)  # 21:00 in Brussels: the quiet hours begin
+    with session_scope(world.engine) as s:
+        s.get_one(PoliceZone, world.zone_id).ladder_after_s = 60.0
+        s.add(CallAttempt(campaign_id=campaign_id, person_id=expired, attempt_no=1, e164="+32470000041",
+                          outcome=AttemptOutcome.NO_ANSWER, status=AttemptStatus.ENDED, dial_outcome="no_answer",
+                          dialled_at=late - dt.timedelta(seconds=30), ended_at=late))
+    now = late + dt.timedelta(seconds=10)
+    running = campaign_report(world.engine, campaign_id, POLICY, now)
+    assert [line.state for line in running.members] == ["waiting_retry"] and running.ladder_waiting == 0
+    with session_scope(world.engine) as s:
+        s.get_one(Campaign, campaign_id).status = CampaignStatus.DONE
+    done = campaign_report(world.engine, campaign_id, POLICY, now)
+    assert (done.ladder_waiting, done.ladder_due_at) == (1, late + dt.timedelta(seconds=60))
+    assert done.ladder_sends_at == dt.datetime(2025, 3, 5, 7, 0, tzinfo=dt.timezone.utc)  # 08:00 in Brussels
+
+
+def test_a_follow_up_goes_to_whoever_received_the_first_by_phone_or_in_writing(world: World) -> None:
+    """Issue 17: a retraction goes to those who heard the first message and to those who got it in writing
+    (a copy sent or delivered); one who got it in writing only is not called for it (it reaches them in
+    writing, on the channels the first did), and the report lists them so."""
+    from ivr.delivery.members import received_in_writing, recipients
+    from ivr.domain.vocabulary import MessageKind
+
+    heard = _member(world, "Gehoord", ("+32470000051",))
+    texted = _member(world, "Tekst", ("+32470000052",), channels="sms")
+    ladder = _member(world, "Ladder", ("+32470000053",), channels="voice")
+    replied = _member(world, "Antwoordde", ("+32470000054",), channels="voice")
+    bounced = _member(world, "Onbestelbaar", ("+3293000055",), email="x@example.be", channels="email")
+    nothing = _member(world, "Niets", ("+32470000056",))
+    first = _campaign(world)
+    with session_scope(world.engine) as s:
+        s.get_one(Campaign, first).status = CampaignStatus.DONE
+        for pid, outcome in ((heard, AttemptOutcome.VOICEMAIL), (ladder, AttemptOutcome.NO_ANSWER),
+                             (replied, AttemptOutcome.NO_ANSWER), (nothing, AttemptOutcome.NO_ANSWER)):
+            e164 = s.scalars(select(PhoneNumber.e164).where(PhoneNumber.person_id == pid)).one()
+            s.add(CallAttempt(campaign_id=first, person_id=pid, attempt_no=1, e164=e164, outcome=outcome,
+                              status=AttemptStatus.ENDED, dial_outcome="answered", dialled_at=T0, ended_at=T0))
+    _copy(world, first, texted, Channel.SMS, CopyStatus.DELIVERED, CopyReason.TEXT_ONLY)
+    _copy(world, first, ladder, Channel.SMS, CopyStatus.SENT, CopyReason.LADDER)
+    _copy(world, first, replied, Channel.SMS, CopyStatus.DELIVERED, CopyReason.LADDER)
+    _copy(world, first, bounced, Channel.EMAIL, CopyStatus.BOUNCED, CopyReason.TEXT_ONLY, "x@example.be")
+    _copy(world, first, nothing, Channel.SMS, CopyStatus.FAILED, CopyReason.LADDER)
+    _confirm(world, first, replied, "sms")  # replied "1" to the ladder's SMS: received, in writing
+    with session_scope(world.engine) as s:
+        first_message = s.get_one(Campaign, first).message
+        retraction = Message(bin_id=world.bin_id, urgency=Urgency.URGENT, status=MessageStatus.DELIVERING,
+                             text="Vergeet het vorige bericht.", kind=MessageKind.CANCELLATION,
+                             follow_up_of_id=first_message.id)
+        s.add(retraction)
+        s.flush()
+        follow_up = Campaign(message_id=retraction.id, status=CampaignStatus.RUNNING, started_at=T0)
+        s.add(follow_up)
+        s.flush()
+        assert received_in_writing(s, first) == {texted: {Channel.SMS}, ladder: {Channel.SMS},
+                                                 replied: {Channel.SMS}}
+        assert recipients(s, retraction) == sorted([heard, texted, ladder, replied])
+        assert {m.view.person_id: m.called for m in campaign_members(s, follow_up, retraction)} == {
+            heard: True, texted: False, ladder: False, replied: False}
+        follow_up_id = follow_up.id
+    report = campaign_report(world.engine, follow_up_id, POLICY, T0 + dt.timedelta(minutes=5))
+    assert {line.person_id: (line.state, line.channels) for line in report.members} == {
+        heard: ("queued", "voice+sms"), texted: ("text_only", "sms"), ladder: ("text_only", "sms"),
+        replied: ("text_only", "sms")}

@@ -32,10 +32,21 @@ def test_category() -> None:
 
 
 def test_bar() -> None:
-    # Segments in the console's order; a segment's states are summed, so only their set matters.
-    assert list(states.BAR) == list(OLD_BAR)
-    assert {segment: set(names) for segment, names in states.BAR.items()} == \
-        {segment: set(names) for segment, names in OLD_BAR.items()}
+    # Segments in the console's order; a segment's states are summed, so only their set matters. The
+    # dialer's states count as before; members not called (issue 17) and a stopped campaign's are
+    # counted too, so the segments add up to the members.
+    assert list(states.BAR) == ["confirmed", "answering_machine", "failed", "text_only", "waiting"]
+    assert {segment: set(names) & set(states.LIVE_STATES) for segment, names in states.BAR.items()} == \
+        {segment: set(OLD_BAR.get(segment, ())) for segment in states.BAR}
+    assert set(states.BAR["text_only"]) == {"text_only"}
+    assert {"no_channel", "not_called", "stopped"} <= set(states.BAR["failed"])
+    assert "in_call_at_stop" in states.BAR["waiting"]
+
+
+def test_every_state_a_report_shows_is_in_one_bar_segment() -> None:
+    shown = report.LIVE_STATES + report.REACH_STATES + report.STOPPED_STATES
+    counted = [name for names in states.BAR.values() for name in names]
+    assert sorted(counted) == sorted(shown)
 
 
 def test_delivered_and_received() -> None:

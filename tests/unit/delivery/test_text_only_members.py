@@ -13,7 +13,7 @@ from ivr.delivery.members import campaign_members, recipients
 from ivr.delivery.store import DeliveryDesk
 from ivr.domain.vocabulary import CampaignStatus, Urgency
 from storage.db import session_scope
-from storage.models import CallAttempt, Campaign, Person, PoliceZone
+from storage.models import AuditEntry, CallAttempt, Campaign, Person, PoliceZone
 from tests.unit.delivery.test_campaign_runner import FakeDialer, _add_members, _approved, _runner, _until_done
 from tests.world import World, build_world
 
@@ -54,6 +54,12 @@ async def test_text_only_and_opted_out_members_are_not_dialled_and_the_campaign_
     # The message still goes to all four (their copies are the copies' business), and reports list them.
     assert members == {called: True, text_only: False, opted_out: False, chose_voice: True}
     assert sorted(everyone) == sorted(members)
+    # The campaign's last word counts them too: text only (an address), and no channel (a landline, and
+    # the urgent default's SMS needs a mobile): every member is in it once.
+    with session_scope(world.engine) as s:
+        [done] = s.scalars(select(AuditEntry).where(AuditEntry.action == "campaign.done")).all()
+    assert (done.details["text_only"], done.details["no_channel"]) == (1, 1)
+    assert sum(done.details.values()) == 4
 
 
 async def test_a_text_only_member_sharing_a_line_covers_nobody(world: World, tmp_path: Path) -> None:

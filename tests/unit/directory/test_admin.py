@@ -214,17 +214,23 @@ def test_zones_are_edited_whole_or_not_at_all(world: World, person: PersonFactor
 def test_a_zone_s_default_channels_and_ladder_are_set_checked_and_cleared(world: World) -> None:
     """Issue 17: written choices are stored the one way; bad ones write nothing; ``None`` is the setting's."""
     changed = _tx(world, lambda s: admin.edit_zone(s, "5415", ROOT, urgent_channels="sms, call",
-                                                   preventive_channels="text", ladder_sms=False, ladder_after_s=600))
+                                                   preventive_channels="call, e-mail, sms", ladder_sms=False,
+                                                   ladder_after_s=600))
     assert changed == ["urgent_channels", "preventive_channels", "ladder_sms", "ladder_after_s"]
     row = next(z for z in _tx(world, admin.list_zones) if z.code == "5415")
     assert (row.urgent_channels, row.preventive_channels, row.ladder_sms, row.ladder_after_s) == (
-        "voice+sms", "sms+email", False, 600.0)
+        "voice+sms", "voice+sms+email", False, 600.0)
     assert row.as_dict()["urgent_channels"] == "voice+sms"
     [audited] = _audit(world, "zone.edited")
-    assert audited.details == {"urgent_channels": [None, "voice+sms"], "preventive_channels": [None, "sms+email"],
+    assert audited.details == {"urgent_channels": [None, "voice+sms"],
+                               "preventive_channels": [None, "voice+sms+email"],
                                "ladder_sms": [None, False], "ladder_after_s": [None, 600.0]}
     before = dump(world.engine)
+    # Voice always, unless a member opted out or chose text only: a zone's defaults cannot leave it out.
+    with pytest.raises(admin.AdminError, match="preventive_channels: sms\\+email leaves out calls"):
+        _tx(world, lambda s: admin.edit_zone(s, "5415", ROOT, preventive_channels="text"))
     for kwargs in ({"urgent_channels": "voice+fax"}, {"preventive_channels": ""}, {"urgent_channels": 3},
+                   {"urgent_channels": "sms"}, {"preventive_channels": "email"},
                    {"ladder_sms": "yes"}, {"ladder_after_s": -1}, {"ladder_after_s": float("inf")},
                    {"ladder_after_s": True}):
         with pytest.raises(admin.AdminError):
