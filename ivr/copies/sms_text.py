@@ -121,8 +121,11 @@ def plain(text: str) -> str:
     runs of white space as one space, ends trimmed."""
     # Composed first: an "e" followed by a combining acute is the GSM-7 "é".
     text = unicodedata.normalize("NFC", text.translate(_PLAIN).replace("…", "..."))
-    text = "".join(c if c in GSM_BASIC or c in GSM_EXTENSION else gsm_letter(c) for c in text)
-    return _SPACES.sub(" ", _CONTROL.sub(" ", text)).strip()
+    text = _SPACES.sub(" ", _CONTROL.sub(" ", text)).strip()
+    folded = "".join(c if c in GSM_BASIC or c in GSM_EXTENSION else gsm_letter(c) for c in text)
+    # Folding only pays when it makes the whole text GSM-7; a text that goes as UCS-2 anyway keeps its
+    # letters (stripping marks would damage scripts that write vowels with them).
+    return folded if is_gsm(folded) else text
 
 
 def gsm_letter(c: str) -> str:

@@ -229,3 +229,12 @@ def test_without_a_call_back_number_the_reply_hint_stays() -> None:
 def test_an_absurd_call_back_number_is_refused() -> None:
     with pytest.raises(ValueError, match="call-back number"):
         compose_sms(content(callback_number="ж" * 200))
+
+
+def test_a_text_that_stays_ucs2_keeps_its_marks_and_accents() -> None:
+    # Hindi writes vowels with combining marks, Russian has no GSM-7 letters: both go as UCS-2 as written,
+    # and the French accents beside them are kept too (folding would not make the text GSM-7).
+    for text in ("नमस्ते", "Внимание: ê"):
+        assert plain(text) == text
+        assert measure(plain(text)).unicode
+    assert plain("Être prudent à Liège") == "Etre prudent à Liège"  # GSM-7 after folding: folded
