@@ -486,7 +486,8 @@ class TextCopy(Base):
     #: Hand-overs tried (a passing failure is tried again, with a growing pause, for a bounded time).
     tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: A QUEUED copy is not taken before this time (``None``: at once): the pause after a passing
-    #: failure, or the end of the quiet hours for a preventive message's SMS.
+    #: failure, or the end of the quiet hours for a preventive message's SMS. On a SENDING SMS not yet
+    #: stamped ``sending_at`` (waiting for the SMS pace), when it was claimed.
     retry_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     #: Kannel's answer / the last delivery report, or the relay's refusal (bounce), cut short.
     detail: Mapped[str | None] = mapped_column(String(200))

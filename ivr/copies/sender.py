@@ -23,6 +23,8 @@ request went, no answer came), by an answer that could not be stored, or by anot
 - an SMS waits ``sms_resume_grace_s`` first: Kannel calls its delivery report (again, after a
   restart: ``http-request-retry``), and a report (8: the SMSC has it, 1: delivered) proves the
   hand-over happened, so it is not sent again; only when none came is it sent again, same copy id.
+  One whose ``sending_at`` is empty never reached Kannel (it waited for its pace token: the stamp
+  comes just before the hand-over, ``CopyDesk.handing``): it goes again at once.
 """
 
 from __future__ import annotations
@@ -75,8 +77,8 @@ class SenderLimits:
     #: How long ``stop`` waits for hand-overs in progress to end and their answers to be stored: a
     #: hand-over in a worker thread cannot be called back, so one cut short may have gone (it stays
     #: SENDING and is settled at the next start). About the gateways' timeout, within the service's
-    #: stop budget (systemd's ``TimeoutStopSec=30``).
-    stop_grace_s: float = 20.0
+    #: stop budget (systemd's ``TimeoutStopSec=30``, which the service's other parts share).
+    stop_grace_s: float = 10.0
     #: Copies left SENDING by others are looked for this often ...
     orphan_check_s: float = 30.0
     #: ... and taken when SENDING this long: longer than any hand-over takes (the gateways' timeouts
@@ -151,6 +153,8 @@ class CopySender:
         self._planned_at = float("-inf")
         self._due: dt.datetime | None = None
         self._replan = True
+        #: Set by ``stop``: an SMS still waiting for its pace token is not handed over.
+        self._stopping = False
         self._orphans_checked_at = time.monotonic()
         #: Copies handed over by this process, by channel and result, and passes made (monitoring, tests).
         self.handed: dict[str, int] = {}
@@ -164,6 +168,7 @@ class CopySender:
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         """Listen for Kannel's callbacks, take in the copies a previous process left SENDING, then send."""
+        self._stopping = False
         if self.callbacks is not None:
             where = await self.callbacks.start()
             log.info("Kannel's delivery reports and replies are taken on %s", where)
@@ -177,7 +182,9 @@ class CopySender:
     async def stop(self) -> None:
         """Stop sending: no new hand-over starts; those in progress get ``stop_grace_s`` to end and store
         their answer (a copy that went is recorded SENT); one cut short stays SENDING and is settled
-        at the next start. Then the gateways' threads are let go."""
+        at the next start (an SMS still waiting for its pace token never starts: it goes at once then).
+        Then the gateways' threads are let go."""
+        self._stopping = True
         for task in (self._task, self._plan_task):
             if task is not None:
                 task.cancel()
@@ -233,6 +240,7 @@ class CopySender:
         if self._plan_task is None and (self._replan or now_mono - self._planned_at >= self.limits.poll_s
                                         or (self._due is not None and self._due <= now)):
             self._replan = False
+            self._due = None  # this plan says anew; until it ends the loop does not spin on a past one
             self._plan_task = asyncio.get_running_loop().create_task(self._plan(channels), name="copy-plan")
         if now_mono - self._orphans_checked_at >= self.limits.orphan_check_s:
             self._orphans_checked_at = now_mono
@@ -288,7 +296,9 @@ class CopySender:
             if orphan.channel not in self.channels_on or orphan.copy_id in self._sending \
                     or orphan.copy_id in self._orphans:
                 continue  # a gateway that is off: it stays SENDING until the gateway is on again
-            wait = self.limits.sms_resume_grace_s if orphan.channel is Channel.SMS else 0.0
+            # An SMS never stamped as handed over never reached Kannel: no report can come for it.
+            handed = orphan.sending_at is not None
+            wait = self.limits.sms_resume_grace_s if orphan.channel is Channel.SMS and handed else 0.0
             self._orphans[orphan.copy_id] = now + dt.timedelta(seconds=wait)
             taken += 1
         return taken
@@ -323,7 +333,12 @@ class CopySender:
         except ValueError as exc:
             await self._record(job, "refused", self.desk.failed(job.copy_id, f"not composed: {exc}", final=True))
             return
-        await self._sms_turn()
+        if not await self._sms_turn():
+            log.info("SMS copy %s not handed over: stopping (it goes at the next start)", job.copy_id)
+            return
+        if not await self.desk.handing(job.copy_id):
+            log.info("SMS copy %s settled meanwhile: not handed over", job.copy_id)
+            return
         try:
             answer = await self.sms.send(sms)
         except SendRefused as exc:
@@ -397,8 +412,10 @@ class CopySender:
         elif result in ("failed", "refused", "bounced"):
             log.warning("copy %s (%s) %s for good", job.copy_id, job.channel.value, result)
 
-    async def _sms_turn(self) -> None:
-        """Wait for the SMS pace's next token (SMS leave one after the other, in claim order)."""
+    async def _sms_turn(self) -> bool:
+        """Wait for the SMS pace's next token (SMS leave one after the other, in claim order); ``False``
+        when the sender is stopping (no hand-over starts then)."""
         async with self._pace_lock:
-            while not self._pace.take(time.monotonic()):
+            while not self._stopping and not self._pace.take(time.monotonic()):
                 await asyncio.sleep(self._pace.wait_s(time.monotonic()))
+            return not self._stopping

@@ -16,6 +16,9 @@ Rules:
 - a preventive message's SMS keeps the quiet hours, as its calls do: written, and not taken before
   they end (``TextCopy.retry_at``);
 - a stopped campaign's queued copies are cancelled (and queued again if a re-notify runs it again);
+- a follow-up's copies are planned until its first message can reach nobody more in writing
+  (``CopyDesk._owing``: a ladder SMS that can still fall due, a copy queued or being sent): whoever
+  gets the first message late in writing gets the follow-up on that channel too;
 - a copy moves by conditional UPDATEs only (``claim``: QUEUED -> SENDING; a delivery report never
   moves a final state back), so two senders never take the same copy and a late answer never undoes
   a later one; the claim checks again what may have changed since the copy was written (an opt-out,
@@ -209,6 +212,8 @@ class Orphan:
 
     copy_id: str
     channel: Channel
+    #: When it was handed to its gateway; ``None``: an SMS claimed that never reached Kannel (it
+    #: waited for its pace token), so it goes again at once.
     sending_at: dt.datetime | None
 
 
@@ -264,15 +269,21 @@ class CopyDesk(Desk):
         again = (TextCopy.status == CopyStatus.CANCELLED, TextCopy.detail == STOPPED_DETAIL,
                  TextCopy.campaign_id.in_(running))
         if s.scalar(select(TextCopy.id).where(*again).limit(1)) is not None:
-            s.execute(update(TextCopy).where(*again).values(status=CopyStatus.QUEUED, failed_at=None, detail=None)
+            # Queued anew: its retry time and tries count from now (``_give_up_at``), not from the first run.
+            s.execute(update(TextCopy).where(*again).values(status=CopyStatus.QUEUED, failed_at=None, detail=None,
+                                                             created_at=now, tries=0, retry_at=None)
                       .execution_options(synchronize_session=False))
-        # The ladder's longest delay: a finished campaign is planned while one of its SMS can fall due.
-        longest = max(self.rules.ladder.after_s, s.scalar(select(func.max(PoliceZone.ladder_after_s))) or 0.0)
-        ladder_since = now - dt.timedelta(seconds=longest + self.rules.ladder_margin_s)
+        ladder_since = self._ladder_since(s, now)
         unplanned_since = now - dt.timedelta(seconds=self.rules.recent_s)
         done = Campaign.status == CampaignStatus.DONE
+        # A follow-up is planned while its first message can still reach someone in writing: whoever
+        # gets the first message by a late copy (the ladder's, a retried one) gets the follow-up too.
+        owing_firsts = select(Campaign.message_id).where(Campaign.id.in_(self._owing(ladder_since, now)))
+        follow_ups = select(Message.id).where(Message.kind != MessageKind.ALERT,
+                                              Message.follow_up_of_id.in_(owing_firsts))
         wanted = [Campaign.status.in_(DIALLING),
-                  and_(done, Campaign.copies_planned_at.is_(None), Campaign.finished_at >= unplanned_since)]
+                  and_(done, Campaign.copies_planned_at.is_(None), Campaign.finished_at >= unplanned_since),
+                  and_(done, Campaign.message_id.in_(follow_ups))]
         if Channel.SMS in channels_on:
             wanted.append(and_(done, Campaign.copies_planned_at.is_not(None), Campaign.finished_at >= ladder_since))
         ids = list(s.scalars(select(Campaign.id).where(
@@ -281,6 +292,26 @@ class CopyDesk(Desk):
             TextCopy.status == CopyStatus.QUEUED, TextCopy.channel.in_(list(channels_on)), TextCopy.retry_at > now,
             TextCopy.campaign_id.not_in(stopped)))
         return ids, next_try
+
+    def _ladder_since(self, s: Session, now: dt.datetime) -> dt.datetime:
+        """A campaign that finished before this may no longer owe a ladder SMS (the longest ladder delay,
+        the settings' or a zone's, plus ``ladder_margin_s``)."""
+        longest = max(self.rules.ladder.after_s, s.scalar(select(func.max(PoliceZone.ladder_after_s))) or 0.0)
+        return now - dt.timedelta(seconds=longest + self.rules.ladder_margin_s)
+
+    def _owing(self, ladder_since: dt.datetime, now: dt.datetime) -> Select[tuple[int]]:
+        """The campaigns that can still hand someone their message in writing: running or finished since
+        ``ladder_since`` (a ladder SMS can fall due; not a retracted one's), with a copy queued or being
+        sent (a retry's pause runs for hours), or with one handed over within ``recent_s`` (a follow-up
+        planned after it sees it, however late that pass comes)."""
+        window = and_(Campaign.id.not_in(_retracted_campaigns()), or_(
+            Campaign.status.in_(DIALLING),
+            and_(Campaign.status == CampaignStatus.DONE, Campaign.finished_at >= ladder_since)))
+        recent = now - dt.timedelta(seconds=self.rules.recent_s)
+        busy = select(TextCopy.campaign_id).where(or_(
+            TextCopy.status.in_((CopyStatus.QUEUED, CopyStatus.SENDING)),
+            func.coalesce(TextCopy.sent_at, TextCopy.delivered_at) >= recent))
+        return select(Campaign.id).where(or_(window, Campaign.id.in_(busy)))
 
     def _plan_campaign(self, s: Session, campaign_id: int, channels_on: set[Channel],
                        now: dt.datetime) -> dt.datetime | None:
@@ -311,8 +342,13 @@ class CopyDesk(Desk):
                            retry_at=sms_from if wait else None))
             existing.add((person_id, channel))
 
-        if campaign.copies_planned_at is None and self._copies_at_start(s, campaign, message, defaults, write):
-            campaign.copies_planned_at = now  # once: with the members of this moment
+        if campaign.copies_planned_at is None:
+            if self._copies_at_start(s, campaign, message, defaults, write, now):
+                campaign.copies_planned_at = now  # once: with the members of this moment
+        elif message.kind is not MessageKind.ALERT and message.follow_up_of_id is not None:
+            # A re-notify of the first message may hand it to someone in writing after this was planned.
+            people = recipients(s, message)
+            self._follow_up_in_writing(s, message, people, load_contacts(s, people), write, now)
         if ladder.sms and Channel.SMS in channels_on:
             for pid, (due_at, number) in self._ladder(s, campaign, message, ladder, existing, now).items():
                 if due_at <= now:
@@ -324,9 +360,10 @@ class CopyDesk(Desk):
 
     def _copies_at_start(self, s: Session, campaign: Campaign, message: Message,
                          defaults: dict[Urgency, frozenset[Channel]],
-                         write: Callable[[int, Channel, CopyReason, str], None]) -> bool:
+                         write: Callable[[int, Channel, CopyReason, str], None], now: dt.datetime) -> bool:
         """Write the copies that go when the campaign starts; whether they are all known (a follow-up's
-        are not while its first message may still reach someone: a call up, a copy being sent).
+        are not while its first message may still reach someone: a call up, a copy queued or being
+        sent, a ladder SMS that can still fall due: ``_owing``).
 
         A follow-up goes to those who received the first message (``recipients``), on their own
         channels and on each channel they received the first one in writing (``received_in_writing``),
@@ -337,12 +374,20 @@ class CopyDesk(Desk):
         for pid in people:
             for channel, reason, address in copies_at_start(contacts[pid], message.urgency, defaults):
                 write(pid, channel, reason, address)
+        still_owing = self._follow_up_in_writing(s, message, people, contacts, write, now)
+        return not still_owing and not first_call_still_up(s, message)
+
+    def _follow_up_in_writing(self, s: Session, message: Message, people: list[int], contacts: dict[int, Contact],
+                              write: Callable[[int, Channel, CopyReason, str], None], now: dt.datetime) -> bool:
+        """A follow-up's copies on each channel its ``people`` received the first message in writing
+        (idempotent: ``write`` skips those written); whether the first campaign can still hand its
+        message to someone in writing (``_owing``: planned again on the next pass)."""
         if message.kind is MessageKind.ALERT or message.follow_up_of_id is None:
-            return True
+            return False
         first = s.scalar(select(Campaign.id).where(Campaign.message_id == message.follow_up_of_id)
                          .order_by(Campaign.id).limit(1))
         if first is None:
-            return True
+            return False
         in_writing = received_in_writing(s, first)
         reasons = {(pid, channel): reason for pid, channel, reason in s.execute(
             select(TextCopy.person_id, TextCopy.channel, TextCopy.reason).where(
@@ -352,9 +397,8 @@ class CopyDesk(Desk):
                 address = _written_address(contacts[pid], channel)
                 if address is not None:
                     write(pid, channel, reasons.get((pid, channel), CopyReason.CHOICE), address)
-        unsettled = s.scalar(select(TextCopy.id).where(
-            TextCopy.campaign_id == first, TextCopy.status.in_((CopyStatus.QUEUED, CopyStatus.SENDING))).limit(1))
-        return unsettled is None and not first_call_still_up(s, message)
+        owing = self._owing(self._ladder_since(s, now), now).where(Campaign.id == first)
+        return s.scalar(owing.limit(1)) is not None
 
     def _defaults(self, urgent: str | None, preventive: str | None, zone: str) -> dict[Urgency, frozenset[Channel]]:
         try:
@@ -410,13 +454,16 @@ class CopyDesk(Desk):
     async def orphans(self, older_than: dt.datetime | None = None) -> list[Orphan]:
         """Copies left SENDING, oldest first: at start (by a process that died during the hand-over),
         or, with ``older_than``, those handed over before it whose answer never came (a hand-over
-        that may have reached the gateway, ``SendUncertain``), for the sender to settle."""
+        that may have reached the gateway, ``SendUncertain``), for the sender to settle. An SMS claimed
+        but not yet handed over (``sending_at`` NULL) counts from its claim (``retry_at``, see ``claim``)."""
         def work(s: Session) -> list[Orphan]:
             query = select(TextCopy.id, TextCopy.channel, TextCopy.sending_at).where(
                 TextCopy.status == CopyStatus.SENDING)
             if older_than is not None:
-                query = query.where(or_(TextCopy.sending_at.is_(None), TextCopy.sending_at < older_than))
-            return [Orphan(cid, channel, at) for cid, channel, at in s.execute(query.order_by(TextCopy.sending_at))]
+                query = query.where(or_(TextCopy.sending_at < older_than, and_(
+                    TextCopy.sending_at.is_(None), or_(TextCopy.retry_at.is_(None), TextCopy.retry_at < older_than))))
+            oldest_first = func.coalesce(TextCopy.sending_at, TextCopy.retry_at)
+            return [Orphan(cid, channel, at) for cid, channel, at in s.execute(query.order_by(oldest_first))]
         return await self.tx(work)
 
     async def claim(self, limit: int, *, channels: Collection[Channel] = (Channel.SMS, Channel.EMAIL),
@@ -429,10 +476,24 @@ class CopyDesk(Desk):
         ``text_wait_s`` after it was queued. What changed since a copy was written is checked again
         (``_void``): it is cancelled instead when its member opted out of its channel, left the BIN
         or was deactivated, its message was retracted, or (a ladder SMS) its member confirmed; a
-        preventive message's SMS inside the quiet hours stays QUEUED until they end."""
+        preventive message's SMS inside the quiet hours stays QUEUED until they end (an orphan one
+        is QUEUED again for then: a delivery report that comes meanwhile still settles it).
+
+        An SMS is claimed with ``sending_at`` NULL (its claim time in ``retry_at``): it waits for its
+        pace token, and ``handing`` stamps ``sending_at`` just before Kannel gets it, so an SMS left
+        SENDING with ``sending_at`` NULL is known never to have reached Kannel."""
         def work(s: Session) -> list[CopyJob]:
             now = self.clock()
             jobs: list[CopyJob] = []
+            allowed_from: dt.datetime | None = None
+
+            def taken(channel: Channel) -> dict[str, object]:
+                # An SMS is stamped when it is handed to Kannel (``handing``), after its pace token.
+                if channel is Channel.SMS:
+                    return {"status": CopyStatus.SENDING, "sending_at": None, "retry_at": now,
+                            "tries": TextCopy.tries + 1}
+                return {"status": CopyStatus.SENDING, "sending_at": now, "tries": TextCopy.tries + 1}
+
             for copy_id in orphans:
                 if len(jobs) >= limit:
                     break
@@ -448,8 +509,13 @@ class CopyDesk(Desk):
                     self._move(s, copy_id, (CopyStatus.SENDING,), status=CopyStatus.FAILED, failed_at=now,
                                detail=f"no answer from the gateway ({row.tries} tries, the last cut short)")
                     continue
-                if self._move(s, copy_id, (CopyStatus.SENDING,), status=CopyStatus.SENDING, sending_at=now,
-                              tries=TextCopy.tries + 1):
+                if row.channel is Channel.SMS and not self._urgent(s, row.campaign_id):
+                    allowed_from = allowed_from or self._allowed(now)
+                    if allowed_from > now:  # the quiet hours: it goes when they end
+                        self._move(s, copy_id, (CopyStatus.SENDING,), status=CopyStatus.QUEUED,
+                                   retry_at=allowed_from)
+                        continue
+                if self._move(s, copy_id, (CopyStatus.SENDING,), **taken(row.channel)):
                     job = self._job(s, copy_id, resumed=True)
                     if job is not None:
                         jobs.append(job)
@@ -471,7 +537,6 @@ class CopyDesk(Desk):
                 .where(*queued, or_(TextCopy.campaign_id.not_in(waiting), TextCopy.created_at <= waited))
                 .order_by(urgent_first, TextCopy.created_at, TextCopy.id).limit(max(4 * limit, 50))).all()
             void = self._void(s, [copy_id for copy_id, _, _ in candidates])
-            allowed_from: dt.datetime | None = None
             for copy_id, channel, urgency in candidates:
                 if len(jobs) >= limit:
                     break
@@ -485,8 +550,7 @@ class CopyDesk(Desk):
                     if allowed_from > now:  # the quiet hours: it goes when they end
                         self._move(s, copy_id, (CopyStatus.QUEUED,), retry_at=allowed_from)
                         continue
-                if self._move(s, copy_id, (CopyStatus.QUEUED,), status=CopyStatus.SENDING, sending_at=now,
-                              tries=TextCopy.tries + 1):
+                if self._move(s, copy_id, (CopyStatus.QUEUED,), **taken(channel)):
                     job = self._job(s, copy_id, resumed=False)
                     if job is not None:
                         jobs.append(job)
@@ -531,11 +595,21 @@ class CopyDesk(Desk):
         """When a copy's passing failures are no longer tried again: ``retry_for_s`` after it was
         queued, or after the quiet hours it was queued in (a preventive message's SMS waits for them)."""
         start = row.created_at
-        if row.channel is Channel.SMS and s.scalar(select(Message.urgency).join(
-                Campaign, Campaign.message_id == Message.id).where(Campaign.id == row.campaign_id)) \
-                is not Urgency.URGENT:
+        if row.channel is Channel.SMS and not self._urgent(s, row.campaign_id):
             start = self._allowed(start)
         return start + dt.timedelta(seconds=self.rules.retry_for_s)
+
+    @staticmethod
+    def _urgent(s: Session, campaign_id: int) -> bool:
+        return s.scalar(select(Message.urgency).join(Campaign, Campaign.message_id == Message.id)
+                        .where(Campaign.id == campaign_id)) is Urgency.URGENT
+
+    async def handing(self, copy_id: str) -> bool:
+        """An SMS is about to be handed to Kannel: stamp ``sending_at`` (only while SENDING). Whether
+        it may go (``False``: settled meanwhile, e.g. by a delivery report)."""
+        def work(s: Session) -> bool:
+            return self._move(s, copy_id, (CopyStatus.SENDING,), sending_at=self.clock())
+        return await self.tx(work)
 
     def _job(self, s: Session, copy_id: str, *, resumed: bool) -> CopyJob | None:
         """What the claimed copy needs to be composed; ``None`` (the copy failed for good) when the
@@ -707,8 +781,10 @@ class CopyDesk(Desk):
         its current round (an ENDED attempt), within ``REPLY_WINDOW``. The confirmation is unverified
         (the sender's number is all that says who it is): audited ``verified=False``."""
         since = at - REPLY_WINDOW
-        # Kannel gives the reply's time in whole seconds: a copy sent within that second came before it.
-        until = at + dt.timedelta(seconds=1)
+        # "Before the reply": before the later of Kannel's time and ours (an SMSC clock that runs behind
+        # must not make a real "1" come before its copy); Kannel's is in whole seconds, hence the second.
+        received = max(at, self.clock())
+        until = received + dt.timedelta(seconds=1)
         handed = func.coalesce(TextCopy.sent_at, TextCopy.delivered_at)
         texted = s.execute(select(TextCopy.campaign_id, TextCopy.person_id).where(
             TextCopy.address == from_e164, TextCopy.channel == Channel.SMS, TextCopy.status.in_(RECEIVED_COPIES),
@@ -717,7 +793,7 @@ class CopyDesk(Desk):
                            .join(Campaign, Campaign.id == CallAttempt.campaign_id).where(
             CallAttempt.e164 == from_e164, CallAttempt.status == AttemptStatus.ENDED,
             func.coalesce(CallAttempt.round, 1) == func.coalesce(Campaign.round, 1),
-            CallAttempt.ended_at <= at, CallAttempt.ended_at >= since)).tuples().all()
+            CallAttempt.ended_at <= received, CallAttempt.ended_at >= since)).tuples().all()
         candidates: dict[int, set[int]] = {}
         for campaign_id, pid in [*texted, *called]:
             candidates.setdefault(campaign_id, set()).add(pid)

@@ -305,6 +305,41 @@ async def test_an_sms_left_sending_is_sent_again_after_the_grace_without_a_repor
     assert after.tries == 2
 
 
+async def test_an_sms_that_never_reached_kannel_goes_again_at_once(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    """A process died while its SMS waited for their pace token: no delivery report can come for
+    them, so they are not held for the grace."""
+    member(world, channels="sms")
+    await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world)
+    await desk.plan({Channel.SMS})
+    [claimed] = await desk.claim(5)  # then the process died, before Kannel had it
+    sms = FakeSms()
+    running = sender(world, sms=sms)
+    await running.start()
+    try:
+        await until(lambda: set(statuses(world).values()) == {CopyStatus.SENT}, "the SMS sent without the grace")
+    finally:
+        await running.stop()
+    assert [s.copy_id for s in sms.sent] == [claimed.copy_id]
+
+
+async def test_stop_starts_no_hand_over_for_an_sms_waiting_for_its_pace(world: World, tmp_path: Path) -> None:
+    for _ in range(2):
+        member(world, channels="sms")
+    await campaign(world, tmp_path, text="Let op.")
+    sms = FakeSms()
+    # One SMS every 5 s: the second waits for its token when the stop comes (whose grace is longer).
+    running = sender(world, sms=sms, limits=SenderLimits(sms_per_s=0.2, concurrency=4, poll_s=0.05,
+                                                         stop_grace_s=30.0))
+    await running.start()
+    await until(lambda: CopyStatus.SENT in statuses(world).values(), "the first SMS")
+    await running.stop()
+    assert len(sms.sent) == 1
+    waiting = [row for row in copies(world).values() if row.status is CopyStatus.SENDING]
+    assert [row.sending_at for row in waiting] == [None]  # never handed over: it goes at once at the next start
+
+
 # -- an answer not stored, an uncertain hand-over, others' orphans ------------------------------------
 def _storing_sent_fails(running: CopySender, times: int) -> list[str]:
     """Make the desk's ``sent`` fail (the database away) ``times`` times; returns the copies it was called for."""
@@ -485,6 +520,42 @@ async def test_a_slow_plan_does_not_hold_up_sending(world: World, tmp_path: Path
         stuck.set()
         await running.stop()
     assert set(statuses(world).values()) == {CopyStatus.SENT}
+
+
+async def test_the_loop_does_not_spin_while_a_plan_runs_past_the_time_it_said(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    running = sender(world, sms=FakeSms(), limits=SenderLimits(poll_s=5.0, orphan_check_s=600.0))
+    stuck = asyncio.Event()
+    started = asyncio.Event()
+    plans = 0
+
+    async def plan(channels: object) -> dt.datetime | None:
+        nonlocal plans
+        plans += 1
+        if plans == 1:
+            return clock.now + dt.timedelta(seconds=1)  # a copy falls due in a second
+        started.set()
+        await stuck.wait()  # the next plan takes long (a database busy elsewhere)
+        return None
+
+    running.desk.plan = plan  # type: ignore[method-assign]
+    await running.start()
+    try:
+        await until(lambda: running._due is not None, "the first plan")
+        clock.advance(seconds=2)
+        running._wake.set()
+        await asyncio.wait_for(started.wait(), 30)
+        before = running.passes
+        await asyncio.sleep(0.5)
+        assert running.passes - before <= 3  # asleep until poll_s, not every 10 ms
+    finally:
+        stuck.set()
+        await running.stop()
+
+
+def test_the_stop_grace_leaves_the_rest_of_the_service_time_to_stop() -> None:
+    """systemd's TimeoutStopSec=30 is shared with the calls, the web console and the database."""
+    assert SenderLimits().stop_grace_s <= 10.0
 
 
 async def test_stop_waits_for_a_hand_over_in_progress_and_stores_its_answer(world: World, tmp_path: Path) -> None:

@@ -345,6 +345,28 @@ async def test_a_stopped_campaign_cancels_its_queued_copies_and_a_renotify_queue
     assert job.channel is Channel.EMAIL
 
 
+async def test_a_copy_queued_again_by_a_renotify_gets_its_retry_time_and_tries_anew(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    text_only = member(world, channels="sms")
+    sent = await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world, retry_for_s=3600.0, max_tries=3)
+    await desk.plan(BOTH)
+    for _ in range(2):
+        [job] = await desk.claim(5)
+        assert await desk.failed(job.copy_id, "503 busy") is CopyStatus.QUEUED
+        clock.advance(minutes=1)
+    set_campaign(world, sent.campaign_id, CampaignStatus.CANCELLED, clock.now)
+    await desk.plan(BOTH)
+    clock.advance(hours=3)  # a re-notify, hours later
+    set_campaign(world, sent.campaign_id, CampaignStatus.RUNNING)
+    await desk.plan(BOTH)
+    [job] = await desk.claim(5)
+    assert job.tries == 1
+    # A passing failure is tried again: its hour counts from the re-notify, its tries from zero.
+    assert await desk.failed(job.copy_id, "503 busy") is CopyStatus.QUEUED
+    assert copies(world)[(text_only, Channel.SMS)].created_at == clock.now
+
+
 # -- claiming and sending -------------------------------------------------------------------------
 async def test_a_claim_takes_each_copy_once(world: World, tmp_path: Path) -> None:
     for _ in range(6):
@@ -659,6 +681,46 @@ async def test_orphans_are_claimed_again_only_while_still_sending(world: World, 
     assert again.copy_id == orphans[Channel.EMAIL] and again.resumed and again.tries == 2
 
 
+async def test_an_sms_is_stamped_only_when_handed_to_kannel(world: World, tmp_path: Path, clock: Clock) -> None:
+    """Claimed, an SMS waits for its pace token: left SENDING then, it never reached Kannel, and the
+    orphans say so (``sending_at`` empty); an e-mail is handed over at once."""
+    member(world, channels="sms+email", email="lid@example.be")
+    await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world)
+    await desk.plan(BOTH)
+    jobs = {job.channel: job for job in await desk.claim(5)}
+    found = {o.channel: o.sending_at for o in await desk.orphans()}
+    assert found == {Channel.SMS: None, Channel.EMAIL: clock.now}
+    clock.advance(seconds=1)
+    assert await desk.handing(jobs[Channel.SMS].copy_id)
+    found = {o.channel: o.sending_at for o in await desk.orphans()}
+    assert found[Channel.SMS] == clock.now
+    # Another process's unstamped SMS counts from its claim.
+    assert await desk.orphans(older_than=clock.now - dt.timedelta(seconds=2)) == []
+    await desk.delivery_report(jobs[Channel.SMS].copy_id, 8, clock.now)
+    assert not await desk.handing(jobs[Channel.SMS].copy_id)  # settled: it does not go
+
+
+async def test_a_preventive_sms_orphan_waits_for_the_end_of_the_quiet_hours(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    clock.now = dt.datetime(2026, 11, 23, 20, 59, tzinfo=BXL).astimezone(dt.timezone.utc)
+    member(world, channels="sms")
+    await campaign(world, tmp_path, urgency=Urgency.PREVENTIVE, text="Let op.")
+    desk = copy_desk(world, tz=BXL)
+    await desk.plan(BOTH)
+    [job] = await desk.claim(5)
+    await desk.handing(job.copy_id)  # handed over, then the process died
+    clock.advance(minutes=5)  # 21:04: back, in the quiet hours
+    assert await desk.claim(5, orphans=[job.copy_id]) == []
+    morning = dt.datetime(2026, 11, 24, 8, 0, tzinfo=BXL)
+    [row] = copies(world).values()
+    assert (row.status, row.retry_at) == (CopyStatus.QUEUED, morning)
+    assert await desk.plan(BOTH) == morning
+    clock.now = morning.astimezone(dt.timezone.utc)
+    [again] = await desk.claim(5)
+    assert again.copy_id == job.copy_id
+
+
 async def test_orphans_older_than_a_bound(world: World, tmp_path: Path, clock: Clock) -> None:
     for _ in range(2):
         member(world, channels="sms")
@@ -728,17 +790,34 @@ async def test_a_reply_1_counts_only_from_the_number_the_copy_went_to_after_it_w
     for job in await desk.claim(5):
         await desk.sent(job.copy_id, "0: Accepted")
     number = number_of(world, someone)
-    # From their other mobile (no copy went there, no call), or sent before the copy was: nothing.
+    # From their other mobile (no copy went there, no call), or received before the copy was: nothing.
     assert await desk.take_reply(other_mobile, "", "1", "k-1", sent_at) == "confirm"
-    assert await desk.take_reply(number, "", "1", "k-2", sent_at - dt.timedelta(seconds=1)) == "confirm"
+    clock.now = sent_at - dt.timedelta(seconds=2)
+    assert await desk.take_reply(number, "", "1", "k-2", clock.now) == "confirm"
     assert _confirmed(world) == []
-    clock.advance(minutes=2)
+    clock.now = sent_at + dt.timedelta(minutes=2)
     assert await desk.take_reply(number, "", "1", "k-3", clock.now) == "confirm"
     assert _confirmed(world) == [(newer.campaign_id, someone, "sms")]  # the newest of the two
     with session_scope(world.engine) as s:
         assert [r.campaign_id for r in s.scalars(select(SmsReply).order_by(SmsReply.id))] == \
             [None, None, newer.campaign_id]
     assert older.campaign_id != newer.campaign_id
+
+
+async def test_a_reply_1_counts_when_the_smscs_clock_runs_behind(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    """The SMSC dates the "1" five minutes before the copy went (its clock is behind): the time we
+    received it says it came after."""
+    someone = member(world, channels="sms")
+    sent = await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world)
+    await desk.plan(BOTH)
+    [job] = await desk.claim(5)
+    await desk.sent(job.copy_id, "0: Accepted")
+    clock.advance(minutes=1)
+    smsc_time = clock.now - dt.timedelta(minutes=6)
+    assert await desk.take_reply(number_of(world, someone), "", "1", "k-1", smsc_time) == "confirm"
+    assert _confirmed(world) == [(sent.campaign_id, someone, "sms")]
 
 
 async def test_a_reply_from_an_unknown_number_is_stored_and_does_nothing(world: World, clock: Clock) -> None:
@@ -838,8 +917,44 @@ async def test_a_retraction_goes_in_writing_to_whoever_got_the_first_in_writing(
         (mailed, Channel.EMAIL): (CopyReason.TEXT_ONLY, "lid@example.be"),
     }
     assert heard not in {pid for pid, _ in got} and missed not in {pid for pid, _ in got}
+    # Planned for good once the first message can reach nobody more in writing (its copies went an
+    # hour ago; a retracted message gets no ladder).
+    with session_scope(world.engine) as s:
+        assert s.get_one(Campaign, retraction.campaign_id).copies_planned_at is None
+    clock.advance(hours=1, seconds=1)
+    await desk.plan(BOTH)
     with session_scope(world.engine) as s:
         assert s.get_one(Campaign, retraction.campaign_id).copies_planned_at == clock.now
+
+
+async def test_a_follow_up_reaches_who_gets_the_first_by_a_late_ladder_sms(
+        world: World, tmp_path: Path, clock: Clock) -> None:
+    """The update is planned before the first message's ladder SMS went; that SMS goes two hours
+    later, after an outage of the gateway: the update follows it by SMS."""
+    missed = member(world, channels="voice")  # voice only: they get the first message by the ladder's SMS
+    first = await campaign(world, tmp_path, text="Let op.")
+    desk = copy_desk(world, ladder=LadderRules(True, 900.0), ladder_margin_s=600.0)
+    await desk.plan(BOTH)
+    call(world, first.campaign_id, missed, AttemptOutcome.NO_ANSWER, clock.now)
+    set_campaign(world, first.campaign_id, CampaignStatus.DONE, clock.now)
+    update = await campaign(world, tmp_path, text="Opgelost.", follow_up_of=first.message_id)
+    await desk.plan(BOTH)
+    set_campaign(world, update.campaign_id, CampaignStatus.DONE, clock.now)  # nobody to call: done at once
+    assert copies(world, update.campaign_id) == {}
+    clock.advance(seconds=900)
+    await desk.plan(BOTH)
+    [job] = await desk.claim(5)
+    assert job.reason is CopyReason.LADDER
+    assert await desk.failed(job.copy_id, "smsbox: connection refused") is CopyStatus.QUEUED
+    clock.advance(hours=2)  # the ladder's window and the update's first hour are over; the retry is not
+    await desk.plan(BOTH)
+    [job] = await desk.claim(5)
+    await desk.sent(job.copy_id, "0: Accepted")
+    await desk.plan(BOTH)
+    got = copies(world, update.campaign_id)
+    assert {key: c.reason for key, c in got.items()} == {(missed, Channel.SMS): CopyReason.LADDER}
+    with session_scope(world.engine) as s:
+        assert s.get_one(Campaign, update.campaign_id).copies_planned_at is None  # the first may still owe
 
 
 async def test_a_retracted_message_gets_no_more_copies(world: World, tmp_path: Path, clock: Clock) -> None:
