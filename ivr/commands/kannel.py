@@ -39,17 +39,15 @@ from pathlib import Path
 
 from ivr.commands.common import CommandError, refuse_overwrite
 from ivr.config import Settings
-from ivr.copies.kannel import (
+from ivr.copies.kannel import KannelConfigError, mo_token, read_secret
+from ivr.copies.kannel_config import (
     ADMIN_PORT,
     KANNEL_USER,
     LOG_DIR,
     SMSBOX_PORT,
     SPOOL_DIR,
-    KannelConfigError,
     kannel_config,
-    mo_token,
     nftables_rules,
-    read_secret,
     sendsms_port,
 )
 from ivr.copies.tokens import CopiesKeyError, load_copies_key
@@ -64,7 +62,7 @@ ADMIN_SECRET_FILE = "kannel-admin.secret"
 STATUS_SECRET_FILE = "kannel-status.secret"
 #: The group that reads the logs on Debian (logrotate's ``create 640 kannel adm`` for Kannel's too).
 LOG_GROUP = "adm"
-#: The box logs the configuration names (``ivr.copies.kannel.gateway_groups``).
+#: The box logs the configuration names (``ivr.copies.kannel_config.gateway_groups``).
 LOG_FILES = ("bearerbox.log", "smsbox.log")
 DROPIN_TEXT = """\
 # BINfoon (binfoon kannel config): Kannel's queue, delivery reports and logs hold members' numbers and

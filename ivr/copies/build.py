@@ -21,9 +21,10 @@ from sqlalchemy import Engine
 from ivr.asterisk.secrets import read_secret_file
 from ivr.config import Settings
 from ivr.copies.callbacks import KannelCallbacks, callback_app
-from ivr.copies.email import MailOrigin, SmtpMailer
+from ivr.copies.email import MailOrigin
 from ivr.copies.kannel import KannelGateway, dlr_signer
 from ivr.copies.sender import Composer, CopySender, SenderLimits
+from ivr.copies.smtp import SmtpMailer
 from ivr.copies.store import CopyDesk, CopyRules
 from ivr.copies.tokens import load_copies_key
 from storage.models import utcnow

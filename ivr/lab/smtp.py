@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ivr.copies.email import SmtpMailer
+from ivr.copies.smtp import SmtpMailer
 
 HOST = "127.0.0.1"
 #: aiosmtpd 1.4 logs these on every AUTH (it sets its own deprecated ``Session.login_data``) and every

@@ -28,7 +28,8 @@ import pytest
 
 from ivr.config import load_settings
 from ivr.copies.gateways import SendFailed, SendUncertain, SmsCopy
-from ivr.copies.kannel import DLR_PURPOSE, dlr_signer, kannel_config, mo_token
+from ivr.copies.kannel import DLR_PURPOSE, dlr_signer, mo_token
+from ivr.copies.kannel_config import kannel_config
 from ivr.copies.sms_text import SmsContent, SmsText, compose_sms, count_segments
 from ivr.copies.tokens import verify
 from ivr.domain.vocabulary import Urgency

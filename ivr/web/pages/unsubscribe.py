@@ -7,7 +7,7 @@ Rules:
   404 and nothing is written;
 - GET only shows the page with its button (mail scanners open links: a GET never unsubscribes);
   POST unsubscribes, by the button or by one-click (``List-Unsubscribe=One-Click``), and is
-  idempotent (``ivr.copies.email.unsubscribe_email``);
+  idempotent (``ivr.copies.unsubscribe.unsubscribe_email``);
 - the page speaks the member's language (unless the visitor chose another) and shows nothing
   personal: the link may have been forwarded.
 """
@@ -21,8 +21,8 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ivr.copies.email import subscription, unsubscribe_email
 from ivr.copies.tokens import load_copies_key, person_of_token
+from ivr.copies.unsubscribe import subscription, unsubscribe_email
 from ivr.web.i18n import LANGUAGES
 from ivr.web.pages.base import BodyTooLarge, PageBase, PageError
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from ivr.cli import main
-from ivr.copies.kannel import mo_token, nftables_rules
+from ivr.copies.kannel import mo_token
+from ivr.copies.kannel_config import nftables_rules
 from ivr.copies.tokens import load_copies_key
 
 ROOT = os.geteuid() == 0

@@ -24,12 +24,11 @@ from ivr.copies.email import (
     POLICY,
     EmailContent,
     MailOrigin,
-    SmtpMailer,
     compose_email,
-    is_bounce,
     mime_message,
 )
 from ivr.copies.gateways import EmailCopy, SendFailed, SendRefused, SendUncertain
+from ivr.copies.smtp import SmtpMailer, is_bounce
 from ivr.copies.tokens import unsubscribe_token
 from ivr.domain.vocabulary import Urgency
 from ivr.lab.smtp import SmtpLab
@@ -327,7 +326,7 @@ def test_only_a_refusal_of_the_recipient_is_a_bounce(code: int, said: str, at_rc
 async def test_a_relay_that_denies_relaying_is_a_failure_not_a_bounce(wav: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     with SmtpLab(deny_relay=True) as lab:
-        with caplog.at_level(logging.ERROR, logger="ivr.copies.email"), \
+        with caplog.at_level(logging.ERROR, logger="ivr.copies.smtp"), \
                 pytest.raises(SendFailed, match=r"^554 5\.7\.1 .*Relay access denied") as caught:
             await lab.mailer().send(compose_email(content(wav), ORIGIN, TOKEN, NOW))
         assert type(caught.value) is SendFailed

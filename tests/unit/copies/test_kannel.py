@@ -22,15 +22,13 @@ from ivr.copies.kannel import (
     DLR_MASK,
     KannelConfigError,
     KannelGateway,
-    config_value,
     dlr_signer,
     dlr_url,
-    kannel_config,
     mo_token,
     mo_url,
     read_secret,
-    sendsms_port,
 )
+from ivr.copies.kannel_config import config_value, kannel_config, sendsms_port
 
 TOKEN = "a1" * 16
 SIG = "0f" * 16

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from ivr.copies.store import RETRACTED_DETAIL, STOPPED_DETAIL
+from ivr.copies.plan import RETRACTED_DETAIL, STOPPED_DETAIL
 from ivr.delivery.store import DeliveryDesk
 from ivr.domain.channels import LadderRules
 from ivr.domain.vocabulary import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import urllib.parse
 
-from ivr.lab.kannel import _Inbox
+from ivr.lab.fakesmsc import Inbox
 
 PREFIX = "2026-12-06 21:35:35 [8445] [0] DEBUG: Got message 7: "
 
@@ -22,7 +22,7 @@ def udh_line(sender: str, receiver: str, reference: int, total: int, sequence: i
 
 
 def test_text_and_ucs2_lines_as_fakesmsc_prints_them() -> None:
-    inbox = _Inbox()
+    inbox = Inbox()
     inbox.line(f"{PREFIX}<+3250000000 +32470000001 text é à ü ß Ä ñ Ø å Ü ¿ ¡ §>")
     inbox.line(f"{PREFIX}<+3250000000 +32470000001 ucs-2 %00G%00y%00%F5%00r%00+%01Q%00+%00e%00m%00o%00j%00i%00+"
                "%D8%3D%DE%93%00+%00t%00e%00s%00t>")
@@ -34,7 +34,7 @@ def test_text_and_ucs2_lines_as_fakesmsc_prints_them() -> None:
 
 
 def test_a_gsm7_line_break_comes_as_a_second_line_and_is_put_back() -> None:
-    inbox = _Inbox()
+    inbox = Inbox()
     inbox.line(f"{PREFIX}<+3250000000 +32470000001 text line1>")
     inbox.line("2026-12-06 21:35:35 [8445] [0] DEBUG: Got message 11: <line2 & = + %>")
     (sms,) = inbox.messages
@@ -42,7 +42,7 @@ def test_a_gsm7_line_break_comes_as_a_second_line_and_is_put_back() -> None:
 
 
 def test_concatenated_parts_are_joined_in_order_whatever_order_they_come_in() -> None:
-    inbox = _Inbox()
+    inbox = Inbox()
     text = "BIN Gent DRINGEND: Verdachte wagen {rood} [x] ^~ \\ | € gezien + 50% korting".encode()
     inbox.line(udh_line("+3250000000", "+32470000001", 3, 2, 2, text[40:]))
     inbox.line(udh_line("+3250000000", "+32470000002", 3, 2, 1, b"other "))  # same reference, other member
@@ -53,7 +53,7 @@ def test_concatenated_parts_are_joined_in_order_whatever_order_they_come_in() ->
 
 
 def test_concatenated_ucs2_is_told_from_its_bytes() -> None:
-    inbox = _Inbox()
+    inbox = Inbox()
     for reference, text in ((6, "x" * 100 + "ő"), (7, "ő" * 134)):  # the second has no zero byte at all
         data = text.encode("utf-16-be")
         inbox.line(udh_line("+3250000000", "+32470000001", reference, 2, 1, data[:134]))
