@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed
 # ffmpeg convert audio (pydub); postgresql serves the PostgreSQL half of the tests; iproute2 for ss;
 # chromium is the headless browser the web console's end-to-end tests drive (Playwright, never its own download).
 # kannel (bearerbox, smsbox) carries SMS copies; kannel-extras has fakesmsc, the SMSC the lab and the tests use.
+# nodejs runs the live board's script in a test (it must write what the server writes).
 DEB_PACKAGES := python3 python3-venv python3-dev debootstrap espeak-ng libespeak-ng1 sox ffmpeg \
 	postgresql util-linux iproute2 ca-certificates git chromium baresip-core \
-	kannel kannel-extras
+	kannel kannel-extras nodejs
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 4
 

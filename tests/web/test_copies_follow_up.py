@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -144,7 +143,6 @@ async def test_the_live_stream_sends_a_copy_as_it_changes(site: Site) -> None:
     assert (second["email"]["sent"], second["email"]["bounced"]) == (0, 1)  # type: ignore[index]
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="no node to run the board's script")
 def test_the_boards_script_writes_the_copies_line_as_the_server_does() -> None:
     """The live board rewrites the line from each streamed board: the very words the page came with."""
     script = (Path(__file__).parents[2] / "ivr" / "web" / "static" / "board.js").read_text(encoding="utf-8")
