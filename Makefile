@@ -9,9 +9,10 @@ STAMP := $(VENV)/.installed
 # chromium is the headless browser the web console's end-to-end tests drive (Playwright, never its own download).
 # kannel (bearerbox, smsbox) carries SMS copies; kannel-extras has fakesmsc, the SMSC the lab and the tests use.
 # nodejs runs the live board's script in a test (it must write what the server writes).
+# kamailio is a farm's SIP edge (dispatcher, caps); sip-tester (SIPp) drives it in its own test.
 DEB_PACKAGES := python3 python3-venv python3-dev debootstrap espeak-ng libespeak-ng1 sox ffmpeg \
 	postgresql util-linux iproute2 ca-certificates git chromium baresip-core \
-	kannel kannel-extras nodejs
+	kannel kannel-extras nodejs kamailio sip-tester
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 4
 
@@ -23,6 +24,9 @@ system-deps:
 		echo "installing Debian packages:" $$missing; \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+		case " $$missing " in *" kamailio "*) \
+			$$SUDO systemctl disable --now kamailio 2>/dev/null || true;; \
+		esac; \
 	fi
 
 $(STAMP): pyproject.toml | system-deps

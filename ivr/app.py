@@ -34,6 +34,8 @@ from ivr.asterisk.instance import AmiCredentials, AsteriskInstance
 from ivr.asterisk.officers import ReloadError, endpoint_of_channel
 from ivr.scheduler import AlarmClock
 from ivr.chain.steps import DELIVER, DRILL, Chain, ChainObserver
+from ivr.cluster.lease import NodeLease
+from ivr.cluster.node import FarmNode
 from ivr.config import Settings
 from ivr.copies.build import build_copies
 from ivr.delivery.dialer import CampaignRunner, DialerLimits
@@ -196,6 +198,24 @@ class BinfoonApp:
         #: credentials of its own security-event session; set on an instance with bans on.
         self.sip_guard: SipGuard | None = None
         self.security_ami: AmiCredentials | None = None
+        #: A farm node's lease, heartbeat and share of the carrier's limits (issue 18); ``None``: one node,
+        #: which runs every duty itself.
+        self.farm: FarmNode | None = None
+        self._leading = False
+        if settings.cluster_node:
+            self._join_farm(settings)
+
+    def _join_farm(self, settings: Settings) -> None:
+        lease = NodeLease(self.engine, settings.cluster_node, lease_s=settings.cluster_lease_s,
+                          heartbeat_s=settings.cluster_heartbeat_s, hold_s=settings.cluster_takeover_hold_s)
+        self.farm = FarmNode(lease, total_channels=settings.max_channels, total_cps=settings.max_cps,
+                             live_calls=lambda: self.calls.busy,
+                             set_budget=lambda budget: self.calls.set_limits(budget.channels, budget.cps),
+                             gained_lead=self._lead, lost_lead=self._unlead, took_over=self.campaigns.wake,
+                             fenced=self._fenced)
+        self.chain.leads = lease.leads
+        self.delivery.claim = lambda: lease.claim
+        self.campaigns.lease_valid = lease.valid
 
     @classmethod
     def on_instance(cls, settings: Settings, engine: Engine, instance: AsteriskInstance, ami: AmiGateway,
@@ -239,7 +259,6 @@ class BinfoonApp:
         if self.sip_guard is not None:
             await self.sip_guard.start(self.security_ami)
         self._unsubscribe = self.ami.subscribe(self._on_event)
-        self.alarms.start({DELIVER: self.chain.alarm, REVIEW_RETRY: self.reviews.wake, DRILL: self.chain.drill_alarm})
         # Confirmations Asterisk recorded while we were down count before anything is dialled again.
         await self.ingest_cel()
         # A refusal Asterisk met before we subscribed sent its Registry event to nobody (and a refused
@@ -250,11 +269,14 @@ class BinfoonApp:
             status = None
         if status:
             self.campaigns.trunk_registration(status)
+        if self.farm is not None:
+            await self.farm.join()
+            self.campaigns.node_id = self.farm.lease.node_id
         await self.campaigns.start()
-        if self.copies is not None:
-            # After the dialer: a copy's plan reads the calls it made (the ladder).
-            await self.copies.start()
-        await self.chain.reconcile(at_start=True)
+        if self.farm is None:
+            await self._lead()
+        else:
+            await self.farm.run()  # its first heartbeat may make this node the leader (``_lead``)
         self._poller = asyncio.get_running_loop().create_task(self._poll(), name="binfoon-poll")
         # The backlog (recordings kept while no model was installed) is done in the background.
         self._spawn(self._transcripts_start())
@@ -263,6 +285,36 @@ class BinfoonApp:
         # current terms directly until then.
         self._reindexed.clear()
         self._spawn(self._reindex_search())
+
+    async def _lead(self) -> None:
+        """Take on the duties one process runs for everybody: alarms, reviews, copies, reconciliation."""
+        if self._leading:
+            return
+        self._leading = True
+        self.alarms.start({DELIVER: self.chain.alarm, REVIEW_RETRY: self.reviews.wake, DRILL: self.chain.drill_alarm})
+        if self.copies is not None:
+            # After the dialer: a copy's plan reads the calls it made (the ladder).
+            await self.copies.start()
+        await self.chain.reconcile(at_start=True)
+
+    async def _unlead(self) -> None:
+        """Another node leads now (this one was paused past its lease, or stops): its alarms and copies
+        stop here; review calls already up end on their own."""
+        if not self._leading:
+            return
+        self._leading = False
+        self.alarms.shutdown()
+        if self.copies is not None:
+            await self.copies.stop()
+
+    async def _fenced(self) -> None:
+        """This node was taken over and joined again: its open calls were closed by the others; dial on."""
+        if self.farm is not None:
+            self.campaigns.node_id = self.farm.lease.node_id
+        self.campaigns.wake()
+
+    def _leads(self) -> bool:
+        return self.farm is None or self.farm.lease.leads()
 
     async def _reindex_search(self) -> None:
         self._reindex_stop.clear()
@@ -285,8 +337,9 @@ class BinfoonApp:
         self.alarms.shutdown()
         await self.reviews.stop()
         await self.campaigns.stop()
-        if self.copies is not None:
-            await self.copies.stop()
+        if self.farm is not None:
+            await self.farm.stop()  # gives up the lead (``_unlead``) and leaves the farm
+        await self._unlead()
         await self.chain.stop()
         for task in list(self._tasks):
             task.cancel()
@@ -327,10 +380,13 @@ class BinfoonApp:
         while True:
             await asyncio.sleep(self.POLL_S)
             try:
-                await self.ingest_cel()
-                await self.chain.reconcile()
+                await self.ingest_cel()  # every node: its own Asterisk's record
+                if self._leads():
+                    await self.chain.reconcile()
             except Exception:
                 log.exception("reconciliation failed; trying again")
+            if not self._leads():
+                continue  # the farm's single duties run on its leader
             # A model installed while we run is picked up, and failed recordings are tried again.
             if time.monotonic() - last_transcribe >= self.TRANSCRIBE_EVERY_S:
                 last_transcribe = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import zoneinfo
 from datetime import time as dt_time
@@ -101,6 +102,18 @@ class Settings:
     #: The trunk's limits: simultaneous member calls, and new calls per second (carriers cap it).
     max_channels: int = 30
     max_cps: float = 5.0
+    # -- a farm of nodes on one PostgreSQL (issue 18, ``ivr.cluster``) ------------------------------
+    #: This node's name in a farm ("" = one node: no leases; every duty runs here). Stable across
+    #: restarts: a node that comes back recovers its own claims. A farm needs PostgreSQL.
+    #: ``max_channels`` and ``max_cps`` are then the whole farm's, shared by the live nodes.
+    cluster_node: str = ""
+    #: A node whose heartbeat is older than this loses its claims (its calls, the lead) to the others.
+    cluster_lease_s: float = 15.0
+    cluster_heartbeat_s: float = 2.0
+    #: After a node lost its lease, its open calls are left to it this long (they may still be up in its
+    #: Asterisk: a paused service) before the others close them and call those members again. At least
+    #: the longest member call.
+    cluster_takeover_hold_s: float = 180.0
     #: How long a member's phone rings before it counts as not answered.
     member_ring_timeout_s: float = 30.0
     #: Retries per number after busy / no answer / congestion, by urgency, and the delay between them.
@@ -469,6 +482,7 @@ def settings_with_origins(
         raise ConfigError(f"quiet_hours must look like 21:00-08:00, not {settings.quiet_hours!r}") from None
     if settings.max_channels < 1 or settings.max_cps <= 0:
         raise ConfigError("max_channels must be >= 1 and max_cps > 0")
+    _check_cluster(settings)
     if settings.outage_congestion_streak < 2 or not 0 < settings.outage_probe_after_s <= settings.outage_probe_max_s:
         raise ConfigError("outage_congestion_streak must be >= 2, and 0 < outage_probe_after_s <= outage_probe_max_s")
     if not 0 <= settings.web_port <= 65535 or settings.web_signin_max_failures < 1 or settings.web_ip_max_failures < 1:
@@ -581,3 +595,17 @@ def shown_value(name: str, value: Any) -> str:
             url = url.update_query_dict({"password": "***"})
         return url.render_as_string(hide_password=True).replace("password=%2A%2A%2A", "password=***")
     return str(value)
+
+
+def _check_cluster(settings: Settings) -> None:
+    """A farm's settings: a plain node name, PostgreSQL, and a heartbeat well inside the lease."""
+    if not settings.cluster_node:
+        return
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", settings.cluster_node):
+        raise ConfigError(f"cluster_node must be 1-64 lower-case letters, digits or dashes, not {settings.cluster_node!r}")
+    if not settings.resolved_database_url.startswith("postgresql"):
+        raise ConfigError("cluster_node is set but the database is not PostgreSQL: a farm's nodes coordinate "
+                          "through one PostgreSQL (SQLite is the one-node default)")
+    if settings.cluster_heartbeat_s <= 0 or settings.cluster_lease_s < 3 * settings.cluster_heartbeat_s:
+        raise ConfigError("cluster_lease_s must be at least 3 x cluster_heartbeat_s (> 0): one late heartbeat "
+                          "must not cost a node its calls")

@@ -21,6 +21,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Enum,
+    Index,
     Float,
     ForeignKey,
     Integer,
@@ -411,7 +412,8 @@ class CallAttempt(OutboundCallRow, Base):
     """One call to one number; written before it is dialled, its id is the Originate ChannelId."""
 
     __tablename__ = "call_attempts"
-    __table_args__ = (UniqueConstraint("campaign_id", "person_id", "attempt_no"),)
+    __table_args__ = (UniqueConstraint("campaign_id", "person_id", "attempt_no"),
+                      Index("ix_call_attempts_e164", "e164"))
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
     attempt_no: Mapped[int] = mapped_column(Integer)
@@ -421,6 +423,9 @@ class CallAttempt(OutboundCallRow, Base):
     amd_status: Mapped[str | None] = mapped_column(String(16))
     #: The campaign's round this attempt belongs to (``Campaign.round``).
     round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    #: In a farm: the node that began it and its epoch then (the claim's fencing token; NULL: one node).
+    node_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    fence: Mapped[int | None] = mapped_column(Integer)
 
 
 class Checkpoint(Base):
@@ -604,3 +609,34 @@ class OfficerSipAccount(Base):
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     rotated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     person: Mapped[Person] = relationship()
+
+
+class ClusterNode(Base):
+    """One ``binfoon serve`` of a farm. Its ``epoch`` is the fencing token: bumped when it (re)joins
+    and when another node takes its work over after its lease ran out, so a node that was paused
+    cannot renew, nor begin a call, under the claim it held."""
+
+    __tablename__ = "cluster_nodes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Stable across restarts (``cluster_node``): a restarted node recovers its own claims.
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    joined_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    #: The database's clock: past it, the others may take the node's work over.
+    lease_until: Mapped[dt.datetime] = mapped_column(Timestamp)
+    #: Member calls up on the node at its last heartbeat (the channel budget's bookkeeping).
+    live_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: Set when it stopped cleanly or was taken over (``left_why``); cleared when it joins again.
+    left_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    left_why: Mapped[str | None] = mapped_column(String(40))
+
+
+class ClusterLeader(Base):
+    """The one row (id 1) naming the node that runs the farm's single duties, under its own lease."""
+
+    __tablename__ = "cluster_leader"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int | None] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_until: Mapped[dt.datetime | None] = mapped_column(Timestamp)

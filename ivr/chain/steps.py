@@ -80,6 +80,9 @@ class Chain:
         #: BIN ids whose due drill failed and waits for its retry alarm (not re-armed at its past due time).
         self._drill_retrying: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: In a farm: whether this node leads (runs reviews and alarms). A node that does not only
+        #: stores; the leader's reconciliation (every second) takes the message on from the database.
+        self.leads: Callable[[], bool] = lambda: True
 
     # -- the steps ------------------------------------------------------------------------------
     def take_kept(self, message_id: int, recording_id: int | None) -> None:
@@ -91,10 +94,14 @@ class Chain:
         """A message was submitted: its review starts."""
         if self.observer is not None:
             self.observer.submitted(message_id)
-        self._require_reviews().start(message_id)
+        if self.leads():
+            self._require_reviews().start(message_id)
 
     def written_submitted(self, message_id: int) -> None:
         """A typed message was submitted with its spoken take: the take is transcribed, the review starts."""
+        if not self.leads():
+            self.submitted(message_id)  # the leader transcribes it too (reconcile), and reviews it
+            return
         self._spawn(self._transcribe_submitted(message_id), f"transcribe-written-{message_id}")
         self.submitted(message_id)
 
@@ -105,8 +112,8 @@ class Chain:
         if decided.decision is Decision.REJECT:
             return
         if due(decided.deliver_at, self.clock()):
-            self.deliver_soon(decided.message_id)
-        else:
+            self.deliver_soon(decided.message_id)  # any node: the campaign's row is made once
+        elif self.leads():
             self.alarms.wake_at(DELIVER, decided.message_id, decided.deliver_at)  # type: ignore[arg-type]
 
     def deliver_soon(self, message_id: int) -> None:

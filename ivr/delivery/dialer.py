@@ -127,12 +127,22 @@ class CampaignRunner:
         self._zone_pace: dict[int, TokenBucket] = {}
         #: (campaign, round) of the campaigns to dial at the last pass (``DeliveryDesk.campaign_marks``).
         self._marks: frozenset[tuple[int, int]] = frozenset()
+        #: In a farm (``ivr.cluster``): this node's id (its own open calls are the ones it recovers), and
+        #: whether its lease holds (checked again just before each Originate: a node paused past its
+        #: lease dials nothing it may no longer own). ``None``: one node, no lease.
+        self.node_id: int | None = None
+        self.lease_valid: Callable[[], bool] | None = None
+
+    @property
+    def live_calls(self) -> int:
+        """Member calls this process has up now."""
+        return len(self._live)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         """Close what a crash left open (waiting for calls still up in Asterisk), then dial."""
         live = await self.calls.live_call_ids()
-        closed, still_up = await self.desk.interrupt_in_flight(live)
+        closed, still_up = await self.desk.interrupt_in_flight(live, node_id=self.node_id)
         if live is None:
             # Asterisk cannot tell which calls are up: they hold their channels, and their members
             # wait, for a fixed grace.
@@ -251,6 +261,8 @@ class CampaignRunner:
         """Dial what is due; returns how long to sleep when nothing wakes the dialer."""
         if not self.calls.ready:
             return 0.5  # the PBX is away (restarting): dial nothing rather than fail everyone
+        if self.lease_valid is not None and not self.lease_valid():
+            return 0.5  # a farm node without a lease owns nothing: the heartbeat renews it, or it re-joins
         refused_s = self._refused_until - time.monotonic()
         if refused_s > 0:
             return refused_s  # the PBX refused a call (shutting down): nothing is dialled meanwhile
@@ -394,6 +406,12 @@ class CampaignRunner:
         """One member call on its held channel: dial, wait for its end, store its outcome once."""
         try:
             variables = {"BINFOON_ATTEMPT": attempt_id, **await self._sounds_for(plan, member.language)}
+            if self.lease_valid is not None and not self.lease_valid(1.0):
+                # The fence: this node's lease ran out since the attempt was begun (it was paused, or the
+                # database was away); the attempt may be another node's now. Never dialled, no try lost.
+                await self.desk.attempt_dialled(attempt_id, NOT_PLACED, None, AttemptOutcome.INTERRUPTED.value)
+                log.warning("member call %s not placed: this node's lease ran out", attempt_id)
+                return
             self._originates += 1
             dialled = await self.calls.dial(attempt_id, step.e164, context=MEMBER_CONTEXT, variables=variables,
                                             ring_timeout_s=self.limits.ring_timeout_s)

@@ -41,6 +41,7 @@ from ivr.domain.vocabulary import (
     AttemptOutcome, AttemptStatus, CampaignStatus, MessageStatus, PhoneRank, Role, Urgency,
 )
 from storage import audit
+from storage.claims import node_may_claim
 from storage.models import (
     CallAttempt, Campaign, Checkpoint, Confirmation, Message, Person, PhoneNumber, RoleAssignment, utcnow,
 )
@@ -138,6 +139,9 @@ class DeliveryDesk(CallerLines):
     def __init__(self, engine: Engine, store: RecordingStore, clock: Callable[[], dt.datetime] = utcnow,
                  copy_channels: tuple[str, str] = ("voice+sms", "voice+email")) -> None:
         super().__init__(engine)
+        #: In a farm: this node's (id, epoch) to stamp on the attempts it begins, checked against its
+        #: row under a shared lock (a node taken over cannot begin one). ``None``: one node.
+        self.claim: Callable[[], tuple[int, int] | None] | None = None
         self.store = store
         self.clock = clock
         #: The settings' channels of a member who chose none, urgent and preventive
@@ -229,7 +233,11 @@ class DeliveryDesk(CallerLines):
                             attempt_no: int) -> str | None:
         """Write the attempt (DIALING) before it is dialled; ``None`` if it exists already (never dial twice)
         or the member confirmed since the dialer read its plan (B5: the call is dropped, not placed)."""
+        claim = self.claim() if self.claim is not None else None
+
         def work(s: Session) -> str | None:
+            if claim is not None and not node_may_claim(s, claim, e164):
+                return None
             # PostgreSQL: the campaign's row is locked, so a stop (which locks it too) waits for this
             # attempt or this attempt sees the stop.
             if s.scalar(select(Campaign.status).where(Campaign.id == campaign_id).with_for_update()) \
@@ -240,6 +248,8 @@ class DeliveryDesk(CallerLines):
                 return None
             attempt = CallAttempt(campaign_id=campaign_id, person_id=person_id, e164=e164, attempt_no=attempt_no,
                                   rank=PhoneRank(rank), status=AttemptStatus.DIALING, dialled_at=self.clock())
+            if claim is not None:
+                attempt.node_id, attempt.fence = claim
             s.add(attempt)
             s.flush()
             # SQLite ignores FOR UPDATE and reads outside a transaction; after the insert this
@@ -413,17 +423,24 @@ class DeliveryDesk(CallerLines):
             audit.record(s, "system", "campaign.done", f"campaign:{campaign_id}", **counts)
         await self.tx(work)
 
-    async def interrupt_in_flight(self, still_up: set[str] | None = None) -> tuple[list[str], list[OpenCall]]:
+    async def interrupt_in_flight(self, still_up: set[str] | None = None, *,
+                                  node_id: int | None = None) -> tuple[list[str], list[OpenCall]]:
         """On start: attempts that were open when the app or Asterisk died. Those whose channel is still
         up in Asterisk (``still_up``: channel ids) stay open, to be waited for; the others are over
-        (``interrupted``: dialled again at no cost). Returns (ids closed, calls still up)."""
+        (``interrupted``: dialled again at no cost). Returns (ids closed, calls still up).
+
+        In a farm (``node_id``) only this node's own attempts: another node's live calls are its own
+        (a node that stopped is taken over by the others after its lease, ``ivr.cluster.lease``)."""
         up = still_up or set()
 
         def work(s: Session) -> tuple[list[str], list[OpenCall]]:
             closed: list[str] = []
             kept: list[OpenCall] = []
-            for attempt in s.scalars(select(CallAttempt).where(
-                    CallAttempt.status.in_((AttemptStatus.QUEUED, AttemptStatus.DIALING, AttemptStatus.ANSWERED)))):
+            query = select(CallAttempt).where(
+                CallAttempt.status.in_((AttemptStatus.QUEUED, AttemptStatus.DIALING, AttemptStatus.ANSWERED)))
+            if node_id is not None:
+                query = query.where(CallAttempt.node_id == node_id)
+            for attempt in s.scalars(query):
                 if attempt.id in up or f"{attempt.id}-2" in up:
                     campaign = s.get_one(Campaign, attempt.campaign_id)
                     kept.append(OpenCall(attempt.id, attempt.campaign_id, campaign.message.bin.zone_id, attempt.e164))

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     start.set_defaults(func=cmd_asterisk_start)
     register_review_latency(kinds)
     register_campaign(kinds)
+    from ivr.lab.bench_cluster import register_cluster
+    register_cluster(kinds)
     from ivr.lab.asr_bench import register_bench
     register_bench(kinds)
 
@@ -188,7 +190,7 @@ def register_campaign(kinds: argparse._SubParsersAction) -> None:  # type: ignor
 
 
 def cmd_campaign(settings: Settings, args: argparse.Namespace) -> int:
-    """Every member answers and confirms after the message; measure against the ideal."""
+    """Every member answers, listens to the whole message, then confirms; measure against the ideal."""
     if args.members < 1 or args.channels < 1 or args.message_seconds <= 0 or args.cps <= 0:
         raise CommandError("--members, --channels, --message-seconds and --cps must be positive")
     try:
@@ -215,6 +217,15 @@ def _speech_of(seconds: float, target: Path) -> Path:
     audio = audio + AudioSegment.silent(duration=max(0, int(seconds * 1000) - len(audio)), frame_rate=8000)
     audio.set_frame_rate(8000).set_channels(1).set_sample_width(2).export(target, format="wav")
     return target
+
+
+#: From the answer to AMD's verdict for a member who says "Hallo?" (0.4 s) and then listens: AMD
+#: waits for 1 s of silence after the greeting (amd.conf); measured 1.4 s (test_member_dialplan).
+AMD_ALLOWANCE_S = 1.5
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
 
 
 def peak_overlap(spans: list[tuple[float, float]]) -> int:
@@ -248,7 +259,8 @@ async def _campaign(settings: Settings, runtime: object, members: int, channels:
     from ivr.media.compare import read_wav_mono
     from ivr.police_line.store import Officer
     from ivr.lab.phone_lab import PhoneLab
-    from ivr.lab.network import PhoneScript
+    from ivr.lab.network import EAR_POLL_S, PhoneScript
+    from ivr.lab.phones import EAR_FLUSH_S
     from ivr.lab.scenarios import Lane, seed_directory
     from ivr.lab.timeline import Timeline
     from storage.db import open_database, session_scope
@@ -287,13 +299,21 @@ async def _campaign(settings: Settings, runtime: object, members: int, channels:
                 return len(samples) / rate
             header_s = seconds(await app.renderer.wav("member_header_urgent", "nl"))
             thanks_s = seconds(await app.renderer.wav("member_thanks", "nl"))
-            # Every member presses 1 just after the message: header + recording (+ the answering check).
-            key_at = 4.0 + header_s + message_s + 0.5
+            # Every member listens, and presses 1 ``after_s`` after it has heard the recording to its
+            # end (a slow application delays the key: it is not hidden by a key timed from the answer).
+            after_s = 0.3
+            patience_s = AMD_ALLOWANCE_S + header_s + message_s + 60.0  # never reached while all is well
             for i in range(members):
-                lab.network.script(f"+3294{i:06d}", PhoneScript.answers(rings=rings, keys=((key_at, "1"),)))
-            # The call as scripted, not as measured: its rings, then the key at ``key_at`` after the
-            # answer, then the "thank you" every confirmation must hear before the line is freed. A
-            # slow application makes the real calls longer; it must not make the ideal longer too.
+                lab.network.script(f"+3294{i:06d}", PhoneScript.listens(
+                    recording, rings=rings, key="1", after_s=after_s, timeout_s=patience_s))
+            # The call as scripted, not as measured: its rings, the answering check (the member's "Hallo?"
+            # and the second of silence after it that AMD needs: 1.4 s measured, test_member_dialplan),
+            # header and recording, the time the simulated ear takes to notice the end (Asterisk writes
+            # the ear file every EAR_FLUSH_S; it is read every EAR_POLL_S), ``after_s``, then the "thank
+            # you" every confirmation must hear before the line is freed. A slow application makes the
+            # real calls longer; it must not make the ideal longer too.
+            ear_s = EAR_FLUSH_S + EAR_POLL_S / 2
+            key_at = AMD_ALLOWANCE_S + header_s + message_s + ear_s + after_s
             scripted_call_s = rings * ring_s + key_at + thanks_s
             await app.start()
             try:
@@ -336,6 +356,10 @@ async def _campaign(settings: Settings, runtime: object, members: int, channels:
             phone_spans = [(c.started_at, c.ended_at if c.ended_at is not None else time.monotonic())
                            for c in calls]
             phone_call_s = [c.ended_at - c.started_at for c in calls if c.ended_at is not None]
+            key_after_end = [c.keys_sent[0][0] - c.end_heard_s for c in calls
+                             if c.keys_sent and c.end_heard_s is not None]
+            ear_lag = [c.end_heard_s - c.end_heard_audio_s for c in calls
+                       if c.end_heard_s is not None and c.end_heard_audio_s is not None]
         finally:
             await lab.stop()
     per_person: dict[int, int] = {}
@@ -346,10 +370,18 @@ async def _campaign(settings: Settings, runtime: object, members: int, channels:
         "members": members, "channels": channels, "message_seconds": message_s, "cps_limit": cps,
         "total_s": round(total_s, 2), "ideal_s": round(ideal_s, 2),
         "efficiency": round(ideal_s / total_s, 3) if total_s else None,
-        # The ideal's call: rings + key time (AMD allowance + header + message + 0.5 s) + "thank you".
+        # The ideal's call: rings + key time (AMD allowance + header + message + ear + after_s) + "thank you".
         "scripted_call_s": round(scripted_call_s, 2),
-        "scripted_parts_s": {"ring": rings * ring_s, "amd_allowance": 4.0, "header": round(header_s, 2),
-                             "message": message_s, "key_after_message": 0.5, "thanks": round(thanks_s, 2)},
+        "scripted_parts_s": {"ring": rings * ring_s, "amd_allowance": AMD_ALLOWANCE_S,
+                             "header": round(header_s, 2),
+                             "message": message_s, "ear": round(ear_s, 3), "key_after_end": after_s,
+                             "thanks": round(thanks_s, 2)},
+        # Members press only after hearing the recording to its end (PhoneScript.listens).
+        "members_listen": True,
+        "heard_end": sum(1 for c in calls if c.end_heard_at is not None),
+        "key_after_heard_end_s_median": _median(key_after_end),
+        # How long after the end (as heard in the audio) the simulated ear noticed it.
+        "ear_lag_s_median": _median(ear_lag),
         # What the calls really took (for diagnosis only: not used in the ideal).
         "phone_call_s_median": round(statistics.median(phone_call_s), 2) if phone_call_s else None,
         "attempt_s_median": round(statistics.median(durations), 2) if durations else None,

@@ -33,10 +33,12 @@ from ivr.lab.callers import (
     CALLER_AGI_GRACE_S, DTMF_DURATION_MS, DTMF_QUIET_MS, LISTEN_NOISE_MS, CallerScript, HangUp, Listen,
     OutgoingCall, Press, Speak, Step, Wait, check_telephone_wav,
 )
+from ivr.lab.listening import EndListener, Reference
 from ivr.lab.phones import (
-    HALLO_TEXT, Behaviour, KeyPress, PhoneScript, SimulatedCall, finished_wav, number_stem, render_hallo,
-    render_machine_audio,
+    EAR_SUFFIX, HALLO_TEXT, Behaviour, Ear, KeyPress, Listening, PhoneScript, SimulatedCall, finished_wav,
+    number_stem, render_hallo, render_machine_audio,
 )
+from ivr.media.compare import read_wav_mono
 from ivr.telephony.agi import AgiCall, CallHungUp
 from ivr.telephony.events import AmiEvent, ChannelHungUp
 
@@ -46,8 +48,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CALLER_AGI_GRACE_S", "DTMF_DURATION_MS", "DTMF_QUIET_MS", "HALLO_TEXT", "LISTEN_NOISE_MS",
     "LOCAL_INBOUND_TEMPLATE", "TRUNK_INBOUND_TEMPLATE", "Behaviour", "CallerScript", "HangUp", "KeyPress",
-    "Listen", "OutgoingCall", "PhoneNetwork", "PhoneScript", "Press", "SimulatedCall", "Speak", "Step",
-    "Wait", "finished_wav", "number_stem",
+    "Listen", "Listening", "OutgoingCall", "PhoneNetwork", "PhoneScript", "Press", "SimulatedCall", "Speak",
+    "Step", "Wait", "finished_wav", "number_stem",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ log = logging.getLogger(__name__)
 #: across the PJSIP trunk from the Asterisk that plays the network.
 LOCAL_INBOUND_TEMPLATE = "Local/${NUMBER}@sim-carrier"
 TRUNK_INBOUND_TEMPLATE = "PJSIP/${NUMBER}@carrier-in"
+#: How often a listening phone reads its ear (Asterisk flushes it about every 0.34 s).
+EAR_POLL_S = 0.15
 
 
 class PhoneNetwork:
@@ -92,6 +96,7 @@ class PhoneNetwork:
         self._outgoing_by_id: dict[str, OutgoingCall] = {}
         self._caller_ami = caller_ami
         self._watchers: set[asyncio.Task[None]] = set()
+        self._references: dict[Path, Reference] = {}
         if caller_ami is not None:
             caller_ami.subscribe(self._on_ami_event)
 
@@ -169,13 +174,15 @@ class PhoneNetwork:
         stem = f"{number_stem(sim.number)}-{len(self.calls)}-{int(time.time() * 1000)}"
         heard = self.recordings_dir / f"{stem}-heard.wav"
         sim.heard_path = heard
+        ear_path = heard.with_name(stem + "-ear" + EAR_SUFFIX)  # a listening phone's (see sim-pick-up)
         if behaviour is Behaviour.ANSWERING_MACHINE:
             await call.answer()
         else:
             # Pick up and record only what reaches the phone (the "receive" direction) in one dialplan
             # step: BINfoon may speak at once, and an AGI round trip between the two would lose that.
+            ear = [self.inner_path(ear_path)] if script.listening else []
             await call.gosub("sim-pick-up", "s", 1, self.inner_path(heard.with_name(stem + "-both.wav")),
-                             self.inner_path(heard))
+                             self.inner_path(heard), *ear)
         sim.answered_at = time.monotonic()
         if behaviour is Behaviour.ANSWERING_MACHINE:
             assert self._greeting is not None, "PhoneNetwork.prepare() was not awaited"
@@ -187,6 +194,9 @@ class PhoneNetwork:
         if script.says_hallo:
             assert self._hallo is not None, "PhoneNetwork.prepare() was not awaited"
             await call.play(self.inner_path(self._hallo.with_suffix("")))
+        if script.listening is not None:
+            await self._listen_then_press(call, sim, script.listening, ear_path)
+            return
         events: list[tuple[float, str]] = [(k.at_s, k.digits) for k in script.keys]
         if script.hangup_after_s is not None:
             events.append((script.hangup_after_s, ""))
@@ -201,6 +211,41 @@ class PhoneNetwork:
             sim.keys_sent.append((time.monotonic() - sim.answered_at, digits))
             await call.exec("SendDTMF", digits, "250", "120")
         await call.exec("Wait", "86400")  # listen until the caller hangs up
+
+    async def _listen_then_press(self, call: AgiCall, sim: SimulatedCall, listening: Listening,
+                                 ear_path: Path) -> None:
+        """Listen until the recording has been heard to its end, then press the key; hang up unpressed
+        if that end is not heard in time (a broken playback never counts as confirmed)."""
+        assert sim.answered_at is not None
+        listener = EndListener(self._reference(listening.reference))
+        ear = Ear(ear_path)
+        try:
+            while listener.result is None:
+                if time.monotonic() - sim.answered_at >= listening.timeout_s:
+                    # Said here: handle() would take the hung-up AgiCall for the caller's doing.
+                    sim.ended_by = "phone"
+                    await call.hangup()
+                    return
+                # The AGI Wait paces the reads and notices a hang-up (CallHungUp) at once.
+                await call.exec("Wait", f"{EAR_POLL_S:.3f}")
+                samples = ear.read()
+                if len(samples):
+                    listener.feed(samples)  # ~0.1 ms of CPU per read: fine on the event loop
+        finally:
+            ear.close()
+        sim.end_heard_at = time.monotonic()
+        sim.end_heard_audio_s = listener.result.end_s if listener.result else None
+        await call.exec("Wait", f"{listening.after_s:.3f}")
+        sim.keys_sent.append((time.monotonic() - sim.answered_at, listening.key))
+        await call.exec("SendDTMF", listening.key, "250", "120")
+        await call.exec("Wait", "86400")  # listen until the caller hangs up
+
+    def _reference(self, path: Path) -> Reference:
+        """The listening templates of a recording (read once per recording, shared by every phone)."""
+        if path not in self._references:
+            samples, rate = read_wav_mono(path)
+            self._references[path] = Reference.of(samples, rate)
+        return self._references[path]
 
     # -- simulated callers ------------------------------------------------------------------
     async def place_call(

@@ -12,6 +12,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
 
 
 class Behaviour(enum.Enum):
@@ -34,6 +37,17 @@ class KeyPress:
 
 
 @dataclass(frozen=True)
+class Listening:
+    """A member who listens: presses ``key`` ``after_s`` after hearing ``reference`` played to its end
+    (ivr.lab.listening); hangs up without pressing if that end is not heard ``timeout_s`` after answering."""
+
+    reference: Path
+    key: str = "1"
+    after_s: float = 0.3
+    timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
 class PhoneScript:
     """The scripted behaviour of one number."""
 
@@ -48,6 +62,8 @@ class PhoneScript:
     #: hears a person). Keys and hang-up stay timed from the answer: one due while "Hallo?" is
     #: still being said follows right after it.
     says_hallo: bool = False
+    #: Presses its key only after hearing this recording to its end (``PhoneScript.listens``).
+    listening: Listening | None = None
 
     @classmethod
     def answers(cls, rings: int = 1, keys: tuple[tuple[float, str], ...] = (),
@@ -56,6 +72,15 @@ class PhoneScript:
         ``keys`` as (seconds after answer, digits)."""
         return cls(Behaviour.ANSWER, rings, tuple(KeyPress(t, d) for t, d in keys), hangup_after_s,
                    says_hallo=says_hallo)
+
+    @classmethod
+    def listens(cls, reference: Path, rings: int = 1, key: str = "1", after_s: float = 0.3,
+                timeout_s: float = 120.0, says_hallo: bool = True) -> "PhoneScript":
+        """Answers, says "Hallo?", listens, and presses ``key`` ``after_s`` after it has heard the
+        recording ``reference`` (8 kHz mono WAV) played to its end; then waits until hung up. Never
+        heard to its end within ``timeout_s`` of answering: hangs up without pressing."""
+        return cls(Behaviour.ANSWER, rings, says_hallo=says_hallo,
+                   listening=Listening(reference, key, after_s, timeout_s))
 
     @classmethod
     def silent(cls, rings: int = 1) -> "PhoneScript":
@@ -111,7 +136,18 @@ class SimulatedCall:
     caller_id_name: str = ""
     #: Host path of the recording of what the phone heard (``None`` if it never answered).
     heard_path: Path | None = None
+    #: A listening phone (``PhoneScript.listens``): when it had heard the recording to its end
+    #: (monotonic), and where that end is in the audio it heard (seconds from its first sample).
+    end_heard_at: float | None = None
+    end_heard_audio_s: float | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def end_heard_s(self) -> float | None:
+        """Seconds from the answer until the phone had heard the recording to its end."""
+        if self.end_heard_at is None or self.answered_at is None:
+            return None
+        return self.end_heard_at - self.answered_at
 
     def heard_audio(self, timeout_s: float = 5.0) -> Path:
         """The finished recording of what the phone heard (waits for Asterisk to close the file)."""
@@ -135,6 +171,48 @@ def finished_wav(path: Path, timeout_s: float = 5.0) -> Path:
             last = size
         time.sleep(0.1)
     raise TimeoutError(f"the recording {path} was not finished in {timeout_s} s")
+
+
+#: A listening phone's ear: raw 16-bit samples at 48 kHz (see sim-pick-up in binfoon-simulator.conf).
+EAR_SUFFIX = ".sln48"
+#: 48 kHz to the 8 kHz the detection works at: Asterisk's resampler low-passed the 8 kHz call audio
+#: on the way up, so every 6th sample is the call's audio again (no further filter needed).
+EAR_DECIMATION = 6
+#: Asterisk writes every recording through a 32 KiB stdio buffer: the ear file grows in steps of this.
+EAR_FLUSH_S = 32768 / (48000 * 2)
+
+
+class Ear:
+    """Reads what a listening phone has heard so far, as Asterisk flushes it to the ear file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: BinaryIO | None = None
+        self._rest = b""
+        self._samples = 0
+
+    def read(self) -> np.ndarray:
+        """The 8 kHz samples heard since the last read (none while the file does not exist yet)."""
+        if self._file is None:
+            try:
+                self._file = open(self.path, "rb")  # noqa: SIM115 (kept open: read on as it grows)
+            except FileNotFoundError:
+                return np.zeros(0, dtype=np.int16)
+        data = self._rest + self._file.read()
+        whole = len(data) - len(data) % 2
+        self._rest = data[whole:]
+        samples = np.frombuffer(data[:whole], dtype="<i2")
+        # Keep the decimation's phase across reads: every 6th sample of the whole stream.
+        picked = samples[(-self._samples) % EAR_DECIMATION::EAR_DECIMATION]
+        self._samples += len(samples)
+        return picked
+
+    def close(self) -> None:
+        """Stop reading and remove the file (Asterisk writes on into the unlinked file until the hang-up)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.path.unlink(missing_ok=True)
 
 
 def number_stem(number: str) -> str:

@@ -104,6 +104,18 @@ class OutboundCalls:
         """True if a call could be held now without waiting (callers who wait go first)."""
         return self.busy + self._waiting < self.max_channels
 
+    def set_limits(self, max_channels: int, max_cps: float) -> None:
+        """A farm node's share of the carrier's limits changed (``ivr.cluster.budget``). Calls up beyond a
+        smaller share are not cut: no new one starts until they end. A pace of 0 stops new calls."""
+        self.max_channels = max_channels
+        rate = max(max_cps, 1e-3)
+        if abs(rate - self._bucket.rate) > 1e-9:
+            self._bucket = TokenBucket(rate, 1.0, self._monotonic())
+        if max_channels > self.busy:
+            self._freed.set()
+            if self.on_free is not None:
+                self.on_free()
+
     def take_token(self) -> bool:
         """Take a token of the pace if there is one."""
         return self._bucket.take(self._monotonic())

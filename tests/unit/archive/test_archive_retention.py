@@ -87,7 +87,7 @@ async def test_the_service_poll_loop_runs_the_sweep_once_at_start(lab: Lab) -> N
         tasks.append(asyncio.ensure_future(coro))
 
     app = SimpleNamespace(POLL_S=0.0, TRANSCRIBE_EVERY_S=1e9, ingest_cel=nothing, reconcile=nothing,
-                          _spawn=spawn, _transcribe=None,
+                          _spawn=spawn, _transcribe=None, _leads=lambda: True,
                           retention=RetentionSweep(lab.archive, 30, lambda: NOW, monotonic=Ticks()))
     poller = asyncio.ensure_future(BinfoonApp._poll(app))  # type: ignore[arg-type]
     for _ in range(200):  # many passes of the loop
