@@ -15,7 +15,7 @@ from sqlalchemy import select
 from ivr.delivery.outcome import NOT_PLACED
 from ivr.delivery.policy import TrunkRules
 from ivr.delivery.report import campaign_report, render_progress
-from ivr.delivery.store import DeliveryDesk
+from ivr.delivery.store import CampaignPlan, DeliveryDesk
 from ivr.domain.vocabulary import AttemptOutcome
 from ivr.telephony.dialer import Dialled
 from ivr.telephony.outcomes import DialOutcome
@@ -230,15 +230,39 @@ class LosingDialer(FakeDialer):
         return await super().dial(call_id, number, **options)  # type: ignore[arg-type]
 
 
-async def test_a_call_whose_outcome_was_lost_is_not_dialled_again_while_it_is_up(world: World, tmp_path: Path) -> None:
+async def test_a_call_whose_outcome_was_lost_is_not_dialled_again_while_it_is_up(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (member,) = _add_members(world, 1, prefix="+3291")
     dialer = LosingDialer(world.desk, {})  # type: ignore[arg-type]
     runner = _runner(world, dialer, settle_s=0.05)
+    # Every dialer pass begins by reading the plan: counted, so the test knows a pass ran while the call was up.
+    passes = 0
+    read_plans = runner.desk.plans
+
+    async def counted_plans() -> list[CampaignPlan]:
+        nonlocal passes
+        passes += 1
+        return await read_plans()
+    monkeypatch.setattr(runner.desk, "plans", counted_plans)
     await _approved(world, tmp_path)
     await runner.start()
     try:
-        await asyncio.sleep(0.6)
-        assert len(dialer.dialled) == 1  # the first call is still up: nobody dials over it
+        # Until the first call is out (a fixed 0.6 s from the start failed once under a loaded full run:
+        # the first pass had not dialled yet). The deadline only bounds the waits.
+        deadline = time.monotonic() + 10.0
+        while not dialer.dialled:
+            assert time.monotonic() < deadline, "the first call was never dialled"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # the dialer's own passes meanwhile
+        # And a whole pass begun now, not only the ones the dialer chose: woken, it begins a pass; woken
+        # again, it begins the next only once that one is over.
+        for wanted in (passes + 1, passes + 2):
+            runner.wake()
+            while passes < wanted:
+                assert time.monotonic() < deadline + 10.0, "the dialer made no pass when woken"
+                await asyncio.sleep(0.02)
+        # The call is still up: nobody dials over it (a pass that did would have written an attempt).
+        assert len(_attempts(world)) == 1 and len(dialer.dialled) == 1
         dialer.live = set()
         assert dialer.lost is not None
         runner.calls.hung_up(dialer.lost)
