@@ -167,7 +167,8 @@ class BinfoonApp:
             clock)
         #: SMS and e-mail copies of every campaign's message, and the contact ladder (issue 17): ``None``
         #: when neither Kannel nor an SMTP relay is configured. A member's SMS "1" wakes the dialer.
-        self.copies = build_copies(settings, engine, recordings, clock, on_confirmed=self.campaigns.wake)
+        self._build_copies = lambda: build_copies(settings, engine, recordings, clock, on_confirmed=self.campaigns.wake)
+        self.copies = self._build_copies()
         self.chain.reviews = self.reviews
         self.chain.tz = settings.tz  # a scheduled drill keeps its local hour
         self.chain.dialer = self.campaigns
@@ -291,6 +292,7 @@ class BinfoonApp:
         if self._leading:
             return
         self._leading = True
+        await self.alarms.stopped()  # a lead lost a moment ago: its shutdown finishes first
         self.alarms.start({DELIVER: self.chain.alarm, REVIEW_RETRY: self.reviews.wake, DRILL: self.chain.drill_alarm})
         if self.copies is not None:
             # After the dialer: a copy's plan reads the calls it made (the ladder).
@@ -306,9 +308,12 @@ class BinfoonApp:
         self.alarms.shutdown()
         if self.copies is not None:
             await self.copies.stop()
+            if self.farm is not None:  # a stopped sender is not started again: a fresh one, should the lead return
+                self.copies = self._build_copies()
 
     async def _fenced(self) -> None:
-        """This node was taken over and joined again: its open calls were closed by the others; dial on."""
+        """This node was fenced (its lease ran out) and joined again under a new epoch: dial on. Its calls still
+        up are its own: the others close them only after ``cluster_takeover_hold_s``."""
         if self.farm is not None:
             self.campaigns.node_id = self.farm.lease.node_id
         self.campaigns.wake()

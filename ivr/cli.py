@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ivr.commands import kannel as kannel_cmd
 
     kannel_cmd.register(sub)
+    from ivr.commands import edge as edge_cmd
+
+    edge_cmd.register(sub)
     from ivr.lab import cluster_cmd  # a farm on this machine: the lab's, like the demo and the bench
 
     cluster_cmd.register(sub)

@@ -12,6 +12,7 @@ fires once at start (``coalesce``), however many times it would have fired.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from typing import Awaitable, Callable
@@ -60,6 +61,14 @@ class AlarmClock:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         _handlers.clear()
+
+    async def stopped(self, timeout_s: float = 5.0) -> None:
+        """Wait until a shutdown has finished (APScheduler 3.11 finishes it on the event loop): a farm
+        node that lost the lead and gains it again starts its alarms anew."""
+        for _ in range(int(timeout_s / 0.05)):
+            if not self._scheduler.running:
+                return
+            await asyncio.sleep(0.05)
 
     @staticmethod
     def job_id(kind: str, message_id: int) -> str:

@@ -43,6 +43,7 @@ from ivr.domain.phone import mask
 from ivr.domain.vocabulary import AttemptOutcome
 from ivr.media.voice import Voice
 from ivr.telephony.outbound import CallEnd, CallKind, OutboundCalls, answered
+from ivr.telephony.outcomes import EDGE_CAP_CAUSE
 from storage import audit
 
 log = logging.getLogger(__name__)
@@ -436,7 +437,14 @@ class CampaignRunner:
                 return
             verdict = observe_dial(self.trunk, attempt_id, dial_record(dialled), self.limits.trunk, self.clock())
             self._set_trunk(verdict.watch)
-            outcome = dialled_outcome(dialled) if verdict.charge else AttemptOutcome.INTERRUPTED.value
+            at_cap = dialled.cause == EDGE_CAP_CAUSE and not answered(dialled)
+            # Refused by the farm's edge at the carrier's cap: congestion (a streak of them pauses delivery
+            # like a carrier's 503s), never the member's failure; nothing is dialled for a moment.
+            outcome = dialled_outcome(dialled) if verdict.charge and not at_cap else AttemptOutcome.INTERRUPTED.value
+            if at_cap:
+                self._refused_s = min(self.limits.refused_pause_max_s,
+                                      max(self.limits.refused_pause_s, 2 * self._refused_s))
+                self._refused_until = time.monotonic() + self._refused_s
             await self.desk.attempt_dialled(attempt_id, dial_record(dialled), dialled.cause, outcome)
             if verdict.uncharge:
                 self._given_back.update(verdict.uncharge)

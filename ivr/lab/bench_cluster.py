@@ -85,7 +85,7 @@ async def _day(settings: Settings, runtime: object, args: argparse.Namespace) ->
 
     from ivr.asterisk.instance import instances_dir
     from ivr.domain.vocabulary import CampaignStatus
-    from ivr.lab.bench import AMD_ALLOWANCE_S, _speech_of, ideal_campaign_s, peak_overlap
+    from ivr.lab.bench_parts import AMD_ALLOWANCE_S, _speech_of, ideal_campaign_s, peak_overlap
     from ivr.lab.capacity import UnitCosts, size
     from ivr.lab.farm import Farm
     from ivr.lab.farm_world import utc

@@ -279,7 +279,8 @@ def read_uac_log(text: str) -> UacResult:
         contact = re.search(r"^Contact: *<sip:[^>]*?:(\d+)[;>]", message, re.MULTILINE)
         if code == 200 and contact:
             result.answered_by[int(contact.group(1))] += 1
-        elif code == 503 and cap:
+        elif code == 503 and cap and re.search(r"^Reason: *Q\.850;cause=47\b", message, re.MULTILINE):
+            # A cap refusal counts only with its Reason: the node's dialer reads the cause from it.
             result.refused[cap.group(1)] += 1
         else:
             result.other[code] += 1

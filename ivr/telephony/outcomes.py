@@ -40,7 +40,12 @@ _BY_CAUSE: dict[int, DialOutcome] = {
     41: DialOutcome.CONGESTION,      # temporary failure
     42: DialOutcome.CONGESTION,      # switching equipment congestion
     44: DialOutcome.CONGESTION,      # requested channel not available
+    47: DialOutcome.CONGESTION,      # resource unavailable (the farm's edge at the carrier's cap)
 }
+
+#: The cause the farm's SIP edge (Kamailio) gives a call it refused at the carrier's cap (its 503 carries
+#: ``Reason: Q.850;cause=47``): the trunk was full, the member's line was never tried.
+EDGE_CAP_CAUSE = 47
 
 # Originate Reason (AST_CONTROL_* of the last frame read) -> outcome.
 _BY_REASON: dict[int, DialOutcome] = {

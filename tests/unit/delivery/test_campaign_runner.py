@@ -23,7 +23,9 @@ from ivr.telephony.outbound import OutboundCalls
 from ivr.telephony.outcomes import DialOutcome
 from storage.db import session_scope
 from storage.models import Bin, CallAttempt, Campaign, Confirmation, Message, Person, PhoneNumber, RoleAssignment
-from ivr.domain.vocabulary import CampaignStatus, Decision, Language, MessageKind, PhoneRank, Role, Urgency
+from ivr.domain.vocabulary import (
+    AttemptOutcome, CampaignStatus, Decision, Language, MessageKind, PhoneRank, Role, Urgency,
+)
 from tests.conftest import SHARED_DIR
 from tests.world import World, build_world
 
@@ -350,3 +352,33 @@ async def test_stop_ends_the_dialer_even_as_a_wake_comes(world: World) -> None:
     async with asyncio.timeout(5):
         await runner.stop()
     assert runner._task is not None and runner._task.cancelled()
+
+
+async def test_a_call_the_farms_edge_refused_at_the_carriers_cap_costs_the_member_nothing(
+        world: World, tmp_path: Path) -> None:
+    # The edge's 503 carries Q.850 cause 47 (kamailio-conf): the trunk was full. With one retry allowed,
+    # two cap refusals charged as congestion would end the member as "congestion"; uncharged, the
+    # member is called a third time and confirms.
+    (member,) = _add_members(world, 1)
+    dialer = FakeDialer(world.desk, {})  # type: ignore[arg-type]
+    refusals = [2]
+    original = dialer.dial
+
+    async def dial(call_id: str, number: str, **kwargs: object) -> Dialled:
+        if refusals[0] > 0:
+            refusals[0] -= 1
+            dialer.dialled.append((time.monotonic(), number))
+            return Dialled(DialOutcome.CONGESTION, cause=47)
+        return await original(call_id, number, **kwargs)  # type: ignore[arg-type]
+    dialer.dial = dial  # type: ignore[method-assign]
+    runner = _runner(world, dialer, refused_pause_s=0.05, refused_pause_max_s=0.1)
+    await _approved(world, tmp_path)
+    await runner.start()
+    try:
+        await _until_done(world)
+    finally:
+        await runner.stop()
+    with session_scope(world.engine) as s:
+        outcomes = [a.outcome for a in s.scalars(select(CallAttempt).where(CallAttempt.person_id == member)
+                                                 .order_by(CallAttempt.attempt_no))]
+    assert outcomes == [AttemptOutcome.INTERRUPTED, AttemptOutcome.INTERRUPTED, AttemptOutcome.CONFIRMED]
