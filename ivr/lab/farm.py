@@ -51,6 +51,7 @@ from ivr.lab.phone_lab import LAB_TRUNK_USERNAME, TRUNK_TEMPLATE, wait_registere
 from ivr.lab.postgres import PrivatePostgres
 from ivr.telephony.agi import AgiServer
 from ivr.telephony.ami import AmiGateway
+from ivr.lab.ports import free_ports
 from storage import audit
 from storage.db import open_database
 
@@ -63,11 +64,7 @@ LAB_SETTINGS = {"member_ring_timeout_s": "5", "review_ring_timeout_s": "1", "urg
 
 
 def _free_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 @dataclass

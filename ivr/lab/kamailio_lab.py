@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ivr.cluster.kamailio import CFG_NAME, EdgePlan, render_kamailio
+from ivr.lab.ports import free_ports
 
 KAMAILIO = Path("/usr/sbin/kamailio")
 KAMCMD = Path("/usr/sbin/kamcmd")
@@ -47,16 +48,7 @@ _PR_SET_PDEATHSIG = 1
 
 def free_udp_ports(count: int) -> list[int]:
     """``count`` different loopback UDP ports free now (held open together, so never the same one)."""
-    held = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind((HOST, 0))
-            held.append(sock)
-        return [int(sock.getsockname()[1]) for sock in held]
-    finally:
-        for sock in held:
-            sock.close()
+    return free_ports(count, udp=True)
 
 
 def _dies_with_parent() -> None:

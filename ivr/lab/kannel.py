@@ -34,7 +34,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -51,6 +50,7 @@ from typing import IO, Any, Self
 from ivr.copies.kannel import KannelGateway
 from ivr.copies.kannel_config import Group, KannelSetup, gateway_groups, render
 from ivr.lab.fakesmsc import Inbox, ReceivedSms
+from ivr.lab.ports import free_ports
 
 BEARERBOX = Path("/usr/sbin/bearerbox")
 SMSBOX = Path("/usr/sbin/smsbox")
@@ -80,16 +80,7 @@ class _PortTaken(KannelLabError):
 
 def _free_ports(count: int) -> list[int]:
     """``count`` different loopback TCP ports free now (all held open together, so never the same one)."""
-    held = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
-            held.append(sock)
-        return [int(sock.getsockname()[1]) for sock in held]
-    finally:
-        for sock in held:
-            sock.close()
+    return free_ports(count)
 
 
 def _dies_with(parent: int) -> Callable[[], None]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+
+from ivr.lab.ports import free_ports
 
 
 def pg_bin() -> Path:
@@ -32,9 +33,7 @@ def _as_postgres(*cmd: str) -> list[str]:
 
 
 def _free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 class PrivatePostgres:
