@@ -6,6 +6,10 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 
+#: An attempt in these states may be up (the stored values of ``AttemptStatus``): SQL of the farm's checks.
+OPEN_STATES = "('queued', 'dialing', 'answered')"
+
+
 def node_may_claim(session: Session, claim: tuple[int, int], e164: str) -> bool:
     """In the caller's transaction: the node's claim still holds (same epoch, lease not run out, by
     the database's clock) and no call of the farm is open on ``e164`` (one call per number, B4, across
@@ -18,6 +22,6 @@ def node_may_claim(session: Session, claim: tuple[int, int], e164: str) -> bool:
     if holds is None:
         return False
     busy = session.execute(text(
-        "SELECT 1 FROM call_attempts WHERE e164 = :e164 AND status IN ('queued', 'dialing', 'answered') LIMIT 1"),
+        f"SELECT 1 FROM call_attempts WHERE e164 = :e164 AND status IN {OPEN_STATES} LIMIT 1"),
         {"e164": e164}).first()
     return busy is None

@@ -21,12 +21,10 @@ from sqlalchemy import Engine, text
 
 from ivr.cluster.budget import Peer
 from storage import audit
+from storage.claims import OPEN_STATES
 from storage.db import Desk
 
 log = logging.getLogger(__name__)
-
-#: Open attempt states: a call that may be up.
-_OPEN = "('queued', 'dialing', 'answered')"
 
 
 class Fenced(Exception):
@@ -133,7 +131,7 @@ class NodeLease(Desk):
             peers = [Peer(r.id, r.live_calls) for r in s.execute(text(
                 "SELECT id, live_calls FROM cluster_nodes WHERE left_at IS NULL AND lease_until > clock_timestamp()"))]
             # Calls the database says are open on other nodes (a fenced node's included, until closed).
-            held = s.execute(text(f"SELECT count(*) FROM call_attempts WHERE node_id <> :me AND status IN {_OPEN}"),
+            held = s.execute(text(f"SELECT count(*) FROM call_attempts WHERE node_id <> :me AND status IN {OPEN_STATES}"),
                              {"me": me}).scalar_one()
             return True, led is not None, peers, held
         renewed, leader, peers, held = self.run(work)
@@ -171,11 +169,11 @@ class NodeLease(Desk):
             for node in s.execute(text(
                     f"SELECT n.id, n.name FROM cluster_nodes n WHERE n.id <> :me AND n.left_at IS NOT NULL "
                     f"AND n.left_at < clock_timestamp() - :hold AND EXISTS (SELECT 1 FROM call_attempts a "
-                    f"WHERE a.node_id = n.id AND a.status IN {_OPEN}) FOR UPDATE SKIP LOCKED"),
+                    f"WHERE a.node_id = n.id AND a.status IN {OPEN_STATES}) FOR UPDATE SKIP LOCKED"),
                     {"me": me, "hold": hold}).all():
                 closed = [r.id for r in s.execute(text(
                     f"UPDATE call_attempts SET status = 'ended', ended_at = clock_timestamp(), "
-                    f"outcome = COALESCE(outcome, 'interrupted') WHERE node_id = :id AND status IN {_OPEN} "
+                    f"outcome = COALESCE(outcome, 'interrupted') WHERE node_id = :id AND status IN {OPEN_STATES} "
                     f"RETURNING id"), {"id": node.id})]
                 s.execute(text("UPDATE cluster_nodes SET live_calls = 0 WHERE id = :id"), {"id": node.id})
                 audit.record(s, "system", "cluster.calls_closed", f"node:{node.name}", by=self.name,
@@ -203,7 +201,7 @@ class NodeLease(Desk):
             s.execute(text("UPDATE cluster_leader SET node_id = NULL, lease_until = NULL "
                            "WHERE id = 1 AND node_id = :me AND epoch = :epoch"), {"me": me, "epoch": epoch})
             open_calls = s.execute(text(f"SELECT count(*) FROM call_attempts WHERE node_id = :me "
-                                        f"AND status IN {_OPEN}"), {"me": me}).scalar_one()
+                                        f"AND status IN {OPEN_STATES}"), {"me": me}).scalar_one()
             if open_calls == 0:
                 s.execute(text("UPDATE cluster_nodes SET left_at = clock_timestamp(), left_why = 'stopped' "
                                "WHERE id = :me AND epoch = :epoch"), {"me": me, "epoch": epoch})

@@ -426,9 +426,7 @@ class CampaignRunner:
                 # No channel was made, no phone called: no attempt against the member. Stored first,
                 # then nothing is dialled for a moment (the PBX is going away or not ready).
                 await self.desk.attempt_dialled(attempt_id, NOT_PLACED, None, AttemptOutcome.INTERRUPTED.value)
-                self._refused_s = min(self.limits.refused_pause_max_s,
-                                      max(self.limits.refused_pause_s, 2 * self._refused_s))
-                self._refused_until = time.monotonic() + self._refused_s
+                self._hold_off()
                 return
             self._refused_s = 0.0
             if dialled.lost:
@@ -442,9 +440,7 @@ class CampaignRunner:
             # like a carrier's 503s), never the member's failure; nothing is dialled for a moment.
             outcome = dialled_outcome(dialled) if verdict.charge and not at_cap else AttemptOutcome.INTERRUPTED.value
             if at_cap:
-                self._refused_s = min(self.limits.refused_pause_max_s,
-                                      max(self.limits.refused_pause_s, 2 * self._refused_s))
-                self._refused_until = time.monotonic() + self._refused_s
+                self._hold_off()
             await self.desk.attempt_dialled(attempt_id, dial_record(dialled), dialled.cause, outcome)
             if verdict.uncharge:
                 self._given_back.update(verdict.uncharge)
@@ -473,6 +469,12 @@ class CampaignRunner:
             self._live.pop(attempt_id, None)
             self._calls.pop(attempt_id, None)
             self.wake()
+
+    def _hold_off(self) -> None:
+        """Dial nothing for a moment (Asterisk refused a call, or the edge was at the carrier's cap),
+        doubling the pause at each refusal in a row up to ``refused_pause_max_s``."""
+        self._refused_s = min(self.limits.refused_pause_max_s, max(self.limits.refused_pause_s, 2 * self._refused_s))
+        self._refused_until = time.monotonic() + self._refused_s
 
     async def _barred_alert(self, person_id: int, e164: str, why: str) -> None:
         """Tell the admins (a ``security.alert`` audit row, and the log) that a stored number was barred."""
