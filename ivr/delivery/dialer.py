@@ -1,6 +1,7 @@
 """The campaign dialer: calls every member of approved messages, within the trunk's limits.
 
-Each pass rebuilds the plan from the database, asks the pure policy (``ivr.delivery.policy``)
+Each pass reads the campaigns from the database, in dialling order and only while a channel is free,
+asks the pure policy (``ivr.delivery.policy``)
 what each member needs, and dials what is due: urgent campaigns first, at most ``max_channels``
 calls at once, at most ``max_cps`` new calls a second (and a zone's own limits on both) (the trunk's limits,
 shared with review and test calls: ``ivr.telephony.outbound``), one call per phone number at a time.
@@ -84,6 +85,9 @@ class DialerLimits:
     #: While the dialer waits, how often it checks (one small query) whether another process (the
     #: command line, the web console) started, stopped or re-notified a campaign: then it plans at once.
     control_poll_s: float = 1.0
+    #: A campaign with nothing to dial (every member in flight, done or waiting for a retry) is read
+    #: again after this, or sooner (its next member's time, one of its calls here ending).
+    idle_recheck_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,11 @@ class CampaignRunner:
         self._zone_pace: dict[int, TokenBucket] = {}
         #: (campaign, round) of the campaigns to dial at the last pass (``DeliveryDesk.campaign_marks``).
         self._marks: frozenset[tuple[int, int]] = frozenset()
+        #: campaign id -> (round, monotonic time): it had nothing to dial when last read; not read
+        #: again before that time unless one of its calls here ends (a hint, never the truth).
+        self._idle: dict[int, tuple[int, float]] = {}
+        #: Campaigns whose members were left waiting for a channel at their last reading.
+        self._waiting: set[int] = set()
         #: In a farm (``ivr.cluster``): this node's id (its own open calls are the ones it recovers), and
         #: whether its lease holds (checked again just before each Originate: a node paused past its
         #: lease dials nothing it may no longer own). ``None``: one node, no lease.
@@ -268,11 +277,26 @@ class CampaignRunner:
         if refused_s > 0:
             return refused_s  # the PBX refused a call (shutting down): nothing is dialled meanwhile
         now = self.clock()
-        self._marks = await self.desk.campaign_marks()
-        plans = await self.desk.plans()
-        planned_at = time.monotonic()
+        heads = await self.desk.campaign_heads()
+        self._marks = frozenset((h.campaign_id, h.round) for h in heads)
         next_wake = 30.0
-        for plan in plans:
+        self._waiting &= {h.campaign_id for h in heads}
+        for head in heads:
+            # Members are read campaign by campaign, in dialling order. With the trunk full, a campaign
+            # known to have members waiting for a channel is not read (it cannot have finished), nor one
+            # read a moment ago with nothing to dial: a pass reads a few campaigns, not all of them.
+            idle_s = self._idle_s(head.campaign_id, head.round)
+            if idle_s > 0:
+                next_wake = min(next_wake, idle_s)
+                continue
+            if head.campaign_id in self._waiting and not self.calls.has_channel():
+                next_wake = min(next_wake, 1.0)
+                continue
+            plan = await self.desk.plan(head.campaign_id)
+            self._waiting.discard(head.campaign_id)
+            if plan is None:
+                continue
+            planned_at = time.monotonic()
             due, finished, soonest = self._decide(plan, now)
             if finished is not None:
                 if not any(v[0] == plan.campaign_id for v in self._live.values()):
@@ -281,6 +305,14 @@ class CampaignRunner:
                 continue
             if soonest is not None:
                 next_wake = min(next_wake, max(0.0, (soonest - now).total_seconds()))
+            if not due:
+                # Nothing to dial: read again when one of its calls here ends, when its next member falls
+                # due, or after ``idle_recheck_s`` (a call of another node may end meanwhile, a member
+                # confirm by SMS).
+                until = now + dt.timedelta(seconds=self.limits.idle_recheck_s)
+                self._idle[head.campaign_id] = (plan.round, time.monotonic() + max(
+                    0.0, ((until if soonest is None else min(until, soonest)) - now).total_seconds()))
+                continue
             live_numbers = {v[2] for v in self._live.values()}
             zone_live = sum(1 for v in self._live.values() if v[1] == plan.zone_id)
             for member, step in due:
@@ -289,7 +321,9 @@ class CampaignRunner:
                     probe_at = self.trunk.probe_at
                     return min(next_wake, 1.0 if probe_at is None else max(0.05, (probe_at - now).total_seconds()))
                 if not self.calls.has_channel():
-                    return min(next_wake, 1.0)
+                    self._waiting.add(plan.campaign_id)
+                    next_wake = min(next_wake, 1.0)
+                    break
                 if plan.zone_max_channels is not None and zone_live >= plan.zone_max_channels:
                     break
                 if step.e164 in live_numbers:
@@ -333,6 +367,17 @@ class CampaignRunner:
                 task = asyncio.get_running_loop().create_task(self._call(plan, member, step, attempt_id))
                 self._calls[attempt_id] = task
         return next_wake
+
+    def _idle_s(self, campaign_id: int, round_: int) -> float:
+        """How long a campaign that had nothing to dial at its last reading stays unread (0: read it)."""
+        idle = self._idle.get(campaign_id)
+        if idle is None:
+            return 0.0
+        left = idle[1] - time.monotonic()
+        if idle[0] != round_ or left <= 0:
+            del self._idle[campaign_id]
+            return 0.0
+        return left
 
     def _decide(self, plan: CampaignPlan, now: dt.datetime
                 ) -> tuple[list[tuple[Member, Next]], dict[int, str] | None, dt.datetime | None]:
@@ -468,6 +513,7 @@ class CampaignRunner:
             self.calls.release(attempt_id)
             self._live.pop(attempt_id, None)
             self._calls.pop(attempt_id, None)
+            self._idle.pop(plan.campaign_id, None)  # its member may be due again: read it at the next pass
             self.wake()
 
     def _hold_off(self) -> None:
@@ -494,7 +540,9 @@ class CampaignRunner:
         finally:
             if adopted:  # the call's own task: nobody else releases it
                 self.calls.release(attempt_id)
-                self._live.pop(attempt_id, None)
+                live = self._live.pop(attempt_id, None)
+                if live is not None:
+                    self._idle.pop(live[0], None)
                 self._calls.pop(attempt_id, None)
                 self.wake()
 

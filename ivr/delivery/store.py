@@ -111,6 +111,15 @@ class CampaignPlan:
 
 
 @dataclass(frozen=True)
+class CampaignHead:
+    """A campaign to dial, before its members are read: its id, round and urgency."""
+
+    campaign_id: int
+    round: int
+    urgent: bool
+
+
+@dataclass(frozen=True)
 class MemberBrief:
     """What the member call needs once answered."""
 
@@ -190,43 +199,61 @@ class DeliveryDesk(CallerLines):
     # -- the plan -----------------------------------------------------------------------------
     async def plans(self) -> list[CampaignPlan]:
         """Every campaign to work on (scheduled ones become running), urgent first, oldest first."""
-        return await self.tx(self._plans)
-
-    def _plans(self, s: Session) -> list[CampaignPlan]:
-        campaigns = s.scalars(select(Campaign).where(
-            Campaign.status.in_(DIALLING)).order_by(Campaign.id)).all()
         plans = []
-        for campaign in campaigns:
-            message = campaign.message
-            if campaign.status is CampaignStatus.SCHEDULED:
-                # Only if still scheduled as committed now: a stop (``control.stop_campaign``) committed
-                # since the read above must not be overwritten with RUNNING.
-                s.execute(update(Campaign).where(Campaign.id == campaign.id,
-                                                 Campaign.status == CampaignStatus.SCHEDULED)
-                          .values(status=CampaignStatus.RUNNING, started_at=self.clock())
-                          .execution_options(synchronize_session=False))
-                s.refresh(campaign)
-                if campaign.status not in DIALLING:
-                    continue  # stopped meanwhile
-            take = next((r for r in message.recordings if r.take == message.submitted_take), None)
-            if take is None:
-                log.error("campaign %d: message %d has no recording to deliver", campaign.id, message.id)
-                continue
-            try:  # the sealed recording, opened for Asterisk (a plaintext copy in the store's private folder)
-                recording = self.store.open_verified(Path(take.path), take.sha256)
-            except RecordingCorrupted as exc:
-                log.error("campaign %d: message %d: recording unusable: %s", campaign.id, message.id, exc)
-                continue
-            plan = CampaignPlan(campaign.id, message.id, message.urgency is Urgency.URGENT, message.bin.zone_id,
-                                message.bin.zone.max_channels,
-                                campaign.round_started_at or campaign.created_at or self.clock(),
-                                campaign.not_before, recording, take.sha256, drill=message.drill,
-                                round=campaign.round or 1, zone_max_cps=message.bin.zone.max_cps)
-            # Only the members it calls: one who is not (text only, opted out) is neither dialled nor waited for.
-            plan.members.extend(m for m in campaign_members(s, campaign, message) if m.called)
-            plans.append(plan)
-        plans.sort(key=lambda p: (not p.urgent, p.campaign_id))
+        for head in await self.campaign_heads():
+            plan = await self.plan(head.campaign_id)
+            if plan is not None:
+                plans.append(plan)
         return plans
+
+    async def campaign_heads(self) -> list[CampaignHead]:
+        """The campaigns to dial, in the order they are dialled (urgent first, oldest first): one small
+        query, so the dialer reads a campaign's members only when it may dial one of them."""
+        def work(s: Session) -> list[CampaignHead]:
+            rows = s.execute(select(Campaign.id, Campaign.round, Message.urgency)
+                             .join(Message, Campaign.message_id == Message.id)
+                             .where(Campaign.status.in_(DIALLING)))
+            heads = [CampaignHead(cid, rnd or 1, urgency is Urgency.URGENT) for cid, rnd, urgency in rows]
+            return sorted(heads, key=lambda h: (not h.urgent, h.campaign_id))
+        return await self.tx(work)
+
+    async def plan(self, campaign_id: int) -> CampaignPlan | None:
+        """One campaign to work on with its members (a scheduled one becomes running); ``None`` if it
+        is no longer to be dialled or its recording cannot be played."""
+        return await self.tx(lambda s: self._plan(s, campaign_id))
+
+    def _plan(self, s: Session, campaign_id: int) -> CampaignPlan | None:
+        campaign = s.get(Campaign, campaign_id)
+        if campaign is None or campaign.status not in DIALLING:
+            return None
+        message = campaign.message
+        if campaign.status is CampaignStatus.SCHEDULED:
+            # Only if still scheduled as committed now: a stop (``control.stop_campaign``) committed
+            # since the read above must not be overwritten with RUNNING.
+            s.execute(update(Campaign).where(Campaign.id == campaign.id,
+                                             Campaign.status == CampaignStatus.SCHEDULED)
+                      .values(status=CampaignStatus.RUNNING, started_at=self.clock())
+                      .execution_options(synchronize_session=False))
+            s.refresh(campaign)
+            if campaign.status not in DIALLING:
+                return None  # stopped meanwhile
+        take = next((r for r in message.recordings if r.take == message.submitted_take), None)
+        if take is None:
+            log.error("campaign %d: message %d has no recording to deliver", campaign.id, message.id)
+            return None
+        try:  # the sealed recording, opened for Asterisk (a plaintext copy in the store's private folder)
+            recording = self.store.open_verified(Path(take.path), take.sha256)
+        except RecordingCorrupted as exc:
+            log.error("campaign %d: message %d: recording unusable: %s", campaign.id, message.id, exc)
+            return None
+        plan = CampaignPlan(campaign.id, message.id, message.urgency is Urgency.URGENT, message.bin.zone_id,
+                            message.bin.zone.max_channels,
+                            campaign.round_started_at or campaign.created_at or self.clock(),
+                            campaign.not_before, recording, take.sha256, drill=message.drill,
+                            round=campaign.round or 1, zone_max_cps=message.bin.zone.max_cps)
+        # Only the members it calls: one who is not (text only, opted out) is neither dialled nor waited for.
+        plan.members.extend(m for m in campaign_members(s, campaign, message) if m.called)
+        return plan
 
     # -- attempts -----------------------------------------------------------------------------
     async def begin_attempt(self, campaign_id: int, person_id: int, e164: str, rank: str,
@@ -269,7 +296,7 @@ class DeliveryDesk(CallerLines):
         """(campaign id, round) of every campaign to dial: a cheap read that tells the dialer a campaign
         was started, stopped or re-notified by another process (the command line, the web console)."""
         def work(s: Session) -> frozenset[tuple[int, int]]:
-            return frozenset((cid, rnd) for cid, rnd in s.execute(select(Campaign.id, Campaign.round).where(
+            return frozenset((cid, rnd or 1) for cid, rnd in s.execute(select(Campaign.id, Campaign.round).where(
                 Campaign.status.in_(DIALLING))))
         return await self.tx(work)
 

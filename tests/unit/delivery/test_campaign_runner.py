@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Mapping
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ivr.delivery.dialer import CampaignRunner, DialerLimits
 from ivr.delivery.report import campaign_report
@@ -382,3 +382,37 @@ async def test_a_call_the_farms_edge_refused_at_the_carriers_cap_costs_the_membe
         outcomes = [a.outcome for a in s.scalars(select(CallAttempt).where(CallAttempt.person_id == member)
                                                  .order_by(CallAttempt.attempt_no))]
     assert outcomes == [AttemptOutcome.INTERRUPTED, AttemptOutcome.INTERRUPTED, AttemptOutcome.CONFIRMED]
+
+
+async def test_with_the_trunk_full_a_pass_reads_only_the_campaign_it_dials_from(
+        world: World, tmp_path: Path) -> None:
+    """Four campaigns of ten members on two channels: every call's end starts a pass, and a pass used
+    to read every campaign's members and attempts (a national day: 30 campaigns read on every call).
+    Now a campaign is read when a channel is free to dial from it, when it is new, or when it may have
+    finished; the reads of members' attempts are counted at the database."""
+    from sqlalchemy import event
+
+    _add_members(world, 10)
+    dialer = FakeDialer(world.desk, {})  # type: ignore[arg-type]
+    runner = _runner(world, dialer, max_channels=2, max_cps=100.0)
+    for _ in range(4):
+        await _approved(world, tmp_path)
+    reads = 0
+
+    def count(conn, cursor, statement: str, *args: object) -> None:  # type: ignore[no-untyped-def]
+        nonlocal reads
+        if statement.lstrip().startswith("SELECT call_attempts.person_id, call_attempts.attempt_no"):
+            reads += 1  # ivr.delivery.members.campaign_members: one campaign's attempts
+    event.listen(world.engine, "before_cursor_execute", count)
+    await runner.start()
+    try:
+        await _until_done(world)
+    finally:
+        await runner.stop()
+        event.remove(world.engine, "before_cursor_execute", count)
+    with session_scope(world.engine) as s:
+        assert s.scalar(select(func.count()).select_from(Confirmation)) == 40
+        calls = s.scalar(select(func.count()).select_from(CallAttempt))
+    assert calls == 40
+    # Reading all four on every pass: 105 reads for the 40 calls (measured); now one a call.
+    assert reads <= 1.6 * calls, f"{reads} campaign reads for {calls} calls"

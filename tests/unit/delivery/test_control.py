@@ -318,17 +318,17 @@ async def test_a_stop_during_the_plan_pass_is_not_lost(world: World, tmp_path: P
             stopped.set()
             time.sleep(0.5)  # the plan's write waits for this transaction (SQLite's write lock)
 
-    original = DeliveryDesk._plans
+    original = DeliveryDesk._plan
 
-    def plans_read_first(self: DeliveryDesk, s):  # type: ignore[no-untyped-def]
+    def plan_read_first(self: DeliveryDesk, s, campaign):  # type: ignore[no-untyped-def]
         s.scalars(select(Campaign).where(Campaign.id == campaign_id)).all()  # read while SCHEDULED
         thread.start()
         assert stopped.wait(10)
-        return original(self, s)
+        return original(self, s, campaign)
 
     thread = threading.Thread(target=stopper)
     desk = DeliveryDesk(world.engine, world.desk.store, clock=world.desk.clock)
-    desk._plans = plans_read_first.__get__(desk)  # type: ignore[method-assign]
+    desk._plan = plan_read_first.__get__(desk)  # type: ignore[method-assign]
     plans = await desk.plans()
     thread.join()
     assert [p.campaign_id for p in plans] == []

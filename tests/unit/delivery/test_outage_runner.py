@@ -235,15 +235,16 @@ async def test_a_call_whose_outcome_was_lost_is_not_dialled_again_while_it_is_up
     (member,) = _add_members(world, 1, prefix="+3291")
     dialer = LosingDialer(world.desk, {})  # type: ignore[arg-type]
     runner = _runner(world, dialer, settle_s=0.05)
-    # Every dialer pass begins by reading the plan: counted, so the test knows a pass ran while the call was up.
+    # Every campaign the dialer reads (its members, attempts and calls up) is counted, so the test knows
+    # the dialer looked at the member while the call was up.
     passes = 0
-    read_plans = runner.desk.plans
+    read_plan = runner.desk.plan
 
-    async def counted_plans() -> list[CampaignPlan]:
+    async def counted_plan(campaign_id: int) -> CampaignPlan | None:
         nonlocal passes
         passes += 1
-        return await read_plans()
-    monkeypatch.setattr(runner.desk, "plans", counted_plans)
+        return await read_plan(campaign_id)
+    monkeypatch.setattr(runner.desk, "plan", counted_plan)
     await _approved(world, tmp_path)
     await runner.start()
     try:
@@ -254,8 +255,8 @@ async def test_a_call_whose_outcome_was_lost_is_not_dialled_again_while_it_is_up
             assert time.monotonic() < deadline, "the first call was never dialled"
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.5)  # the dialer's own passes meanwhile
-        # And a whole pass begun now, not only the ones the dialer chose: woken, it begins a pass; woken
-        # again, it begins the next only once that one is over.
+        # And two readings more, not only the ones the dialer chose: woken, it begins a pass (a campaign
+        # with nothing to dial is read again within ``idle_recheck_s``).
         for wanted in (passes + 1, passes + 2):
             runner.wake()
             while passes < wanted:
