@@ -107,8 +107,11 @@ class InstanceOptions:
     ami_port: int = 0
     sip_port: int = 0
     rtp_start: int = 0
-    #: Last RTP port (inclusive); 0: ``rtp_start`` + 199.
+    #: Last RTP port (inclusive); 0: ``rtp_start`` + ``rtp_ports`` - 1.
     rtp_end: int = 0
+    #: How many RTP ports to take when none are given (0: ``DEFAULT_RTP_PORTS``, 100 calls): two a call
+    #: (RTP, RTCP), and room for calls still being torn down.
+    rtp_ports: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.trunk, tuple):
@@ -196,7 +199,7 @@ class AsteriskInstance:
         if not self.options.sip_port:
             self.options.sip_port = _free_port(socket.SOCK_DGRAM)
         if not self.options.rtp_start:
-            self.options.rtp_start = _free_rtp_block(self.RTP_PORTS)
+            self.options.rtp_start = _free_rtp_block(self.options.rtp_ports or self.RTP_PORTS)
         text = json.dumps(asdict(self.options), indent=2, default=str) + "\n"
         # Written only when it changes: the unprivileged service reads it but may not rewrite it.
         if not state.exists() or state.read_text(encoding="utf-8") != text:
@@ -302,7 +305,7 @@ class AsteriskInstance:
             "ami_port": str(o.ami_port), "ami_user": AMI_USER, "ami_secret": ami_secret(self.run_dir),
             "agi_secret": render_agi_secret(self.run_dir, gid if os.geteuid() == 0 else None),
             "sip_transports": transport_sections(o.edge, sip_port=o.sip_port, protocols=protocols, tls_files=tls_files),
-            "rtp_start": str(o.rtp_start), "rtp_end": str(o.rtp_end or o.rtp_start + self.RTP_PORTS - 1),
+            "rtp_start": str(o.rtp_start), "rtp_end": str(o.rtp_end or o.rtp_start + (o.rtp_ports or self.RTP_PORTS) - 1),
             "agi_port": str(o.agi_port), "sim_agi_port": str(o.sim_agi_port or o.agi_port),
             "caller_id_number": o.caller_id_number or "anonymous",
             **sip_values,

@@ -272,7 +272,7 @@ async def _campaign(settings: Settings, runtime: object, members: int, channels:
             patience_s = AMD_ALLOWANCE_S + header_s + message_s + 60.0  # never reached while all is well
             for i in range(members):
                 lab.network.script(f"+3294{i:06d}", PhoneScript.listens(
-                    recording, rings=rings, key="1", after_s=after_s, timeout_s=patience_s))
+                    recording, rings=rings, key="1", after_s=after_s, timeout_s=patience_s, keeps_audio=False))
             # The call as scripted, not as measured: its rings, the answering check (the member's "Hallo?"
             # and the second of silence after it that AMD needs: 1.4 s measured, test_member_dialplan),
             # header and recording, the time the simulated ear takes to notice the end (Asterisk writes

@@ -38,6 +38,8 @@ def register_cluster(kinds: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--kill-at-half", action="store_true",
                    help="SIGKILL node-0's service when half the members have confirmed (then restart it)")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
+    p.add_argument("--keep-unheard", type=Path, metavar="DIR",
+                   help="keep here what each phone heard on a call where it did not hear the recording to its end")
     p.set_defaults(func=cmd_cluster)
 
 
@@ -125,10 +127,13 @@ async def _day(settings: Settings, runtime: object, args: argparse.Namespace) ->
         for b in range(args.bins):
             # Geographic Belgian numbers (+32 5x, 3x, ...: 8 digits), one prefix a BIN, never 0900.
             members += farm.world.seed_bin(100 + b, args.members, f"+32{'531682'[b // 10]}{b % 10}")
+        if args.keep_unheard is not None:
+            args.keep_unheard.mkdir(parents=True, exist_ok=True)
+            farm.network.keep_unheard_ears = args.keep_unheard
         for m in members:
             farm.network.script(m.number, PhoneScript.listens(recording, rings=1, key="1", after_s=after_s,
                                                               timeout_s=AMD_ALLOWANCE_S + header_s
-                                                              + args.message_seconds + 60.0))
+                                                              + args.message_seconds + 60.0, keeps_audio=False))
         def app_pid(i: int) -> int | None:
             process = farm.nodes[i].process
             return process.pid if process is not None else None
@@ -167,8 +172,11 @@ async def _day(settings: Settings, runtime: object, args: argparse.Namespace) ->
             confirmations = {c.person_id: utc(c.confirmed_at) for c in s.scalars(select(Confirmation))}
             attempts = s.scalars(select(CallAttempt)).all()
             by_node: dict[str, int] = {}
+            outcomes: dict[str, int] = {}
             for a in attempts:
                 by_node[str(a.node_id)] = by_node.get(str(a.node_id), 0) + 1
+                outcome = a.outcome.value if a.outcome is not None else "open"
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
         spans, per_person, bins_95 = [], {}, {}
         by_bin: dict[int, list[float]] = {}
         for m in members:
@@ -190,6 +198,11 @@ async def _day(settings: Settings, runtime: object, args: argparse.Namespace) ->
                 continue
             called_again += sum(1 for c in farm.network.calls_to(m.number) if offset + c.started_at > at.timestamp() + 0.5)
         calls_placed = len(spans)
+        every_call = [c for m in members for c in farm.network.calls_to(m.number)]
+        anatomy = call_anatomy(every_call)
+        # The calls that were not the member's last (a duplicate is one of these): what the phone saw.
+        not_last = [c for m in members for c in farm.network.calls_to(m.number)[:-1]]
+        occupancy = sum(e - s for s, e in spans) / (args.channels * total_s) if total_s else None
         edge = await farm.node_states()
     finally:
         await farm.stop()
@@ -209,6 +222,16 @@ async def _day(settings: Settings, runtime: object, args: argparse.Namespace) ->
         "first_ring_s": round(min(s for s, _ in spans) - (started), 3) if spans else None,
         "peak_concurrent": peak_overlap(spans),
         "calls_per_s": round(calls_placed / total_s, 2) if total_s else None,
+        # Where a call's time goes, at the phones (means, s): against ``scripted_call_s`` it tells a slow
+        # call from an idle channel; ``channel_occupancy`` is the carrier's channels' busy share.
+        "call_anatomy_s": anatomy,
+        "scripted_anatomy_s": {"ring": ring_s, "answer_to_end_heard": round(AMD_ALLOWANCE_S + header_s
+                                                                             + args.message_seconds + ear_s, 3),
+                               "end_heard_to_hangup": round(after_s + thanks_s, 3),
+                               "whole": round(scripted_call_s, 3)},
+        "channel_occupancy": round(occupancy, 3) if occupancy is not None else None,
+        "calls_up_by_10_s": calls_up_by(spans, started, 10.0),
+        "calls_before_the_last": call_kinds(not_last),
         "confirmed": len(confirmations),
         "duplicates": sum(n - 1 for n in per_person.values() if n > 1),
         "confirmed_called_again": called_again,
@@ -217,6 +240,7 @@ async def _day(settings: Settings, runtime: object, args: argparse.Namespace) ->
         "time_to_95_s_median": round(statistics.median(done_95), 1) if done_95 else None,
         "time_to_95_s_max": max(done_95) if done_95 else None,
         "attempts_by_node_id": by_node,
+        "attempt_outcomes": dict(sorted(outcomes.items())),
         "asterisk_cpu_s_per_call": units.asterisk_cpu_s,
         "app_cpu_s_per_call": units.app_cpu_s,
         "db_tx_per_call": units.db_tx_per_call,
@@ -224,3 +248,45 @@ async def _day(settings: Settings, runtime: object, args: argparse.Namespace) ->
         "edge_node_states": edge,
         "capacity_model": size(units),
     }
+
+
+def call_anatomy(calls: list) -> dict[str, float | None]:  # type: ignore[type-arg]
+    """Mean seconds of the phases of the calls a listening phone confirmed: ringing (the network saw
+    the call until it answered), answer to the recording's end heard, heard to the caller's hang-up,
+    and the whole call."""
+    def mean(values: list[float]) -> float | None:
+        return round(statistics.fmean(values), 3) if values else None
+    heard = [c for c in calls if c.answered_at is not None and c.end_heard_at is not None and c.ended_at is not None]
+    return {
+        "calls": len(heard),
+        "ring": mean([c.answered_at - c.started_at for c in heard]),
+        "answer_to_end_heard": mean([c.end_heard_at - c.answered_at for c in heard]),
+        "end_heard_to_hangup": mean([c.ended_at - c.end_heard_at for c in heard]),
+        "whole": mean([c.ended_at - c.started_at for c in heard]),
+    }
+
+
+def call_kinds(calls: list) -> dict[str, int]:  # type: ignore[type-arg]
+    """How calls went at the phone: answered or not, the recording's end heard or not, a key sent or
+    not, and who hung up."""
+    kinds: dict[str, int] = {}
+    for c in calls:
+        kind = ("answered" if c.answered_at is not None else "unanswered") \
+            + (", end heard" if c.end_heard_at is not None else "") \
+            + (", key sent" if c.keys_sent else "") + f", ended by {c.ended_by or '?'}"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return dict(sorted(kinds.items()))
+
+
+def calls_up_by(spans: list[tuple[float, float]], t0: float, step_s: float) -> list[float]:
+    """The mean number of calls up at the phones in each ``step_s`` from ``t0``: how full the channels
+    were, from the first wave to the last call."""
+    if not spans:
+        return []
+    end = max(e for _, e in spans)
+    out = []
+    for k in range(int((end - t0) // step_s) + 1):
+        lo, hi = t0 + k * step_s, t0 + (k + 1) * step_s
+        out.append(round(sum(max(0.0, min(e, hi) - max(s, lo)) for s, e in spans) / step_s, 1))
+    return out
+

@@ -42,7 +42,7 @@ from sqlalchemy import Engine
 
 from ivr.asterisk.install import AsteriskRuntime
 from ivr.asterisk.instance import AsteriskInstance, InstanceOptions
-from ivr.asterisk.trunk import Trunk
+from ivr.asterisk.trunk import DEFAULT_RTP_PORTS, Trunk
 from ivr.cluster.kamailio import EdgePlan
 from ivr.lab.farm_world import FarmWorld
 from ivr.lab.kamailio_lab import HOST, KamailioEdge, free_udp_ports
@@ -141,7 +141,10 @@ class Farm:
         await self._sim.start()
         net = AsteriskInstance(runtime, InstanceOptions(
             name=f"{name}-net", agi_port=self._sim.port, sim_agi_port=self._sim.port, carrier_match=HOST,
-            carrier_username=LAB_TRUNK_USERNAME), base_dir)
+            carrier_username=LAB_TRUNK_USERNAME,
+            # Every call of the farm reaches this one Asterisk: 200 RTP ports (100 calls) ran out at
+            # 90 channels (calls being torn down hold theirs), and the network answered 488.
+            rtp_ports=max(DEFAULT_RTP_PORTS, 2 * (2 * self.channels + 50))), base_dir)
         self.network_asterisk = net
         net_sip = net.allocate_ports().sip_port
         carrier_secret = net.run_dir / "carrier.secret"

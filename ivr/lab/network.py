@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import math
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -97,6 +99,9 @@ class PhoneNetwork:
         self._caller_ami = caller_ami
         self._watchers: set[asyncio.Task[None]] = set()
         self._references: dict[Path, Reference] = {}
+        #: Where a listening phone keeps its ear (what it heard) when it did not hear the recording to
+        #: its end: a benchmark's unconfirmed calls, to replay through ``ivr.lab.listening``.
+        self.keep_unheard_ears: Path | None = None
         if caller_ami is not None:
             caller_ami.subscribe(self._on_ami_event)
 
@@ -166,23 +171,32 @@ class PhoneNetwork:
         if behaviour is Behaviour.UNREACHABLE:
             await call.exec("Hangup", "1")
             return
-        await call.exec("Ringing")
         if behaviour is Behaviour.NO_ANSWER:
+            await call.exec("Ringing")
             await call.exec("Wait", "86400")
             return
-        await call.exec("Wait", f"{max(script.rings, 1) * self.ring_s:.3f}")
+        ring = f"{max(script.rings, 1) * self.ring_s:.3f}"
+        if behaviour is Behaviour.ANSWERING_MACHINE:
+            await call.exec("Ringing")
+            await call.exec("Wait", ring)
         stem = f"{number_stem(sim.number)}-{len(self.calls)}-{int(time.time() * 1000)}"
         heard = self.recordings_dir / f"{stem}-heard.wav"
-        sim.heard_path = heard
+        if script.keeps_audio or behaviour is Behaviour.ANSWERING_MACHINE:
+            sim.heard_path = heard
         ear_path = heard.with_name(stem + "-ear" + EAR_SUFFIX)  # a listening phone's (see sim-pick-up)
         if behaviour is Behaviour.ANSWERING_MACHINE:
             await call.answer()
         else:
             # Pick up and record only what reaches the phone (the "receive" direction) in one dialplan
             # step: BINfoon may speak at once, and an AGI round trip between the two would lose that.
-            ear = [self.inner_path(ear_path)] if script.listening else []
-            await call.gosub("sim-pick-up", "s", 1, self.inner_path(heard.with_name(stem + "-both.wav")),
-                             self.inner_path(heard), *ear)
+            kept = [self.inner_path(heard.with_name(stem + "-both.wav")), self.inner_path(heard)] \
+                if script.keeps_audio else ["", ""]
+            # A listening phone: its ear, and Answer without waiting for the caller's audio (keys timed
+            # from the answer keep the old pick-up, which waits up to 500 ms for it).
+            ear = [self.inner_path(ear_path), "i"] if script.listening else ["", ""]
+            # Rings and picks up in one dialplan step too: one AGI round trip, not three (on a loaded
+            # benchmark each round trip made every call longer).
+            await call.gosub("sim-ring-pick-up", "s", 1, ring, *kept, *ear)
         sim.answered_at = time.monotonic()
         if behaviour is Behaviour.ANSWERING_MACHINE:
             assert self._greeting is not None, "PhoneNetwork.prepare() was not awaited"
@@ -232,6 +246,9 @@ class PhoneNetwork:
                 if len(samples):
                     listener.feed(samples)  # ~0.1 ms of CPU per read: fine on the event loop
         finally:
+            if listener.result is None and self.keep_unheard_ears is not None:
+                with contextlib.suppress(OSError):  # never there: the call ended before it was picked up
+                    shutil.copy(ear_path, self.keep_unheard_ears / ear_path.name)
             ear.close()
         sim.end_heard_at = time.monotonic()
         sim.end_heard_audio_s = listener.result.end_s if listener.result else None

@@ -112,7 +112,10 @@ class PhoneLab:
                 network_asterisk = AsteriskInstance(
                     runtime,
                     InstanceOptions(name=f"{name}-net", agi_port=app.port, sim_agi_port=sim.port,
-                                    carrier_match="127.0.0.1", carrier_username=LAB_TRUNK_USERNAME),
+                                    carrier_match="127.0.0.1", carrier_username=LAB_TRUNK_USERNAME,
+                                    # The carrier of every call (``bench campaign`` runs 100 channels and
+                                    # more): 100 calls' ports ran out in a farm of 90 (ivr.lab.farm).
+                                    rtp_ports=600),
                     base_dir,
                 )
                 created.append(network_asterisk)

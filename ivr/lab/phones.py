@@ -64,6 +64,10 @@ class PhoneScript:
     says_hallo: bool = False
     #: Presses its key only after hearing this recording to its end (``PhoneScript.listens``).
     listening: Listening | None = None
+    #: Keeps a recording of what it heard (``SimulatedCall.heard_audio``) for a test to check. A
+    #: benchmark's thousands of listening phones keep only their ear: each recording costs the
+    #: network's Asterisk a thread woken for every 20 ms frame.
+    keeps_audio: bool = True
 
     @classmethod
     def answers(cls, rings: int = 1, keys: tuple[tuple[float, str], ...] = (),
@@ -75,12 +79,13 @@ class PhoneScript:
 
     @classmethod
     def listens(cls, reference: Path, rings: int = 1, key: str = "1", after_s: float = 0.3,
-                timeout_s: float = 120.0, says_hallo: bool = True) -> "PhoneScript":
+                timeout_s: float = 120.0, says_hallo: bool = True, keeps_audio: bool = True) -> "PhoneScript":
         """Answers, says "Hallo?", listens, and presses ``key`` ``after_s`` after it has heard the
         recording ``reference`` (8 kHz mono WAV) played to its end; then waits until hung up. Never
-        heard to its end within ``timeout_s`` of answering: hangs up without pressing."""
+        heard to its end within ``timeout_s`` of answering: hangs up without pressing. Without
+        ``keeps_audio`` it listens only (no recording of the call to check afterwards)."""
         return cls(Behaviour.ANSWER, rings, says_hallo=says_hallo,
-                   listening=Listening(reference, key, after_s, timeout_s))
+                   listening=Listening(reference, key, after_s, timeout_s), keeps_audio=keeps_audio)
 
     @classmethod
     def silent(cls, rings: int = 1) -> "PhoneScript":
@@ -152,7 +157,8 @@ class SimulatedCall:
     def heard_audio(self, timeout_s: float = 5.0) -> Path:
         """The finished recording of what the phone heard (waits for Asterisk to close the file)."""
         if self.heard_path is None:
-            raise ValueError(f"the phone {self.number} never answered: it heard nothing")
+            raise ValueError(f"the phone {self.number} kept no recording: it never answered, or its "
+                             "script listens only (keeps_audio=False)")
         return finished_wav(self.heard_path, timeout_s)
 
 

@@ -135,3 +135,21 @@ def test_the_simulated_network_delivers_callers_to_binfoon(tmp_path: Path) -> No
     bare_sections = _sections((bare.run_dir / "etc" / "pjsip-network.conf").read_text())
     [aor] = [s for s in bare_sections if s.get("type") == "aor"]
     assert "contact" not in aor
+
+
+def test_an_instance_takes_the_rtp_ports_it_is_sized_for(tmp_path: Path) -> None:
+    """The lab's network carries every call of a farm: 200 ports (100 calls) ran out at 90 channels
+    and it answered 488; it asks for more (``rtp_ports``), a node keeps the default."""
+    def block(instance: AsteriskInstance) -> int:
+        rtp = (instance.run_dir / "etc" / "rtp.conf").read_text()
+        start = int(re.search(r"rtpstart = (\d+)", rtp).group(1))  # type: ignore[union-attr]
+        end = int(re.search(r"rtpend = (\d+)", rtp).group(1))  # type: ignore[union-attr]
+        return end - start + 1
+    wide = _render(tmp_path / "wide", rtp_ports=460)
+    wide.allocate_ports()
+    wide.render()
+    assert block(wide) == 460
+    plain = _render(tmp_path / "plain")
+    plain.allocate_ports()
+    plain.render()
+    assert block(plain) == 200
