@@ -143,9 +143,15 @@ def test_a_french_alert_is_transcribed_in_french_because_french_is_passed(
         french_results: dict[str, TranscriptResult]) -> None:
     french = word_error_rate(FRENCH_ALERT, french_results["fr"].text)
     dutch = word_error_rate(FRENCH_ALERT, french_results["nl"].text)
-    # Measured here: 0.62 told French (synthetic voice), 1.77 told Dutch: it then writes Dutch words.
+    # Measured: 0.62 told French (synthetic voice), 1.77 told Dutch on one machine; 0.69 and 0.92 on
+    # another (an AMD EPYC: int8 kernels follow the CPU, and a decode in the wrong language is the
+    # least stable). Told Dutch it writes Dutch words: fewer of the alert's French words, a worse WER.
     assert french <= 0.80, french_results["fr"].text
-    assert dutch > 0.80 and dutch >= french + 0.5, (french_results["fr"].text, french_results["nl"].text)
+    assert dutch > 0.80 and dutch > french, (french_results["fr"].text, french_results["nl"].text)
+    said = set(normalise_words(FRENCH_ALERT))
+    heard = {lang: len(said & set(normalise_words(french_results[lang].text))) for lang in ("fr", "nl")}
+    # The alert's own words in each (measured on the EPYC: 9 told French, 2 told Dutch).
+    assert heard["fr"] >= heard["nl"] + 3, (heard, french_results["fr"].text, french_results["nl"].text)
     assert french_results["fr"].language == "fr" and french_results["nl"].language == "nl"
     assert {"police", "demande"} <= set(normalise_words(french_results["fr"].text))
     assert_well_formed(french_results["fr"])
