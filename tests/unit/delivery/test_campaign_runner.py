@@ -342,6 +342,40 @@ async def test_a_key_the_flow_heard_counts_as_heard_on_the_call_even_if_the_cel_
     assert rows == {members[0]: ("call", attempt_id, key_at), members[1]: ("shared", None, key_at)}
 
 
+async def test_a_key_the_cel_poller_stores_in_the_same_moment_as_the_flow_is_still_heard_on_the_call(
+        world: World, tmp_path: Path) -> None:
+    """The poller's transaction commits between the flow's read and its insert (seen in a loaded full
+    run: the confirmation stayed 'cel'). The flow's insert loses on the unique constraint; it reads
+    again and records the key as heard on the call."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    members = _add_members(world, 2, shared=2)
+    await _approved(world, tmp_path)
+    delivery = DeliveryDesk(world.engine, world.desk.store)
+    [plan] = await delivery.plans()
+    attempt_id = await delivery.begin_attempt(plan.campaign_id, members[0], "+3294000000", "primary", 1)
+    assert attempt_id is not None
+    key_at = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+    poller = DeliveryDesk(world.engine, world.desk.store)
+    raced = []
+
+    def poller_first(session: Session, *args: object) -> None:
+        if raced or not any(isinstance(o, Confirmation) for o in session.new):
+            return
+        raced.append(True)  # once: the poller's own flush (below) and the retry go through unhindered
+        asyncio.run(poller.confirm(attempt_id, via="cel", at=key_at))  # another connection, committed
+    event.listen(Session, "before_flush", poller_first)
+    try:
+        assert not await delivery.confirm(attempt_id, at=key_at)  # the poller's row stands
+    finally:
+        event.remove(Session, "before_flush", poller_first)
+    assert raced
+    with session_scope(world.engine) as s:
+        rows = {c.person_id: c.via for c in s.scalars(select(Confirmation))}
+    assert rows == {members[0]: "call", members[1]: "shared"}
+
+
 async def test_stop_ends_the_dialer_even_as_a_wake_comes(world: World) -> None:
     """A call's end wakes the dialer in the same moment as it is stopped: the stop still ends it (on
     Python 3.11, asyncio.wait_for swallowed that cancel and stop() waited forever)."""
