@@ -280,7 +280,10 @@ class CampaignRunner:
         heads = await self.desk.campaign_heads()
         self._marks = frozenset((h.campaign_id, h.round) for h in heads)
         next_wake = 30.0
-        self._waiting &= {h.campaign_id for h in heads}
+        dialling = {h.campaign_id for h in heads}
+        self._waiting &= dialling  # hints about campaigns no longer dialled go (a service runs for months)
+        for gone in self._idle.keys() - dialling:
+            del self._idle[gone]
         for head in heads:
             # Members are read campaign by campaign, in dialling order. With the trunk full, a campaign
             # known to have members waiting for a channel is not read (it cannot have finished), nor one
