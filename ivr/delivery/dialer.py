@@ -38,7 +38,7 @@ from ivr.delivery.policy import (
     Next, RetryPolicy, TrunkRules, TrunkWatch, Verdict, Window, may_dial, next_allowed, next_step, observe_dial,
     member_prompts, observe_registration, probe_started,
 )
-from ivr.delivery.store import CampaignPlan, DeliveryDesk, OpenCall
+from ivr.delivery.store import CampaignHead, CampaignPlan, DeliveryDesk, OpenCall
 from ivr.domain.pace import TokenBucket
 from ivr.domain.phone import mask
 from ivr.domain.vocabulary import AttemptOutcome
@@ -130,7 +130,7 @@ class CampaignRunner:
         self._pause_writes: set[asyncio.Task[None]] = set()
         #: zone id -> its own pace (``police_zones.max_cps``), on top of the trunk's.
         self._zone_pace: dict[int, TokenBucket] = {}
-        #: (campaign, round) of the campaigns to dial at the last pass (``DeliveryDesk.campaign_marks``).
+        #: (campaign, round) of the campaigns to dial at the last pass (``DeliveryDesk.campaign_heads``).
         self._marks: frozenset[tuple[int, int]] = frozenset()
         #: campaign id -> (round, monotonic time): it had nothing to dial when last read; not read
         #: again before that time unless one of its calls here ends (a hint, never the truth).
@@ -261,7 +261,7 @@ class CampaignRunner:
 
     async def _campaigns_changed(self) -> bool:
         try:
-            marks = await self.desk.campaign_marks()
+            marks = _marks(await self.desk.campaign_heads())
         except Exception:
             log.exception("cannot read the campaigns to dial; the next pass will")
             return False
@@ -278,7 +278,7 @@ class CampaignRunner:
             return refused_s  # the PBX refused a call (shutting down): nothing is dialled meanwhile
         now = self.clock()
         heads = await self.desk.campaign_heads()
-        self._marks = frozenset((h.campaign_id, h.round) for h in heads)
+        self._marks = _marks(heads)
         next_wake = 30.0
         dialling = {h.campaign_id for h in heads}
         self._waiting &= dialling  # hints about campaigns no longer dialled go (a service runs for months)
@@ -567,6 +567,12 @@ class CampaignRunner:
                 return end
         log.warning("call %s still up after %.0f s; no longer waited for", attempt_id, self.limits.max_call_s)
         return None
+
+
+def _marks(heads: list[CampaignHead]) -> frozenset[tuple[int, int]]:
+    """(campaign, round) of the campaigns to dial: what changes when a campaign is started, stopped or
+    re-notified."""
+    return frozenset((h.campaign_id, h.round) for h in heads)
 
 
 def _up(attempt_id: str, live: set[str]) -> bool:

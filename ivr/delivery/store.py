@@ -208,7 +208,8 @@ class DeliveryDesk(CallerLines):
 
     async def campaign_heads(self) -> list[CampaignHead]:
         """The campaigns to dial, in the order they are dialled (urgent first, oldest first): one small
-        query, so the dialer reads a campaign's members only when it may dial one of them."""
+        query, so the dialer reads a campaign's members only when it may dial one of them (and, polled,
+        tells it that another process started, stopped or re-notified one)."""
         def work(s: Session) -> list[CampaignHead]:
             rows = s.execute(select(Campaign.id, Campaign.round, Message.urgency)
                              .join(Message, Campaign.message_id == Message.id)
@@ -291,14 +292,6 @@ class DeliveryDesk(CallerLines):
             return await self.tx(work)
         except (IntegrityError, _Stopped):
             return None
-
-    async def campaign_marks(self) -> frozenset[tuple[int, int]]:
-        """(campaign id, round) of every campaign to dial: a cheap read that tells the dialer a campaign
-        was started, stopped or re-notified by another process (the command line, the web console)."""
-        def work(s: Session) -> frozenset[tuple[int, int]]:
-            return frozenset((cid, rnd or 1) for cid, rnd in s.execute(select(Campaign.id, Campaign.round).where(
-                Campaign.status.in_(DIALLING))))
-        return await self.tx(work)
 
     async def attempt_dialled(self, attempt_id: str, dial_outcome: str, cause: int | None,
                               outcome: str | None = None) -> None:
