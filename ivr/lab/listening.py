@@ -32,8 +32,8 @@ Why the head: a recording may say the same thing twice (a repeated sentence); it
 matches in the middle of the recording. Anchored to a head, the tail is searched only where the
 recording ends.
 
-Cost: each feed scans the new samples (plus one piece of overlap) for the head's first two pieces
-(two small FFT pairs); every candidate and the tail (by its first ``TAIL_ANCHORS`` pieces) are
+Cost: each feed scans the new samples (plus one piece of overlap) for the head's first
+``HEAD_ANCHORS`` pieces (small FFT pairs); every candidate and the tail (by its first ``TAIL_ANCHORS`` pieces) are
 checked piece by piece in small windows.
 """
 
@@ -65,6 +65,9 @@ PIECES_NEEDED = 0.6
 LAST_PIECES = 2
 #: The tail is looked for by any of its first this many pieces (the first two may both be spoiled).
 TAIL_ANCHORS = 4
+#: The head likewise: its first two pieces follow a seam (the header's end, the recording's start),
+#: where a saturated lab's recorder spoils the audio most often.
+HEAD_ANCHORS = 4
 #: A 20 ms frame whose RMS is below this fraction of the loudest frame's is silence.
 SILENCE_RATIO = 0.01
 
@@ -273,8 +276,8 @@ class EndListener:
         self._kept = np.concatenate((self._kept, samples.astype(np.float64)))
         self.heard += len(samples)
         head = self.reference.head
-        # The head's first two pieces, where they end in the new samples (a slip may spoil one).
-        for anchor in range(min(2, len(head.pieces))):
+        # The head's first pieces, where they end in the new samples (a slip may spoil some).
+        for anchor in range(min(HEAD_ANCHORS, len(head.pieces))):
             piece = head.pieces[anchor].samples
             scan_from = max(self._kept_from, before - len(piece) + 1)
             scores = ncc(piece, self._kept[scan_from - self._kept_from:])
@@ -301,6 +304,8 @@ class EndListener:
             if self.heard < start + head.length + margin:
                 waiting.append((anchor, at))
                 continue
+            if any(abs(start - h) <= int(SLIP_S * RATE_HZ) for h, _ in self._heads):
+                continue  # another of its anchors already found this head
             heard = _heard(head, self._stream, anchor, at, self.threshold, last_needed=False)
             if heard is not None and all(abs(heard[0] - h) > head.length // 2 for h, _ in self._heads):
                 self._heads.append((heard[0], heard[2]))
