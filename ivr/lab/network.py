@@ -229,33 +229,45 @@ class PhoneNetwork:
     async def _listen_then_press(self, call: AgiCall, sim: SimulatedCall, listening: Listening,
                                  ear_path: Path) -> None:
         """Listen until the recording has been heard to its end, then press the key; hang up unpressed
-        if that end is not heard in time (a broken playback never counts as confirmed)."""
+        if that end is not heard in time (a broken playback never counts as confirmed). Then listen on
+        until the caller hangs up, and press again each time the recording is heard to its end again, as
+        a person does when the message starts over (a key the caller never took: its application died
+        with the key on its way, and the dialplan's fallback plays the message again)."""
         assert sim.answered_at is not None
-        listener = EndListener(self._reference(listening.reference))
+        reference = self._reference(listening.reference)
         ear = Ear(ear_path)
         try:
+            listener = EndListener(reference)
             while listener.result is None:
                 if time.monotonic() - sim.answered_at >= listening.timeout_s:
                     # Said here: handle() would take the hung-up AgiCall for the caller's doing.
                     sim.ended_by = "phone"
                     await call.hangup()
                     return
-                # The AGI Wait paces the reads and notices a hang-up (CallHungUp) at once.
-                await call.exec("Wait", f"{EAR_POLL_S:.3f}")
-                samples = ear.read()
-                if len(samples):
-                    listener.feed(samples)  # ~0.1 ms of CPU per read: fine on the event loop
+                await self._hear(call, ear, listener)
+            sim.end_heard_at = time.monotonic()
+            sim.end_heard_audio_s = listener.result.end_s
+            while True:  # until the caller hangs up (CallHungUp)
+                await call.exec("Wait", f"{listening.after_s:.3f}")
+                sim.keys_sent.append((time.monotonic() - sim.answered_at, listening.key))
+                await call.exec("SendDTMF", listening.key, "250", "120")
+                listener = EndListener(reference)
+                while listener.result is None:
+                    await self._hear(call, ear, listener)
         finally:
-            if listener.result is None and self.keep_unheard_ears is not None:
+            if sim.end_heard_at is None and self.keep_unheard_ears is not None:
                 with contextlib.suppress(OSError):  # never there: the call ended before it was picked up
                     shutil.copy(ear_path, self.keep_unheard_ears / ear_path.name)
             ear.close()
-        sim.end_heard_at = time.monotonic()
-        sim.end_heard_audio_s = listener.result.end_s if listener.result else None
-        await call.exec("Wait", f"{listening.after_s:.3f}")
-        sim.keys_sent.append((time.monotonic() - sim.answered_at, listening.key))
-        await call.exec("SendDTMF", listening.key, "250", "120")
-        await call.exec("Wait", "86400")  # listen until the caller hangs up
+
+    @staticmethod
+    async def _hear(call: AgiCall, ear: Ear, listener: EndListener) -> None:
+        """Wait a moment, then give the listener what the phone heard meanwhile."""
+        # The AGI Wait paces the reads and notices a hang-up (CallHungUp) at once.
+        await call.exec("Wait", f"{EAR_POLL_S:.3f}")
+        samples = ear.read()
+        if len(samples):
+            listener.feed(samples)  # ~0.1 ms of CPU per read: fine on the event loop
 
     def _reference(self, path: Path) -> Reference:
         """The listening templates of a recording (read once per recording, shared by every phone)."""

@@ -121,6 +121,8 @@ class StandInFlow:
     #: default) or ``gosub`` (the dialplan's binfoon-member-confirm subroutine).
     confirm_with: dict[str, str] = field(default_factory=dict)
     crash_after_header: bool = False
+    #: Take the member's key, then return without BINFOON_DONE (the application died with the key).
+    dies_with_the_key: bool = False
     #: Only note AMD's verdict and end the call.
     verdict_only: bool = False
     calls: list[FlowCall] = field(default_factory=list)
@@ -148,6 +150,8 @@ class StandInFlow:
         if key is None:
             key = await call.play(self.variables["BINFOON_KEYS"], "12") or await call.wait_for_digit(6)
         seen.key = key
+        if self.dies_with_the_key:
+            return
         if key == "1":
             if self.confirm_with.get(attempt_id) == "gosub":
                 await call.command(f"GOSUB binfoon-member-confirm s 1 {attempt_id}")
@@ -304,6 +308,24 @@ async def test_app_dying_mid_call_leaves_it_to_the_dialplan(lab: PhoneLab, promp
     [confirmation] = await cel_confirmations(lab, attempt_id)
     assert confirmation.attempt_id == attempt_id
     assert hear_file(prompts.thanks, await asyncio.to_thread(call.heard_audio)).whole
+
+
+async def test_a_key_lost_with_the_app_is_pressed_again_when_the_dialplan_plays_the_message_again(
+        lab: PhoneLab, prompts: Prompts) -> None:
+    # The application took the key and died before storing it: the dialplan's fallback plays the
+    # message again, and a listening member (who heard it to its end again) presses 1 again.
+    flow = StandInFlow(lab, member_variables(lab, prompts), dies_with_the_key=True).serve()
+    events = user_events(lab)
+
+    attempt_id, call = await call_member(lab, "+3294000009", PhoneScript.listens(CLIP, timeout_s=60.0),
+                                         flow.variables)
+
+    assert [(c.attempt_id, c.key) for c in flow.calls] == [(attempt_id, "1")]
+    assert [e.fields.get("AgiStatus") for e in await events_named(events, "BinfoonAgiFailed", 1)] == ["SUCCESS"]
+    assert [d for _, d in call.keys_sent] == ["1", "1"]
+    [confirmation] = await cel_confirmations(lab, attempt_id)
+    assert confirmation.attempt_id == attempt_id
+    assert call.ended_by == "caller"
 
 
 async def test_with_the_app_down_no_key_means_no_confirmation(lab: PhoneLab, prompts: Prompts) -> None:
