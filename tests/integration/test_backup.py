@@ -187,8 +187,8 @@ def test_a_damaged_backup_is_refused_and_nothing_is_written(
     assert tree(target) == {} and tables(fresh) == []
 
 
-# Serial: the demo's simulated people press keys at scripted times (as tests/integration/test_demo.py).
-@pytest.mark.serial
+# Beside the parallel tests, not among them: the demo is long, scripted in real time, but light (Makefile).
+@pytest.mark.beside
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 def test_the_demo_on_postgresql_backed_up_and_restored_replays_the_officers_call(

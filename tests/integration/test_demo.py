@@ -15,8 +15,8 @@ from ivr.media.compare import hear_file
 pytestmark = pytest.mark.integration
 
 
-# Serial: the simulated people press keys at scripted times, so a loaded machine costs extra calls.
-@pytest.mark.serial
+# Beside the parallel tests, not among them: the demo is long, scripted in real time, but light (Makefile).
+@pytest.mark.beside
 @pytest.mark.timeout(600)
 def test_demo_runs_the_whole_chain_and_reports_what_it_measured(tmp_path: Path, whisper_model_path: Path) -> None:
     # The model `make demo` installs first (`binfoon models install nl`): Whisper base.
