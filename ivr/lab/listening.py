@@ -9,24 +9,27 @@ runs, and asks ``EndListener.feed`` after each read. The recording counts as hea
    tolerance (``TOLERANCE_S`` + ``DRIFT`` of the distance: frames lost or added on the way);
 3. the silence the recording ends with (if any) has been heard too.
 
-"Heard" is a normalised cross-correlation (NCC) per *piece* of ``PIECE_S``: Asterisk, under load,
-drops or repeats a 20 ms frame now and then (measured: 1-2 per 10 s at 30 calls on 2 cores), and one
-slip inside a 1 s template lowers its NCC to ~0.65. Pieces are matched one after the other, each
-within ``SLIP_S`` of where the previous one was found; a template is heard when at least
-``PIECES_NEEDED`` of its pieces (those with sound) reach ``threshold``, and, for the tail, one of
-its *last two* pieces does (``LAST_PIECES``: a recording cut 0.3 s short misses both; one cut 0.1 s
-short may not, when those 0.1 s are the faint decay of its last word: the tolerance at the end is
-about 0.1 s, or 0.25 s when a slip spoiled the very last piece). A piece not found near its place is
-looked for past a gap (``GAP_S``). NCC is blind to gain (the trunk's and the app's level) and hardly
-moved by G.711 (u-law/a-law: ~38 dB SNR).
+"Heard" is a normalised cross-correlation (NCC) per *piece* of ``PIECE_S`` (62.5 ms), both sides in the
+telephone band (``BAND_HZ``: what reaches a phone has lost the top of the band). Asterisk, under load,
+drops or repeats a frame now and then, and a saturated lab's recorder puts in 10 ms of silence wherever
+the call's audio came late; one such slip inside a piece lowers its NCC to ~0.5-0.75. Pieces are
+matched one after the other, each within ``SLIP_S`` of where the previous one was found or, past a gap,
+up to ``GAP_S`` later (a gap only ever delays what follows it). A template is heard when at least
+``PIECES_NEEDED`` of its pieces (those with sound) reach ``threshold``, and, for the tail, one of its
+last ``LAST_PIECES`` pieces does: the tolerance at the end is one piece, or 0.25 s when slips spoiled
+the very last pieces, and a recording whose last 0.3 s of sound are missing is never heard to its
+end. NCC is blind to gain (the trunk's and the app's level) and hardly moved by G.711 (u-law/a-law:
+~38 dB SNR).
 
-The bounds were set on what a saturated machine does to the audio (the ears of the calls that were not
-confirmed in a 3-node, 90-channel benchmark on 2 cores, kept and replayed): in about 1 call in 20 a
-slip spoiled more than a quarter of a 1 s head (one of its 6 sound pieces never matches after
-G.711), a gap of 0.25-0.3 s moved the tail, a slip spoiled the last piece, or 3 of the tail's 8
-pieces (both of its first two among them). A 2 s head, 60 % of the pieces, a gap, the last two
-pieces and four tail anchors hear all 45 of them, and still never hear a recording cut 0.3 s short,
-another recording, or the recording without its beginning (tests/unit/lab/test_listening.py).
+The bounds were set on what a saturated machine does to the audio: the ears of the calls that were not
+confirmed in 3-node, 90-channel benchmarks on 2 cores, kept (``bench cluster --keep-unheard``) and
+replayed. First (45 ears): one of a 1 s head's 6 pieces never matching after G.711 and a slip
+spoiling another, a gap of 0.25-0.3 s, a slip on the last piece, 3 of the tail's 8 pieces spoiled.
+Then (28 ears, with 125 ms pieces, ``SLIP_S`` 60 ms and the full band): 10 ms of silence put in every
+0.1-0.3 s through the tail, each spoiling the piece it fell in, and the pieces rich in the top of the
+band matching at ~0.7 where every other matched at 1.0. With these values the ear hears all 79 and
+still never hears another recording, the recording without its beginning, one cut 0.3 s short, or
+any of the 28 with its last 0.3 s of sound silenced (tests/unit/lab/test_listening.py keeps three).
 
 Why the head: a recording may say the same thing twice (a repeated sentence); its tail then also
 matches in the middle of the recording. Anchored to a head, the tail is searched only where the
@@ -48,9 +51,10 @@ RATE_HZ = 8000
 #: The parts of the recording that are listened for (seconds of sound), and the pieces they are cut in.
 HEAD_S = 2.0
 TAIL_S = 1.0
-PIECE_S = 0.125
-#: How far one piece may be from where the previous one says (3 frames of 20 ms).
-SLIP_S = 0.06
+PIECE_S = 0.0625
+#: How far one piece may be from where the previous one says (a 20 ms frame and a half: never as far
+#: as a pitch period or two, where a sustained vowel's piece matches itself).
+SLIP_S = 0.03
 #: A piece not heard within ``SLIP_S`` is looked for this far away: a gap. When the call's audio
 #: arrives late at the phone's Asterisk (a saturated machine), its recorder fills the late stretch with
 #: silence and the speech follows that much later (measured: 0.25-0.3 s at once in a 3-node benchmark
@@ -62,14 +66,36 @@ DRIFT = 0.05
 #: Share of a template's pieces (with sound) that must be heard.
 PIECES_NEEDED = 0.6
 #: One of the tail's last this many pieces must be heard: its end is taken from the last one heard.
-LAST_PIECES = 2
-#: The tail is looked for by any of its first this many pieces (the first two may both be spoiled).
-TAIL_ANCHORS = 4
-#: The head likewise: its first two pieces follow a seam (the header's end, the recording's start),
-#: where a saturated lab's recorder spoils the audio most often.
-HEAD_ANCHORS = 4
+LAST_PIECES = 4
+#: The tail is looked for by any of its first this many pieces (its first 0.25 s may be spoiled).
+TAIL_ANCHORS = 5
+#: The head likewise: its first pieces follow a seam (the header's end, the recording's start), where
+#: a saturated lab's recorder spoils the audio most often.
+HEAD_ANCHORS = 5
 #: A 20 ms frame whose RMS is below this fraction of the loudest frame's is silence.
 SILENCE_RATIO = 0.01
+#: The band both the recording and what is heard are compared in: the telephone band. What a phone
+#: hears has lost what lies above it on the way (measured at the lab's phones: 3.7-3.9 kHz at -7 dB,
+#: 3.9-4 kHz at -28 dB, Asterisk's resampling), and a piece rich in it (a fricative) matched only at NCC
+#: ~0.7 against the full-band recording, while every other piece matched at 1.0.
+BAND_HZ = (300.0, 3400.0)
+#: Half the band filter's length (linear phase: what is heard is compared this many samples late).
+FILTER_HALF = 50
+
+
+def _band_filter(rate_hz: int = RATE_HZ) -> np.ndarray:
+    """A linear-phase FIR band-pass for ``BAND_HZ`` (windowed sinc, ``2 * FILTER_HALF + 1`` taps)."""
+    lo, hi = (f / rate_hz for f in BAND_HZ)
+    t = np.arange(-FILTER_HALF, FILTER_HALF + 1)
+    return (2 * hi * np.sinc(2 * hi * t) - 2 * lo * np.sinc(2 * lo * t)) * np.hamming(len(t))
+
+
+BAND = _band_filter()
+
+
+def in_band(samples: np.ndarray) -> np.ndarray:
+    """``samples`` (8 kHz) limited to ``BAND_HZ``, sample for sample (no delay: zero phase)."""
+    return np.convolve(samples.astype(np.float64), BAND, mode="same")
 
 
 def _template(samples: np.ndarray) -> np.ndarray:
@@ -143,11 +169,13 @@ class Reference:
         start, end = sound_span(samples, rate_hz)
         if end - start < int(2 * PIECE_S * rate_hz):
             raise ValueError("the reference holds too little sound to be recognised")
-        loud = float(_frame_rms(samples, rate_hz // 50).max())
+        # Where its sound is: from the recording itself; what it sounds like: in the telephone band.
+        band = in_band(samples)
+        loud = float(_frame_rms(band, rate_hz // 50).max())
         head_n = min(int(HEAD_S * rate_hz), end - start)
         tail_n = min(int(TAIL_S * rate_hz), end - start)
-        head = Template.of(samples[start: start + head_n], loud)
-        tail = Template.of(samples[end - tail_n: end], loud)
+        head = Template.of(band[start: start + head_n], loud)
+        tail = Template.of(band[end - tail_n: end], loud)
         if len(head.pieces) < 2 or len(tail.pieces) < 2:
             raise ValueError("the reference's head or tail holds too little sound to be recognised")
         return cls(head, tail, (end - tail_n) - start, len(samples) - end)
@@ -184,6 +212,20 @@ def ncc(template: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.where(energy > 1e-9 * m, corr / np.sqrt(np.maximum(energy, 1e-30)), 0.0)
 
 
+def ncc_many(templates: list[np.ndarray], x: np.ndarray) -> list[np.ndarray]:
+    """``ncc`` of several templates of one length over the same ``x``: one FFT of ``x`` for them all."""
+    m, n = (len(templates[0]) if templates else 0), len(x)
+    if n < m or m == 0:
+        return [np.zeros(0) for _ in templates]
+    nfft = 1 << (n - 1).bit_length()
+    spectrum = np.fft.rfft(x, nfft)
+    csum = np.concatenate(([0.0], np.cumsum(x)))
+    csq = np.concatenate(([0.0], np.cumsum(x * x)))
+    energy = (csq[m:] - csq[:-m]) - (csum[m:] - csum[:-m]) ** 2 / m
+    scale = np.where(energy > 1e-9 * m, 1.0 / np.sqrt(np.maximum(energy, 1e-30)), 0.0)
+    return [np.fft.irfft(spectrum * np.conj(np.fft.rfft(t, nfft)), nfft)[: n - m + 1] * scale for t in templates]
+
+
 def _peaks(scores: np.ndarray, threshold: float, spacing: int) -> list[int]:
     """The best score's index in each run of scores >= ``threshold`` (runs closer than ``spacing`` join)."""
     above = np.flatnonzero(scores >= threshold)
@@ -204,10 +246,11 @@ class _Stream:
     samples: np.ndarray
     start: int
 
-    def best_near(self, piece: np.ndarray, at: int, slip: int) -> tuple[int, float]:
-        """Where ``piece`` matches best within ``slip`` of ``at`` (absolute), and its NCC."""
+    def best_near(self, piece: np.ndarray, at: int, slip: int, late: int | None = None) -> tuple[int, float]:
+        """Where ``piece`` matches best from ``slip`` before ``at`` (absolute) to ``late`` after it (``slip``
+        when not given), and its NCC."""
         lo = max(at - slip, self.start)
-        x = self.samples[lo - self.start: at + slip + len(piece) - self.start]
+        x = self.samples[lo - self.start: at + (slip if late is None else late) + len(piece) - self.start]
         scores = ncc(piece, x)
         if len(scores) == 0:
             return at, 0.0
@@ -227,11 +270,15 @@ def _heard(template: Template, stream: _Stream, anchor: int, anchor_at: int, thr
     found = {anchor: anchor_at}
     for order in (range(anchor + 1, len(pieces)), range(anchor - 1, -1, -1)):
         ref_k, ref_at = anchor, anchor_at
+        forward = order.step == 1
         for k in order:
             expected = ref_at + pieces[k].offset - pieces[ref_k].offset
             at, score = stream.best_near(pieces[k].samples, expected, slip)
             if score < threshold:  # a gap before this piece? The pieces after it are relative to it
-                at_gap, score_gap = stream.best_near(pieces[k].samples, expected, gap)
+                # A gap only ever delays what follows it: a later piece is looked for later, an earlier
+                # one earlier (never the other way: a sustained vowel matches itself a pitch period away).
+                at_gap, score_gap = (stream.best_near(pieces[k].samples, expected, slip, gap) if forward
+                                     else stream.best_near(pieces[k].samples, expected, gap, slip))
                 if score_gap >= threshold:
                     at, score = at_gap, score_gap
             scores[k] = score
@@ -267,21 +314,28 @@ class EndListener:
     #: A tail found, waiting for the recording's closing silence to be heard.
     _found: HeardEnd | None = None
     result: HeardEnd | None = None
+    #: The samples heard whose in-band value is not known yet (the filter needs ``FILTER_HALF`` beyond),
+    #: with the ``FILTER_HALF`` before them; silence before the first.
+    _raw: np.ndarray = field(default_factory=lambda: np.zeros(FILTER_HALF))
 
     def feed(self, samples: np.ndarray) -> HeardEnd | None:
         """Hear ``samples`` (the next ones, 8 kHz); the end of the recording once it has been heard."""
         if self.result is not None:
             return self.result
         before = self.heard
-        self._kept = np.concatenate((self._kept, samples.astype(np.float64)))
-        self.heard += len(samples)
+        # In band, as the recording's templates are; ``heard`` counts the samples known in band (the
+        # filter is FILTER_HALF samples, 6 ms, behind the ear), at the same indices as the samples heard.
+        self._raw = np.concatenate((self._raw, samples.astype(np.float64)))
+        band = np.convolve(self._raw, BAND, mode="valid") if len(self._raw) >= len(BAND) else np.zeros(0)
+        self._raw = self._raw[len(band):]
+        self._kept = np.concatenate((self._kept, band))
+        self.heard += len(band)
         head = self.reference.head
         # The head's first pieces, where they end in the new samples (a slip may spoil some).
-        for anchor in range(min(HEAD_ANCHORS, len(head.pieces))):
-            piece = head.pieces[anchor].samples
-            scan_from = max(self._kept_from, before - len(piece) + 1)
-            scores = ncc(piece, self._kept[scan_from - self._kept_from:])
-            peaks = _peaks(scores, self.threshold, len(piece))
+        anchors = [p.samples for p in head.pieces[:HEAD_ANCHORS]]
+        scan_from = max(self._kept_from, before - len(anchors[0]) + 1)
+        for anchor, scores in enumerate(ncc_many(anchors, self._kept[scan_from - self._kept_from:])):
+            peaks = _peaks(scores, self.threshold, len(anchors[anchor]))
             self._candidates += [(anchor, scan_from + lag) for lag in peaks]
         self._check_heads()
         if self._found is None:
