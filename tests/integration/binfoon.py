@@ -165,6 +165,9 @@ def serve_process(lab: PhoneLab, db_url: str, data_dir: Path, log: Path, **setti
            "BINFOON_MEMBER_RING_TIMEOUT_S": "5", "BINFOON_REVIEW_RING_TIMEOUT_S": "1",
            "BINFOON_URGENT_RETRY_AFTER_S": "1", "BINFOON_NO_KEY_RETRY_AFTER_S": "1", "BINFOON_KEY_TIMEOUT_S": "6",
            "BINFOON_SERVICE_USER": "root", "BINFOON_SPEECH_MODEL_PATH": str(data_dir / "no-speech-model"),
+           # No web console unless asked: its default port (8480) is anybody's, e.g. the demo's, which
+           # runs beside the parallel tests (seen: this service exited "Address already in use").
+           "BINFOON_WEB_PORT": "0",
            **{f"BINFOON_{key.upper()}": value for key, value in settings.items()}}
     with log.open("ab") as out:
         return subprocess.Popen(

@@ -194,7 +194,7 @@ async def test_calls_asterisk_refuses_while_it_stops_cost_nobody_a_try(
 
 # -- 2. the service SIGKILLed while members listen ---------------------------------------------------
 def _serve(lab: PhoneLab, db_url: str, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
-    return serve_process(lab, db_url, data_dir, log, max_channels="20", max_cps="20", no_key_retries="0", web_port="0")
+    return serve_process(lab, db_url, data_dir, log, max_channels="20", max_cps="20", no_key_retries="0")
 
 
 async def test_after_a_sigkill_no_number_gets_a_second_call_while_the_first_is_up(
