@@ -322,17 +322,24 @@ async def test_a_call_back_confirmation_is_reported_as_unverified(world: World, 
     assert ",confirmed_at,confirmed_via," in header and ",callback-unverified," in row
 
 
-async def test_a_key_the_flow_heard_counts_as_heard_on_the_call_even_if_the_cel_poller_took_it_first(
-        world: World, tmp_path: Path) -> None:
-    """The flow writes Asterisk's CEL row, then stores the key; the 1 s poller can read the row in
-    between. One confirmation either way, at the moment of the key, and it says the call heard it."""
+async def _two_sharing_one_number_called(
+        world: World, tmp_path: Path) -> tuple[list[int], DeliveryDesk, str, dt.datetime]:
+    """Two members sharing one number, an approved message, the first one's attempt begun, and the
+    moment of their key."""
     members = _add_members(world, 2, shared=2)
     await _approved(world, tmp_path)
     delivery = DeliveryDesk(world.engine, world.desk.store)
     [plan] = await delivery.plans()
     attempt_id = await delivery.begin_attempt(plan.campaign_id, members[0], "+3294000000", "primary", 1)
     assert attempt_id is not None
-    key_at = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+    return members, delivery, attempt_id, dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+
+
+async def test_a_key_the_flow_heard_counts_as_heard_on_the_call_even_if_the_cel_poller_took_it_first(
+        world: World, tmp_path: Path) -> None:
+    """The flow writes Asterisk's CEL row, then stores the key; the 1 s poller can read the row in
+    between. One confirmation either way, at the moment of the key, and it says the call heard it."""
+    members, delivery, attempt_id, key_at = await _two_sharing_one_number_called(world, tmp_path)
     assert await delivery.confirm(attempt_id, via="cel", at=key_at)
     assert not await delivery.confirm(attempt_id)  # the flow's own store comes second: nothing new
     assert not await delivery.confirm(attempt_id, via="cel")  # nor does the poller's second look change it
@@ -350,13 +357,7 @@ async def test_a_key_the_cel_poller_stores_in_the_same_moment_as_the_flow_is_sti
     from sqlalchemy import event
     from sqlalchemy.orm import Session
 
-    members = _add_members(world, 2, shared=2)
-    await _approved(world, tmp_path)
-    delivery = DeliveryDesk(world.engine, world.desk.store)
-    [plan] = await delivery.plans()
-    attempt_id = await delivery.begin_attempt(plan.campaign_id, members[0], "+3294000000", "primary", 1)
-    assert attempt_id is not None
-    key_at = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+    members, delivery, attempt_id, key_at = await _two_sharing_one_number_called(world, tmp_path)
     poller = DeliveryDesk(world.engine, world.desk.store)
     raced = []
 
