@@ -36,8 +36,8 @@ matches in the middle of the recording. Anchored to a head, the tail is searched
 recording ends.
 
 Cost: each feed scans the new samples (plus one piece of overlap) for the head's first
-``HEAD_ANCHORS`` pieces (small FFT pairs); every candidate and the tail (by its first ``TAIL_ANCHORS`` pieces) are
-checked piece by piece in small windows.
+``HEAD_ANCHORS`` pieces (one FFT of the samples, one per piece); every candidate and the tail (by its
+first ``TAIL_ANCHORS`` pieces) are checked piece by piece in small windows.
 """
 
 from __future__ import annotations
@@ -200,20 +200,12 @@ class HeardEnd:
 
 def ncc(template: np.ndarray, x: np.ndarray) -> np.ndarray:
     """NCC of a zero-mean unit-norm ``template`` at every lag of ``x`` where it fits whole (FFT)."""
-    m, n = len(template), len(x)
-    if n < m or m == 0:
-        return np.zeros(0)
-    nfft = 1 << (n - 1).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(x, nfft) * np.conj(np.fft.rfft(template, nfft)), nfft)[: n - m + 1]
-    csum = np.concatenate(([0.0], np.cumsum(x)))
-    csq = np.concatenate(([0.0], np.cumsum(x * x)))
-    energy = (csq[m:] - csq[:-m]) - (csum[m:] - csum[:-m]) ** 2 / m
-    # Silence (no energy) scores 0, not a division by zero.
-    return np.where(energy > 1e-9 * m, corr / np.sqrt(np.maximum(energy, 1e-30)), 0.0)
+    return ncc_many([template], x)[0]
 
 
 def ncc_many(templates: list[np.ndarray], x: np.ndarray) -> list[np.ndarray]:
-    """``ncc`` of several templates of one length over the same ``x``: one FFT of ``x`` for them all."""
+    """``ncc`` of several templates of one length over the same ``x``: one FFT of ``x`` for them all.
+    Silence (no energy) scores 0, not a division by zero."""
     m, n = (len(templates[0]) if templates else 0), len(x)
     if n < m or m == 0:
         return [np.zeros(0) for _ in templates]
